@@ -1,0 +1,13 @@
+"""largeconv: fast large-kernel depthwise convolution and involution for PyTorch.
+
+    largeconv.dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1)    # == F.conv2d(..., groups=C)
+    largeconv.involution2d(x, weight, kernel_size, stride=1, padding=None, dilation=1)
+    largeconv.LargeDWConv2d, largeconv.Involution2d, largeconv.convert(model)
+    with largeconv.use_backend("triton"): ...        # or LARGECONV_BACKEND=triton, or backend= per call/module
+"""
+from .dispatch import BACKENDS, use_backend
+from .ops import dwconv2d, involution2d
+from .modules import Involution2d, LargeDWConv2d
+from .convert import convert
+
+__all__ = ["BACKENDS", "use_backend", "dwconv2d", "involution2d", "LargeDWConv2d", "Involution2d", "convert"]

@@ -1,0 +1,87 @@
+"""The "torch" backend: obviously-correct oracles built from F.conv2d and F.unfold / F.fold.
+
+Tests compare every other backend against these, computed in float64. They follow backend_api.md.
+"""
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+
+def unsupported_reason(op, x, kernel_size):
+    return None
+
+
+def _pad(x, padding):
+    top, bottom, left, right = padding
+    return F.pad(x, (left, right, top, bottom))
+
+
+def _padded_shape(shape, padding):
+    top, bottom, left, right = padding
+    return (shape[0], shape[1], shape[2] + top + bottom, shape[3] + left + right)
+
+
+def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+    return F.conv2d(_pad(x, padding), weight, bias, stride, 0, dilation, groups=x.shape[1])
+
+
+def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    top, _, left, _ = padding
+    height, width = input_shape[2], input_shape[3]
+    grad_padded = conv2d_input(_padded_shape(input_shape, padding), weight, grad_out, stride, 0, dilation,
+                               groups=input_shape[1])
+    return grad_padded[:, :, top:top + height, left:left + width]
+
+
+def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    return conv2d_weight(_pad(x, padding), weight_shape, grad_out, stride, 0, dilation, groups=x.shape[1])
+
+
+def dwconv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """F.conv2d with groups = channels: the definition dwconv2d must match."""
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+
+
+def _unfold(x, kernel_size, stride, padding, dilation, out_hw):
+    """(B, C, H, W) -> (B, C, K*K, Ho, Wo): the K*K-times larger tensor the fused kernels avoid."""
+    cols = F.unfold(x, kernel_size, dilation, padding, stride)
+    return cols.reshape(x.shape[0], x.shape[1], kernel_size * kernel_size, *out_hw)
+
+
+def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
+    batch, channels = x.shape[:2]
+    out_hw = tuple(weight.shape[2:])
+    groups = weight.shape[1] // (kernel_size * kernel_size)
+    cols = _unfold(x, kernel_size, stride, padding, dilation, out_hw)
+    cols = cols.reshape(batch, groups, channels // groups, kernel_size * kernel_size, *out_hw)
+    kernel = weight.reshape(batch, groups, 1, kernel_size * kernel_size, *out_hw)
+    return (cols * kernel).sum(dim=3).reshape(batch, channels, *out_hw)
+
+
+def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+    batch, channels = input_shape[:2]
+    out_hw = tuple(weight.shape[2:])
+    taps = kernel_size * kernel_size
+    groups = weight.shape[1] // taps
+    grad = grad_out.reshape(batch, groups, channels // groups, 1, *out_hw)
+    kernel = weight.reshape(batch, groups, 1, taps, *out_hw)
+    cols = (grad * kernel).reshape(batch, channels * taps, out_hw[0] * out_hw[1])
+    return F.fold(cols, tuple(input_shape[2:]), kernel_size, dilation, padding, stride)
+
+
+def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
+    batch, channels = x.shape[:2]
+    out_hw = tuple(weight_shape[2:])
+    taps = kernel_size * kernel_size
+    groups = weight_shape[1] // taps
+    cols = _unfold(x, kernel_size, stride, padding, dilation, out_hw)
+    cols = cols.reshape(batch, groups, channels // groups, taps, *out_hw)
+    grad = grad_out.reshape(batch, groups, channels // groups, 1, *out_hw)
+    return (cols * grad).sum(dim=2).reshape(batch, groups * taps, *out_hw)
+
+
+def involution2d_reference(x, weight, kernel_size, stride=1, padding=None, dilation=1):
+    """The unfold -> multiply -> sum definition of involution."""
+    if padding is None:
+        padding = dilation * (kernel_size - 1) // 2
+    return involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
