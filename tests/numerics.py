@@ -1,0 +1,55 @@
+"""Shared numerics checks: compare against a float64 reference with the design's tolerances."""
+import contextlib
+
+import torch
+
+FP32_RTOL = 1e-5
+# Floors under the "2x the reference's own low-precision error" rule, so a lucky tiny reference error does not fail
+# a correct kernel: about a tenth of each dtype's epsilon.
+LOWP_FLOOR = {torch.float16: 1e-4, torch.bfloat16: 8e-4}
+
+
+def rel_error(out, ref):
+    ref = ref.double()
+    denom = ref.norm().item()
+    diff = (out.double() - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_close(out, ref64, ref_lowp=None, what="output"):
+    """out vs the float64 reference: fp32/fp64 by relative error, fp16/bf16 by 2x the same reference's error in
+    that dtype (`ref_lowp`). NaN (an unwritten, poisoned element) always fails."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    assert not torch.isnan(out).any(), f"{what}: NaN in output (unwritten element?)"
+    err = rel_error(out, ref64)
+    if out.dtype in LOWP_FLOOR:
+        assert ref_lowp is not None, "low-precision checks need the reference computed in that dtype"
+        bound = max(2 * rel_error(ref_lowp, ref64), LOWP_FLOOR[out.dtype])
+    else:
+        bound = FP32_RTOL if out.dtype == torch.float32 else 1e-10
+    assert err <= bound, f"{what}: relative error {err:.3g} > {bound:.3g} ({out.dtype})"
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Make torch.empty / empty_like / new_empty return NaN-filled (or sentinel-filled) tensors, so a kernel that
+    leaves an output element unwritten fails the comparison instead of passing on leftover memory."""
+    originals = (torch.empty, torch.empty_like, torch.Tensor.new_empty)
+
+    def poison(t):
+        return t.fill_(float("nan") if t.is_floating_point() else -1234567)
+
+    def empty(*args, **kwargs):
+        return poison(originals[0](*args, **kwargs))
+
+    def empty_like(*args, **kwargs):
+        return poison(originals[1](*args, **kwargs))
+
+    def new_empty(self, *args, **kwargs):
+        return poison(originals[2](self, *args, **kwargs))
+
+    torch.empty, torch.empty_like, torch.Tensor.new_empty = empty, empty_like, new_empty
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = originals

@@ -1,0 +1,208 @@
+"""largeconv.dwconv2d on every backend that runs here against the float64 F.conv2d reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import largeconv
+from numerics import assert_close, poisoned_allocations
+
+CPU_BACKENDS = ["torch", "cpu", "triton"]  # triton runs under TRITON_INTERPRET=1 (tests/conftest.py)
+
+
+def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None):
+    """Output and gradients (x, weight, bias) of dwconv2d on `backend`, with outputs poisoned before kernels run.
+    The output gradient is the same random tensor for every call, rounded to `grad_dtype` (the inputs' dtype)."""
+    x = x.detach().requires_grad_()
+    weight = weight.detach().requires_grad_()
+    bias = None if bias is None else bias.detach().requires_grad_()
+    with poisoned_allocations():
+        out = largeconv.dwconv2d(x, weight, bias, stride, padding, dilation, backend=backend)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+        grad = grad.to(grad_dtype or out.dtype).to(out.dtype)
+        grad = grad.contiguous(memory_format=torch.channels_last if out.is_contiguous(
+            memory_format=torch.channels_last) and not out.is_contiguous() else torch.contiguous_format)
+        inputs = [t for t in (x, weight, bias) if t is not None]
+        grads = torch.autograd.grad(out, inputs, grad)
+    return out.detach(), grads
+
+
+def reference(x, weight, bias, stride, padding, dilation, dtype=torch.float64):
+    """F.conv2d (the definition) and its autograd gradients, computed in `dtype`."""
+    cast = [None if t is None else t.detach().to(dtype) for t in (x, weight, bias)]
+    return run("torch", *cast, stride, padding, dilation, grad_dtype=x.dtype)
+
+
+def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
+    out, grads = run(backend, x, weight, bias, stride, padding, dilation)
+    ref, ref_grads = reference(x, weight, bias, stride, padding, dilation)
+    low, low_grads = (reference(x, weight, bias, stride, padding, dilation, x.dtype)
+                      if x.dtype in (torch.float16, torch.bfloat16) else (None, [None] * len(grads)))
+    assert out.dtype == x.dtype
+    want_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                   and not x.is_contiguous() else torch.contiguous_format)
+    assert out.is_contiguous(memory_format=want_format), "output memory format must follow the input's"
+    assert_close(out, ref, low, "output")
+    for name, g, r, l in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads, low_grads):
+        assert g.dtype == x.dtype
+        assert_close(g, r, l, name)
+
+
+def make(n, c, h, w, kernel, multiplier=1, bias=True, dtype=torch.float32, channels_last=False):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = torch.randn(n, c, h, w).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c * multiplier, 1, kh, kw).to(dtype)
+    b = torch.randn(c * multiplier).to(dtype) if bias else None
+    return x, weight, b
+
+
+# (shape n, c, h, w), kernel, multiplier, stride, padding, dilation: the issue's edge cases
+EDGE_CASES = [
+    ((2, 3, 9, 9), 1, 1, 1, 0, 1),            # K = 1
+    ((2, 3, 5, 6), 9, 1, 1, "same", 1),       # K larger than the input
+    ((1, 2, 1, 7), (1, 3), 1, 1, "same", 1),  # H = 1
+    ((1, 2, 7, 1), 3, 1, 1, (1, 1), 1),       # W = 1
+    ((2, 3, 9, 7), 3, 1, 2, 1, 1),            # stride 2, odd sizes
+    ((2, 2, 11, 10), 5, 1, 2, 2, 1),          # stride 2, even/odd
+    ((1, 2, 12, 12), 7, 1, 1, "same", 2),     # dilation with a large kernel
+    ((1, 2, 8, 8), 4, 1, 1, "same", 1),       # even kernel, asymmetric "same" padding
+    ((2, 2, 9, 9), 3, 2, 1, 1, 1),            # channel multiplier 2
+    ((1, 2, 6, 9), (3, 7), 1, 1, "valid", 1),  # rectangular, "valid"
+    ((1, 2, 7, 6), (5, 2), 3, 2, (2, 0), (1, 2)),  # rectangular, tuple padding, stride 2, multiplier 3
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1]}")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_edge_cases_fp32(backend, case, channels_last):
+    shape, kernel, multiplier, stride, padding, dilation = case
+    x, weight, bias = make(*shape, kernel, multiplier, channels_last=channels_last)
+    check(backend, x, weight, bias, stride, padding, dilation)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_low_precision(backend, dtype, channels_last):
+    x, weight, bias = make(2, 3, 10, 9, 5, dtype=dtype, channels_last=channels_last)
+    check(backend, x, weight, bias, 1, "same", 1)
+    x, weight, bias = make(1, 2, 9, 8, (3, 5), multiplier=2, dtype=dtype, channels_last=channels_last)
+    check(backend, x, weight, bias, 2, 1, 1)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_large_kernels(backend):
+    """31x31 and the SLaK-style 51x5 / 5x51 on small maps (kernel larger than the map, "same" padding)."""
+    for kernel, shape in (((31, 31), (1, 2, 20, 18)), ((51, 5), (1, 3, 12, 10)), ((5, 51), (1, 3, 10, 12))):
+        x, weight, bias = make(*shape, kernel)
+        check(backend, x, weight, bias, 1, "same", 1)
+
+
+@st.composite
+def configs(draw, max_size=12):
+    kh, kw = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), max_size + dh * kh))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), max_size + dw * kw))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w)
+    padding = (ph, pw) if (sh, sw) != (1, 1) else draw(st.sampled_from([(ph, pw), "same", "valid"]))
+    if padding == "valid":
+        h, w = max(h, dh * (kh - 1) + 1), max(w, dw * (kw - 1) + 1)
+        shape = (*shape[:2], h, w)
+    return dict(shape=shape, kernel=(kh, kw), multiplier=draw(st.integers(1, 2)), stride=(sh, sw),
+                padding=padding, dilation=(dh, dw), bias=draw(st.booleans()), channels_last=draw(st.booleans()))
+
+
+def _check_config(backend, cfg):
+    x, weight, bias = make(*cfg["shape"], cfg["kernel"], cfg["multiplier"], cfg["bias"],
+                           channels_last=cfg["channels_last"])
+    check(backend, x, weight, bias, cfg["stride"], cfg["padding"], cfg["dilation"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs())
+def test_random_configs(backend, cfg):
+    _check_config(backend, cfg)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs(max_size=6))
+def test_random_configs_triton(cfg):
+    _check_config("triton", cfg)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_float64(backend):
+    x, weight, bias = make(1, 2, 7, 6, (3, 4), multiplier=2, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: largeconv.dwconv2d(a, b, c, (2, 1), (1, 2), (1, 2), backend=backend), inputs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_empty_batch(backend):
+    x, weight, bias = make(0, 3, 8, 8, 5)
+    x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()
+    out = largeconv.dwconv2d(x, weight, bias, 1, "same", backend=backend)
+    assert out.shape == (0, 3, 8, 8)
+    gx, gw, gb = torch.autograd.grad(out.sum(), (x, weight, bias))
+    assert gx.shape == x.shape and gw.shape == weight.shape and gb.shape == bias.shape
+    assert gw.abs().sum() == 0 and gb.abs().sum() == 0
+
+
+def test_opcheck():
+    x, weight, bias = make(2, 3, 9, 8, (3, 5), multiplier=2)
+    params = ([1, 2], [1, 1, 2, 2], [1, 1], "cpu")
+    out = torch.ops.largeconv.dwconv2d(x, weight, bias, *params)
+    grad = torch.randn_like(out)
+    for op, args in ((torch.ops.largeconv.dwconv2d, (x.requires_grad_(), weight.requires_grad_(), bias, *params)),
+                     (torch.ops.largeconv.dwconv2d_grad_input, (grad, weight.detach(), list(x.shape), *params)),
+                     (torch.ops.largeconv.dwconv2d_grad_weight, (grad, x.detach(), list(weight.shape), *params))):
+        torch.library.opcheck(op, args)
+
+
+def test_compile_module_fullgraph():
+    torch._dynamo.reset()
+    module = largeconv.LargeDWConv2d(4, 7, channel_multiplier=2)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    out = compiled(x)
+    expected = module(x)
+    assert_close(out, expected.double())
+    grad_compiled = torch.autograd.grad(out.sum(), (x, module.weight))
+    grad_eager = torch.autograd.grad(expected.sum(), (x, module.weight))
+    for a, b in zip(grad_compiled, grad_eager):
+        assert_close(a, b.double())
+
+
+def test_autocast_like_conv2d():
+    """Under torch.autocast the op runs in the autocast dtype, like F.conv2d, and grads come back in fp32."""
+    x, weight, bias = make(2, 3, 10, 10, 5)
+    weight.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = largeconv.dwconv2d(x, weight, bias, 1, "same")
+        expected = F.conv2d(x, weight, bias, 1, "same", 1, 3)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert_close(out, expected.double(), expected, "autocast output")
+    (grad_w,) = torch.autograd.grad(out.float().sum(), weight)
+    assert grad_w.dtype == torch.float32
+
+
+def test_autocast_mixed_inputs():
+    """bf16 activations with an fp32 weight work under autocast (as with F.conv2d)."""
+    x, weight, bias = make(1, 2, 6, 6, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = largeconv.dwconv2d(x.bfloat16(), weight, bias, 1, 1)
+    assert out.dtype == torch.bfloat16
+
+
+def test_non_contiguous_input():
+    x = torch.randn(2, 8, 9, 3).transpose(1, 3)  # (2, 3, 9, 8), neither NCHW nor channels_last
+    weight = torch.randn(3, 1, 3, 3)
+    check("cpu", x, weight, None, 1, 1, 1)
