@@ -31,6 +31,8 @@ def _accumulate_dtype(dtype):
 
 def _autocast(*tensors):
     """Cast like F.conv2d does under torch.autocast: eligible floats go to the autocast dtype."""
+    if not isinstance(tensors[0], Tensor):
+        return tensors  # argument checks report it
     device = tensors[0].device.type
     if device not in ("cuda", "cpu") or not torch.is_autocast_enabled(device):
         return tensors

@@ -1,14 +1,24 @@
-"""Test set-up. Without a CUDA device the Triton kernels run on CPU tensors under the interpreter, which must be
-switched on before triton is first imported, so this runs before any test module imports largeconv."""
+"""Test set-up.
+
+The default run is the CPU suite: the Triton kernels run on CPU tensors under the interpreter, which must be
+switched on before triton is first imported (pytest_configure runs before test modules are imported). The GPU run
+(`pytest -m gpu`) compiles them for the device instead.
+"""
 import os
 import sys
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+def _gpu_run(config):
+    return (config.getoption("markexpr") or "").strip() == "gpu"
+
+
+def pytest_configure(config):
+    if not _gpu_run(config):
+        assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
