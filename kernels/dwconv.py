@@ -1,0 +1,510 @@
+"""Triton kernels for depthwise 2-D convolution: forward, grad-input and grad-weight.
+
+Contract: largeconv/backend_api.md. Padding is (top, bottom, left, right); with channel multiplier m, output
+channel o reads input channel o // m. Arithmetic accumulates in fp32 (fp64 for fp64 inputs).
+
+NCHW (one (n, c) plane per program, a BLOCK_H x BLOCK_W tile of outputs):
+  For each kernel row kh, the 1-D convolution of a strip of input rows with the filter row is a matrix product
+  X[BLOCK_H, BLOCK_J] @ T[BLOCK_J, BLOCK_W] where T is the banded Toeplitz matrix of the filter row,
+  T[j, w] = weight[kh, kw] for j = w*sw + kw*dw. tl.dot runs it on tensor cores for fp16/bf16 (and TF32 when
+  torch.backends.cudnn.allow_tf32 allows it; otherwise fp32 uses IEEE precision). T is gathered from the filter row
+  with indices hoisted out of the kh loop. grad-input is the same product with the transposed band (a gather,
+  no atomics). grad-weight is the product gy-rows-shifted-by-kh [BLOCK_KH, q] @ x-columns-shifted-by-kw
+  [q, BLOCK_KW] reduced over q = (n, input row, output column).
+channels_last (a tile of BLOCK_P pixels x BLOCK_C channels, loads contiguous along C): direct loops over the taps
+  (channels are independent, so there is no matrix product to form).
+
+grad-weight is deterministic: each program owns one (channel or channel block, tap tile, split of the reduction)
+and stores its partial sum (fp32, fp64 for fp64); the splits are then added by torch in a fixed order.
+
+Offsets of (n, c) planes and of channels_last images are int64; offsets inside one H x W plane are int32.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from largeconv.arguments import is_channels_last
+
+# triton.jit picks the interpreter when the module is imported, so this is the state the kernels run under.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def unsupported_reason(x, kernel_size):
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and _INTERPRETED):
+        return "needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+    if x.dtype not in _DTYPES:
+        return f"{x.dtype} not supported (float16, bfloat16, float32, float64)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+@triton.jit
+def _cast_out(v, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    # The interpreter rounds fp32 -> bf16 toward zero; GPUs round to nearest even. Round the bits first there.
+    if EMULATE_BF16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+def _memory_format(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _emulate_bf16(dtype):
+    # The interpreter has no bf16 dot and truncates bf16 stores.
+    return _INTERPRETED and dtype == torch.bfloat16
+
+
+def _acc_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _dot_precision(dtype):
+    # Ignored for fp16/bf16 operands. fp32 uses TF32 tensor cores only where PyTorch allows them for cuDNN convs.
+    if dtype == torch.float64 or (dtype == torch.float32 and not _cudnn_conv_allows_tf32()):
+        return "ieee"
+    return "tf32"
+
+
+def _cudnn_conv_allows_tf32():
+    """torch.backends.cudnn.allow_tf32, read through the per-op API where torch has it (reading the legacy flag
+    raises once the two APIs were mixed): the conv setting, else cuDNN's, else the global one; "none" defers."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None:
+        return torch.backends.cudnn.allow_tf32
+    for precision in (conv.fp32_precision, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
+def _out_size(size, before, after, k, stride, dilation):
+    return (size + before + after - dilation * (k - 1) - 1) // stride + 1
+
+
+def _toeplitz_configs():
+    if _INTERPRETED:  # the interpreter would run every config; the smallest tiles also exercise the tile edges
+        return [triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=1)]
+    # BLOCK_W + (Kw - 1) close to BLOCK_J keeps the zeros of the band low: 32/64 suits Kw ~ 31, 16/32 Kw <= 17.
+    return [
+        triton.Config({"BLOCK_H": 64, "BLOCK_W": 32, "BLOCK_J": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_H": 128, "BLOCK_W": 32, "BLOCK_J": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_H": 64, "BLOCK_W": 16, "BLOCK_J": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_H": 128, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=4, num_stages=3),
+    ]
+
+
+_TOEPLITZ_KEY = ["Ho", "Wo", "H", "W", "Kh", "Kw", "sh", "sw", "dh", "dw"]
+
+
+def _cl_blocks(channels):
+    """(BLOCK_P, BLOCK_C) for the channels_last kernels."""
+    if _INTERPRETED:  # fewer, larger programs run faster in the interpreter
+        return 128, 4
+    return 64, min(64, max(16, triton.next_power_of_2(channels)))
+
+
+def _num_splits(units, programs, device):
+    """Splits of a grad-weight reduction over `units` work items, so that the grid fills the GPU."""
+    if device.type != "cuda":
+        return 1
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(target, programs), triton.cdiv(units, 8), 65535))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NCHW kernels (Toeplitz tl.dot)
+
+
+@triton.autotune(configs=_toeplitz_configs(), key=_TOEPLITZ_KEY)
+@triton.jit
+def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                     C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                     EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(Wo, BLOCK_W)
+    tiles = tl.cdiv(Ho, BLOCK_H) * tiles_w
+    plane = pid // tiles  # n * Co + o; the tiles of one plane are neighbours in the grid (L2 reuse)
+    tile = pid % tiles
+    n = plane // Co
+    o = plane % Co
+    oh0 = (tile // tiles_w) * BLOCK_H
+    ow0 = (tile % tiles_w) * BLOCK_W
+    x_plane = x_ptr + (n * C + o // m).to(tl.int64) * H * W
+    w_row0 = w_ptr + o * Kh * Kw
+
+    rows = oh0 + tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    jj = tl.arange(0, BLOCK_J)
+    # Kernel rows that reach an input row of this tile, and strip columns j (input column iw0 + j) inside the input.
+    kh_lo = tl.cdiv(tl.maximum(top - (oh0 + BLOCK_H - 1) * sh, 0), dh)
+    kh_hi = tl.minimum(Kh, (tl.maximum(H - 1 + top - oh0 * sh, -1) + dh) // dh)
+    iw0 = ow0 * sw - left
+    j_lo = tl.maximum(-iw0, 0)
+    j_hi = tl.minimum((BLOCK_W - 1) * sw + (Kw - 1) * dw + 1, W - iw0)
+
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
+    for j0 in range(j_lo, j_hi, BLOCK_J):
+        j = j0 + jj
+        j_ok = j < j_hi
+        # Toeplitz band: strip column j feeds output column w through tap kw when j = w*sw + kw*dw.
+        d = j[:, None] - cols[None, :] * sw
+        t_ok = (d >= 0) & (d < Kw * dw) & (d % dw == 0)
+        t_off = d // dw
+        for kh in range(kh_lo, kh_hi):
+            ih = rows * sh - top + kh * dh
+            x_ok = ((ih >= 0) & (ih < H))[:, None] & j_ok[None, :]
+            xs = tl.load(x_plane + ih[:, None] * W + (iw0 + j)[None, :], mask=x_ok, other=0.0)
+            band = tl.load(w_row0 + kh * Kw + t_off, mask=t_ok, other=0.0)
+            if EMULATE_BF16:
+                xs = xs.to(tl.float32)
+                band = band.to(tl.float32)
+            acc = tl.dot(xs, band, acc, input_precision=PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o).to(ACC)
+    out_cols = ow0 + cols
+    y_ok = (rows < Ho)[:, None] & (out_cols < Wo)[None, :]
+    y_plane = y_ptr + plane.to(tl.int64) * Ho * Wo
+    tl.store(y_plane + rows[:, None] * Wo + out_cols[None, :],
+             _cast_out(acc, y_ptr.dtype.element_ty, EMULATE_BF16), mask=y_ok)
+
+
+@triton.autotune(configs=_toeplitz_configs(), key=_TOEPLITZ_KEY)
+@triton.jit
+def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
+                            C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                            ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    tiles = tl.cdiv(H, BLOCK_H) * tiles_w
+    plane = pid // tiles  # n * C + c
+    tile = pid % tiles
+    n = plane // C
+    c = plane % C
+    h0 = (tile // tiles_w) * BLOCK_H
+    w0 = (tile % tiles_w) * BLOCK_W
+
+    rows = h0 + tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    jj = tl.arange(0, BLOCK_J)
+    # Input (h, w) receives from output (oh, ow) through tap (kh, kw) when h + top = oh*sh + kh*dh and
+    # w + left = ow*sw + kw*dw. Only the kernel rows and output columns that reach this tile are visited.
+    kh_lo = tl.cdiv(tl.maximum(h0 + top - (Ho - 1) * sh, 0), dh)
+    kh_hi = tl.minimum(Kh, (h0 + BLOCK_H - 1 + top) // dh + 1)
+    ow_lo = tl.cdiv(tl.maximum(w0 + left - (Kw - 1) * dw, 0), sw)
+    ow_hi = tl.minimum(Wo, (w0 + BLOCK_W - 1 + left) // sw + 1)
+
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
+    for j0 in range(ow_lo, ow_hi, BLOCK_J):
+        ow = j0 + jj
+        ow_ok = ow < ow_hi
+        # Transposed band: output column ow feeds input column w0 + w through tap kw when the gap is kw*dw.
+        d = (w0 + left + cols)[None, :] - ow[:, None] * sw
+        t_ok = (d >= 0) & (d < Kw * dw) & (d % dw == 0)
+        t_off = d // dw
+        for r in range(m):
+            o = c * m + r
+            gy_plane = gy_ptr + (n * Co + o).to(tl.int64) * Ho * Wo
+            w_row0 = w_ptr + o * Kh * Kw
+            for kh in range(kh_lo, kh_hi):
+                t = rows + top - kh * dh  # = oh * sh when this row is reached
+                oh = t // sh
+                g_ok = ((t >= 0) & (t % sh == 0) & (oh < Ho))[:, None] & ow_ok[None, :]
+                g = tl.load(gy_plane + oh[:, None] * Wo + ow[None, :], mask=g_ok, other=0.0)
+                band = tl.load(w_row0 + kh * Kw + t_off, mask=t_ok, other=0.0)
+                if EMULATE_BF16:
+                    g = g.to(tl.float32)
+                    band = band.to(tl.float32)
+                acc = tl.dot(g, band, acc, input_precision=PRECISION)
+
+    in_cols = w0 + cols
+    gx_ok = (rows < H)[:, None] & (in_cols < W)[None, :]
+    gx_plane = gx_ptr + plane.to(tl.int64) * H * W
+    tl.store(gx_plane + rows[:, None] * W + in_cols[None, :],
+             _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=gx_ok)
+
+
+@triton.jit
+def _grad_weight_nchw_kernel(gy_ptr, x_ptr, part_ptr,
+                             C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                             total_rows, rows_per_split,
+                             ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                             BLOCK_KH: tl.constexpr, BLOCK_KW: tl.constexpr,
+                             BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr):
+    # dW[o, kh, kw] = sum over (n, input row ih, output column ow) of
+    #   gy[n, o, (ih + top - kh*dh) / sh, ow]  (only where that row index is a whole number)
+    #   * x[n, o // m, ih, ow*sw - left + kw*dw]
+    # i.e. A[kh, q] @ B[q, kw] with q = (n, ih, ow) in chunks of BLOCK_R input rows x BLOCK_Q output columns.
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    kw_tiles = tl.cdiv(Kw, BLOCK_KW)
+    taps = tl.cdiv(Kh, BLOCK_KH) * kw_tiles
+    o = pid // taps
+    tap = pid % taps
+    c = o // m
+    kh = (tap // kw_tiles) * BLOCK_KH + tl.arange(0, BLOCK_KH)
+    kw = (tap % kw_tiles) * BLOCK_KW + tl.arange(0, BLOCK_KW)
+    kh_ok = kh < Kh
+    kw_ok = kw < Kw
+
+    q = tl.arange(0, BLOCK_R * BLOCK_Q)
+    q_row = q // BLOCK_Q
+    q_col = q % BLOCK_Q
+    r_start = split * rows_per_split
+    r_end = tl.minimum(total_rows, r_start + rows_per_split)
+
+    acc = tl.zeros([BLOCK_KH, BLOCK_KW], dtype=ACC)
+    for row0 in range(r_start, r_end, BLOCK_R):
+        row = row0 + q_row  # n * H + ih
+        row_ok = row < r_end
+        n = row // H
+        ih = row - n * H
+        x_row = (n * C + c).to(tl.int64) * H * W + ih * W
+        gy_plane = (n * Co + o).to(tl.int64) * Ho * Wo
+        t = ih[None, :] + top - kh[:, None] * dh  # = oh * sh where gy row oh meets input row ih at tap kh
+        oh = t // sh
+        a_ok = (t >= 0) & (t % sh == 0) & (oh < Ho) & kh_ok[:, None] & row_ok[None, :]
+        a_row = gy_plane[None, :] + oh * Wo
+        for col0 in range(0, Wo, BLOCK_Q):
+            ow = col0 + q_col
+            ow_ok = ow < Wo
+            a = tl.load(gy_ptr + a_row + ow[None, :], mask=a_ok & ow_ok[None, :], other=0.0)
+            iw = ow[:, None] * sw - left + kw[None, :] * dw
+            b_ok = (row_ok & ow_ok)[:, None] & (iw >= 0) & (iw < W) & kw_ok[None, :]
+            b = tl.load(x_ptr + x_row[:, None] + iw, mask=b_ok, other=0.0)
+            if EMULATE_BF16:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    part = part_ptr + ((split * Co + o) * Kh + kh[:, None]) * Kw + kw[None, :]
+    tl.store(part, acc, mask=kh_ok[:, None] & kw_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# channels_last kernels (direct; weights transposed to (Kh*Kw, Co) so a tap's channel vector is contiguous)
+
+
+@triton.jit
+def _fwd_nhwc_kernel(x_ptr, wt_ptr, b_ptr, y_ptr,
+                     C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    p_tiles = tl.cdiv(Ho * Wo, BLOCK_P)
+    n = pid // p_tiles
+    p = (pid % p_tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    o = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = p < Ho * Wo
+    o_ok = o < Co
+    oh = p // Wo
+    ow = p % Wo
+    ci = o // m
+    x_img = x_ptr + n.to(tl.int64) * H * W * C
+
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    for kh in range(Kh):
+        ih = oh * sh - top + kh * dh
+        h_ok = p_ok & (ih >= 0) & (ih < H)
+        for kw in range(Kw):
+            iw = ow * sw - left + kw * dw
+            ok = h_ok & (iw >= 0) & (iw < W)
+            pix = (ih * W + iw).to(tl.int64) * C
+            xv = tl.load(x_img + pix[:, None] + ci[None, :], mask=ok[:, None] & o_ok[None, :], other=0.0)
+            wv = tl.load(wt_ptr + (kh * Kw + kw) * Co + o, mask=o_ok, other=0.0)
+            acc += xv.to(ACC) * wv.to(ACC)[None, :]
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=o_ok, other=0.0).to(ACC)[None, :]
+    y_img = y_ptr + n.to(tl.int64) * Ho * Wo * Co
+    tl.store(y_img + (p.to(tl.int64) * Co)[:, None] + o[None, :],
+             _cast_out(acc, y_ptr.dtype.element_ty, EMULATE_BF16), mask=p_ok[:, None] & o_ok[None, :])
+
+
+@triton.jit
+def _grad_input_nhwc_kernel(gy_ptr, wt_ptr, gx_ptr,
+                            C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                            ACC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    p_tiles = tl.cdiv(H * W, BLOCK_P)
+    n = pid // p_tiles
+    p = (pid % p_tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = p < H * W
+    c_ok = c < C
+    h = p // W
+    w = p % W
+    gy_img = gy_ptr + n.to(tl.int64) * Ho * Wo * Co
+
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    for r in range(m):
+        o = c * m + r
+        for kh in range(Kh):
+            t = h + top - kh * dh  # = oh * sh when output row oh reaches h through kh
+            oh = t // sh
+            h_ok = p_ok & (t >= 0) & (t % sh == 0) & (oh < Ho)
+            for kw in range(Kw):
+                u = w + left - kw * dw
+                ow = u // sw
+                ok = h_ok & (u >= 0) & (u % sw == 0) & (ow < Wo)
+                pix = (oh * Wo + ow).to(tl.int64) * Co
+                g = tl.load(gy_img + pix[:, None] + o[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+                wv = tl.load(wt_ptr + (kh * Kw + kw) * Co + o, mask=c_ok, other=0.0)
+                acc += g.to(ACC) * wv.to(ACC)[None, :]
+
+    gx_img = gx_ptr + n.to(tl.int64) * H * W * C
+    tl.store(gx_img + (p.to(tl.int64) * C)[:, None] + c[None, :],
+             _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=p_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _grad_weight_nhwc_kernel(gy_ptr, x_ptr, part_ptr,
+                             N, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m, chunks_per_split,
+                             ACC: tl.constexpr,
+                             BLOCK_P: tl.constexpr, BLOCK_KW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # One kernel row kh, BLOCK_KW taps of it and BLOCK_C channels per program; the gy tile is loaded once per
+    # pixel chunk and reused for all BLOCK_KW taps. Products are summed over pixels once, at the end.
+    pid = tl.program_id(0)
+    split = tl.program_id(2)
+    kw_tiles = tl.cdiv(Kw, BLOCK_KW)
+    kh = pid // kw_tiles
+    kw = (pid % kw_tiles) * BLOCK_KW + tl.arange(0, BLOCK_KW)
+    o = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    kw_ok = kw < Kw
+    o_ok = o < Co
+    ci = o // m
+
+    chunks_per_image = tl.cdiv(Ho * Wo, BLOCK_P)
+    ch_start = split * chunks_per_split
+    ch_end = tl.minimum(N * chunks_per_image, ch_start + chunks_per_split)
+    acc = tl.zeros([BLOCK_P, BLOCK_KW, BLOCK_C], dtype=ACC)
+    for chunk in range(ch_start, ch_end):
+        n = chunk // chunks_per_image
+        p = (chunk % chunks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = p < Ho * Wo
+        oh = p // Wo
+        ow = p % Wo
+        gy_pix = n.to(tl.int64) * Ho * Wo * Co + p.to(tl.int64) * Co
+        g = tl.load(gy_ptr + gy_pix[:, None] + o[None, :], mask=p_ok[:, None] & o_ok[None, :], other=0.0)
+        ih = oh * sh - top + kh * dh
+        iw = ow[:, None] * sw - left + kw[None, :] * dw
+        ok = (p_ok & (ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < W) & kw_ok[None, :]
+        x_pix = n.to(tl.int64) * H * W * C + (ih[:, None] * W + iw).to(tl.int64) * C
+        xv = tl.load(x_ptr + x_pix[:, :, None] + ci[None, None, :],
+                     mask=ok[:, :, None] & o_ok[None, None, :], other=0.0)
+        acc += g.to(ACC)[:, None, :] * xv.to(ACC)
+
+    part = part_ptr + ((split * Kh + kh) * Kw + kw[:, None]) * Co + o[None, :]
+    tl.store(part, tl.sum(acc, axis=0), mask=kw_ok[:, None] & o_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# entry points
+
+
+def _geometry(stride, padding, dilation):
+    (sh, sw), (top, _, left, _), (dh, dw) = stride, padding, dilation
+    return sh, sw, top, left, dh, dw
+
+
+def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+    N, C, H, W = x.shape
+    Co, _, Kh, Kw = weight.shape
+    top, bottom, left, right = padding
+    Ho = _out_size(H, top, bottom, Kh, stride[0], dilation[0])
+    Wo = _out_size(W, left, right, Kw, stride[1], dilation[1])
+    cl = is_channels_last(x)
+    y = torch.empty((N, Co, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=_memory_format(cl))
+    if y.numel() == 0:
+        return y
+    geom = _geometry(stride, padding, dilation)
+    b = bias if bias is not None else weight  # never read when HAS_BIAS is False
+    if cl:
+        block_p, block_c = _cl_blocks(Co)
+        wt = weight.reshape(Co, Kh * Kw).t().contiguous()
+        grid = (N * triton.cdiv(Ho * Wo, block_p), triton.cdiv(Co, block_c))
+        _fwd_nhwc_kernel[grid](x, wt, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
+                               HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype),
+                               EMULATE_BF16=_emulate_bf16(x.dtype), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    else:
+        def grid(meta):
+            return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
+        _fwd_nchw_kernel[grid](x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
+                               HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype),
+                               PRECISION=_dot_precision(x.dtype), EMULATE_BF16=_emulate_bf16(x.dtype))
+    return y
+
+
+def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    N, C, H, W = input_shape
+    _, Co, Ho, Wo = grad_out.shape
+    Kh, Kw = weight.shape[2:]
+    cl = is_channels_last(grad_out)
+    gx = torch.empty((N, C, H, W), device=grad_out.device, dtype=grad_out.dtype, memory_format=_memory_format(cl))
+    if gx.numel() == 0:
+        return gx
+    geom = _geometry(stride, padding, dilation)
+    if cl:
+        block_p, block_c = _cl_blocks(C)
+        wt = weight.reshape(Co, Kh * Kw).t().contiguous()
+        grid = (N * triton.cdiv(H * W, block_p), triton.cdiv(C, block_c))
+        _grad_input_nhwc_kernel[grid](grad_out, wt, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
+                                      ACC=_acc_dtype(gx.dtype), EMULATE_BF16=_emulate_bf16(gx.dtype),
+                                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    else:
+        def grid(meta):
+            return (N * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
+        _grad_input_nchw_kernel[grid](grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
+                                      ACC=_acc_dtype(gx.dtype), PRECISION=_dot_precision(gx.dtype),
+                                      EMULATE_BF16=_emulate_bf16(gx.dtype))
+    return gx
+
+
+def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    N, C, H, W = x.shape
+    _, Co, Ho, Wo = grad_out.shape
+    _, _, Kh, Kw = weight_shape
+    geom = _geometry(stride, padding, dilation)
+    part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if grad_out.is_contiguous() and x.is_contiguous():  # NCHW (also when one of them is C == 1 or H == W == 1)
+        # Tap tiles of 16 or 32; a reduction chunk is BLOCK_R input rows x BLOCK_Q output columns.
+        block_kh, block_kw = (min(32, max(16, triton.next_power_of_2(k))) for k in (Kh, Kw))
+        block_q = 16 if _INTERPRETED else min(64, max(16, triton.next_power_of_2(Wo)))
+        block_r = (32 if _INTERPRETED else 64) // block_q
+        programs = Co * triton.cdiv(Kh, block_kh) * triton.cdiv(Kw, block_kw)
+        splits = _num_splits(triton.cdiv(N * H, block_r), programs, x.device)
+        rows_per_split = triton.cdiv(triton.cdiv(N * H, splits), block_r) * block_r
+        splits = triton.cdiv(N * H, rows_per_split)
+        part = torch.empty((splits, Co, Kh, Kw), device=x.device, dtype=part_dtype)
+        _grad_weight_nchw_kernel[(programs, splits)](
+            grad_out, x, part, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C, N * H, rows_per_split,
+            ACC=_acc_dtype(x.dtype), PRECISION=_dot_precision(x.dtype), EMULATE_BF16=_emulate_bf16(x.dtype),
+            BLOCK_KH=block_kh, BLOCK_KW=block_kw, BLOCK_R=block_r, BLOCK_Q=block_q, num_warps=4)
+        gw = part.sum(0)
+    else:  # channels_last (ops.py hands both tensors over in one memory format)
+        block_p, block_kw, block_c = ((128, 4, 4) if _INTERPRETED
+                                      else (16, 8, min(32, max(16, triton.next_power_of_2(Co)))))
+        programs = Kh * triton.cdiv(Kw, block_kw) * triton.cdiv(Co, block_c)
+        chunks = N * triton.cdiv(Ho * Wo, block_p)
+        splits = _num_splits(chunks, programs, x.device)
+        chunks_per_split = triton.cdiv(chunks, splits)
+        splits = triton.cdiv(chunks, chunks_per_split)
+        part = torch.empty((splits, Kh, Kw, Co), device=x.device, dtype=part_dtype)
+        grid = (Kh * triton.cdiv(Kw, block_kw), triton.cdiv(Co, block_c), splits)
+        _grad_weight_nhwc_kernel[grid](grad_out, x, part, N, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
+                                       chunks_per_split, ACC=_acc_dtype(x.dtype),
+                                       BLOCK_P=block_p, BLOCK_KW=block_kw, BLOCK_C=block_c, num_warps=4)
+        gw = part.sum(0).permute(2, 0, 1)
+    return gw.reshape(Co, 1, Kh, Kw).to(x.dtype).contiguous()
