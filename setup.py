@@ -23,6 +23,10 @@ def want_cuda_extension():
         import torch
     except ImportError:
         return False
+    # Where nvcc on PATH is a wrapper script (as on this project's CPU machines), torch would guess CUDA_HOME from
+    # its folder and fail to link cudart; the toolkit's usual home is the better guess.
+    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     from torch.utils.cpp_extension import CUDA_HOME
 
     has_nvcc = CUDA_HOME is not None or shutil.which("nvcc") is not None
@@ -41,8 +45,8 @@ def cuda_extensions():
     ext = CUDAExtension(
         name="largeconv._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                            "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+        extra_compile_args={"cxx": ["-O3", "-std=c++20"],
+                            "nvcc": ["-O3", "-std=c++20", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 

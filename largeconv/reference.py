@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
+from .arguments import memory_format_of
+
 
 def unsupported_reason(op, x, kernel_size):
     return None
@@ -30,7 +32,7 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
     height, width = input_shape[2], input_shape[3]
     grad_padded = conv2d_input(_padded_shape(input_shape, padding), weight, grad_out, stride, 0, dilation,
                                groups=input_shape[1])
-    return grad_padded[:, :, top:top + height, left:left + width]
+    return grad_padded[:, :, top:top + height, left:left + width].contiguous(memory_format=memory_format_of(grad_out))
 
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
@@ -55,7 +57,8 @@ def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
     cols = _unfold(x, kernel_size, stride, padding, dilation, out_hw)
     cols = cols.reshape(batch, groups, channels // groups, kernel_size * kernel_size, *out_hw)
     kernel = weight.reshape(batch, groups, 1, kernel_size * kernel_size, *out_hw)
-    return (cols * kernel).sum(dim=3).reshape(batch, channels, *out_hw)
+    out = (cols * kernel).sum(dim=3).reshape(batch, channels, *out_hw)
+    return out.contiguous(memory_format=memory_format_of(x))
 
 
 def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
@@ -66,7 +69,8 @@ def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, 
     grad = grad_out.reshape(batch, groups, channels // groups, 1, *out_hw)
     kernel = weight.reshape(batch, groups, 1, taps, *out_hw)
     cols = (grad * kernel).reshape(batch, channels * taps, out_hw[0] * out_hw[1])
-    return F.fold(cols, tuple(input_shape[2:]), kernel_size, dilation, padding, stride)
+    grad_in = F.fold(cols, tuple(input_shape[2:]), kernel_size, dilation, padding, stride)
+    return grad_in.contiguous(memory_format=memory_format_of(grad_out))
 
 
 def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
@@ -77,7 +81,8 @@ def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, pad
     cols = _unfold(x, kernel_size, stride, padding, dilation, out_hw)
     cols = cols.reshape(batch, groups, channels // groups, taps, *out_hw)
     grad = grad_out.reshape(batch, groups, channels // groups, 1, *out_hw)
-    return (cols * grad).sum(dim=2).reshape(batch, groups * taps, *out_hw)
+    grad_w = (cols * grad).sum(dim=2).reshape(batch, groups * taps, *out_hw)
+    return grad_w.contiguous(memory_format=memory_format_of(x))
 
 
 def involution2d_reference(x, weight, kernel_size, stride=1, padding=None, dilation=1):

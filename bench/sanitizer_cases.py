@@ -1,0 +1,121 @@
+"""Every kernel of the "cuda" backend once, on small random inputs, checked against float64 references, for
+
+    compute-sanitizer --tool memcheck python bench/sanitizer_cases.py      # also: racecheck, synccheck, initcheck
+
+Covers fp32 / fp16 / bf16, NCHW and channels_last, stride 2 with odd sizes, dilation, rectangular and even kernels,
+channel multipliers, involution groups wider than one channel chunk, and sizes that force the one-thread-per-output
+fallback kernels (dilations whose tiles cannot fit in shared memory). Outputs are NaN-poisoned before each call.
+Exit status 1 on any mismatch, 2 when the extension or a GPU is missing.
+"""
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import largeconv.cuda as cuda_backend  # noqa: E402
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative L2 vs float64
+LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+
+# (n, c, h, w, (kh, kw), stride, dilation, padding (top, bottom, left, right), multiplier)
+DW_CASES = [
+    (2, 3, 9, 11, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1),
+    (2, 4, 13, 15, (7, 7), (2, 2), (1, 1), (3, 3, 3, 3), 1),
+    (1, 4, 12, 13, (5, 5), (1, 1), (2, 2), (4, 4, 4, 4), 1),
+    (1, 3, 20, 18, (13, 3), (1, 1), (1, 1), (6, 6, 1, 1), 1),
+    (2, 2, 8, 9, (4, 4), (1, 1), (1, 1), (1, 2, 1, 2), 1),
+    (1, 2, 20, 20, (31, 31), (1, 1), (1, 1), (15, 15, 15, 15), 1),
+    (2, 3, 10, 9, (3, 5), (2, 1), (1, 2), (1, 1, 4, 4), 2),
+    (1, 2, 12, 12, (63, 63), (1, 1), (8, 8), (248, 248, 248, 248), 1),  # fallback kernels
+]
+# (b, c, h, w, k, groups, stride, padding, dilation)
+INV_CASES = [
+    (2, 32, 12, 11, 7, 2, 1, 3, 1),
+    (2, 16, 13, 11, 3, 1, 2, 1, 1),
+    (1, 8, 10, 10, 5, 2, 1, 4, 2),
+    (1, 40, 8, 9, 3, 2, 1, 1, 1),  # 20 channels per group: two chunks in grad-weight
+    (1, 4, 6, 6, 15, 1, 1, 112, 16),  # fallback kernels
+]
+
+
+def rel_error(got, want):
+    got, want = got.double().cpu(), want.double().cpu()
+    if torch.isnan(got).any():
+        return math.inf
+    return ((got - want).norm() / want.norm().clamp_min(1e-300)).item()
+
+
+def poisoned_empty(original):
+    def empty(*args, **kwargs):
+        return original(*args, **kwargs).fill_(float("nan"))
+    return empty
+
+
+def dwconv_case(case, dtype, layout):
+    n, c, h, w, (kh, kw), stride, dilation, padding, mult = case
+    fmt = LAYOUTS[layout]
+    x = torch.randn(n, c, h, w, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    weight = (torch.randn(c * mult, 1, kh, kw, device="cuda") / math.sqrt(kh * kw)).to(dtype)
+    bias = torch.randn(c * mult, device="cuda").to(dtype)
+    out = cuda_backend.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
+    grad = torch.randn(out.shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    grad_x = cuda_backend.dwconv2d_grad_input(grad, weight, x.shape, stride, padding, dilation)
+    grad_w = cuda_backend.dwconv2d_grad_weight(grad, x, weight.shape, stride, padding, dilation)
+
+    x64, w64 = (t.detach().cpu().double().requires_grad_() for t in (x, weight))
+    top, bottom, left, right = padding
+    ref = F.conv2d(F.pad(x64, (left, right, top, bottom)), w64, bias.cpu().double(), stride, 0, dilation, groups=c)
+    ref_x, ref_w = torch.autograd.grad(ref, (x64, w64), grad.cpu().double())
+    return {"forward": (out, ref), "grad_input": (grad_x, ref_x), "grad_weight": (grad_w, ref_w)}
+
+
+def involution_case(case, dtype, layout):
+    b, c, h, w, k, groups, s, p, d = case
+    fmt = LAYOUTS[layout]
+    ho, wo = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size in (h, w))
+    x = torch.randn(b, c, h, w, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    weight = (torch.randn(b, groups * k * k, ho, wo, device="cuda") / k).to(dtype).contiguous(memory_format=fmt)
+    out = cuda_backend.involution2d_forward(x, weight, k, s, p, d)
+    grad = torch.randn(out.shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    grad_x = cuda_backend.involution2d_grad_input(grad, weight, x.shape, k, s, p, d)
+    grad_w = cuda_backend.involution2d_grad_weight(grad, x, weight.shape, k, s, p, d)
+
+    x64, w64 = (t.detach().cpu().double().requires_grad_() for t in (x, weight))
+    cols = F.unfold(x64, k, d, p, s).view(b, groups, c // groups, k * k, ho, wo)
+    ref = (cols * w64.view(b, groups, 1, k * k, ho, wo)).sum(3).view(b, c, ho, wo)
+    ref_x, ref_w = torch.autograd.grad(ref, (x64, w64), grad.cpu().double())
+    return {"forward": (out, ref), "grad_input": (grad_x, ref_x), "grad_weight": (grad_w, ref_w)}
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    reason = cuda_backend.unsupported_reason("dwconv2d", torch.empty(1, 1, 1, 1, device="cuda"), (3, 3))
+    if reason:
+        print(reason)
+        return 2
+    cuda_backend._empty = poisoned_empty(cuda_backend._empty)
+    torch.manual_seed(0)
+    failures = runs = 0
+    for dtype in TOLERANCE:
+        for layout in LAYOUTS:
+            for op, cases, run in (("dwconv2d", DW_CASES, dwconv_case), ("involution2d", INV_CASES, involution_case)):
+                for case in cases:
+                    results = run(case, dtype, layout)
+                    torch.cuda.synchronize()
+                    for direction, (got, want) in results.items():
+                        runs += 1
+                        err = rel_error(got, want)
+                        if not err <= TOLERANCE[dtype]:
+                            failures += 1
+                            print(f"FAIL {op} {direction} {dtype} {layout} {case}: relative error {err:.3g}")
+    print(f"{runs - failures}/{runs} kernel results match the float64 reference")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+// Shared by the kernels: element types and conversions, dynamic shared memory, small integer helpers, the
+// dtype switch and the error check used by the host-side plans.
+//
+// Compiled three ways: by nvcc for the device, by nvcc's host pass, and by a plain C++ compiler with
+// LARGECONV_EMULATE defined (csrc/emu/), which runs the same kernels on CPU threads for tests without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "api.h"
+
+#ifdef LARGECONV_EMULATE
+#include "emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#endif
+
+namespace largeconv {
+
+#define LC_HD __host__ __device__ __forceinline__
+#define LC_D __device__ __forceinline__
+
+// Plans throw this; binding.cpp turns it into a RuntimeError with the same message.
+#define LC_CHECK(cond, msg)                                                          \
+  do {                                                                               \
+    if (!(cond)) throw std::runtime_error(std::string("largeconv cuda: ") + (msg)); \
+  } while (0)
+
+// ---- element types: storage type -> fp32 and back (all arithmetic is fp32) ------------------------------------
+#ifdef LARGECONV_EMULATE
+using half_t = emu::half;
+using bf16_t = emu::bfloat16;
+LC_D float to_float(half_t v) { return emu::half_to_float(v); }
+LC_D float to_float(bf16_t v) { return emu::bfloat16_to_float(v); }
+template <typename T> LC_D T from_float(float v);
+template <> LC_D half_t from_float<half_t>(float v) { return emu::float_to_half(v); }
+template <> LC_D bf16_t from_float<bf16_t>(float v) { return emu::float_to_bfloat16(v); }
+#else
+using half_t = __half;
+using bf16_t = __nv_bfloat16;
+LC_D float to_float(half_t v) { return __half2float(v); }
+LC_D float to_float(bf16_t v) { return __bfloat162float(v); }
+template <typename T> LC_D T from_float(float v);
+template <> LC_D half_t from_float<half_t>(float v) { return __float2half_rn(v); }
+template <> LC_D bf16_t from_float<bf16_t>(float v) { return __float2bfloat16_rn(v); }
+#endif
+LC_D float to_float(float v) { return v; }
+template <> LC_D float from_float<float>(float v) { return v; }
+
+// Calls f(T{}) with the storage type of `dtype`.
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(float{}); return;
+    case DType::kFloat16: f(half_t{}); return;
+    case DType::kBFloat16: f(bf16_t{}); return;
+  }
+  LC_CHECK(false, "unsupported dtype");
+}
+
+// ---- dynamic shared memory (always fp32: inputs are converted once when staged) -------------------------------
+#ifdef LARGECONV_EMULATE
+LC_D float* dynamic_smem() { return reinterpret_cast<float*>(emu::shared_memory()); }
+#else
+LC_D float* dynamic_smem() {
+  extern __shared__ float4 largeconv_smem[];  // float4: 16-byte alignment
+  return reinterpret_cast<float*>(largeconv_smem);
+}
+#endif
+
+// ---- integer helpers ------------------------------------------------------------------------------------------
+LC_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+LC_HD int floor_div(int a, int b) {  // b > 0, a of any sign
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+LC_HD int imin(int a, int b) { return a < b ? a : b; }
+LC_HD int imax(int a, int b) { return a > b ? a : b; }
+
+// Offset of element (n, c, h, w) of a contiguous NCHW or channels_last (NHWC) tensor of shape (*, C, H, W).
+LC_HD int64_t offset4(bool channels_last, int64_t n, int64_t c, int64_t h, int64_t w, int64_t C, int64_t H,
+                      int64_t W) {
+  return channels_last ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
+}
+
+// Shared-memory strides (floats). Scalar reads: an odd stride puts the same column of consecutive rows (or planes)
+// in different banks. 16-byte reads: a multiple of 4 (alignment) whose quarter is odd, so the eight threads of a
+// quarter-warp reading consecutive rows start in different 16-byte bank groups.
+inline int64_t odd_stride(int64_t n) { return n | 1; }
+inline int64_t vec_stride(int64_t n) {
+  const int64_t s = (n + 3) / 4 * 4;
+  return (s / 4) % 2 ? s : s + 4;
+}
+
+// 16-byte shared-memory load; p must be 16-byte aligned (the emulator checks).
+LC_D float4 load4(const float* p) {
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(p, 16);
+#endif
+  return *reinterpret_cast<const float4*>(p);
+}
+
+// Blocks of a 1-D grid (grid.x allows 2^31 - 1).
+inline unsigned grid_size(int64_t blocks) {
+  LC_CHECK(blocks >= 1 && blocks <= 2147483647LL,
+           "the problem needs " + std::to_string(blocks) + " thread blocks, more than a CUDA grid allows");
+  return static_cast<unsigned>(blocks);
+}
+
+constexpr size_t kDefaultSmem = 48 * 1024;  // above this a kernel must opt in (the launcher does)
+
+}  // namespace largeconv

@@ -1,0 +1,677 @@
+// Depthwise 2-D convolution kernels (forward, grad-input, grad-weight) and their launch plans.
+//
+// Forward and the stride-1 grad-input are one "correlation" kernel (grad-input is the forward of grad_out with the
+// flipped filter). It is a direct sliding-window kernel in the style of MegEngine's large-filter conv: a block
+// stages the input rows its output tile needs, and the filters, in shared memory (fp32 whatever the storage
+// type), then every thread computes kRB = 8 neighbouring outputs of one row. At unit stride and dilation along W it
+// takes kTaps = 16 taps per step from six 16-byte loads of inputs (a register window of kRB + kTaps values) and four
+// broadcast 16-byte loads of filter values: 128 FMAs per 10 shared-memory instructions and 28 bank wavefronts, so
+// large K stays FMA-bound rather than shared-memory-bound.
+//
+// The weight gradient is a reduction over N x Ho x Wo per tap. A block owns a few channels and a contiguous share
+// ("split") of the (image, tile) items; it stages tiles of grad_out and x, every thread owns kRB neighbouring taps
+// of one filter row and slides over kCols output columns per step (again a register window and 16-byte loads),
+// accumulating in registers, then in shared memory. Splits write fp32 partial sums that a second kernel adds in a
+// fixed order: deterministic, no atomics.
+//
+// Stride > 1 grad-input, and any case whose tile does not fit in shared memory (huge dilations), use plain
+// one-thread-per-output kernels: correct for every size, not fast.
+#pragma once
+
+#include "common.cuh"
+
+namespace largeconv {
+namespace dw {
+
+constexpr int kThreads = 256;  // threads per block (at most)
+constexpr int kRB = 8;         // outputs (forward) or taps (grad-weight) per thread along W
+constexpr int kTaps = 16;      // forward, unit W: taps per unrolled step
+constexpr int kCols = 8;       // grad-weight: output columns per unrolled step
+constexpr size_t kSoftSmem = 64 * 1024;  // plans shrink tiles above this to keep several blocks per SM
+
+// ================================================================================================================
+// Correlation: out[n, o, i, j] = sum_{r < reps} sum_{a, b} f_q[a, b] * in[n, q / in_div, i*sh + a*dh - off_h,
+//                                                                         j*sw + b*dw - off_w],   q = o*reps + r,
+// f_q = weight plane q, reversed in both axes when flip; `in` is zero outside its (in_h, in_w) extent.
+//   forward:    in = x,        reps = 1,    in_div = mult, off = (pt, pl)
+//   grad-input: in = grad_out, reps = mult, in_div = 1,    off = (dh*(kh-1) - pt, dw*(kw-1) - pl), flip, stride 1
+// ================================================================================================================
+struct Corr {
+  const void* in;
+  const void* weight;
+  const void* bias;  // may be null
+  void* out;
+  int64_t n, in_c, in_h, in_w, out_c, out_h, out_w;
+  int kh, kw, sh, sw, dh, dw, off_h, off_w, reps, in_div;
+  bool flip, channels_last;
+};
+
+// bz channels of one image x by rows x (bx * kRB) columns of output per block; one row, kRB columns per thread.
+struct CorrTile {
+  int bx, by, bz;
+  int ih, iw, rs, ps;  // staged input rows and columns, row and plane strides in shared memory (floats)
+  int fw;              // filter row stride in shared memory: kw, or kw rounded up to kTaps (unit W)
+  int64_t tiles_w, tiles_h, channel_groups, n;
+  size_t smem;  // bytes: bz input planes, then bz filters
+
+  LC_HD int threads() const { return bx * by * bz; }
+  LC_HD int64_t blocks() const { return tiles_w * tiles_h * channel_groups * n; }
+};
+
+template <typename T, bool kUnit>  // kUnit: sw == dw == 1, so neighbouring outputs share a register window
+__global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t) {
+  const T* __restrict__ in = static_cast<const T*>(p.in);
+  const T* __restrict__ weight = static_cast<const T*>(p.weight);
+  float* xs = dynamic_smem();
+  float* fs = xs + static_cast<size_t>(t.bz) * t.ps;  // 16-byte aligned: ps is a multiple of 4 when kUnit
+  const int taps = p.kh * p.kw, frows = p.kh * t.fw;
+  const int nthreads = t.threads();
+  const int tid = threadIdx.x;
+
+  // Block -> (image, channel group, row tile, column tile); 64-bit divisions only here, once per block.
+  int64_t blk = blockIdx.x;
+  const int64_t tile_w = blk % t.tiles_w;
+  blk /= t.tiles_w;
+  const int64_t tile_h = blk % t.tiles_h;
+  blk /= t.tiles_h;
+  const int o0 = static_cast<int>(blk % t.channel_groups) * t.bz;  // first output channel
+  const int64_t n = blk / t.channel_groups;
+  const int out_c = static_cast<int>(p.out_c);
+  const int64_t i0 = tile_h * t.by, j0 = tile_w * t.bx * kRB;
+  const int64_t row0 = i0 * p.sh - p.off_h, col0 = j0 * p.sw - p.off_w;
+
+  // Planes vary fastest across threads in channels_last (coalesced stores), rows otherwise (the odd row stride
+  // spreads a warp's shared-memory reads over the banks).
+  int z, y, x;
+  if (p.channels_last) {
+    z = tid % t.bz;
+    y = (tid / t.bz) % t.by;
+    x = tid / (t.bz * t.by);
+  } else {
+    y = tid % t.by;
+    x = (tid / t.by) % t.bx;
+    z = tid / (t.by * t.bx);
+  }
+
+  float acc[kRB];
+#pragma unroll
+  for (int r = 0; r < kRB; ++r) acc[r] = 0.f;
+
+  for (int rep = 0; rep < p.reps; ++rep) {
+    if (rep > 0) __syncthreads();  // all threads are done with the previous tiles
+
+    for (int e = tid; e < t.bz * frows; e += nthreads) {
+      const int zz = e / frows, a = (e % frows) / t.fw, b = e % t.fw;
+      float v = 0.f;  // also the padding of rows to fw
+      if (o0 + zz < out_c && b < p.kw) {
+        const int64_t q = static_cast<int64_t>(o0 + zz) * p.reps + rep;
+        const int k = a * p.kw + b;
+        v = to_float(weight[q * taps + (p.flip ? taps - 1 - k : k)]);
+      }
+      fs[e] = v;
+    }
+
+    // Input tile, zero outside the image. Consecutive threads take consecutive addresses of either layout.
+    const int tile_elems = t.bz * t.ih * t.iw;
+    for (int e = tid; e < tile_elems; e += nthreads) {
+      int zz, row, col;
+      if (p.channels_last) {
+        zz = e % t.bz;
+        col = (e / t.bz) % t.iw;
+        row = e / (t.bz * t.iw);
+      } else {
+        col = e % t.iw;
+        row = (e / t.iw) % t.ih;
+        zz = e / (t.iw * t.ih);
+      }
+      const int64_t gr = row0 + row, gc = col0 + col;
+      float v = 0.f;
+      if (o0 + zz < out_c && gr >= 0 && gr < p.in_h && gc >= 0 && gc < p.in_w) {
+        const int ci = ((o0 + zz) * p.reps + rep) / p.in_div;
+        v = to_float(in[offset4(p.channels_last, n, ci, gr, gc, p.in_c, p.in_h, p.in_w)]);
+      }
+      xs[zz * t.ps + row * t.rs + col] = v;
+    }
+    __syncthreads();
+
+    const float* xb = xs + z * t.ps + y * p.sh * t.rs + x * kRB * p.sw;
+    const float* fb = fs + z * frows;
+    for (int a = 0; a < p.kh; ++a) {
+      const float* xr = xb + a * p.dh * t.rs;  // 16-byte aligned when kUnit (rs, ps multiples of 4)
+      const float* fr = fb + a * t.fw;
+      if constexpr (kUnit) {
+        for (int b = 0; b < p.kw; b += kTaps) {
+          float xv[kRB + kTaps];  // the last value only pads the 16-byte loads
+#pragma unroll
+          for (int q = 0; q < (kRB + kTaps) / 4; ++q) {
+            const float4 v = load4(xr + b + 4 * q);
+            xv[4 * q] = v.x; xv[4 * q + 1] = v.y; xv[4 * q + 2] = v.z; xv[4 * q + 3] = v.w;
+          }
+          // The last step masks the taps past kw: their inputs belong to other outputs (or are not staged).
+          const int rem = p.kw - b;
+          auto step = [&](auto masked) {
+#pragma unroll
+            for (int u4 = 0; u4 < kTaps / 4; ++u4) {
+              const float4 v = load4(fr + b + 4 * u4);
+              const float f[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+              for (int uu = 0; uu < 4; ++uu) {
+                if (decltype(masked)::value && 4 * u4 + uu >= rem) break;
+#pragma unroll
+                for (int r = 0; r < kRB; ++r) acc[r] = fmaf(f[uu], xv[4 * u4 + uu + r], acc[r]);
+              }
+            }
+          };
+          if (rem >= kTaps) step(std::false_type{});
+          else step(std::true_type{});
+        }
+      } else {
+        for (int b = 0; b < p.kw; ++b) {
+          const float f = fr[b];
+          const float* xc = xr + b * p.dw;
+#pragma unroll
+          for (int r = 0; r < kRB; ++r) acc[r] = fmaf(f, xc[r * p.sw], acc[r]);
+        }
+      }
+    }
+  }
+
+  const int o = o0 + z;
+  const int64_t i = i0 + y;
+  if (o < out_c && i < p.out_h) {
+    const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
+    T* out = static_cast<T*>(p.out);
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) {
+      const int64_t j = j0 + x * kRB + r;
+      if (j < p.out_w) out[offset4(p.channels_last, n, o, i, j, p.out_c, p.out_h, p.out_w)] = from_float<T>(acc[r] + bias);
+    }
+  }
+}
+
+// One thread per output: the fallback when no tile fits in shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) corr_naive_kernel(Corr p) {
+  const T* __restrict__ in = static_cast<const T*>(p.in);
+  const T* __restrict__ weight = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out);
+  const int64_t taps = static_cast<int64_t>(p.kh) * p.kw;
+  const int64_t total = p.n * p.out_c * p.out_h * p.out_w;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, o, i, j;  // idx is the offset of (n, o, i, j) in out's layout
+    if (p.channels_last) {
+      o = idx % p.out_c;
+      j = (idx / p.out_c) % p.out_w;
+      i = (idx / (p.out_c * p.out_w)) % p.out_h;
+      n = idx / (p.out_c * p.out_w * p.out_h);
+    } else {
+      j = idx % p.out_w;
+      i = (idx / p.out_w) % p.out_h;
+      o = (idx / (p.out_w * p.out_h)) % p.out_c;
+      n = idx / (p.out_w * p.out_h * p.out_c);
+    }
+    float acc = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
+    for (int rep = 0; rep < p.reps; ++rep) {
+      const int64_t q = o * p.reps + rep, ci = q / p.in_div;
+      for (int a = 0; a < p.kh; ++a) {
+        const int64_t gr = i * p.sh + static_cast<int64_t>(a) * p.dh - p.off_h;
+        if (gr < 0 || gr >= p.in_h) continue;
+        for (int b = 0; b < p.kw; ++b) {
+          const int64_t gc = j * p.sw + static_cast<int64_t>(b) * p.dw - p.off_w;
+          if (gc < 0 || gc >= p.in_w) continue;
+          const int64_t k = static_cast<int64_t>(a) * p.kw + b;
+          acc = fmaf(to_float(weight[q * taps + (p.flip ? taps - 1 - k : k)]),
+                     to_float(in[offset4(p.channels_last, n, ci, gr, gc, p.in_c, p.in_h, p.in_w)]), acc);
+        }
+      }
+    }
+    out[idx] = from_float<T>(acc);
+  }
+}
+
+// Shrinks a candidate tile until it fits; false when even the smallest does not (then use the naive kernel).
+inline bool plan_corr(const Corr& p, const DeviceLimits& lim, CorrTile* tile) {
+  const bool unit = p.sw == 1 && p.dw == 1;
+  const int fw = unit ? static_cast<int>(ceil_div(p.kw, kTaps) * kTaps) : p.kw;
+  const int64_t planes = p.out_c;  // a block's planes are channels of one image
+  const int64_t col_groups = ceil_div(p.out_w, kRB);
+  int bx, by, bz;
+  if (p.channels_last) {  // 4 consecutive channels per block (16-byte runs) and a 16 x 32 tile: the halo stays small
+    bz = static_cast<int>(planes < 4 ? planes : 4);
+    bx = static_cast<int>(col_groups < 4 ? col_groups : 4);
+  } else {
+    bz = 1;
+    bx = static_cast<int>(col_groups < 16 ? col_groups : 16);
+  }
+  {  // rows: balanced tiles of at most kThreads / (bx * bz) rows
+    const int64_t max_by = imax(1, kThreads / (bx * bz));
+    by = static_cast<int>(ceil_div(p.out_h, ceil_div(p.out_h, max_by)));
+  }
+  if (!p.channels_last) {  // small maps: several planes per block
+    const int64_t more = kThreads / (bx * by);
+    bz = static_cast<int>(more < 1 ? 1 : (more < planes ? more : planes));
+  }
+
+  CorrTile t{};
+  auto fill = [&]() -> bool {
+    const int64_t ih = static_cast<int64_t>(by - 1) * p.sh + static_cast<int64_t>(p.kh - 1) * p.dh + 1;
+    const int64_t iw = static_cast<int64_t>(bx * kRB - 1) * p.sw + static_cast<int64_t>(p.kw - 1) * p.dw + 1;
+    // unit: the 16-byte window loads read up to column bx * kRB + fw - 1 (the part past iw is never used)
+    const int64_t rs = unit ? vec_stride(bx * kRB + fw) : odd_stride(iw);
+    const int64_t ps = unit ? vec_stride(ih * rs) : odd_stride(ih * rs);
+    const int64_t floats = bz * ps + static_cast<int64_t>(bz) * p.kh * fw;
+    if (ih * iw > (1 << 24) || floats * 4 > (int64_t{1} << 30)) return false;  // absurd dilations: keep ints small
+    t.bx = bx; t.by = by; t.bz = bz; t.fw = fw;
+    t.ih = static_cast<int>(ih); t.iw = static_cast<int>(iw); t.rs = static_cast<int>(rs); t.ps = static_cast<int>(ps);
+    t.tiles_w = ceil_div(p.out_w, static_cast<int64_t>(bx) * kRB);
+    t.tiles_h = ceil_div(p.out_h, by);
+    t.channel_groups = ceil_div(planes, bz);
+    t.n = p.n;
+    t.smem = static_cast<size_t>(floats) * sizeof(float);
+    return true;
+  };
+  auto shrink = [&](bool rows_to_one) -> bool {  // planes first, then rows, then columns
+    if (bz > 1) bz = (bz + 1) / 2;
+    else if (by > (rows_to_one ? 1 : 8)) by = (by + 1) / 2;
+    else if (rows_to_one && bx > 1) bx = (bx + 1) / 2;
+    else return false;
+    return true;
+  };
+  bool ok = fill();
+  // Keep the GPU busy: at least two blocks per SM where the problem allows. Channels_last gives up rows before
+  // channels (its loads coalesce over channels), NCHW the other way round (its halo grows as rows shrink).
+  while (ok && t.blocks() < 2 * static_cast<int64_t>(lim.num_sms) && (bz > 1 || by > 4)) {
+    if (p.channels_last ? by <= 4 : bz > 1) bz = (bz + 1) / 2;
+    else by = (by + 1) / 2;
+    ok = fill();
+  }
+  while (ok && t.smem > kSoftSmem && shrink(false)) ok = fill();
+  while (!ok || t.smem > static_cast<size_t>(lim.max_smem_optin)) {
+    if (!shrink(true)) return false;
+    ok = fill();
+  }
+  *tile = t;
+  return true;
+}
+
+inline unsigned naive_grid(int64_t total) {
+  const int64_t blocks = ceil_div(total, kThreads);
+  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride loop covers the rest
+}
+
+template <typename T, typename Launch>
+void run_corr(Launch& launch, const Corr& p, const DeviceLimits& lim) {
+  CorrTile t;
+  if (plan_corr(p, lim, &t)) {
+    if (p.sw == 1 && p.dw == 1) {  // must match plan_corr's `unit`
+      launch(corr_tile_kernel<T, true>, grid_size(t.blocks()), t.threads(), t.smem, p, t);
+    } else {
+      launch(corr_tile_kernel<T, false>, grid_size(t.blocks()), t.threads(), t.smem, p, t);
+    }
+  } else {
+    launch(corr_naive_kernel<T>, naive_grid(p.n * p.out_c * p.out_h * p.out_w), kThreads, 0, p);
+  }
+}
+
+// ================================================================================================================
+// Grad-input for stride > 1 (a transposed convolution): one thread per input element gathers the outputs it fed.
+// ================================================================================================================
+struct Gather {
+  const void* grad_out;
+  const void* weight;
+  void* out;
+  int64_t n, c, h, w, co, ho, wo;
+  int mult, kh, kw, sh, sw, dh, dw, pt, pl;
+  bool channels_last;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_input_gather_kernel(Gather p) {
+  const T* __restrict__ g = static_cast<const T*>(p.grad_out);
+  const T* __restrict__ weight = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out);
+  const int64_t taps = static_cast<int64_t>(p.kh) * p.kw;
+  const int64_t total = p.n * p.c * p.h * p.w;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, hh, ww;
+    if (p.channels_last) {
+      c = idx % p.c;
+      ww = (idx / p.c) % p.w;
+      hh = (idx / (p.c * p.w)) % p.h;
+      n = idx / (p.c * p.w * p.h);
+    } else {
+      ww = idx % p.w;
+      hh = (idx / p.w) % p.h;
+      c = (idx / (p.w * p.h)) % p.c;
+      n = idx / (p.w * p.h * p.c);
+    }
+    float acc = 0.f;
+    for (int rep = 0; rep < p.mult; ++rep) {
+      const int64_t q = c * p.mult + rep;
+      for (int a = 0; a < p.kh; ++a) {
+        const int64_t ti = hh + p.pt - static_cast<int64_t>(a) * p.dh;  // = i * sh for the output row i it fed
+        if (ti < 0) break;                                               // ti only decreases with a
+        if (ti % p.sh != 0 || ti / p.sh >= p.ho) continue;
+        const int64_t i = ti / p.sh;
+        for (int b = 0; b < p.kw; ++b) {
+          const int64_t tj = ww + p.pl - static_cast<int64_t>(b) * p.dw;
+          if (tj < 0) break;
+          if (tj % p.sw != 0 || tj / p.sw >= p.wo) continue;
+          acc = fmaf(to_float(weight[q * taps + a * p.kw + b]),
+                     to_float(g[offset4(p.channels_last, n, q, i, tj / p.sw, p.co, p.ho, p.wo)]), acc);
+        }
+      }
+    }
+    out[idx] = from_float<T>(acc);
+  }
+}
+
+// ================================================================================================================
+// Grad-weight: dW[o, a, b] = sum_{n, i, j} g[n, o, i, j] * x[n, o / mult, i*sh + a*dh - pt, j*sw + b*dw - pl].
+// ================================================================================================================
+struct WGrad {
+  const void* x;
+  const void* grad_out;
+  float* partial;  // [splits][co][kh * kw] fp32
+  void* out;       // (co, 1, kh, kw)
+  int64_t n, c, h, w, co, ho, wo;
+  int mult, kh, kw, sh, sw, dh, dw, pt, pl;
+  bool channels_last;
+};
+
+// A block: bz channels x one split of the items (image n, th x tw output tile). Thread "groups" own kRB taps
+// (a, kg*kRB .. +kRB) of one channel; when there are fewer groups than threads, `sets` copies of each group share
+// the tile's (row, kCols-column chunk) units and are summed at the end in a fixed order.
+struct WGradTile {
+  int bz, th, tw, ih, iw, rs, ps, kwg, groups, sets, threads;
+  int64_t tiles_h, tiles_w, items, splits, channel_groups;
+  size_t smem;  // bytes: bz x tiles, bz grad_out tiles, sets x groups x kRB accumulators
+
+  LC_HD int64_t blocks() const { return channel_groups * splits; }
+};
+
+template <typename T, bool kUnit>  // kUnit: sw == dw == 1
+__global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile t) {
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ g = static_cast<const T*>(p.grad_out);
+  float* xs = dynamic_smem();
+  float* gs = xs + static_cast<size_t>(t.bz) * t.ps;
+  float* accs = gs + static_cast<size_t>(t.bz) * t.th * t.tw;
+  const int tid = threadIdx.x;
+  const int acc_len = t.groups * kRB;
+
+  const int64_t split = blockIdx.x % t.splits;
+  const int o0 = static_cast<int>(blockIdx.x / t.splits) * t.bz, co = static_cast<int>(p.co);
+  const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
+  const int chunks = t.tw / kCols, units = t.th * chunks;
+
+  // This thread's set and groups: one group per thread when sets > 1, else groups tid, tid + threads, ...
+  const int set = t.sets > 1 ? tid / t.groups : 0;
+  const int group0 = t.sets > 1 ? tid % t.groups : tid;
+  const int group_step = t.sets > 1 ? t.groups : t.threads;
+
+  for (int e = tid; e < t.sets * acc_len; e += t.threads) accs[e] = 0.f;
+
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t tile_w = item % t.tiles_w, tile_h = (item / t.tiles_w) % t.tiles_h;
+    const int64_t n = item / (t.tiles_w * t.tiles_h);
+    const int64_t i0 = tile_h * t.th, j0 = tile_w * t.tw;
+    const int64_t row0 = i0 * p.sh - p.pt, col0 = j0 * p.sw - p.pl;
+    __syncthreads();  // the previous item's tiles (and the zeroed accumulators) are no longer being read
+
+    const int g_elems = t.bz * t.th * t.tw;
+    for (int e = tid; e < g_elems; e += t.threads) {
+      int zz, i, j;
+      if (p.channels_last) {
+        zz = e % t.bz;
+        j = (e / t.bz) % t.tw;
+        i = e / (t.bz * t.tw);
+      } else {
+        j = e % t.tw;
+        i = (e / t.tw) % t.th;
+        zz = e / (t.tw * t.th);
+      }
+      const int o = o0 + zz;
+      const int64_t gi = i0 + i, gj = j0 + j;
+      float v = 0.f;  // outside grad_out: contributes nothing
+      if (o < co && gi < p.ho && gj < p.wo) v = to_float(g[offset4(p.channels_last, n, o, gi, gj, p.co, p.ho, p.wo)]);
+      gs[(zz * t.th + i) * t.tw + j] = v;
+    }
+    const int x_elems = t.bz * t.ih * t.iw;
+    for (int e = tid; e < x_elems; e += t.threads) {
+      int zz, row, col;
+      if (p.channels_last) {
+        zz = e % t.bz;
+        col = (e / t.bz) % t.iw;
+        row = e / (t.bz * t.iw);
+      } else {
+        col = e % t.iw;
+        row = (e / t.iw) % t.ih;
+        zz = e / (t.iw * t.ih);
+      }
+      const int o = o0 + zz;
+      const int64_t gr = row0 + row, gc = col0 + col;
+      float v = 0.f;
+      if (o < co && gr >= 0 && gr < p.h && gc >= 0 && gc < p.w) {
+        v = to_float(x[offset4(p.channels_last, n, o / p.mult, gr, gc, p.c, p.h, p.w)]);
+      }
+      xs[zz * t.ps + row * t.rs + col] = v;
+    }
+    __syncthreads();
+
+    for (int grp = group0; grp < t.groups; grp += group_step) {
+      const int zz = grp / (p.kh * t.kwg), a = (grp / t.kwg) % p.kh, kg = grp % t.kwg;
+      const float* xb = xs + zz * t.ps + a * p.dh * t.rs + kg * kRB * p.dw;
+      const float* gb = gs + zz * t.th * t.tw;
+      float acc[kRB];
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) acc[r] = 0.f;
+      for (int u = set; u < units; u += t.sets) {
+        const int i = u / chunks, jb = (u % chunks) * kCols;
+        const float* xr = xb + i * p.sh * t.rs;
+        const float* gr = gb + i * t.tw + jb;
+        if constexpr (kUnit) {  // 16-byte aligned: rs, ps multiples of 4; tw, jb, kg * kRB multiples of 8
+          float xv[kCols + kRB];  // the last value only pads the 16-byte loads
+#pragma unroll
+          for (int q = 0; q < (kCols + kRB) / 4; ++q) {
+            const float4 v = load4(xr + jb + 4 * q);
+            xv[4 * q] = v.x; xv[4 * q + 1] = v.y; xv[4 * q + 2] = v.z; xv[4 * q + 3] = v.w;
+          }
+#pragma unroll
+          for (int u4 = 0; u4 < kCols / 4; ++u4) {
+            const float4 v = load4(gr + 4 * u4);
+            const float gv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int uu = 0; uu < 4; ++uu) {
+#pragma unroll
+              for (int r = 0; r < kRB; ++r) acc[r] = fmaf(gv[uu], xv[4 * u4 + uu + r], acc[r]);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int uu = 0; uu < kCols; ++uu) {
+            const float gv = gr[uu];
+            const float* xc = xr + (jb + uu) * p.sw;
+#pragma unroll
+            for (int r = 0; r < kRB; ++r) acc[r] = fmaf(gv, xc[r * p.dw], acc[r]);
+          }
+        }
+      }
+      float* dst = accs + static_cast<size_t>(set) * acc_len + grp * kRB;  // owned by this thread alone
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) dst[r] += acc[r];
+    }
+  }
+  __syncthreads();
+
+  // Sum the sets in a fixed order; taps past kw in the last group of a row were padding and are dropped.
+  const int taps = p.kh * p.kw;
+  for (int e = tid; e < t.bz * taps; e += t.threads) {
+    const int zz = e / taps, k = e % taps, a = k / p.kw, b = k % p.kw;
+    const int o = o0 + zz;
+    if (o >= co) continue;
+    const int idx = ((zz * p.kh + a) * t.kwg + b / kRB) * kRB + b % kRB;
+    float s = 0.f;
+    for (int st = 0; st < t.sets; ++st) s += accs[st * acc_len + idx];
+    p.partial[(split * co + o) * taps + k] = s;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) wgrad_reduce_kernel(const float* __restrict__ partial, T* out,
+                                                                int64_t count, int64_t splits) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < count;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int64_t sp = 0; sp < splits; ++sp) s += partial[sp * count + idx];  // fixed order: deterministic
+    out[idx] = from_float<T>(s);
+  }
+}
+
+// Fallback: one block per (channel, tap), a fixed-shape tree reduction (deterministic). Needs kThreads floats.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) wgrad_naive_kernel(WGrad p) {
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ g = static_cast<const T*>(p.grad_out);
+  float* red = dynamic_smem();
+  const int tid = threadIdx.x;
+  const int64_t taps = static_cast<int64_t>(p.kh) * p.kw;
+  const int64_t o = blockIdx.x / taps, k = blockIdx.x % taps;
+  const int64_t a = k / p.kw, b = k % p.kw;
+  const int64_t total = p.n * p.ho * p.wo;
+  float s = 0.f;
+  for (int64_t e = tid; e < total; e += blockDim.x) {
+    const int64_t j = e % p.wo, i = (e / p.wo) % p.ho, n = e / (p.wo * p.ho);
+    const int64_t hh = i * p.sh + a * p.dh - p.pt, ww = j * p.sw + b * p.dw - p.pl;
+    if (hh < 0 || hh >= p.h || ww < 0 || ww >= p.w) continue;
+    s = fmaf(to_float(g[offset4(p.channels_last, n, o, i, j, p.co, p.ho, p.wo)]),
+             to_float(x[offset4(p.channels_last, n, o / p.mult, hh, ww, p.c, p.h, p.w)]), s);
+  }
+  red[tid] = s;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (tid < stride) red[tid] += red[tid + stride];
+    __syncthreads();
+  }
+  if (tid == 0) static_cast<T*>(p.out)[o * taps + k] = from_float<T>(red[0]);
+}
+
+inline bool plan_wgrad(const WGrad& p, const DeviceLimits& lim, WGradTile* tile) {
+  const bool unit = p.sw == 1 && p.dw == 1;
+  int bz, th, tw;
+  const int64_t wo8 = ceil_div(p.wo, kCols) * kCols;
+  // Tiles tall enough that staging (the kh - 1 halo rows) stays small next to the kh * kw FMAs per staged value.
+  if (p.channels_last) {  // 4 consecutive channels per block: 16-byte runs of fp32
+    bz = static_cast<int>(p.co < 4 ? p.co : 4);
+    th = static_cast<int>(p.ho < 8 ? p.ho : 8);
+    tw = static_cast<int>(wo8 < 32 ? wo8 : 32);
+  } else {
+    bz = 1;
+    th = static_cast<int>(p.ho < 16 ? p.ho : 16);
+    tw = static_cast<int>(wo8 < 64 ? wo8 : 64);
+  }
+  const int kwg = static_cast<int>(ceil_div(p.kw, kRB));
+  WGradTile t{};
+  auto fill = [&]() -> bool {
+    const int64_t ih = static_cast<int64_t>(th - 1) * p.sh + static_cast<int64_t>(p.kh - 1) * p.dh + 1;
+    const int64_t iw = static_cast<int64_t>(tw - 1) * p.sw + static_cast<int64_t>(kwg * kRB - 1) * p.dw + 1;
+    // unit: 16-byte window loads read one column past iw (never used)
+    const int64_t rs = unit ? vec_stride(iw + 1) : odd_stride(iw);
+    const int64_t ps = unit ? vec_stride(ih * rs) : odd_stride(ih * rs);
+    const int64_t groups = static_cast<int64_t>(bz) * p.kh * kwg;
+    const int64_t units = static_cast<int64_t>(th) * (tw / kCols);
+    int64_t sets = 1;
+    if (groups < kThreads) sets = imax(1, static_cast<int>((kThreads / groups) < units ? kThreads / groups : units));
+    const int64_t floats = bz * ps + static_cast<int64_t>(bz) * th * tw + sets * groups * kRB;
+    if (ih * iw > (1 << 24) || floats * 4 > (int64_t{1} << 30)) return false;
+    t.bz = bz; t.th = th; t.tw = tw; t.kwg = kwg;
+    t.ih = static_cast<int>(ih); t.iw = static_cast<int>(iw); t.rs = static_cast<int>(rs); t.ps = static_cast<int>(ps);
+    t.groups = static_cast<int>(groups);
+    t.sets = static_cast<int>(sets);
+    t.threads = groups < kThreads ? static_cast<int>(groups * sets) : kThreads;
+    t.tiles_h = ceil_div(p.ho, th);
+    t.tiles_w = ceil_div(p.wo, tw);
+    t.items = p.n * t.tiles_h * t.tiles_w;
+    t.channel_groups = ceil_div(p.co, bz);
+    t.smem = static_cast<size_t>(floats) * sizeof(float);
+    return true;
+  };
+  bool ok = fill();
+  while (!ok || t.smem > static_cast<size_t>(lim.max_smem_optin)) {
+    if (bz > 1) bz = (bz + 1) / 2;
+    else if (th > 1) th = (th + 1) / 2;
+    else if (tw > kCols) tw = static_cast<int>(ceil_div((tw + 1) / 2, kCols) * kCols);
+    else return false;
+    ok = fill();
+  }
+  // Enough blocks for the machine: split the items, about four blocks per SM in all.
+  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), t.channel_groups);
+  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
+  *tile = t;
+  return true;
+}
+
+// ================================================================================================================
+// Entry points shared by the CUDA build (dwconv.cu) and the emulation test. `launch` runs one kernel:
+//   launch(kernel, grid, block, dynamic_smem_bytes, args...)
+// ================================================================================================================
+inline Corr forward_corr(const DwArgs& a) {
+  return Corr{a.x, a.weight, a.bias, a.out, a.n, a.c, a.h, a.w, a.co, a.ho, a.wo, a.kh, a.kw, a.sh, a.sw, a.dh, a.dw,
+              a.pt, a.pl, /*reps=*/1, /*in_div=*/static_cast<int>(a.co / a.c), /*flip=*/false, a.channels_last};
+}
+
+inline WGrad make_wgrad(const DwArgs& a) {
+  return WGrad{a.x, a.grad_out, static_cast<float*>(a.workspace), a.out, a.n, a.c, a.h, a.w, a.co, a.ho, a.wo,
+               static_cast<int>(a.co / a.c), a.kh, a.kw, a.sh, a.sw, a.dh, a.dw, a.pt, a.pl, a.channels_last};
+}
+
+template <typename T, typename Launch>
+void run_forward(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
+  run_corr<T>(launch, forward_corr(a), lim);
+}
+
+template <typename T, typename Launch>
+void run_grad_input(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
+  const int mult = static_cast<int>(a.co / a.c);
+  if (a.sh == 1 && a.sw == 1) {  // the forward of grad_out with the flipped filter
+    const Corr p{a.grad_out, a.weight, nullptr, a.out, a.n, a.co, a.ho, a.wo, a.c, a.h, a.w, a.kh, a.kw, 1, 1,
+                 a.dh, a.dw, a.dh * (a.kh - 1) - a.pt, a.dw * (a.kw - 1) - a.pl, /*reps=*/mult, /*in_div=*/1,
+                 /*flip=*/true, a.channels_last};
+    run_corr<T>(launch, p, lim);
+  } else {
+    const Gather p{a.grad_out, a.weight, a.out, a.n, a.c, a.h, a.w, a.co, a.ho, a.wo, mult, a.kh, a.kw,
+                   a.sh, a.sw, a.dh, a.dw, a.pt, a.pl, a.channels_last};
+    launch(grad_input_gather_kernel<T>, naive_grid(a.n * a.c * a.h * a.w), kThreads, 0, p);
+  }
+}
+
+inline size_t grad_weight_workspace_bytes(const DwArgs& a, const DeviceLimits& lim) {
+  WGradTile t;
+  if (!plan_wgrad(make_wgrad(a), lim, &t)) return 0;
+  return static_cast<size_t>(t.splits * a.co * a.kh * a.kw) * sizeof(float);
+}
+
+// a.workspace must hold grad_weight_workspace_bytes(a, lim) bytes.
+template <typename T, typename Launch>
+void run_grad_weight(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
+  const WGrad p = make_wgrad(a);
+  WGradTile t;
+  if (!plan_wgrad(p, lim, &t)) {
+    launch(wgrad_naive_kernel<T>, grid_size(a.co * a.kh * a.kw), kThreads, kThreads * sizeof(float), p);
+    return;
+  }
+  LC_CHECK(p.partial != nullptr, "grad-weight workspace missing");
+  if (a.sw == 1 && a.dw == 1) {  // must match plan_wgrad's `unit`
+    launch(wgrad_tile_kernel<T, true>, grid_size(t.blocks()), t.threads, t.smem, p, t);
+  } else {
+    launch(wgrad_tile_kernel<T, false>, grid_size(t.blocks()), t.threads, t.smem, p, t);
+  }
+  const int64_t count = a.co * a.kh * a.kw;
+  launch(wgrad_reduce_kernel<T>, naive_grid(count), kThreads, 0, static_cast<const float*>(p.partial),
+         static_cast<T*>(a.out), count, t.splits);
+}
+
+}  // namespace dw
+}  // namespace largeconv

@@ -1,0 +1,192 @@
+// A tiny CUDA emulator: just enough of the CUDA programming model to run largeconv's kernels on CPU threads, so
+// their indexing, tiling and __syncthreads structure can be tested on machines without a GPU (csrc/emu/emu_test.cpp,
+// run by tests/test_cuda_build.py).
+//
+// A launch runs one std::thread per CUDA thread; the block's threads walk the grid block by block together.
+// __syncthreads() is a real barrier that also checks every thread arrived at the same call site (a divergent
+// barrier aborts, as does a barrier that times out), shared memory is one exactly-sized heap buffer refilled with
+// NaN bytes before every block (reading a stale or unwritten value poisons the result; AddressSanitizer sees any
+// overflow), and the kernels' global buffers are exactly-sized heap allocations in the test.
+// Not emulated: warps (the kernels use no warp-level primitives), memory-model races within a barrier interval.
+#pragma once
+
+#include <math.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+// Kernels carry CUDA loop pragmas that a host compiler does not know.
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+
+#define __host__
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __syncthreads() ::emu::sync_threads(__LINE__)
+
+namespace emu {
+
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+[[noreturn]] inline void fail(const char* what, int a = 0, int b = 0) {
+  std::fprintf(stderr, "emu: %s (%d, %d)\n", what, a, b);
+  std::fflush(stderr);
+  std::abort();
+}
+
+// ---- fp16 / bf16 storage types with round-to-nearest-even conversions ------------------------------------------
+struct half {
+  uint16_t bits = 0;
+};
+struct bfloat16 {
+  uint16_t bits = 0;
+};
+
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline half float_to_half(float f) {
+  const uint32_t x = float_bits(f), sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+  half h;
+  if (a >= 0x7f800000u) {
+    h.bits = static_cast<uint16_t>(sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  } else if (a >= 0x477ff000u) {  // >= 65520 rounds to infinity
+    h.bits = static_cast<uint16_t>(sign | 0x7c00u);
+  } else if (a < 0x38800000u) {  // below 2^-14: subnormal (exact scaling, then round to nearest even)
+    h.bits = static_cast<uint16_t>(sign | static_cast<uint32_t>(nearbyintf(bits_float(a) * 16777216.0f)));
+  } else {
+    const uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
+    h.bits = static_cast<uint16_t>(sign | ((r - (112u << 23)) >> 13));
+  }
+  return h;
+}
+
+inline float half_to_float(half h) {
+  const uint32_t sign = (h.bits & 0x8000u) << 16, e = (h.bits >> 10) & 0x1fu, m = h.bits & 0x3ffu;
+  if (e == 0) return bits_float(sign | float_bits(ldexpf(static_cast<float>(m), -24)));
+  if (e == 31) return bits_float(sign | 0x7f800000u | (m << 13));
+  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+inline bfloat16 float_to_bfloat16(float f) {
+  const uint32_t u = float_bits(f);
+  bfloat16 b;
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    b.bits = static_cast<uint16_t>(((u >> 16) & 0x8000u) | 0x7fc0u);
+  } else {
+    b.bits = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+  return b;
+}
+
+inline float bfloat16_to_float(bfloat16 b) { return bits_float(static_cast<uint32_t>(b.bits) << 16); }
+
+// ---- block state -----------------------------------------------------------------------------------------------
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+
+  // site: the __LINE__ of the __syncthreads call (negative for the launcher's own block boundaries).
+  void wait(int site) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (arrived_ == 0) {
+      site_ = site;
+    } else if (site != site_) {
+      fail("divergent __syncthreads: threads of one block wait at different lines", site_, site);
+    }
+    const uint64_t generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(120), [&] { return generation_ != generation; })) {
+      fail("__syncthreads timed out (a thread never arrived) at line", site_, arrived_);
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int count_, arrived_ = 0, site_ = 0;
+  uint64_t generation_ = 0;
+};
+
+inline Barrier* g_barrier = nullptr;
+inline unsigned char* g_smem = nullptr;
+inline size_t g_smem_bytes = 0;
+inline size_t g_smem_limit = 227 * 1024;
+inline uint64_t g_launches = 0;
+
+inline void sync_threads(int line) { g_barrier->wait(line); }
+
+inline void check_aligned(const void* p, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes) fail("misaligned vector access", static_cast<int>(bytes));
+}
+inline unsigned char* shared_memory() { return g_smem; }
+
+}  // namespace emu
+
+inline thread_local emu::uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+namespace emu {
+
+// Runs kernel<<<grid, block, smem>>>(args...) to completion.
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, A... args) {
+  if (block < 1 || block > 1024) fail("bad block size", static_cast<int>(block));
+  if (grid < 1) fail("empty grid");
+  if (smem > g_smem_limit) fail("dynamic shared memory above the limit", static_cast<int>(smem));
+  ++g_launches;
+  // Exactly sized, so AddressSanitizer flags any overflow.
+  unsigned char* buffer = static_cast<unsigned char*>(std::malloc(smem ? smem : 1));
+  Barrier barrier(static_cast<int>(block));
+  g_barrier = &barrier;
+  g_smem = buffer;
+  g_smem_bytes = smem;
+  std::vector<std::thread> threads;
+  threads.reserve(block);
+  for (unsigned t = 0; t < block; ++t) {
+    threads.emplace_back([&, t] {
+      threadIdx = {t, 0, 0};
+      blockDim = {block, 1, 1};
+      gridDim = {grid, 1, 1};
+      for (unsigned b = 0; b < grid; ++b) {
+        blockIdx = {b, 0, 0};
+        if (t == 0) std::memset(buffer, 0xff, smem);  // NaN in every float
+        barrier.wait(-1);
+        kernel(args...);
+        barrier.wait(-2);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::free(buffer);
+  g_barrier = nullptr;
+  g_smem = nullptr;
+}
+
+}  // namespace emu

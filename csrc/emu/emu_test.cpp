@@ -1,0 +1,355 @@
+// Runs the real CUDA kernels of csrc/ on CPU threads (cuda_emu.h) against float64 references: every op, dtype,
+// layout, and the plans' tiled, shrunk and fallback paths. Built and run by tests/test_cuda_build.py:
+//
+//   g++ -std=c++20 -O1 -g -fsanitize=address,undefined -DLARGECONV_EMULATE -Icsrc csrc/emu/emu_test.cpp -pthread
+//   ./a.out [substring]      # only cases whose name contains it; exit status = number of failures
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dwconv.cuh"
+#include "involution.cuh"
+
+using namespace largeconv;
+
+namespace {
+
+struct EmuLaunch {
+  template <typename... P, typename... A>
+  void operator()(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, A... args) {
+    emu::launch(kernel, grid, block, smem, args...);
+  }
+};
+
+// Exactly sized heap buffer (AddressSanitizer sees one element past the end).
+template <typename T>
+struct Buffer {
+  explicit Buffer(size_t n) : n(n), p(static_cast<T*>(std::malloc((n ? n : 1) * sizeof(T)))) {}
+  ~Buffer() { std::free(p); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  size_t n;
+  T* p;
+};
+
+std::mt19937 rng(1234);
+
+// Random values in [-1, 1), rounded to T; `vals` gets the rounded values as double (the reference's inputs).
+template <typename T>
+void fill_random(Buffer<T>& b, std::vector<double>& vals) {
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  vals.resize(b.n);
+  for (size_t i = 0; i < b.n; ++i) {
+    b.p[i] = from_float<T>(dist(rng));
+    vals[i] = to_float(b.p[i]);
+  }
+}
+
+template <typename T>
+void poison(Buffer<T>& b) {
+  for (size_t i = 0; i < b.n; ++i) b.p[i] = from_float<T>(NAN);
+}
+
+template <typename T>
+double unit_roundoff() {
+  if constexpr (std::is_same_v<T, half_t>) return std::ldexp(1.0, -11);
+  else if constexpr (std::is_same_v<T, bf16_t>) return std::ldexp(1.0, -8);
+  else return std::ldexp(1.0, -24);
+}
+
+template <typename T>
+double subnormal_spacing() {  // fp16's subnormals are coarse (2^-24); bf16 and fp32 reach 1e-38
+  return std::is_same_v<T, half_t> ? std::ldexp(1.0, -24) : 0.0;
+}
+
+// out vs ref element by element: |out - ref| <= 1e-5 * sum|terms| + 1.01 * roundoff(T) * |ref| + half a
+// subnormal step (+ tiny): fp32 accumulation, then one rounding to T.
+template <typename T>
+bool compare(const char* what, const Buffer<T>& out, const std::vector<double>& ref, const std::vector<double>& mag,
+             std::string* msg) {
+  size_t bad = 0, first_bad = 0;
+  for (size_t i = 0; i < out.n; ++i) {
+    const double v = to_float(out.p[i]);
+    const double tol =
+        1e-5 * mag[i] + 1.01 * unit_roundoff<T>() * std::fabs(ref[i]) + 0.51 * subnormal_spacing<T>() + 1e-30;
+    const double err = std::fabs(v - ref[i]);
+    if (!(err <= tol)) {  // NaN fails too
+      if (!bad) first_bad = i;
+      ++bad;
+    }
+  }
+  if (bad) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s: %zu/%zu elements wrong, first at %zu: got %g want %g; ", what, bad, out.n,
+                  first_bad, static_cast<double>(to_float(out.p[first_bad])), ref[first_bad]);
+    *msg += buf;
+  }
+  return bad == 0;
+}
+
+size_t idx4(bool cl, int64_t n, int64_t c, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W) {
+  return static_cast<size_t>(offset4(cl, n, c, h, w, C, H, W));
+}
+
+const char* dtype_name(DType d) { return d == DType::kFloat32 ? "f32" : d == DType::kFloat16 ? "f16" : "bf16"; }
+
+// ---- depthwise conv ------------------------------------------------------------------------------------------
+struct DwCase {
+  int n, c, h, w, mult, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr;
+  bool roomy_only = false;  // big kernels: the fallback's one block per tap is slow to emulate
+};
+
+template <typename T>
+bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg) {
+  DwArgs a;
+  a.n = k.n; a.c = k.c; a.h = k.h; a.w = k.w; a.co = static_cast<int64_t>(k.c) * k.mult;
+  a.kh = k.kh; a.kw = k.kw; a.sh = k.sh; a.sw = k.sw; a.dh = k.dh; a.dw = k.dw; a.pt = k.pt; a.pl = k.pl;
+  a.ho = (k.h + k.pt + k.pb - k.dh * (k.kh - 1) - 1) / k.sh + 1;
+  a.wo = (k.w + k.pl + k.pr - k.dw * (k.kw - 1) - 1) / k.sw + 1;
+  a.channels_last = cl;
+  const int64_t taps = static_cast<int64_t>(k.kh) * k.kw;
+  Buffer<T> x(a.n * a.c * a.h * a.w), wt(a.co * taps), bias(a.co), g(a.n * a.co * a.ho * a.wo);
+  std::vector<double> xv, wv, bv, gv;
+  fill_random(x, xv);
+  fill_random(wt, wv);
+  fill_random(bias, bv);
+  fill_random(g, gv);
+
+  std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
+  for (int64_t n = 0; n < a.n; ++n)
+    for (int64_t o = 0; o < a.co; ++o)
+      for (int64_t i = 0; i < a.ho; ++i)
+        for (int64_t j = 0; j < a.wo; ++j) {
+          const size_t yi = idx4(cl, n, o, i, j, a.co, a.ho, a.wo);
+          y[yi] = bv[o];
+          ymag[yi] = std::fabs(bv[o]);
+          for (int ka = 0; ka < k.kh; ++ka)
+            for (int kb = 0; kb < k.kw; ++kb) {
+              const int64_t hh = i * k.sh + ka * k.dh - k.pt, ww = j * k.sw + kb * k.dw - k.pl;
+              if (hh < 0 || hh >= a.h || ww < 0 || ww >= a.w) continue;
+              const size_t xi = idx4(cl, n, o / k.mult, hh, ww, a.c, a.h, a.w), wi = o * taps + ka * k.kw + kb;
+              y[yi] += wv[wi] * xv[xi];
+              ymag[yi] += std::fabs(wv[wi] * xv[xi]);
+              dx[xi] += gv[yi] * wv[wi];
+              dxmag[xi] += std::fabs(gv[yi] * wv[wi]);
+              dwr[wi] += gv[yi] * xv[xi];
+              dwmag[wi] += std::fabs(gv[yi] * xv[xi]);
+            }
+        }
+
+  EmuLaunch launch;
+  bool ok = true;
+  {
+    Buffer<T> out(g.n);
+    poison(out);
+    DwArgs f = a;
+    f.x = x.p; f.weight = wt.p; f.bias = bias.p; f.out = out.p;
+    dw::run_forward<T>(launch, f, lim);
+    ok &= compare("forward", out, y, ymag, msg);
+  }
+  {
+    Buffer<T> out(x.n);
+    poison(out);
+    DwArgs f = a;
+    f.grad_out = g.p; f.weight = wt.p; f.out = out.p;
+    dw::run_grad_input<T>(launch, f, lim);
+    ok &= compare("grad_input", out, dx, dxmag, msg);
+  }
+  {
+    Buffer<T> out(wt.n);
+    poison(out);
+    DwArgs f = a;
+    f.grad_out = g.p; f.x = x.p; f.out = out.p;
+    const size_t bytes = dw::grad_weight_workspace_bytes(f, lim);
+    Buffer<float> ws(bytes / sizeof(float));
+    poison(ws);
+    f.workspace = bytes ? ws.p : nullptr;
+    dw::run_grad_weight<T>(launch, f, lim);
+    // Weight-gradient sums are long: allow for fp32 accumulation over all of N*Ho*Wo.
+    ok &= compare("grad_weight", out, dwr, dwmag, msg);
+  }
+  return ok;
+}
+
+// ---- involution --------------------------------------------------------------------------------------------
+struct InvCase {
+  int b, c, h, w, groups, k, s, p, d;
+};
+
+template <typename T>
+bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* msg) {
+  InvArgs a;
+  a.b = q.b; a.c = q.c; a.h = q.h; a.w = q.w; a.groups = q.groups; a.k = q.k; a.s = q.s; a.p = q.p; a.d = q.d;
+  a.ho = (q.h + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
+  a.wo = (q.w + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
+  a.channels_last = cl;
+  const int64_t kk = static_cast<int64_t>(q.k) * q.k, wc = q.groups * kk, cg = q.c / q.groups;
+  Buffer<T> x(a.b * a.c * a.h * a.w), wt(a.b * wc * a.ho * a.wo), g(a.b * a.c * a.ho * a.wo);
+  std::vector<double> xv, wv, gv;
+  fill_random(x, xv);
+  fill_random(wt, wv);
+  fill_random(g, gv);
+
+  std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
+  for (int64_t b = 0; b < a.b; ++b)
+    for (int64_t c = 0; c < a.c; ++c)
+      for (int64_t i = 0; i < a.ho; ++i)
+        for (int64_t j = 0; j < a.wo; ++j) {
+          const size_t yi = idx4(cl, b, c, i, j, a.c, a.ho, a.wo);
+          for (int kh = 0; kh < q.k; ++kh)
+            for (int kw = 0; kw < q.k; ++kw) {
+              const int64_t hh = i * q.s + kh * q.d - q.p, ww = j * q.s + kw * q.d - q.p;
+              if (hh < 0 || hh >= a.h || ww < 0 || ww >= a.w) continue;
+              const size_t xi = idx4(cl, b, c, hh, ww, a.c, a.h, a.w);
+              const size_t wi = idx4(cl, b, (c / cg) * kk + kh * q.k + kw, i, j, wc, a.ho, a.wo);
+              y[yi] += wv[wi] * xv[xi];
+              ymag[yi] += std::fabs(wv[wi] * xv[xi]);
+              dx[xi] += gv[yi] * wv[wi];
+              dxmag[xi] += std::fabs(gv[yi] * wv[wi]);
+              dwr[wi] += gv[yi] * xv[xi];
+              dwmag[wi] += std::fabs(gv[yi] * xv[xi]);
+            }
+        }
+
+  EmuLaunch launch;
+  bool ok = true;
+  {
+    Buffer<T> out(g.n);
+    poison(out);
+    InvArgs f = a;
+    f.x = x.p; f.weight = wt.p; f.out = out.p;
+    inv::run_forward<T>(launch, f, lim);
+    ok &= compare("forward", out, y, ymag, msg);
+  }
+  {
+    Buffer<T> out(x.n);
+    poison(out);
+    InvArgs f = a;
+    f.grad_out = g.p; f.weight = wt.p; f.out = out.p;
+    inv::run_grad_input<T>(launch, f, lim);
+    ok &= compare("grad_input", out, dx, dxmag, msg);
+  }
+  {
+    Buffer<T> out(wt.n);
+    poison(out);
+    InvArgs f = a;
+    f.grad_out = g.p; f.x = x.p; f.out = out.p;
+    const size_t bytes = inv::grad_weight_workspace_bytes(f, lim);
+    Buffer<float> ws(bytes / sizeof(float));
+    poison(ws);
+    f.workspace = bytes ? ws.p : nullptr;
+    inv::run_grad_weight<T>(launch, f, lim);
+    ok &= compare("grad_weight", out, dwr, dwmag, msg);
+  }
+  return ok;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+template <typename F>
+bool with_dtype(DType d, F&& f) {
+  bool ok = false;
+  dispatch_dtype(d, [&](auto tag) { ok = f(tag); });
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* filter = argc > 1 ? argv[1] : "";
+  // Limits: a roomy device with few SMs (plans shrink tiles to make blocks), a 12 KB device (plans shrink tiles
+  // to fit), and a 1 KB device (nothing fits: the one-thread-per-output fallbacks).
+  const DeviceLimits roomy{227 * 1024, 4}, small{12 * 1024, 1}, none{1024, 1};
+  struct Lim {
+    const char* name;
+    DeviceLimits lim;
+  };
+  const Lim limits[] = {{"roomy", roomy}, {"small", small}, {"naive", none}};
+  const DType dtypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+
+  //                 n  c   h    w  m  kh  kw sh sw dh dw  pt  pb  pl  pr
+  const DwCase dw_cases[] = {
+      {2, 3, 9, 11, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},        // 3x3 same
+      {1, 4, 12, 10, 1, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3},       // 7x7 same
+      {2, 2, 5, 6, 1, 13, 13, 1, 1, 1, 1, 6, 6, 6, 6, true}, // K > H
+      {1, 2, 16, 20, 1, 31, 31, 1, 1, 1, 1, 15, 15, 15, 15, true},  // 31x31
+      {1, 3, 14, 9, 1, 17, 5, 1, 1, 1, 1, 8, 8, 2, 2, true}, // tall rectangle
+      {1, 3, 9, 14, 1, 5, 17, 1, 1, 1, 1, 2, 2, 8, 8, true}, // wide rectangle
+      {2, 2, 8, 9, 1, 4, 4, 1, 1, 1, 1, 1, 2, 1, 2},         // even kernel, asymmetric "same"
+      {2, 3, 13, 15, 1, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2},       // stride 2, odd sizes
+      {1, 2, 12, 13, 1, 5, 5, 1, 1, 2, 2, 4, 4, 4, 4},       // dilation 2
+      {2, 3, 7, 8, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},         // multiplier 2
+      {2, 3, 6, 7, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0},         // 1x1
+      {1, 2, 11, 10, 2, 3, 5, 2, 3, 2, 1, 2, 1, 3, 0},       // everything at once
+      {1, 2, 6, 9, 1, 3, 3, 1, 1, 1, 1, 5, 4, 0, 6},         // padding beyond the kernel's reach
+      {1, 2, 5, 150, 1, 9, 9, 1, 1, 1, 1, 4, 4, 4, 4, true}, // wide map: several column tiles
+      {1, 1, 70, 6, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},        // tall map: several row tiles
+      {1, 1, 9, 10, 1, 63, 63, 1, 1, 1, 1, 31, 31, 31, 31, true},  // 63x63
+      {1, 2, 10, 10, 1, 3, 5, 3, 1, 3, 1, 3, 2, 4, 4},       // stride 3 rows, dilation 3 rows, unit columns
+      {1, 5, 6, 7, 3, 2, 3, 1, 2, 1, 2, 0, 1, 1, 1},         // multiplier 3, stride 2 columns
+  };
+  //                   b  c   h   w  G  k  s  p  d
+  const InvCase inv_cases[] = {
+      {2, 8, 9, 9, 2, 3, 1, 1, 1},      // 4 channels per group
+      {1, 32, 12, 11, 2, 7, 1, 3, 1},   // RedNet-like: 16 channels per group, K=7
+      {1, 40, 8, 9, 2, 5, 1, 2, 1},     // 20 channels per group: two chunks (grad-weight running sum)
+      {2, 16, 13, 11, 1, 7, 2, 3, 1},   // stride 2, odd sizes
+      {1, 8, 10, 10, 4, 3, 1, 2, 2},    // dilation 2
+      {1, 4, 10, 9, 2, 15, 1, 7, 1},    // K=15 > H
+      {1, 6, 7, 8, 3, 3, 1, 0, 1},      // no padding
+      {1, 6, 14, 13, 2, 5, 3, 1, 2},    // stride 3, dilation 2
+      {1, 3, 6, 7, 3, 3, 1, 1, 1},      // one channel per group
+      {1, 16, 5, 100, 1, 3, 1, 1, 1},   // wide map: several column tiles
+      {1, 34, 9, 8, 1, 3, 2, 1, 1},     // three chunks, stride 2
+  };
+
+  int failures = 0, run = 0;
+  for (const Lim& l : limits) {
+    for (DType d : dtypes) {
+      for (int cl = 0; cl < 2; ++cl) {
+        // The small and naive devices run fp32 only (their paths do not depend on the dtype).
+        if (d != DType::kFloat32 && std::strcmp(l.name, "roomy") != 0) continue;
+        for (size_t i = 0; i < sizeof(dw_cases) / sizeof(dw_cases[0]); ++i) {
+          const DwCase& k = dw_cases[i];
+          if (k.roomy_only && std::strcmp(l.name, "roomy") != 0) continue;
+          char name[256];
+          std::snprintf(name, sizeof name, "dwconv[%zu] %s %s %s n%d c%d %dx%d m%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d",
+                        i, l.name, dtype_name(d), cl ? "NHWC" : "NCHW", k.n, k.c, k.h, k.w, k.mult, k.kh, k.kw, k.sh,
+                        k.sw, k.dh, k.dw, k.pt, k.pb, k.pl, k.pr);
+          if (!std::strstr(name, filter)) continue;
+          std::string msg;
+          const auto start = std::chrono::steady_clock::now();
+          const bool ok = with_dtype(d, [&](auto tag) { return run_dw<decltype(tag)>(k, cl, l.lim, &msg); });
+          ++run;
+          if (!ok) ++failures;
+          std::printf("%s %s (%.1fs) %s\n", ok ? "ok  " : "FAIL", name, seconds_since(start), msg.c_str());
+          std::fflush(stdout);
+        }
+        for (size_t i = 0; i < sizeof(inv_cases) / sizeof(inv_cases[0]); ++i) {
+          const InvCase& q = inv_cases[i];
+          char name[256];
+          std::snprintf(name, sizeof name, "involution[%zu] %s %s %s b%d c%d %dx%d G%d k%d s%d p%d d%d", i, l.name,
+                        dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d);
+          if (!std::strstr(name, filter)) continue;
+          std::string msg;
+          const auto start = std::chrono::steady_clock::now();
+          const bool ok = with_dtype(d, [&](auto tag) { return run_inv<decltype(tag)>(q, cl, l.lim, &msg); });
+          ++run;
+          if (!ok) ++failures;
+          std::printf("%s %s (%.1fs) %s\n", ok ? "ok  " : "FAIL", name, seconds_since(start), msg.c_str());
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+  std::printf("%d/%d cases passed, %llu kernel launches\n", run - failures, run,
+              static_cast<unsigned long long>(emu::g_launches));
+  return failures > 255 ? 255 : failures;
+}

@@ -1,0 +1,561 @@
+// Involution kernels (forward, grad-input, grad-weight) and their launch plans.
+//
+//   y[b, c, i, j] = sum_{kh, kw} w[b, g*K*K + kh*K + kw, i, j] * x[b, c, i*s + kh*d - p, j*s + kw*d - p],
+//   g = c / (C / G).
+//
+// Involution is memory-bound: the weight tensor (K*K per pixel and group) is the biggest operand. Every kernel
+// reads each weight (or writes each weight-gradient) element once per chunk of kCB channels (once for RedNet's
+// 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
+// at a time; in registers it serves all the chunk's channels. The channel-indexed operand (x, or grad_out for
+// grad-input) is staged once per tile in shared memory (fp32) with its halo. A block owns one (image, group,
+// spatial tile) and up to kCB channels of the group; a thread owns kRB = 2 neighbouring pixels along W and keeps
+// kCB x kRB fp32 accumulators. At stride 1, dilation 1 the two pixels share a sliding register window, so each
+// shared-memory load feeds two FMAs.
+//
+// The weight gradient sums over the group's channels: with more than kCB channels per group, the block walks the
+// channel chunks in order, keeping the running fp32 sum in a workspace (same element, same thread: deterministic,
+// no atomics). Cases whose tile does not fit in shared memory use one-thread-per-output kernels.
+#pragma once
+
+#include "common.cuh"
+
+namespace largeconv {
+namespace inv {
+
+constexpr int kThreads = 256;
+constexpr int kRB = 2;   // pixels per thread along W
+constexpr int kCB = 16;  // channels per block (chunk): the RedNet group width
+constexpr int kKW = 4;   // taps whose weights are loaded together (several global loads in flight)
+constexpr size_t kSoftSmem = 64 * 1024;
+
+struct Inv {
+  const void* x;
+  const void* weight;
+  const void* grad_out;
+  void* out;
+  float* workspace;  // grad-weight with more than one channel chunk: fp32, shaped like weight
+  int64_t b, c, h, w, ho, wo;
+  int groups, cg, k, s, p, d;  // cg = channels per group
+  bool channels_last;
+};
+
+// A block: by rows x (bx * kRB) columns of pixels (of y for forward / grad-weight, of x for grad-input), the
+// channel-indexed operand staged as nc planes of ih x iw floats (row stride rs, plane stride ps).
+struct InvTile {
+  int bx, by, ih, iw, rs, ps, nc;
+  int64_t tiles_h, tiles_w, chunks;
+  size_t smem;
+
+  LC_HD int threads() const { return bx * by; }
+};
+
+LC_HD int64_t weight_offset(const Inv& p, int64_t b, int64_t ch, int64_t i, int64_t j) {
+  return offset4(p.channels_last, b, ch, i, j, static_cast<int64_t>(p.groups) * p.k * p.k, p.ho, p.wo);
+}
+
+// Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem,
+// zero outside. Consecutive threads take consecutive addresses in either layout.
+template <typename T>
+LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b, int64_t ch0,
+                       int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
+  const int elems = nc * t.ih * t.iw;
+  for (int e = threadIdx.x; e < elems; e += t.threads()) {
+    int cc, row, col;
+    if (p.channels_last) {
+      cc = e % nc;
+      col = (e / nc) % t.iw;
+      row = e / (nc * t.iw);
+    } else {
+      col = e % t.iw;
+      row = (e / t.iw) % t.ih;
+      cc = e / (t.iw * t.ih);
+    }
+    const int64_t gr = row0 + row, gc = col0 + col;
+    float v = 0.f;
+    if (gr >= 0 && gr < src_h && gc >= 0 && gc < src_w) {
+      v = to_float(src[offset4(p.channels_last, b, ch0 + cc, gr, gc, p.c, src_h, src_w)]);
+    }
+    dst[cc * t.ps + row * t.rs + col] = v;
+  }
+}
+
+// Block index -> (image, group, channel chunk, row tile, column tile).
+struct BlockPos {
+  int64_t b, g, chunk, i0, j0;
+};
+LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) {
+  int64_t blk = blockIdx.x;
+  BlockPos pos;
+  pos.j0 = (blk % t.tiles_w) * t.bx * kRB;
+  blk /= t.tiles_w;
+  pos.i0 = (blk % t.tiles_h) * t.by;
+  blk /= t.tiles_h;
+  pos.chunk = blk % chunks_in_grid;
+  blk /= chunks_in_grid;
+  pos.g = blk % p.groups;
+  pos.b = blk / p.groups;
+  return pos;
+}
+
+// ---- forward ---------------------------------------------------------------------------------------------------
+template <typename T, bool kUnit>  // kUnit: s == d == 1
+__global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
+  const T* __restrict__ wt = static_cast<const T*>(p.weight);
+  float* xs = dynamic_smem();
+  const BlockPos pos = block_pos(p, t, t.chunks);
+  const int c0 = static_cast<int>(pos.chunk) * kCB, nc = imin(kCB, p.cg - c0);
+  const int64_t ch0 = pos.g * p.cg + c0;
+  stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
+               pos.j0 * p.s - p.p);
+  __syncthreads();
+
+  const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
+  const int64_t i = pos.i0 + ty, j = pos.j0 + tx * kRB;
+  bool valid[kRB];
+#pragma unroll
+  for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
+  const int64_t wch0 = pos.g * p.k * p.k;
+
+  float acc[kCB][kRB] = {};
+  for (int kh = 0; kh < p.k; ++kh) {
+    const float* xr = xs + (ty * p.s + kh * p.d) * t.rs + tx * kRB * p.s;
+    float win[kCB][kRB];  // kUnit: win[c][r] = x of pixel r at the current tap
+    if constexpr (kUnit) {
+#pragma unroll
+      for (int c = 0; c < kCB; ++c)
+        if (c < nc) {
+#pragma unroll
+          for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+        }
+    }
+    for (int kw0 = 0; kw0 < p.k; kw0 += kKW) {
+      float wv[kKW][kRB];
+#pragma unroll
+      for (int u = 0; u < kKW; ++u) {
+#pragma unroll
+        for (int r = 0; r < kRB; ++r) {
+          wv[u][r] = valid[r] && kw0 + u < p.k
+                         ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * p.k + kw0 + u, i, j + r)]) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kKW; ++u) {
+        const int kw = kw0 + u;
+        if (kw >= p.k) break;
+#pragma unroll
+        for (int c = 0; c < kCB; ++c) {
+          if (c >= nc) continue;
+          if constexpr (kUnit) {
+            win[c][kRB - 1] = xr[c * t.ps + kw + kRB - 1];
+#pragma unroll
+            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+#pragma unroll
+            for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
+          } else {
+#pragma unroll
+            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * p.d], acc[c][r]);
+          }
+        }
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int c = 0; c < kCB; ++c) {
+    if (c >= nc) continue;
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) {
+      if (valid[r]) out[offset4(p.channels_last, pos.b, ch0 + c, i, j + r, p.c, p.ho, p.wo)] = from_float<T>(acc[c][r]);
+    }
+  }
+}
+
+// ---- grad-input ------------------------------------------------------------------------------------------------
+//   dx[b, c, h, w] = sum_{kh, kw} w[b, g*K*K + kh*K + kw, i, j] * gy[b, c, i, j],  i*s = h + p - kh*d, j*s likewise
+// Tiles are over dx; grad_out rows ilo = floor((h0 + p - (K-1)*d) / s) .. and columns likewise are staged.
+template <typename T, bool kUnit>
+__global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) {
+  const T* __restrict__ wt = static_cast<const T*>(p.weight);
+  float* gs = dynamic_smem();
+  const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
+  const int c0 = static_cast<int>(pos.chunk) * kCB, nc = imin(kCB, p.cg - c0);
+  const int64_t ch0 = pos.g * p.cg + c0;
+  const int64_t reach = static_cast<int64_t>(p.k - 1) * p.d;
+  const int64_t ilo = floor_div(static_cast<int>(pos.i0 + p.p - reach), p.s);
+  const int64_t jlo = floor_div(static_cast<int>(pos.j0 + p.p - reach), p.s);
+  stage_planes(gs, static_cast<const T*>(p.grad_out), p, t, pos.b, ch0, nc, p.ho, p.wo, ilo, jlo);
+  __syncthreads();
+
+  const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
+  const int64_t hh = pos.i0 + ty, w0 = pos.j0 + tx * kRB;
+  const int64_t wch0 = pos.g * p.k * p.k;
+  float acc[kCB][kRB] = {};
+
+  if constexpr (kUnit) {
+    // i = hh + p - kh is staged row ty + (K-1-kh); j = w0 + r + p - kw is staged column tx*kRB + r + (K-1-kw):
+    // walking kw downwards slides the window like the forward.
+    for (int khr = 0; khr < p.k; ++khr) {
+      const int kh = p.k - 1 - khr;
+      const int64_t i = hh + p.p - kh;
+      const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
+      const float* gr = gs + (ty + khr) * t.rs + tx * kRB;
+      float win[kCB][kRB];
+#pragma unroll
+      for (int c = 0; c < kCB; ++c)
+        if (c < nc) {
+#pragma unroll
+          for (int q = 0; q < kRB - 1; ++q) win[c][q] = gr[c * t.ps + q];
+        }
+      for (int kwr0 = 0; kwr0 < p.k; kwr0 += kKW) {
+        float wv[kKW][kRB];
+#pragma unroll
+        for (int u = 0; u < kKW; ++u) {
+          const int kw = p.k - 1 - kwr0 - u;
+#pragma unroll
+          for (int r = 0; r < kRB; ++r) {
+            const int64_t j = w0 + r + p.p - kw;
+            wv[u][r] = row_ok && kw >= 0 && w0 + r < p.w && j >= 0 && j < p.wo
+                           ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * p.k + kw, i, j)]) : 0.f;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kKW; ++u) {
+          const int kwr = kwr0 + u;
+          if (kwr >= p.k) break;
+#pragma unroll
+          for (int c = 0; c < kCB; ++c) {
+            if (c >= nc) continue;
+            win[c][kRB - 1] = gr[c * t.ps + kwr + kRB - 1];
+#pragma unroll
+            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+#pragma unroll
+            for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
+          }
+        }
+      }
+    }
+  } else {
+    for (int kh = 0; kh < p.k; ++kh) {
+      const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
+      if (hh >= p.h || ti < 0 || ti % p.s != 0 || ti / p.s >= p.ho) continue;
+      const int64_t i = ti / p.s;
+      const float* gr = gs + (i - ilo) * t.rs;
+      for (int kw = 0; kw < p.k; ++kw) {
+        float wv[kRB];
+        int col[kRB];
+#pragma unroll
+        for (int r = 0; r < kRB; ++r) {
+          const int64_t tj = w0 + r + p.p - static_cast<int64_t>(kw) * p.d;
+          const bool ok = w0 + r < p.w && tj >= 0 && tj % p.s == 0 && tj / p.s < p.wo;
+          wv[r] = ok ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * p.k + kw, i, tj / p.s)]) : 0.f;
+          col[r] = ok ? static_cast<int>(tj / p.s - jlo) : 0;  // column 0 is staged: a safe read, times zero
+        }
+#pragma unroll
+        for (int c = 0; c < kCB; ++c) {
+          if (c >= nc) continue;
+#pragma unroll
+          for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[r], gr[c * t.ps + col[r]], acc[c][r]);
+        }
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int c = 0; c < kCB; ++c) {
+    if (c >= nc) continue;
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) {
+      if (hh < p.h && w0 + r < p.w) {
+        out[offset4(p.channels_last, pos.b, ch0 + c, hh, w0 + r, p.c, p.h, p.w)] = from_float<T>(acc[c][r]);
+      }
+    }
+  }
+}
+
+// ---- grad-weight -----------------------------------------------------------------------------------------------
+//   dw[b, g*K*K + k, i, j] = sum_{c in group g} gy[b, c, i, j] * x[b, c, i*s + kh*d - p, j*s + kw*d - p]
+template <typename T, bool kUnit>
+__global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t) {
+  const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
+  float* xs = dynamic_smem();
+  const BlockPos pos = block_pos(p, t, 1);  // the block walks all channel chunks itself
+  const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
+  const int64_t i = pos.i0 + ty, j = pos.j0 + tx * kRB;
+  bool valid[kRB];
+#pragma unroll
+  for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
+  const int64_t wch0 = pos.g * p.k * p.k;
+  T* out = static_cast<T*>(p.out);
+
+  for (int64_t chunk = 0; chunk < t.chunks; ++chunk) {
+    const int c0 = static_cast<int>(chunk) * kCB, nc = imin(kCB, p.cg - c0);
+    const int64_t ch0 = pos.g * p.cg + c0;
+    if (chunk > 0) __syncthreads();  // done reading the previous chunk's tile
+    stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
+                 pos.j0 * p.s - p.p);
+    float gv[kCB][kRB];
+#pragma unroll
+    for (int c = 0; c < kCB; ++c) {
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) {
+        gv[c][r] = c < nc && valid[r]
+                       ? to_float(gy[offset4(p.channels_last, pos.b, ch0 + c, i, j + r, p.c, p.ho, p.wo)]) : 0.f;
+      }
+    }
+    __syncthreads();
+
+    for (int kh = 0; kh < p.k; ++kh) {
+      const float* xr = xs + (ty * p.s + kh * p.d) * t.rs + tx * kRB * p.s;
+      float win[kCB][kRB];
+      if constexpr (kUnit) {
+#pragma unroll
+        for (int c = 0; c < kCB; ++c)
+          if (c < nc) {
+#pragma unroll
+            for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+          }
+      }
+      for (int kw = 0; kw < p.k; ++kw) {
+        float a[kRB] = {};
+#pragma unroll
+        for (int c = 0; c < kCB; ++c) {
+          if (c >= nc) continue;
+          if constexpr (kUnit) {
+            win[c][kRB - 1] = xr[c * t.ps + kw + kRB - 1];
+#pragma unroll
+            for (int r = 0; r < kRB; ++r) a[r] = fmaf(gv[c][r], win[c][r], a[r]);
+#pragma unroll
+            for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
+          } else {
+#pragma unroll
+            for (int r = 0; r < kRB; ++r) a[r] = fmaf(gv[c][r], xr[c * t.ps + r * p.s + kw * p.d], a[r]);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < kRB; ++r) {
+          if (!valid[r]) continue;
+          const int64_t off = weight_offset(p, pos.b, wch0 + kh * p.k + kw, i, j + r);
+          if (t.chunks == 1) {
+            out[off] = from_float<T>(a[r]);
+          } else {  // running sum over the chunks in fp32, in order
+            const float v = chunk == 0 ? a[r] : p.workspace[off] + a[r];
+            if (chunk == t.chunks - 1) out[off] = from_float<T>(v);
+            else p.workspace[off] = v;
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- one-thread-per-output fallbacks ---------------------------------------------------------------------------
+LC_D void decode(const Inv& p, int64_t idx, int64_t C, int64_t H, int64_t W, int64_t* b, int64_t* c, int64_t* i,
+                 int64_t* j) {
+  if (p.channels_last) {
+    *c = idx % C;
+    *j = (idx / C) % W;
+    *i = (idx / (C * W)) % H;
+    *b = idx / (C * W * H);
+  } else {
+    *j = idx % W;
+    *i = (idx / W) % H;
+    *c = (idx / (W * H)) % C;
+    *b = idx / (W * H * C);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) forward_naive_kernel(Inv p) {
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wt = static_cast<const T*>(p.weight);
+  const int64_t total = p.b * p.c * p.ho * p.wo;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t b, c, i, j;
+    decode(p, idx, p.c, p.ho, p.wo, &b, &c, &i, &j);
+    const int64_t wch0 = (c / p.cg) * p.k * p.k;
+    float acc = 0.f;
+    for (int kh = 0; kh < p.k; ++kh) {
+      const int64_t hh = i * p.s + static_cast<int64_t>(kh) * p.d - p.p;
+      if (hh < 0 || hh >= p.h) continue;
+      for (int kw = 0; kw < p.k; ++kw) {
+        const int64_t ww = j * p.s + static_cast<int64_t>(kw) * p.d - p.p;
+        if (ww < 0 || ww >= p.w) continue;
+        acc = fmaf(to_float(wt[weight_offset(p, b, wch0 + kh * p.k + kw, i, j)]),
+                   to_float(x[offset4(p.channels_last, b, c, hh, ww, p.c, p.h, p.w)]), acc);
+      }
+    }
+    static_cast<T*>(p.out)[idx] = from_float<T>(acc);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_input_naive_kernel(Inv p) {
+  const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
+  const T* __restrict__ wt = static_cast<const T*>(p.weight);
+  const int64_t total = p.b * p.c * p.h * p.w;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t b, c, hh, ww;
+    decode(p, idx, p.c, p.h, p.w, &b, &c, &hh, &ww);
+    const int64_t wch0 = (c / p.cg) * p.k * p.k;
+    float acc = 0.f;
+    for (int kh = 0; kh < p.k; ++kh) {
+      const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
+      if (ti < 0 || ti % p.s != 0 || ti / p.s >= p.ho) continue;
+      for (int kw = 0; kw < p.k; ++kw) {
+        const int64_t tj = ww + p.p - static_cast<int64_t>(kw) * p.d;
+        if (tj < 0 || tj % p.s != 0 || tj / p.s >= p.wo) continue;
+        acc = fmaf(to_float(wt[weight_offset(p, b, wch0 + kh * p.k + kw, ti / p.s, tj / p.s)]),
+                   to_float(gy[offset4(p.channels_last, b, c, ti / p.s, tj / p.s, p.c, p.ho, p.wo)]), acc);
+      }
+    }
+    static_cast<T*>(p.out)[idx] = from_float<T>(acc);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_weight_naive_kernel(Inv p) {
+  const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const int64_t wc = static_cast<int64_t>(p.groups) * p.k * p.k;
+  const int64_t total = p.b * wc * p.ho * p.wo;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t b, ch, i, j;
+    decode(p, idx, wc, p.ho, p.wo, &b, &ch, &i, &j);
+    const int64_t g = ch / (p.k * p.k), kk = ch % (p.k * p.k);
+    const int64_t hh = i * p.s + (kk / p.k) * p.d - p.p, ww = j * p.s + (kk % p.k) * p.d - p.p;
+    float acc = 0.f;
+    if (hh >= 0 && hh < p.h && ww >= 0 && ww < p.w) {
+      for (int64_t c = g * p.cg; c < (g + 1) * p.cg; ++c) {
+        acc = fmaf(to_float(gy[offset4(p.channels_last, b, c, i, j, p.c, p.ho, p.wo)]),
+                   to_float(x[offset4(p.channels_last, b, c, hh, ww, p.c, p.h, p.w)]), acc);
+      }
+    }
+    static_cast<T*>(p.out)[idx] = from_float<T>(acc);
+  }
+}
+
+// ---- plans -----------------------------------------------------------------------------------------------------
+enum class Dir { kForward, kGradInput, kGradWeight };
+
+// Pixel tile over (rows, cols) of the kernel's own output; false when even one row of kRB pixels does not fit.
+inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, InvTile* tile) {
+  const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
+  const int64_t col_groups = ceil_div(cols, kRB);
+  int bx = static_cast<int>(col_groups < 32 ? col_groups : 32);
+  int by = static_cast<int>(ceil_div(rows, ceil_div(rows, kThreads / bx)));
+  const int64_t chunks = ceil_div(p.cg, kCB);
+  const int nc = static_cast<int>(p.cg < kCB ? p.cg : kCB);
+  const int64_t reach = static_cast<int64_t>(p.k - 1) * p.d;
+
+  InvTile t{};
+  auto fill = [&]() -> bool {
+    int64_t ih, iw;
+    if (dir == Dir::kGradInput) {  // grad_out rows feeding by dx rows (a bound; see the kernel)
+      ih = (by - 1 + reach) / p.s + 2;
+      iw = (static_cast<int64_t>(bx) * kRB - 1 + reach) / p.s + 2;
+    } else {
+      ih = static_cast<int64_t>(by - 1) * p.s + reach + 1;
+      iw = static_cast<int64_t>(bx * kRB - 1) * p.s + reach + 1;
+    }
+    const int64_t rs = iw | 1, ps = (ih * rs) | 1;
+    if (ih * iw > (1 << 24)) return false;
+    t.bx = bx; t.by = by; t.nc = nc;
+    t.ih = static_cast<int>(ih); t.iw = static_cast<int>(iw); t.rs = static_cast<int>(rs); t.ps = static_cast<int>(ps);
+    t.tiles_h = ceil_div(rows, by);
+    t.tiles_w = ceil_div(cols, static_cast<int64_t>(bx) * kRB);
+    t.chunks = chunks;
+    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * sizeof(float);
+    return true;
+  };
+  auto blocks = [&]() { return p.b * p.groups * t.tiles_h * t.tiles_w * (dir == Dir::kGradWeight ? 1 : chunks); };
+  bool ok = fill();
+  // A block per SM at least, but no thinner than two rows: thin tiles re-read the K - 1 halo rows.
+  while (ok && blocks() < static_cast<int64_t>(lim.num_sms) && by > 2) {
+    by = (by + 1) / 2;
+    ok = fill();
+  }
+  while (ok && t.smem > kSoftSmem && by > 2) {
+    by = (by + 1) / 2;
+    ok = fill();
+  }
+  while (!ok || t.smem > static_cast<size_t>(lim.max_smem_optin)) {
+    if (by > 1) by = (by + 1) / 2;
+    else if (bx > 1) bx = (bx + 1) / 2;
+    else return false;
+    ok = fill();
+  }
+  *tile = t;
+  return true;
+}
+
+inline unsigned naive_grid(int64_t total) {
+  const int64_t blocks = ceil_div(total, kThreads);
+  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
+}
+
+inline Inv make_inv(const InvArgs& a) {
+  return Inv{a.x, a.weight, a.grad_out, a.out, static_cast<float*>(a.workspace), a.b, a.c, a.h, a.w, a.ho, a.wo,
+             a.groups, static_cast<int>(a.c / a.groups), a.k, a.s, a.p, a.d, a.channels_last};
+}
+
+inline int64_t tile_blocks(const Inv& p, const InvTile& t, bool with_chunks) {
+  return p.b * p.groups * t.tiles_h * t.tiles_w * (with_chunks ? t.chunks : 1);
+}
+
+template <typename T, typename Launch>
+void run_forward(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
+  const Inv p = make_inv(a);
+  InvTile t;
+  if (!plan(p, Dir::kForward, lim, &t)) {
+    launch(forward_naive_kernel<T>, naive_grid(p.b * p.c * p.ho * p.wo), kThreads, 0, p);
+  } else if (p.s == 1 && p.d == 1) {
+    launch(forward_kernel<T, true>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
+  } else {
+    launch(forward_kernel<T, false>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
+  }
+}
+
+template <typename T, typename Launch>
+void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
+  const Inv p = make_inv(a);
+  InvTile t;
+  if (!plan(p, Dir::kGradInput, lim, &t)) {
+    launch(grad_input_naive_kernel<T>, naive_grid(p.b * p.c * p.h * p.w), kThreads, 0, p);
+  } else if (p.s == 1 && p.d == 1) {
+    launch(grad_input_kernel<T, true>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
+  } else {
+    launch(grad_input_kernel<T, false>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
+  }
+}
+
+inline size_t grad_weight_workspace_bytes(const InvArgs& a, const DeviceLimits& lim) {
+  const Inv p = make_inv(a);
+  InvTile t;
+  if (!plan(p, Dir::kGradWeight, lim, &t) || t.chunks == 1) return 0;
+  return static_cast<size_t>(p.b * p.groups * p.k * p.k * p.ho * p.wo) * sizeof(float);
+}
+
+// a.workspace must hold grad_weight_workspace_bytes(a, lim) bytes.
+template <typename T, typename Launch>
+void run_grad_weight(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
+  const Inv p = make_inv(a);
+  InvTile t;
+  if (!plan(p, Dir::kGradWeight, lim, &t)) {
+    launch(grad_weight_naive_kernel<T>, naive_grid(p.b * p.groups * p.k * p.k * p.ho * p.wo), kThreads, 0, p);
+    return;
+  }
+  LC_CHECK(t.chunks == 1 || p.workspace != nullptr, "involution grad-weight workspace missing");
+  if (p.s == 1 && p.d == 1) {
+    launch(grad_weight_kernel<T, true>, grid_size(tile_blocks(p, t, false)), t.threads(), t.smem, p, t);
+  } else {
+    launch(grad_weight_kernel<T, false>, grid_size(tile_blocks(p, t, false)), t.threads(), t.smem, p, t);
+  }
+}
+
+}  // namespace inv
+}  // namespace largeconv

@@ -1,0 +1,100 @@
+"""The "cuda" backend: the CUDA C++ kernels of csrc/, built as the extension `largeconv._C` (backend_api.md).
+
+Each function allocates its result here (so a test can poison the allocation) and calls the `largeconv_C` op that
+fills it. Kernel designs are described at the top of csrc/dwconv.cuh and csrc/involution.cuh. Importing this module
+never fails: without the extension, `unsupported_reason` says how to build it.
+"""
+import importlib
+
+import torch
+
+from .arguments import memory_format_of
+
+BUILD_HINT = ("the CUDA extension largeconv._C is not built: install with a CUDA build of torch and nvcc present, "
+              "or FORCE_CUDA=1 pip install --no-build-isolation -e .")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_KERNEL = {"dwconv2d": 127, "involution2d": 31}  # larger ones would work, but only on the slow fallback kernels
+
+try:
+    _C = importlib.import_module("largeconv._C")  # loading the library registers torch.ops.largeconv_C
+    _LOAD_ERROR = None
+except Exception as error:  # not built, or built against another torch / CUDA (undefined symbols, ...)
+    _C, _LOAD_ERROR = None, error
+
+
+def is_available() -> bool:
+    return _C is not None
+
+
+def unsupported_reason(op, x, kernel_size):
+    if op not in MAX_KERNEL:
+        return f"unknown op {op!r}"
+    if _C is None:
+        if isinstance(_LOAD_ERROR, ModuleNotFoundError) and _LOAD_ERROR.name == "largeconv._C":
+            return BUILD_HINT
+        return f"the CUDA extension largeconv._C failed to load ({_LOAD_ERROR}); rebuild it: {BUILD_HINT}"
+    if x.device.type != "cuda":
+        return f"needs CUDA tensors, got {x.device.type}"
+    if x.dtype not in DTYPES:
+        return f"{x.dtype} is not supported by the cuda backend (float32, float16, bfloat16 are)"
+    limit = MAX_KERNEL[op]
+    if max(kernel_size) > limit:
+        return f"kernel {'x'.join(map(str, kernel_size))} exceeds the maximum {limit}x{limit} of the cuda backend"
+    return None
+
+
+def _empty(shape, like, memory_format=None):
+    if memory_format is None:
+        memory_format = memory_format_of(like)
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+
+
+def _conv_size(size, pad_total, k, s, d):
+    return (size + pad_total - d * (k - 1) - 1) // s + 1
+
+
+# ---- depthwise convolution ------------------------------------------------------------------------------------
+
+def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+    top, bottom, left, right = padding
+    kh, kw = weight.shape[2:]
+    out_h = _conv_size(x.shape[2], top + bottom, kh, stride[0], dilation[0])
+    out_w = _conv_size(x.shape[3], left + right, kw, stride[1], dilation[1])
+    out = _empty((x.shape[0], weight.shape[0], out_h, out_w), x)
+    torch.ops.largeconv_C.dwconv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), out)
+    return out
+
+
+def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    grad_input = _empty(tuple(input_shape), grad_out)
+    torch.ops.largeconv_C.dwconv2d_grad_input(grad_out, weight, list(stride), list(padding), list(dilation),
+                                              grad_input)
+    return grad_input
+
+
+def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    grad_weight = _empty(tuple(weight_shape), x, torch.contiguous_format)
+    torch.ops.largeconv_C.dwconv2d_grad_weight(grad_out, x, list(stride), list(padding), list(dilation), grad_weight)
+    return grad_weight
+
+
+# ---- involution -------------------------------------------------------------------------------------------------
+
+def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
+    out = _empty((x.shape[0], x.shape[1], weight.shape[2], weight.shape[3]), x)
+    torch.ops.largeconv_C.involution2d_forward(x, weight, kernel_size, stride, padding, dilation, out)
+    return out
+
+
+def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+    grad_input = _empty(tuple(input_shape), grad_out)
+    torch.ops.largeconv_C.involution2d_grad_input(grad_out, weight, kernel_size, stride, padding, dilation,
+                                                  grad_input)
+    return grad_input
+
+
+def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
+    grad_weight = _empty(tuple(weight_shape), grad_out)
+    torch.ops.largeconv_C.involution2d_grad_weight(grad_out, x, kernel_size, stride, padding, dilation,
+                                                   grad_weight)
+    return grad_weight

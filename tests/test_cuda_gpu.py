@@ -1,0 +1,229 @@
+"""The "cuda" backend (largeconv.cuda, the extension largeconv._C) on a GPU, against float64 references:
+RepLKNet-31B and RedNet-50 stage shapes at batch 2 plus edge cases, fp32 / fp16 / bf16, NCHW and channels_last.
+Outputs are allocated NaN-poisoned (tests/numerics.py), so an element a kernel forgets to write fails.
+
+Run with `pytest -m gpu tests/test_cuda_gpu.py` on a machine with a GPU and the extension built."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import largeconv.cuda as cuda_backend
+from numerics import assert_close, poisoned_allocations
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not cuda_backend.is_available(), reason="the CUDA extension largeconv._C is not built"),
+]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+
+
+def randn(shape, dtype, layout, scale=1.0):
+    return (torch.randn(shape, device="cuda", dtype=torch.float32) * scale).to(dtype).contiguous(
+        memory_format=LAYOUTS[layout])
+
+
+def expect_layout(t, layout):
+    assert t.is_contiguous(memory_format=LAYOUTS[layout]), f"result is not {layout}-contiguous: {t.stride()}"
+
+
+# ---- depthwise convolution ------------------------------------------------------------------------------------
+
+def dw_reference(x, weight, bias, grad, stride, padding, dilation, dtype):
+    """Output, grad-input and grad-weight by autograd through F.conv2d, computed in `dtype`."""
+    x_, w_ = (t.detach().to(dtype).requires_grad_() for t in (x, weight))
+    b_ = None if bias is None else bias.detach().to(dtype)
+    top, bottom, left, right = padding
+    out = F.conv2d(F.pad(x_, (left, right, top, bottom)), w_, b_, stride, 0, dilation, groups=x.shape[1])
+    grad_x, grad_w = torch.autograd.grad(out, (x_, w_), grad.to(dtype))
+    return out.detach(), grad_x, grad_w
+
+
+def check_dwconv(n, c, h, w, kernel, dtype, layout, stride=(1, 1), dilation=(1, 1), padding=None, mult=1,
+                 bias=True):
+    kh, kw = kernel
+    if padding is None:  # "same" at stride 1: the odd pixel of an even kernel goes bottom / right
+        ph, pw = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+        padding = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    x = randn((n, c, h, w), dtype, layout)
+    weight = randn((c * mult, 1, kh, kw), dtype, "nchw", scale=1.0 / (kh * kw) ** 0.5)
+    b = randn((c * mult,), dtype, "nchw") if bias else None
+    args = (tuple(stride), tuple(padding), tuple(dilation))
+
+    with poisoned_allocations():
+        out = cuda_backend.dwconv2d_forward(x, weight, b, *args)
+    grad = randn(out.shape, dtype, layout)
+    with poisoned_allocations():
+        grad_x = cuda_backend.dwconv2d_grad_input(grad, weight, x.shape, *args)
+        grad_w = cuda_backend.dwconv2d_grad_weight(grad, x, weight.shape, *args)
+    torch.cuda.synchronize()
+
+    ref = dw_reference(x, weight, b, grad, stride, padding, dilation, torch.float64)
+    low = dw_reference(x, weight, b, grad, stride, padding, dilation, dtype) if dtype != torch.float32 else [None] * 3
+    for name, got, want, want_low in zip(("forward", "grad_input", "grad_weight"), (out, grad_x, grad_w), ref, low):
+        assert got.dtype == dtype, f"{name}: dtype {got.dtype}"
+        assert_close(got, want, want_low, what=name)
+    expect_layout(out, layout)
+    expect_layout(grad_x, layout)
+
+
+REPLKNET_31B = [(2, 128, 56, 56, 31), (2, 256, 28, 28, 29), (2, 512, 14, 14, 27), (2, 1024, 7, 7, 13)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", REPLKNET_31B, ids=lambda s: "x".join(map(str, s)))
+def test_dwconv_replknet_stages(shape, dtype, layout):
+    n, c, h, w, k = shape
+    check_dwconv(n, c, h, w, (k, k), dtype, layout)
+
+
+DW_EDGE_CASES = {
+    # name: (n, c, h, w, kernel, extra keyword arguments)
+    "k1": (2, 8, 9, 10, (1, 1), {}),
+    "k_bigger_than_map": (2, 8, 5, 6, (13, 13), {}),
+    "stride2_odd": (2, 16, 15, 17, (5, 5), {"stride": (2, 2), "padding": (2, 2, 2, 2)}),
+    "stride2_k3_valid": (2, 16, 15, 16, (3, 3), {"stride": (2, 2), "padding": (0, 0, 0, 0)}),
+    "dilation2": (2, 8, 20, 21, (5, 5), {"dilation": (2, 2)}),
+    "dilation3_k7": (1, 8, 30, 30, (7, 7), {"dilation": (3, 3)}),
+    "rect_51x5": (2, 12, 32, 40, (51, 5), {}),
+    "rect_5x51": (2, 12, 32, 40, (5, 51), {}),
+    "even_4x4_same": (2, 8, 13, 14, (4, 4), {}),
+    "multiplier2": (2, 8, 16, 16, (7, 7), {"mult": 2}),
+    "multiplier3_stride2": (2, 6, 17, 15, (5, 5), {"mult": 3, "stride": (2, 2), "padding": (2, 2, 2, 2)}),
+    "mixed_stride_dilation": (2, 6, 21, 19, (5, 3), {"stride": (2, 1), "dilation": (1, 2), "padding": (3, 1, 2, 2)}),
+    "padding_beyond_kernel": (1, 4, 9, 9, (3, 3), {"padding": (5, 4, 0, 6)}),
+    "no_bias": (2, 8, 12, 12, (9, 9), {"bias": False}),
+    "wide_map": (1, 16, 9, 300, (13, 13), {}),
+    "k63": (1, 4, 40, 40, (63, 63), {}),
+    "odd_channels_slak": (2, 249, 20, 20, (47, 5), {}),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", DW_EDGE_CASES)
+def test_dwconv_edge_cases(case, dtype, layout):
+    n, c, h, w, kernel, kwargs = DW_EDGE_CASES[case]
+    check_dwconv(n, c, h, w, kernel, dtype, layout, **kwargs)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dwconv_grad_weight_is_deterministic(layout):
+    x = randn((4, 64, 56, 56), torch.float32, layout)
+    grad = randn((4, 64, 56, 56), torch.float32, layout)
+    args = ((1, 1), (15, 15, 15, 15), (1, 1))
+    first = cuda_backend.dwconv2d_grad_weight(grad, x, (64, 1, 31, 31), *args)
+    second = cuda_backend.dwconv2d_grad_weight(grad, x, (64, 1, 31, 31), *args)
+    assert torch.equal(first, second)
+
+
+# ---- involution -------------------------------------------------------------------------------------------------
+
+def involution_unfold(x, weight, k, s, p, d):
+    """The definition: unfold, multiply by the per-pixel kernel, sum over the K*K taps."""
+    b, c, _, _ = x.shape
+    groups, (ho, wo) = weight.shape[1] // (k * k), weight.shape[2:]
+    cols = F.unfold(x, k, d, p, s).view(b, groups, c // groups, k * k, ho, wo)
+    return (cols * weight.view(b, groups, 1, k * k, ho, wo)).sum(3).view(b, c, ho, wo)
+
+
+def inv_reference(x, weight, grad, k, s, p, d, dtype):
+    x_, w_ = (t.detach().to(dtype).requires_grad_() for t in (x, weight))
+    out = involution_unfold(x_, w_, k, s, p, d)
+    grad_x, grad_w = torch.autograd.grad(out, (x_, w_), grad.to(dtype))
+    return out.detach(), grad_x, grad_w
+
+
+def check_involution(b, c, h, w, k, groups, dtype, layout, s=1, p=None, d=1):
+    p = d * (k - 1) // 2 if p is None else p
+    ho, wo = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size in (h, w))
+    x = randn((b, c, h, w), dtype, layout)
+    weight = randn((b, groups * k * k, ho, wo), dtype, layout, scale=1.0 / k)
+    with poisoned_allocations():
+        out = cuda_backend.involution2d_forward(x, weight, k, s, p, d)
+    grad = randn(out.shape, dtype, layout)
+    with poisoned_allocations():
+        grad_x = cuda_backend.involution2d_grad_input(grad, weight, x.shape, k, s, p, d)
+        grad_w = cuda_backend.involution2d_grad_weight(grad, x, weight.shape, k, s, p, d)
+    torch.cuda.synchronize()
+
+    ref = inv_reference(x, weight, grad, k, s, p, d, torch.float64)
+    low = inv_reference(x, weight, grad, k, s, p, d, dtype) if dtype != torch.float32 else [None] * 3
+    for name, got, want, want_low in zip(("forward", "grad_input", "grad_weight"), (out, grad_x, grad_w), ref, low):
+        assert got.dtype == dtype, f"{name}: dtype {got.dtype}"
+        assert_close(got, want, want_low, what=name)
+    for t in (out, grad_x, grad_w):
+        expect_layout(t, layout)
+
+
+REDNET_50 = [(2, 64, 56, 56, 1), (2, 128, 28, 28, 1), (2, 256, 14, 14, 1), (2, 512, 7, 7, 1),
+             (2, 64, 56, 56, 2), (2, 128, 28, 28, 2), (2, 256, 14, 14, 2)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", REDNET_50, ids=lambda s: "x".join(map(str, s[:4])) + f"_s{s[4]}")
+def test_involution_rednet_stages(shape, dtype, layout):
+    b, c, h, w, s = shape
+    check_involution(b, c, h, w, 7, c // 16, dtype, layout, s=s)
+
+
+INV_EDGE_CASES = {
+    # name: (b, c, h, w, k, groups, extra keyword arguments)
+    "k3": (2, 32, 17, 19, 3, 2, {}),
+    "k15_bigger_than_map": (2, 16, 10, 9, 15, 1, {}),
+    "dilation2": (2, 32, 20, 20, 3, 2, {"d": 2}),
+    "stride2_odd": (2, 32, 13, 11, 7, 2, {"s": 2}),
+    "stride3_dilation2": (1, 16, 20, 23, 5, 1, {"s": 3, "d": 2, "p": 1}),
+    "no_padding": (2, 16, 12, 12, 5, 1, {"p": 0}),
+    "wide_group_48ch": (2, 96, 14, 14, 7, 2, {}),  # 48 channels per group: three chunks in grad-weight
+    "one_channel_per_group": (2, 8, 11, 12, 3, 8, {}),
+    "wide_map": (1, 32, 6, 200, 7, 2, {}),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", INV_EDGE_CASES)
+def test_involution_edge_cases(case, dtype, layout):
+    b, c, h, w, k, groups, kwargs = INV_EDGE_CASES[case]
+    check_involution(b, c, h, w, k, groups, dtype, layout, **kwargs)
+
+
+# ---- the backend's contract -------------------------------------------------------------------------------------
+
+def test_unsupported_reason_on_cuda_tensors():
+    x = torch.randn(1, 2, 5, 5, device="cuda")
+    assert cuda_backend.unsupported_reason("dwconv2d", x, (31, 31)) is None
+    assert cuda_backend.unsupported_reason("involution2d", x.half(), (7, 7)) is None
+    assert "float64" in cuda_backend.unsupported_reason("dwconv2d", x.double(), (3, 3))
+    assert "exceeds the maximum" in cuda_backend.unsupported_reason("dwconv2d", x, (129, 5))
+    assert "exceeds the maximum" in cuda_backend.unsupported_reason("involution2d", x, (33, 33))
+
+
+def test_ops_reject_mixed_layouts_and_dtypes():
+    x = randn((2, 8, 10, 10), torch.float32, "cl")
+    weight = randn((8, 1, 3, 3), torch.float32, "nchw")
+    out_nchw = torch.empty(2, 8, 10, 10, device="cuda")
+    with pytest.raises(RuntimeError, match="one memory format"):
+        torch.ops.largeconv_C.dwconv2d_forward(x, weight, None, [1, 1], [1, 1, 1, 1], [1, 1], out_nchw)
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.largeconv_C.dwconv2d_forward(x, weight.half(), None, [1, 1], [1, 1, 1, 1], [1, 1],
+                                               torch.empty_like(x))
+    with pytest.raises(RuntimeError, match="does not match"):
+        torch.ops.largeconv_C.dwconv2d_forward(x, weight, None, [1, 1], [0, 0, 0, 0], [1, 1], torch.empty_like(x))
+
+
+def test_runs_on_the_current_stream_and_device():
+    x = randn((2, 32, 28, 28), torch.float32, "nchw")
+    weight = randn((32, 1, 7, 7), torch.float32, "nchw")
+    args = ((1, 1), (3, 3, 3, 3), (1, 1))
+    expected = cuda_backend.dwconv2d_forward(x, weight, None, *args)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = cuda_backend.dwconv2d_forward(x, weight, None, *args)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
