@@ -106,3 +106,120 @@ def _correlate_fft(g, xp, kernel, stride, dilation):
 
 
 # ---- involution (CPU) ----
+
+# Involution runs as shift-and-accumulate: one fused multiply-add pass per tap over a strided view of the padded
+# input, so nothing K*K times larger than the input exists. Everything is computed on NCHW tensors (channels_last
+# inputs are converted on entry and results back on exit: per-tap passes over NCHW views run 2-3x faster than over
+# channels_last ones), in blocks of images or groups small enough to stay in cache across their K*K passes.
+
+# Output elements per block (4 MB at fp32).
+INVOLUTION_BLOCK_ELEMS = 1 << 20
+
+
+def _involution_blocks(batch, groups, group_elems):
+    """(batch slice, group slice) pieces of about INVOLUTION_BLOCK_ELEMS elements: runs of whole images when an
+    image is small, else runs of groups of one image."""
+    per_image = groups * group_elems
+    if per_image <= INVOLUTION_BLOCK_ELEMS:
+        step = INVOLUTION_BLOCK_ELEMS // per_image
+        for b in range(0, batch, step):
+            yield slice(b, b + step), slice(None)
+    else:
+        step = max(1, INVOLUTION_BLOCK_ELEMS // group_elems)
+        for b in range(batch):
+            for g in range(0, groups, step):
+                yield slice(b, b + 1), slice(g, g + step)
+
+
+def _involution_taps(kernel_size, stride, dilation, out_hw):
+    """(tap index, (rows, cols)): the slices of the padded input that tap (kh, kw) reads for the output pixels."""
+    out_h, out_w = out_hw
+    for kh in range(kernel_size):
+        for kw in range(kernel_size):
+            rows = slice(kh * dilation, kh * dilation + stride * (out_h - 1) + 1, stride)
+            cols = slice(kw * dilation, kw * dilation + stride * (out_w - 1) + 1, stride)
+            yield kh * kernel_size + kw, (rows, cols)
+
+
+def _to_nchw(t, dtype):
+    """t as an NCHW-contiguous tensor in `dtype`. A channels_last t goes image by image through 2-D transposing
+    copies, which PyTorch blocks for the cache: ~4x faster than one 4-D permuting copy."""
+    if t.is_contiguous():
+        return t.to(dtype)
+    batch, channels, height, width = t.shape
+    out = torch.empty((batch, channels, height, width), dtype=dtype)
+    pixel_rows = t.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    for b in range(batch):
+        out[b].view(channels, height * width).copy_(pixel_rows[b].t())
+    return out
+
+
+def _padded_nchw(x, padding, dtype):
+    """Zero-padded NCHW copy of x in `dtype`."""
+    batch, channels, height, width = x.shape
+    xp = torch.zeros((batch, channels, height + 2 * padding, width + 2 * padding), dtype=dtype)
+    xp[:, :, padding:padding + height, padding:padding + width] = x if x.is_contiguous() else _to_nchw(x, dtype)
+    return xp
+
+
+def _nchw(t, dtype, groups):
+    """t as an NCHW tensor in `dtype`, its channels split into (groups, channels per group)."""
+    return _to_nchw(t, dtype).unflatten(1, (groups, -1))
+
+
+def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
+    batch, channels = x.shape[:2]
+    taps = kernel_size * kernel_size
+    groups = weight.shape[1] // taps
+    out_hw = tuple(weight.shape[2:])
+    dtype = _compute_dtype(x.dtype)
+    xp = _padded_nchw(x, padding, dtype).unflatten(1, (groups, -1))
+    w = _nchw(weight, dtype, groups)
+    out = torch.empty((batch, channels, *out_hw), dtype=dtype)
+    out5 = out.unflatten(1, (groups, -1))
+    for bs, gs in _involution_blocks(batch, groups, channels // groups * out_hw[0] * out_hw[1]):
+        ob, xb, wb = out5[bs, gs], xp[bs, gs], w[bs, gs]
+        for t, (rows, cols) in _involution_taps(kernel_size, stride, dilation, out_hw):
+            if t == 0:
+                torch.mul(xb[..., rows, cols], wb[:, :, 0].unsqueeze(2), out=ob)
+            else:
+                ob.addcmul_(xb[..., rows, cols], wb[:, :, t].unsqueeze(2))
+    return _restore(out, x)
+
+
+def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+    batch, channels, height, width = input_shape
+    taps = kernel_size * kernel_size
+    groups = weight.shape[1] // taps
+    out_hw = tuple(weight.shape[2:])
+    dtype = _compute_dtype(grad_out.dtype)
+    dy = _nchw(grad_out, dtype, groups)
+    w = _nchw(weight, dtype, groups)
+    # Each tap adds into a strided view of a padded buffer (the transpose of the forward's read), so no tap needs
+    # bounds handling; the padding is cropped at the end.
+    grad_padded = torch.zeros((batch, channels, height + 2 * padding, width + 2 * padding), dtype=dtype)
+    gp5 = grad_padded.unflatten(1, (groups, -1))
+    for bs, gs in _involution_blocks(batch, groups, channels // groups * height * width):
+        gb, dyb, wb = gp5[bs, gs], dy[bs, gs], w[bs, gs]
+        for t, (rows, cols) in _involution_taps(kernel_size, stride, dilation, out_hw):
+            gb[..., rows, cols].addcmul_(dyb, wb[:, :, t].unsqueeze(2))
+    return _restore(grad_padded[:, :, padding:padding + height, padding:padding + width], grad_out)
+
+
+def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
+    batch, channels = x.shape[:2]
+    taps = kernel_size * kernel_size
+    groups = weight_shape[1] // taps
+    out_hw = tuple(weight_shape[2:])
+    dtype = _compute_dtype(x.dtype)
+    xp = _padded_nchw(x, padding, dtype).unflatten(1, (groups, -1))
+    dy = _nchw(grad_out, dtype, groups)
+    grad_w = torch.empty(tuple(weight_shape), dtype=dtype)
+    gw5 = grad_w.unflatten(1, (groups, taps))
+    for bs, gs in _involution_blocks(batch, groups, channels // groups * out_hw[0] * out_hw[1]):
+        gb, xb, dyb = gw5[bs, gs], xp[bs, gs], dy[bs, gs]
+        products = torch.empty(dyb.shape, dtype=dtype)  # one buffer for all taps: a fresh one costs page faults
+        for t, (rows, cols) in _involution_taps(kernel_size, stride, dilation, out_hw):
+            torch.mul(dyb, xb[..., rows, cols], out=products)
+            torch.sum(products, dim=2, out=gb[:, :, t])
+    return _restore(grad_w, x)

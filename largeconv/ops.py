@@ -109,6 +109,7 @@ def _dwconv2d_backward(ctx, grad):
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.ops.largeconv.dwconv2d_grad_input(grad, weight, list(x.shape), *ctx.params)
+        grad_x = grad_x.contiguous(memory_format=memory_format_of(x))  # a 1x1 grad is both layouts: take x's
     if ctx.needs_input_grad[1]:
         grad_w = torch.ops.largeconv.dwconv2d_grad_weight(grad, x, list(weight.shape), *ctx.params)
     if ctx.needs_input_grad[2]:
@@ -197,6 +198,7 @@ def _involution2d_backward(ctx, grad):
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.ops.largeconv.involution2d_grad_input(grad, weight, list(x.shape), *ctx.params)
+        grad_x = grad_x.contiguous(memory_format=memory_format_of(x))  # a 1x1 grad is both layouts: take x's
     if ctx.needs_input_grad[1]:
         grad_w = torch.ops.largeconv.involution2d_grad_weight(grad, x, list(weight.shape), *ctx.params)
     return grad_x, grad_w, None, None, None, None, None

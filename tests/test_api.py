@@ -202,3 +202,16 @@ def test_involution_module_matches_official_formula():
     unfolded = F.unfold(x, 3, 1, 1, 2).view(2, 2, 8, 9, 4, 4)
     expected = (kernel.view(2, 2, 1, 9, 4, 4) * unfolded).sum(3).view(2, 16, 4, 4)
     assert_close(module(x), expected.double())
+
+
+def test_compile_involution_module_fullgraph():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = largeconv.Involution2d(16, kernel_size=3, stride=2, group_channels=8).eval()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    out, expected = compiled(x), module(x)
+    assert_close(out, expected.double())
+    params = (x, module.conv2.conv.weight)
+    for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(expected.sum(), params)):
+        assert_close(a, b.double())
