@@ -5,9 +5,10 @@ Backends: "torch" (reference), "cpu", "triton", "cuda", and "auto". The most spe
 variable; "auto" (or nothing) at one level defers to the next. An explicit backend that cannot run a call raises a
 clear error; "auto" falls back.
 
-"auto": CPU tensors -> "cpu". CUDA tensors -> the fastest of {cuda, triton, torch} that can run the call, measured
-once per (op, direction, device, dtype, layout, shape bucket) and cached, like cudnn.benchmark. During CUDA graph
-capture nothing is measured: an uncached key goes to torch.
+"auto": the fastest backend that can run the call, measured once per (op, direction, device, dtype, layout, shape
+bucket) and cached, like cudnn.benchmark: among {cpu, torch} for CPU tensors (the "cpu" compositions win at large
+kernels, PyTorch's own call at small ones), among {cuda, triton, torch} for CUDA tensors. During CUDA graph capture
+nothing is measured: an uncached key goes to torch.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import importlib
 import os
 import statistics
 import threading
+import time
 
 import torch
 
@@ -25,6 +27,7 @@ BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 _MODULES = {"torch": "largeconv.reference", "cpu": "largeconv.cpu", "triton": "largeconv.kernels",
             "cuda": "largeconv.cuda"}
 _GPU_CANDIDATES = ("cuda", "triton", "torch")
+_CPU_CANDIDATES = ("cpu", "torch")
 
 _local = threading.local()
 _auto_cache: dict[tuple, str] = {}
@@ -82,15 +85,14 @@ def select(op: str, direction: str, backend: str, x: torch.Tensor, kernel_size, 
         if reason is not None:
             raise RuntimeError(f"{op}: backend {backend!r} cannot run this call: {reason}")
         return backend_module(backend)
-    if x.device.type != "cuda":
-        first = "cpu" if unsupported_reason("cpu", op, x, kernel_size) is None else "torch"
-        return backend_module(first)
-    candidates = [name for name in _GPU_CANDIDATES if unsupported_reason(name, op, x, kernel_size) is None]
-    key = (op, direction, x.device.index, x.dtype, is_channels_last(x), _shape_bucket(x, kernel_size, run_args))
+    on_gpu = x.device.type == "cuda"
+    names = _GPU_CANDIDATES if on_gpu else _CPU_CANDIDATES
+    candidates = [name for name in names if unsupported_reason(name, op, x, kernel_size) is None]
+    key = (op, direction, x.device, x.dtype, is_channels_last(x), _shape_bucket(x, kernel_size, run_args))
     if key not in _auto_cache:
-        if len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
+        if len(candidates) == 1 or (on_gpu and torch.cuda.is_current_stream_capturing()):
             return backend_module("torch")
-        _auto_cache[key] = _fastest(op, direction, candidates, run_args)
+        _auto_cache[key] = _fastest(op, direction, candidates, run_args, on_gpu)
     return backend_module(_auto_cache[key])
 
 
@@ -105,21 +107,27 @@ def _shape_bucket(x, kernel_size, run_args):
     return (tuple(_bucket(n) for n in x.shape), tuple(kernel_size), params)
 
 
-def _fastest(op, direction, candidates, run_args, repeats=5):
+def _fastest(op, direction, candidates, run_args, on_gpu):
+    repeats = 5 if on_gpu else 3
     timings = {}
     for name in candidates:
         fn = getattr(backend_module(name), f"{op}_{direction}")
-        fn(*run_args)  # warm-up: compiles and autotunes
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*run_args)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        timings[name] = statistics.median(times)
+        fn(*run_args)  # warm-up: compiles, autotunes, faults pages in
+        timings[name] = statistics.median(_elapsed_ms(fn, run_args, on_gpu) for _ in range(repeats))
     return min(timings, key=timings.get)
+
+
+def _elapsed_ms(fn, args, on_gpu):
+    if on_gpu:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - start) * 1e3
 
 
 def auto_choices() -> dict:

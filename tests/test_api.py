@@ -1,5 +1,6 @@
 """Public API behaviour: bad input, backend selection, LargeDWConv2d and convert."""
 import re
+import time
 
 import pytest
 import torch
@@ -104,23 +105,48 @@ def test_backend_precedence(monkeypatch):
         dispatch.requested_backend(None)
 
 
-def test_backend_actually_used(monkeypatch):
-    """The chosen backend's function is the one that runs (auto on CPU tensors -> "cpu")."""
+def _record_calls(monkeypatch, delay_s=None):
+    """Patch the dwconv forward of "torch" and "cpu" to record which runs (and optionally slow one down)."""
     calls = []
     for name in ("torch", "cpu"):
         module = dispatch.backend_module(name)
         original = module.dwconv2d_forward
-        monkeypatch.setattr(module, "dwconv2d_forward",
-                            lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a))
+
+        def recorded(*args, _name=name, _original=original):
+            calls.append(_name)
+            if delay_s and _name in delay_s:
+                time.sleep(delay_s[_name])
+            return _original(*args)
+        monkeypatch.setattr(module, "dwconv2d_forward", recorded)
+    return calls
+
+
+def test_backend_actually_used(monkeypatch):
+    """The chosen backend's function is the one that runs."""
+    calls = _record_calls(monkeypatch)
     x, w = _x(1, 2, 6, 6), _x(2, 1, 3, 3)
     monkeypatch.delenv("LARGECONV_BACKEND", raising=False)
-    largeconv.dwconv2d(x, w)
     with largeconv.use_backend("torch"):
         largeconv.dwconv2d(x, w)
     monkeypatch.setenv("LARGECONV_BACKEND", "torch")
     largeconv.dwconv2d(x, w)
     largeconv.LargeDWConv2d(2, 3, backend="cpu")(x)
-    assert calls == ["cpu", "torch", "torch", "cpu"]
+    assert calls == ["torch", "torch", "cpu"]
+
+
+@pytest.mark.parametrize("slow", ["cpu", "torch"])
+def test_auto_measures_once_and_picks_the_faster(monkeypatch, slow):
+    monkeypatch.delenv("LARGECONV_BACKEND", raising=False)
+    monkeypatch.setattr(dispatch, "_auto_cache", {})
+    calls = _record_calls(monkeypatch, delay_s={slow: 0.02})
+    x, w = _x(1, 3, 7, 7), _x(3, 1, 5, 5)
+    largeconv.dwconv2d(x, w)
+    assert set(calls) == {"cpu", "torch"}  # both timed on the first call
+    fast = "torch" if slow == "cpu" else "cpu"
+    assert list(dispatch.auto_choices().values()) == [fast]
+    calls.clear()
+    largeconv.dwconv2d(_x(1, 3, 7, 7), w)  # same shape bucket: no new measurement
+    assert calls == [fast]
 
 
 def test_explicit_backend_that_cannot_run_raises():
