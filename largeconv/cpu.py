@@ -1,17 +1,20 @@
 """The "cpu" backend: fast compositions of PyTorch ops for CPU tensors (backend_api.md).
 
-Depthwise conv: oneDNN is fast for depthwise conv on channels_last but slow on NCHW (~40x at K=31 on a 2-core
-machine), so forward and grad-input run on channels_last whatever the input layout. Its weight gradient is slow on
-both layouts, so it is computed as a correlation in the frequency domain, summed over the batch before the inverse
-FFT (large kernels), or as one multiply-reduce per tap (small kernels). fp16/bf16 inputs are computed in fp32.
+Depthwise conv: for kernels from 13x13 up all three directions are FFT correlations/convolutions on a grid only
+as large as the input plus one side's padding (the weight gradient summed over the batch before its one inverse
+FFT); smaller kernels run forward and grad-input through oneDNN on channels_last (fast, unlike its NCHW path, so
+inputs are converted) and the weight gradient as one multiply-reduce per tap. fp16/bf16 inputs are computed in fp32.
 """
 import torch
 import torch.nn.functional as F
 
-from .arguments import memory_format_of
+from .arguments import dwconv2d_output_hw, memory_format_of
 
 # Above this many taps the FFT weight gradient beats one multiply-reduce pass per tap.
 FFT_MIN_TAPS = 26
+# From this many taps FFT forward / grad-input beat oneDNN's channels_last depthwise conv: measured 2026-11-22 on
+# the 2-core EPYC at (8, 128, 56x56), forward K=9 16.5 vs 17.2 ms (oneDNN ahead), K=13 24.2 vs 16.0, K=25 78.7 vs 24.1.
+FFT_CONV_MIN_TAPS = 169
 
 
 def unsupported_reason(op, x, kernel_size):
@@ -34,6 +37,8 @@ def _restore(result, like):
 
 
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+    if _use_fft(weight.shape):
+        return _restore(_forward_fft(x, weight, bias, stride, padding, dilation), x)
     top, bottom, left, right = padding
     xc = _channels_last(x)
     if (top, left) != (bottom, right):
@@ -46,6 +51,8 @@ def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
 
 
 def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    if _use_fft(weight.shape):
+        return _restore(_grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation), grad_out)
     # The transposed conv with padding (top, left) starts at input row 0; output_padding supplies the rows a
     # stride skipped at the end, and any extra row from asymmetric "same" padding is cropped.
     top, bottom, left, right = padding
@@ -63,18 +70,15 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
 
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    top, bottom, left, right = padding
-    dtype = _compute_dtype(x.dtype)
-    xp = F.pad(x.to(dtype), (left, right, top, bottom))
-    g = grad_out.to(dtype)
     multiplier = weight_shape[0] // x.shape[1]
-    if multiplier > 1:
-        xp = xp.repeat_interleave(multiplier, dim=1)  # output channel o reads input channel o // m
-    kh, kw = weight_shape[2:]
-    if kh * kw >= FFT_MIN_TAPS:
-        grad_w = _correlate_fft(g, xp, (kh, kw), stride, dilation)
+    if weight_shape[2] * weight_shape[3] >= FFT_MIN_TAPS:
+        grad_w = _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation)
     else:
-        grad_w = _correlate_taps(g, xp, (kh, kw), stride, dilation)
+        top, bottom, left, right = padding
+        xp = F.pad(x.to(_compute_dtype(x.dtype)), (left, right, top, bottom))
+        if multiplier > 1:
+            xp = xp.repeat_interleave(multiplier, dim=1)  # output channel o reads input channel o // m
+        grad_w = _correlate_taps(grad_out.to(xp.dtype), xp, weight_shape[2:], stride, dilation)
     return grad_w.reshape(weight_shape).to(x.dtype)
 
 
@@ -90,19 +94,97 @@ def _correlate_taps(g, xp, kernel, stride, dilation):
     return taps
 
 
-def _correlate_fft(g, xp, kernel, stride, dilation):
-    """The same correlation for all taps at once: sum_n conj(FFT(g_n)) * FFT(xp_n), one inverse FFT.
+# ---- the FFT formulation for large kernels ------------------------------------------------------------------------
+# All three directions are circular correlations/convolutions on an FFT grid of size S per dimension. The input is
+# NOT padded: the padding is the kernel's offset (-top, -left) on the circular grid, and S >= H + max(top, bottom)
+# makes every wrapped index land on the zeros past the input's end, so S is smaller than the padded input
+# (72 instead of 90 for 56x56 at K=31: 0.64x the transform work).
 
-    With the strided gradient spread onto the padded grid, the lags we need (up to d*(K-1)) never wrap around.
-    """
-    size = xp.shape[2:]
-    if stride != (1, 1):
-        spread = g.new_zeros(*g.shape[:2], (g.shape[2] - 1) * stride[0] + 1, (g.shape[3] - 1) * stride[1] + 1)
-        spread[:, :, ::stride[0], ::stride[1]] = g
-        g = spread
-    spectrum = (torch.fft.rfft2(xp, s=size) * torch.fft.rfft2(g, s=size).conj()).sum(0)
+def _use_fft(weight_shape):
+    return weight_shape[2] * weight_shape[3] >= FFT_CONV_MIN_TAPS
+
+
+def _fft_grid(input_hw, output_hw, kernel, stride, padding, dilation):
+    top, bottom, left, right = padding
+    sizes = []
+    for n, o, k, s, d, lo, hi in zip(input_hw, output_hw, kernel, stride, dilation, (top, left), (bottom, right)):
+        sizes.append(_fft_size(max(n + max(lo, hi), d * (k - 1) + 1, (o - 1) * s + 1)))
+    return tuple(sizes)
+
+
+def _kernel_spectrum(weight, size, padding, dilation, dtype):
+    """FFT of the dilated kernel placed at offset (-top, -left) on the circular grid."""
+    kh, kw = weight.shape[2:]
+    grid = weight.new_zeros(weight.shape[0], *size, dtype=dtype)
+    grid[:, :dilation[0] * (kh - 1) + 1:dilation[0], :dilation[1] * (kw - 1) + 1:dilation[1]] = weight[:, 0]
+    grid = torch.roll(grid, shifts=(-padding[0], -padding[2]), dims=(1, 2))
+    return torch.fft.rfft2(grid)
+
+
+def _spread(g, stride):
+    """The strided gradient placed on the stride-1 grid (zeros between)."""
+    if stride == (1, 1):
+        return g
+    spread = g.new_zeros(*g.shape[:2], (g.shape[2] - 1) * stride[0] + 1, (g.shape[3] - 1) * stride[1] + 1)
+    spread[:, :, ::stride[0], ::stride[1]] = g
+    return spread
+
+
+def _forward_fft(x, weight, bias, stride, padding, dilation):
+    """out[u, v] = sum_ab w[a, b] x[u*s + a*d - top, v*s + b*d - left]."""
+    dtype = _compute_dtype(x.dtype)
+    out_hw = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
+    size = _fft_grid(x.shape[2:], out_hw, weight.shape[2:], stride, padding, dilation)
+    spectrum = torch.fft.rfft2(x.to(dtype), s=size)
+    multiplier = weight.shape[0] // x.shape[1]
+    if multiplier > 1:
+        spectrum = spectrum.repeat_interleave(multiplier, dim=1)
+    spectrum = spectrum * _kernel_spectrum(weight, size, padding, dilation, dtype).conj()
     corr = torch.fft.irfft2(spectrum, s=size)
-    return corr[:, :dilation[0] * (kernel[0] - 1) + 1:dilation[0], :dilation[1] * (kernel[1] - 1) + 1:dilation[1]]
+    out = corr[:, :, :(out_hw[0] - 1) * stride[0] + 1:stride[0], :(out_hw[1] - 1) * stride[1] + 1:stride[1]]
+    return out if bias is None else out + bias.to(dtype).view(1, -1, 1, 1)
+
+
+def _grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation):
+    """The adjoint: the spread gradient convolved with the kernel, summed over each channel's m outputs."""
+    dtype = _compute_dtype(grad_out.dtype)
+    size = _fft_grid(input_shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
+    spectrum = torch.fft.rfft2(_spread(grad_out.to(dtype), stride), s=size)
+    spectrum = spectrum * _kernel_spectrum(weight, size, padding, dilation, dtype)
+    batch, channels = input_shape[:2]
+    if weight.shape[0] != channels:
+        spectrum = spectrum.view(batch, channels, -1, *spectrum.shape[2:]).sum(2)
+    return torch.fft.irfft2(spectrum, s=size)[:, :, :input_shape[2], :input_shape[3]]
+
+
+def _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation):
+    """grad_w[o, a, b] = sum over n, i, j of g[n, o, i, j] x[n, o // m, i*s + a*d - top, j*s + b*d - left]: the
+    correlation of x with the spread gradient for all taps at once, summed over the batch before one inverse FFT."""
+    dtype = _compute_dtype(x.dtype)
+    top, _, left, _ = padding
+    size = _fft_grid(x.shape[2:], grad_out.shape[2:], weight_shape[2:], stride, padding, dilation)
+    x_spectrum = torch.fft.rfft2(x.to(dtype), s=size)
+    multiplier = weight_shape[0] // x.shape[1]
+    if multiplier > 1:
+        x_spectrum = x_spectrum.repeat_interleave(multiplier, dim=1)
+    g_spectrum = torch.fft.rfft2(_spread(grad_out.to(dtype), stride), s=size)
+    corr = torch.fft.irfft2((x_spectrum * g_spectrum.conj()).sum(0), s=size)
+    corr = torch.roll(corr, shifts=(top, left), dims=(1, 2))  # lag a*d - top sits at index (a*d - top) mod S
+    kh, kw = weight_shape[2:]
+    return corr[:, :dilation[0] * (kh - 1) + 1:dilation[0], :dilation[1] * (kw - 1) + 1:dilation[1]]
+
+
+def _fft_size(n):
+    """The smallest 2^a 3^b 5^c >= n: FFTs of sizes with a large prime factor (86 = 2 * 43) are much slower."""
+    size = n
+    while True:
+        rest = size
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1
 
 
 # ---- involution (CPU) ----

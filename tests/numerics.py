@@ -16,9 +16,13 @@ def rel_error(out, ref):
     return diff / denom if denom > 0 else diff
 
 
-def assert_close(out, ref64, ref_lowp=None, what="output"):
+def assert_close(out, ref64, ref_lowp=None, what="output", magnitude=None):
     """out vs the float64 reference: fp32/fp64 by relative error, fp16/bf16 by 2x the same reference's error in
-    that dtype (`ref_lowp`). NaN (an unwritten, poisoned element) always fails."""
+    that dtype (`ref_lowp`). NaN (an unwritten, poisoned element) always fails.
+
+    `magnitude`: the same computation on the inputs' absolute values. A sum that nearly cancels cannot be
+    computed to 1e-5 of its (small) result in fp32, only to 1e-5 of the summed magnitudes (the classic bound
+    |fl(sum) - sum| <= n*eps*sum|terms|), so the fp32 bound is scaled by |magnitude| / |ref| (>= 1)."""
     assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
     assert not torch.isnan(out).any(), f"{what}: NaN in output (unwritten element?)"
     err = rel_error(out, ref64)
@@ -27,6 +31,8 @@ def assert_close(out, ref64, ref_lowp=None, what="output"):
         bound = max(2 * rel_error(ref_lowp, ref64), LOWP_FLOOR[out.dtype])
     else:
         bound = FP32_RTOL if out.dtype == torch.float32 else 1e-10
+        if magnitude is not None and ref64.norm() > 0:
+            bound *= max(1.0, (magnitude.double().norm() / ref64.double().norm()).item())
     assert err <= bound, f"{what}: relative error {err:.3g} > {bound:.3g} ({out.dtype})"
 
 

@@ -10,7 +10,7 @@ from numerics import assert_close, poisoned_allocations
 CPU_BACKENDS = ["torch", "cpu", "triton"]  # triton runs under TRITON_INTERPRET=1 (tests/conftest.py)
 
 
-def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None):
+def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None, grad_map=None):
     """Output and gradients (x, weight, bias) of dwconv2d on `backend`, with outputs poisoned before kernels run.
     The output gradient is the same random tensor for every call, rounded to `grad_dtype` (the inputs' dtype)."""
     x = x.detach().requires_grad_()
@@ -20,6 +20,8 @@ def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None):
         out = largeconv.dwconv2d(x, weight, bias, stride, padding, dilation, backend=backend)
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
         grad = grad.to(grad_dtype or out.dtype).to(out.dtype)
+        if grad_map is not None:
+            grad = grad_map(grad)
         grad = grad.contiguous(memory_format=torch.channels_last if out.is_contiguous(
             memory_format=torch.channels_last) and not out.is_contiguous() else torch.contiguous_format)
         inputs = [t for t in (x, weight, bias) if t is not None]
@@ -27,10 +29,13 @@ def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None):
     return out.detach(), grads
 
 
-def reference(x, weight, bias, stride, padding, dilation, dtype=torch.float64):
-    """F.conv2d (the definition) and its autograd gradients, computed in `dtype`."""
+def reference(x, weight, bias, stride, padding, dilation, dtype=torch.float64, absolute=False):
+    """F.conv2d (the definition) and its autograd gradients, computed in `dtype` (on |inputs| if `absolute`)."""
     cast = [None if t is None else t.detach().to(dtype) for t in (x, weight, bias)]
-    return run("torch", *cast, stride, padding, dilation, grad_dtype=x.dtype)
+    if absolute:
+        cast = [None if t is None else t.abs() for t in cast]
+    return run("torch", *cast, stride, padding, dilation, grad_dtype=x.dtype,
+               grad_map=torch.abs if absolute else None)
 
 
 def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -42,10 +47,11 @@ def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
     want_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
                    and not x.is_contiguous() else torch.contiguous_format)
     assert out.is_contiguous(memory_format=want_format), "output memory format must follow the input's"
-    assert_close(out, ref, low, "output")
-    for name, g, r, l in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads, low_grads):
+    mag, mag_grads = reference(x, weight, bias, stride, padding, dilation, absolute=True)
+    assert_close(out, ref, low, "output", mag)
+    for name, g, r, l, m in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads, low_grads, mag_grads):
         assert g.dtype == x.dtype
-        assert_close(g, r, l, name)
+        assert_close(g, r, l, name, m)
 
 
 def make(n, c, h, w, kernel, multiplier=1, bias=True, dtype=torch.float32, channels_last=False):
@@ -208,3 +214,15 @@ def test_non_contiguous_input():
     x = torch.randn(2, 8, 9, 3).transpose(1, 3)  # (2, 3, 9, 8), neither NCHW nor channels_last
     weight = torch.randn(3, 1, 3, 3)
     check("cpu", x, weight, None, 1, 1, 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(cfg=configs())
+def test_cpu_fft_paths(monkeypatch, cfg):
+    """The "cpu" backend's FFT forward / grad-input / grad-weight (used from 25x25 and 6x5 taps up) on every kind
+    of configuration: thresholds lowered so that small kernels take them too."""
+    from largeconv import cpu
+    monkeypatch.setattr(cpu, "FFT_CONV_MIN_TAPS", 1)
+    monkeypatch.setattr(cpu, "FFT_MIN_TAPS", 1)
+    _check_config("cpu", cfg)
