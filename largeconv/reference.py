@@ -18,16 +18,27 @@ def _pad(x, padding):
     return F.pad(x, (left, right, top, bottom))
 
 
+def _symmetric(padding):
+    """(top, left) when PyTorch can pad by itself (no copy of the input), else None."""
+    top, bottom, left, right = padding
+    return (top, left) if (top, left) == (bottom, right) else None
+
+
 def _padded_shape(shape, padding):
     top, bottom, left, right = padding
     return (shape[0], shape[1], shape[2] + top + bottom, shape[3] + left + right)
 
 
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+    if _symmetric(padding):
+        return F.conv2d(x, weight, bias, stride, _symmetric(padding), dilation, groups=x.shape[1])
     return F.conv2d(_pad(x, padding), weight, bias, stride, 0, dilation, groups=x.shape[1])
 
 
 def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    if _symmetric(padding):
+        return conv2d_input(input_shape, weight, grad_out, stride, _symmetric(padding), dilation,
+                            groups=input_shape[1]).contiguous(memory_format=memory_format_of(grad_out))
     top, _, left, _ = padding
     height, width = input_shape[2], input_shape[3]
     grad_padded = conv2d_input(_padded_shape(input_shape, padding), weight, grad_out, stride, 0, dilation,
@@ -36,6 +47,8 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
 
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    if _symmetric(padding):
+        return conv2d_weight(x, weight_shape, grad_out, stride, _symmetric(padding), dilation, groups=x.shape[1])
     return conv2d_weight(_pad(x, padding), weight_shape, grad_out, stride, 0, dilation, groups=x.shape[1])
 
 
