@@ -424,13 +424,13 @@ def run_benchmark(cases, args, device, peaks, progress=True, env=None):
                         check = "ok" if rel_err <= tolerance(dtype, device) else "FAIL"
                         del out
                     for attempt in range(1 + args.retries):  # re-measure when other work disturbed the timing
-                        if args.wait_quiet > 0 and device.type == "cpu":
-                            wait_until_quiet(args.wait_quiet, args.quiet_cores)
                         seconds, repeats, used, others = time_calls(
                             lambda i: prepare(direction, fn, sets[i], backend), n_sets, device, args.min_time,
                             args.min_reps)
                         if not others > 2 * args.quiet_cores:
                             break
+                        if args.wait_quiet > 0:  # no idle wait before a measurement: clocks would drop
+                            wait_until_quiet(args.wait_quiet, args.quiet_cores)
                     mem = peak_memory_mb(prepare(direction, fn, sets[0], backend), device) if args.memory \
                         else float("nan")
                     fill_measurement(row, seconds, repeats, peaks)
@@ -790,10 +790,10 @@ def environment_lines(env, args, load_before, load_after, seconds):
              f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}",
              f"suite: {args.suite}; dtypes: {args.dtypes}; directions: {args.directions}; wall time {seconds:.0f} s",
              f"timing: median of >= {args.min_reps} repeats and >= {args.min_time:g} s per measurement"
-             + (f"; waited up to {args.wait_quiet:g} s before each measurement for < {args.quiet_cores:g} cores of "
-                "other work" if args.wait_quiet > 0 else "")
              + f"; re-measured up to {args.retries} times when other work used > {2 * args.quiet_cores:g} cores "
-             "during the timing (columns background_cpu, attempts)",
+             "during the timing (columns background_cpu, attempts)"
+             + (f", after waiting up to {args.wait_quiet:g} s for < {args.quiet_cores:g} cores of other work"
+                if args.wait_quiet > 0 else ""),
              f"python {platform.python_version()}, {platform.platform()}",
              f"largeconv tree: {git_state()}"]
     if env["device_type"] == "cpu":
@@ -893,8 +893,8 @@ def parse_args(argv=None):
                    help="compare CSV against OUT/results.csv (or two CSVs against each other) and exit")
     p.add_argument("--cases", help="only cases whose name contains one of these comma-separated strings")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="CPU: before the peaks and each measurement, wait up to SECONDS until other processes use "
-                        "less than --quiet-cores cores (from /proc/stat minus this process)")
+                   help="CPU: before the peaks, and before re-measuring a disturbed measurement, wait up to SECONDS "
+                        "until other processes use less than --quiet-cores cores (/proc/stat minus this process)")
     p.add_argument("--quiet-cores", type=float, default=0.25)
     p.add_argument("--retries", type=int, default=2,
                    help="CPU: re-measure up to this many times when other processes used more than "
