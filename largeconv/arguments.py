@@ -21,6 +21,16 @@ def pair(value, name: str) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
+def conv_geometry(kernel_size, stride, padding, dilation):
+    """A module's (kernel_size, stride, padding, dilation) as pairs; padding None -> d*(k-1)//2 (the size is kept
+    at stride 1 for odd kernels); a padding string ("same", "valid") is kept as it is."""
+    kernel_size, stride, dilation = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(dilation, "dilation")
+    if padding is None:
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation))
+    padding = padding if isinstance(padding, str) else pair(padding, "padding")
+    return kernel_size, stride, padding, dilation
+
+
 def _check_tensor(t, name: str, op: str):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

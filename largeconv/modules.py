@@ -7,7 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .arguments import conv_output_size, pair
+from .arguments import conv_geometry, conv_output_size
 from .dispatch import check_backend_name
 from .ops import dwconv2d, involution2d
 
@@ -28,12 +28,8 @@ class LargeDWConv2d(nn.Module):
             raise ValueError(f"channels and channel_multiplier must be >= 1, got {channels}, {channel_multiplier}")
         self.channels = channels
         self.channel_multiplier = channel_multiplier
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
-        if padding is None:
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
-        self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
+        self.kernel_size, self.stride, self.padding, self.dilation = conv_geometry(kernel_size, stride, padding,
+                                                                                  dilation)
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(channels * channel_multiplier, 1, *self.kernel_size, **factory))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .arguments import pair
+from .arguments import conv_geometry, pair
 from .dispatch import check_backend_name
 from .modules import LargeDWConv2d
 from .ops import dwconv2d
@@ -227,12 +227,8 @@ class RefConv2d(nn.Module):
             raise ValueError(f"map_kernel_size must be odd (the refocusing conv keeps the kernel size), got "
                              f"{map_kernel_size}")
         self.in_channels, self.out_channels, self.groups = channels, out_channels, groups
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
-        if padding is None:
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
-        self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
+        self.kernel_size, self.stride, self.padding, self.dilation = conv_geometry(kernel_size, stride, padding,
+                                                                                  dilation)
         self.map_kernel_size = map_kernel_size
         self.backend = backend
         shape = (out_channels, channels // groups, *self.kernel_size)

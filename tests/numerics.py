@@ -59,3 +59,16 @@ def poisoned_allocations():
         yield
     finally:
         torch.empty, torch.empty_like, torch.Tensor.new_empty = originals
+
+
+def randomize_bn(model):
+    """Start every BN from non-trivial statistics and affine parameters (training then moves them further), so
+    fusions are tested on BN that does something."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.3)
+                m.momentum = 0.3

@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 import torch
+
 from torch import nn
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -17,6 +18,7 @@ import largeconv
 import largeconv.cpu
 from largeconv import Involution2d, LargeDWConv2d
 from largeconv.reparam import ReparamLargeKernelConv, reparameterize_model, rm_convert_model
+from numerics import randomize_bn
 
 RTOL = 1e-5
 # The CPU involution backend is being written; until it lands, "auto" on CPU tensors cannot run involution.
@@ -25,16 +27,6 @@ INVOLUTION_BACKEND = "auto" if hasattr(largeconv.cpu, "involution2d_forward") el
 
 def rel_err(out, ref):
     return ((out - ref).norm() / ref.norm()).item()
-
-
-def randomize_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.3)
 
 
 def fit(model, x, target, steps, lr):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+
 from hypothesis import given, settings, strategies as st
 from torch import nn
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from largeconv import LargeDWConv2d
 from largeconv.reparam import (RefConv2d, ReparamLargeKernelConv, conv_to_fc, fuse_conv_bn, pad_kernel,
                                refocus_model, reparameterize_model, rm_convert)
+from numerics import randomize_bn
 
 RTOL = 1e-5
 FEW = settings(max_examples=6, deadline=None)
@@ -26,18 +28,6 @@ def rel_err(out, ref):
 
 def n_params(module, trainable_only=False):
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def randomize_bn(model):
-    """Start every BN from non-trivial statistics and affine parameters (training then moves them further)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.3)
-                m.momentum = 0.3
 
 
 def train_steps(model, make_input, steps=3, lr=0.02):
