@@ -18,15 +18,11 @@ import largeconv
 import largeconv.cpu
 from largeconv import Involution2d, LargeDWConv2d
 from largeconv.reparam import ReparamLargeKernelConv, reparameterize_model, rm_convert_model
-from numerics import randomize_bn
+from numerics import randomize_bn, rel_error as rel_err
 
 RTOL = 1e-5
 # The CPU involution backend is being written; until it lands, "auto" on CPU tensors cannot run involution.
 INVOLUTION_BACKEND = "auto" if hasattr(largeconv.cpu, "involution2d_forward") else "torch"
-
-
-def rel_err(out, ref):
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def fit(model, x, target, steps, lr):

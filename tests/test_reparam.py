@@ -15,15 +15,11 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from largeconv import LargeDWConv2d
 from largeconv.reparam import (RefConv2d, ReparamLargeKernelConv, conv_to_fc, fuse_conv_bn, pad_kernel,
                                refocus_model, reparameterize_model, rm_convert)
-from numerics import randomize_bn
+from numerics import randomize_bn, rel_error as rel_err
 
 RTOL = 1e-5
 FEW = settings(max_examples=6, deadline=None)
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def rel_err(out, ref):
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def n_params(module, trainable_only=False):
