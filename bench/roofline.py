@@ -41,6 +41,9 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # `bench` from the source tree; an installed largeconv still wins
 
 from bench import counts, peaks as peaks_mod, suites  # noqa: E402
+import largeconv  # noqa: E402
+from largeconv import dispatch  # noqa: E402
+from largeconv.reference import involution2d_reference  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 BASELINES = {"dwconv2d": ("torch", "torch_cl"), "involution2d": ("torch", "torch_compile")}
@@ -109,11 +112,9 @@ def op_function(case, backend, compile_cache):
     if case.op == "dwconv2d":
         if backend in ("torch", "torch_cl"):
             return lambda x, w: F.conv2d(x, w, None, stride, padding, dilation, groups=x.shape[1])
-        import largeconv
         return lambda x, w: largeconv.dwconv2d(x, w, None, stride, padding, dilation, backend=backend)
     k = case.kernel[0]
     if backend in ("torch", "torch_compile"):
-        from largeconv.reference import involution2d_reference
         fn = lambda x, w: involution2d_reference(x, w, k, stride, padding[0], dilation)  # noqa: E731
         if backend == "torch_compile":
             if "fn" not in compile_cache:
@@ -124,7 +125,6 @@ def op_function(case, backend, compile_cache):
             compiled = compile_cache["fn"]
             fn = lambda x, w: compiled(x, w, k, stride, padding[0], dilation)  # noqa: E731
         return fn
-    import largeconv
     return lambda x, w: largeconv.involution2d(x, w, k, stride, padding[0], dilation, backend=backend)
 
 
@@ -142,20 +142,9 @@ def skip_reason(case, backend, device, args):
                 "performance path")
     if backend == "cuda" and device.type != "cuda":
         return "the CUDA extension needs CUDA tensors"
-    if backend in LARGECONV_BACKENDS:
-        try:
-            import largeconv
-            from largeconv import dispatch
-            largeconv.dwconv2d, largeconv.involution2d  # noqa: B018 -- the public API must exist
-            x = torch.empty(case.shape, device=device)
-            return dispatch.unsupported_reason(backend, case.op, x, case.kernel) if backend != "auto" else None
-        except Exception as error:  # a backend that is not there yet is a recorded skip, not a crash
-            return f"largeconv backend unavailable: {type(error).__name__}: {first_line(error)}"
-    if case.op == "involution2d" and backend in ("torch", "torch_compile"):
-        try:
-            from largeconv.reference import involution2d_reference  # noqa: F401
-        except Exception as error:
-            return f"largeconv.reference unavailable: {type(error).__name__}: {first_line(error)}"
+    if backend in LARGECONV_BACKENDS and backend != "auto":
+        x = torch.empty(case.shape, device=device)
+        return dispatch.unsupported_reason(backend, case.op, x, case.kernel)
     return None
 
 
@@ -341,11 +330,7 @@ def environment(device, args):
         triton_version = triton.__version__
     except ImportError:
         triton_version = ""
-    try:
-        import largeconv
-        largeconv_version = getattr(largeconv, "__version__", "") or "source"
-    except Exception:
-        largeconv_version = "unavailable"
+    largeconv_version = largeconv.__version__
     return dict(date=datetime.datetime.now().isoformat(timespec="seconds"), device=peaks_mod.device_name(device),
                 device_type=device.type, torch_version=torch.__version__, triton_version=triton_version,
                 largeconv_version=largeconv_version, threads=torch.get_num_threads(), suite=args.suite)
@@ -361,7 +346,6 @@ def reference_output(case, inputs, device):
             if case.op == "dwconv2d":
                 x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
                 return F.conv2d(x, w, None, case.stride, case.padding, case.dilation, groups=case.c).contiguous()
-            from largeconv.reference import involution2d_reference
             return involution2d_reference(x, w, case.kernel[0], case.stride, case.padding[0], case.dilation)
     finally:
         torch.backends.cudnn.allow_tf32 = old

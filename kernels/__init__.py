@@ -7,6 +7,9 @@ from .dwconv import dwconv2d_forward, dwconv2d_grad_input, dwconv2d_grad_weight
 from .involution import involution2d_forward, involution2d_grad_input, involution2d_grad_weight
 from . import dwconv as _dwconv, involution as _involution
 
+__all__ = ["unsupported_reason", "dwconv2d_forward", "dwconv2d_grad_input", "dwconv2d_grad_weight",
+           "involution2d_forward", "involution2d_grad_input", "involution2d_grad_weight"]
+
 
 def unsupported_reason(op, x, kernel_size):
     module = {"dwconv2d": _dwconv, "involution2d": _involution}[op]

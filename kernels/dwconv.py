@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from largeconv.arguments import is_channels_last
+from largeconv.arguments import dwconv2d_output_hw, is_channels_last
 
 # triton.jit picks the interpreter when the module is imported, so this is the state the kernels run under.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -84,10 +84,6 @@ def _cudnn_conv_allows_tf32():
         if precision != "none":
             return precision == "tf32"
     return False
-
-
-def _out_size(size, before, after, k, stride, dilation):
-    return (size + before + after - dilation * (k - 1) - 1) // stride + 1
 
 
 def _toeplitz_configs():
@@ -422,9 +418,7 @@ def _geometry(stride, padding, dilation):
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
     N, C, H, W = x.shape
     Co, _, Kh, Kw = weight.shape
-    top, bottom, left, right = padding
-    Ho = _out_size(H, top, bottom, Kh, stride[0], dilation[0])
-    Wo = _out_size(W, left, right, Kw, stride[1], dilation[1])
+    Ho, Wo = dwconv2d_output_hw(x.shape, (Kh, Kw), stride, padding, dilation)
     cl = is_channels_last(x)
     y = torch.empty((N, Co, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=_memory_format(cl))
     if y.numel() == 0:

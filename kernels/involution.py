@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from largeconv.arguments import memory_format_of
+
 # Tile offsets are int32 while every image (one batch entry) of every tensor spans fewer elements than this.
 _INT32_SPAN = 2**31
 # Decided once, as triton.jit decides whether the kernels below are interpreted (TRITON_INTERPRET=1 at import).
@@ -233,12 +235,6 @@ def unsupported_reason(x, kernel_size):
     return "needs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 set before triton is imported)"
 
 
-def _memory_format(t):
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _block_c(cpg, fmt):
     # NCHW keeps the channel side short so pixel runs stay long; channels_last takes up to 64 contiguous channels.
     return min(triton.next_power_of_2(cpg), 64 if fmt == torch.channels_last else 16)
@@ -257,7 +253,7 @@ def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
     G = weight.shape[1] // (kernel_size * kernel_size)
     CPG = C // G
     Ho, Wo = weight.shape[2], weight.shape[3]
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     y = torch.empty((B, C, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=fmt)
     block_c = _block_c(CPG, fmt)
     n_cblk = triton.cdiv(CPG, block_c)
@@ -274,7 +270,7 @@ def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, 
     G = weight.shape[1] // (kernel_size * kernel_size)
     CPG = C // G
     Ho, Wo = grad_out.shape[2], grad_out.shape[3]
-    fmt = _memory_format(grad_out)
+    fmt = memory_format_of(grad_out)
     dx = torch.empty((B, C, H, W), device=grad_out.device, dtype=grad_out.dtype, memory_format=fmt)
     Hs, Ws = triton.cdiv(H, stride), triton.cdiv(W, stride)  # pixels per phase class, at most
     block_c = _block_c(CPG, fmt)
@@ -292,7 +288,7 @@ def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, pad
     G = weight_shape[1] // (kernel_size * kernel_size)
     CPG = C // G
     Ho, Wo = weight_shape[2], weight_shape[3]
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     dw = torch.empty(tuple(weight_shape), device=x.device, dtype=x.dtype, memory_format=fmt)
     # Channels are the reduction axis: whole groups of up to 64 channels in one block, so grad_out is loaded
     # once for all K*K taps.

@@ -5,9 +5,11 @@
     largeconv.LargeDWConv2d, largeconv.Involution2d, largeconv.convert(model)
     with largeconv.use_backend("triton"): ...        # or LARGECONV_BACKEND=triton, or backend= per call/module
 """
+__version__ = "0.1.0"
+
 from .dispatch import BACKENDS, use_backend
 from .ops import dwconv2d, involution2d
 from .modules import Involution2d, LargeDWConv2d
 from .convert import convert
 
-__all__ = ["BACKENDS", "use_backend", "dwconv2d", "involution2d", "LargeDWConv2d", "Involution2d", "convert"]
+__all__ = ["__version__", "BACKENDS", "use_backend", "dwconv2d", "involution2d", "LargeDWConv2d", "Involution2d", "convert"]

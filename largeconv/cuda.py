@@ -8,7 +8,7 @@ import importlib
 
 import torch
 
-from .arguments import memory_format_of
+from .arguments import dwconv2d_output_hw, memory_format_of
 
 BUILD_HINT = ("the CUDA extension largeconv._C is not built: install with a CUDA build of torch and nvcc present, "
               "or FORCE_CUDA=1 pip install --no-build-isolation -e .")
@@ -49,17 +49,10 @@ def _empty(shape, like, memory_format=None):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
 
-def _conv_size(size, pad_total, k, s, d):
-    return (size + pad_total - d * (k - 1) - 1) // s + 1
-
-
 # ---- depthwise convolution ------------------------------------------------------------------------------------
 
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
-    top, bottom, left, right = padding
-    kh, kw = weight.shape[2:]
-    out_h = _conv_size(x.shape[2], top + bottom, kh, stride[0], dilation[0])
-    out_w = _conv_size(x.shape[3], left + right, kw, stride[1], dilation[1])
+    out_h, out_w = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
     out = _empty((x.shape[0], weight.shape[0], out_h, out_w), x)
     torch.ops.largeconv_C.dwconv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), out)
     return out

@@ -2,7 +2,6 @@
 
 Tests compare every other backend against these, computed in float64. They follow backend_api.md.
 """
-import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 

@@ -1,5 +1,4 @@
 """Public API behaviour: bad input, backend selection, LargeDWConv2d and convert."""
-import re
 import time
 
 import pytest

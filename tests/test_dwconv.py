@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import largeconv
+from largeconv.arguments import memory_format_of
 from numerics import assert_close, poisoned_allocations
 
 CPU_BACKENDS = ["torch", "cpu", "triton"]  # triton runs under TRITON_INTERPRET=1 (tests/conftest.py)
@@ -22,8 +23,7 @@ def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None, gr
         grad = grad.to(grad_dtype or out.dtype).to(out.dtype)
         if grad_map is not None:
             grad = grad_map(grad)
-        grad = grad.contiguous(memory_format=torch.channels_last if out.is_contiguous(
-            memory_format=torch.channels_last) and not out.is_contiguous() else torch.contiguous_format)
+        grad = grad.contiguous(memory_format=memory_format_of(out))
         inputs = [t for t in (x, weight, bias) if t is not None]
         grads = torch.autograd.grad(out, inputs, grad)
     return out.detach(), grads
@@ -44,9 +44,7 @@ def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
     low, low_grads = (reference(x, weight, bias, stride, padding, dilation, x.dtype)
                       if x.dtype in (torch.float16, torch.bfloat16) else (None, [None] * len(grads)))
     assert out.dtype == x.dtype
-    want_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                   and not x.is_contiguous() else torch.contiguous_format)
-    assert out.is_contiguous(memory_format=want_format), "output memory format must follow the input's"
+    assert out.is_contiguous(memory_format=memory_format_of(x)), "output memory format must follow the input's"
     mag, mag_grads = reference(x, weight, bias, stride, padding, dilation, absolute=True)
     assert_close(out, ref, low, "output", mag)
     for name, g, r, l, m in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads, low_grads, mag_grads):
