@@ -7,8 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torchvision only for timm (a test converts a timm ConvNeXt); 2.14.1 is the torch this machine class serves.
 REQUIREMENTS := torch==2.14.1 torchvision==0.29.1 numpy pytest pytest-xdist hypothesis matplotlib tqdm timm \
-                ninja setuptools wheel
-NEEDED_MODULES := torch triton pytest hypothesis matplotlib tqdm timm numpy setuptools
+                ninja setuptools wheel onnx onnxruntime onnxscript
+NEEDED_MODULES := torch triton pytest hypothesis matplotlib tqdm timm numpy setuptools onnx onnxruntime onnxscript
 # xdist workers: one per core (tests are CPU-bound); override with `make test WORKERS=0`
 WORKERS ?= auto
 
