@@ -2,6 +2,7 @@
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 FP32_RTOL = 1e-5
 # Floors under the "2x the reference's own low-precision error" rule, so a lucky tiny reference error does not fail
@@ -72,3 +73,18 @@ def randomize_bn(model):
                 m.weight.normal_(1, 0.3)
                 m.bias.normal_(0, 0.3)
                 m.momentum = 0.3
+
+
+def involution_unfold(x, weight, kernel_size, stride=1, padding=None, dilation=1):
+    """Involution from its definition in the design, independent of largeconv: F.unfold(x, K, d, p, s) as
+    (B, G, C/G, K*K, Ho, Wo) times weight as (B, G, 1, K*K, Ho, Wo), summed over the K*K taps; padding None is
+    d*(K-1)//2. Differentiable, so autograd through it (in float64) gives the reference gradients."""
+    if padding is None:
+        padding = dilation * (kernel_size - 1) // 2
+    batch, channels = x.shape[:2]
+    taps = kernel_size * kernel_size
+    groups = weight.shape[1] // taps
+    out_hw = weight.shape[2:]
+    cols = F.unfold(x, kernel_size, dilation, padding, stride)
+    cols = cols.reshape(batch, groups, channels // groups, taps, *out_hw)
+    return (cols * weight.reshape(batch, groups, 1, taps, *out_hw)).sum(3).reshape(batch, channels, *out_hw)

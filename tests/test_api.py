@@ -1,4 +1,5 @@
 """Public API behaviour: bad input, backend selection, LargeDWConv2d and convert."""
+import copy
 import time
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 import largeconv
 from largeconv import dispatch
-from numerics import assert_close
+from numerics import assert_close, involution_unfold
 
 
 def _x(*shape, dtype=torch.float32):
@@ -32,6 +33,8 @@ DWCONV_BAD = [
     (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), dilation=(1, 0)), ValueError,
      r"dilation must be >= 1"),
     (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), padding=-1), ValueError, r"padding must be >= 0"),
+    (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), padding=(1, -1)), ValueError,
+     r"padding must be >= 0, got \(1, -1\)"),
     (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), padding="full"), ValueError,
      r"padding must be 'same', 'valid'"),
     (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), stride=2, padding="same"), ValueError,
@@ -148,6 +151,20 @@ def test_auto_measures_once_and_picks_the_faster(monkeypatch, slow):
     assert calls == [fast]
 
 
+def test_auto_measures_each_layout(monkeypatch):
+    """NCHW and channels_last of one shape run different code at different speeds: auto measures each (two cache
+    entries) instead of reusing the NCHW timing for channels_last."""
+    monkeypatch.delenv("LARGECONV_BACKEND", raising=False)
+    monkeypatch.setattr(dispatch, "_auto_cache", {})
+    calls = _record_calls(monkeypatch)
+    x, w = _x(1, 3, 7, 7), _x(3, 1, 5, 5)
+    largeconv.dwconv2d(x, w)
+    calls.clear()
+    largeconv.dwconv2d(x.contiguous(memory_format=torch.channels_last), w)
+    assert set(calls) == {"cpu", "torch"}, f"channels_last was not measured (ran {calls})"
+    assert len(dispatch.auto_choices()) == 2
+
+
 def test_explicit_backend_that_cannot_run_raises():
     x, w = _x(1, 2, 6, 6), _x(2, 1, 3, 3)
     with pytest.raises(RuntimeError, match="backend 'cuda' cannot run this call: .*"):
@@ -176,6 +193,20 @@ def test_default_padding_keeps_size_and_repr():
     assert repr(module) == ("LargeDWConv2d(8, 8, kernel_size=(31, 31), stride=(1, 1), padding=(15, 15), "
                             "dilation=(1, 1))")
     assert "backend='torch'" in repr(largeconv.LargeDWConv2d(8, 3, bias=False, backend="torch"))
+
+
+@pytest.mark.parametrize("kernel, dilation", [(4, 2), (2, 3), (6, 2), ((4, 5), (3, 2))], ids=str)
+def test_default_padding_even_kernels_with_dilation(kernel, dilation):
+    """The default padding is d*(k-1)//2 (the design): with even kernels and dilation the output is nn.Conv2d's
+    with that padding, in size and values."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    padding = (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+    module = largeconv.LargeDWConv2d(3, kernel, dilation=dilation)
+    conv = nn.Conv2d(3, 3, kernel, padding=padding, dilation=dilation, groups=3).double()
+    conv.load_state_dict(module.state_dict())
+    x = _x(2, 3, 12, 13)
+    assert_close(module(x), conv(x.double()))
 
 
 def test_from_conv2d_shares_parameters():
@@ -235,8 +266,14 @@ def test_compile_involution_module_fullgraph():
     module = largeconv.Involution2d(16, kernel_size=3, stride=2, group_channels=8).eval()
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 16, 9, 9, requires_grad=True)
-    out, expected = compiled(x), module(x)
-    assert_close(out, expected.double())
-    params = (x, module.conv2.conv.weight)
-    for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(expected.sum(), params)):
-        assert_close(a, b.double())
+    out = compiled(x)
+    grads = torch.autograd.grad(out.sum(), (x, module.conv2.conv.weight))
+    # against the definition in float64: kernel from AvgPool(2, ceil_mode) -> conv1 -> conv2, then unfold-multiply-sum
+    ref_module = copy.deepcopy(module).double()
+    x64 = x.detach().double().requires_grad_()
+    kernel = ref_module.conv2(ref_module.conv1(F.avg_pool2d(x64, 2, 2, ceil_mode=True)))
+    expected = involution_unfold(x64, kernel, 3, 2, 1, 1)
+    assert_close(out, expected, what="compiled output")
+    ref_grads = torch.autograd.grad(expected.sum(), (x64, ref_module.conv2.conv.weight))
+    for name, a, b in zip(("x", "conv2 weight"), grads, ref_grads):
+        assert_close(a, b, what=f"compiled grad {name}")

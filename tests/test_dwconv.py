@@ -1,4 +1,6 @@
 """largeconv.dwconv2d on every backend that runs here against the float64 F.conv2d reference."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,31 +13,37 @@ from numerics import assert_close, poisoned_allocations
 CPU_BACKENDS = ["torch", "cpu", "triton"]  # triton runs under TRITON_INTERPRET=1 (tests/conftest.py)
 
 
-def run(backend, x, weight, bias, stride, padding, dilation, grad_dtype=None, grad_map=None):
-    """Output and gradients (x, weight, bias) of dwconv2d on `backend`, with outputs poisoned before kernels run.
-    The output gradient is the same random tensor for every call, rounded to `grad_dtype` (the inputs' dtype)."""
+def output_grad(shape, dtype):
+    """The output gradient every run and reference uses: one fixed random tensor, rounded to the inputs' dtype."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+def run(backend, x, weight, bias, stride, padding, dilation):
+    """Output and gradients (x, weight, bias) of dwconv2d on `backend`, with outputs poisoned before kernels run."""
     x = x.detach().requires_grad_()
     weight = weight.detach().requires_grad_()
     bias = None if bias is None else bias.detach().requires_grad_()
     with poisoned_allocations():
         out = largeconv.dwconv2d(x, weight, bias, stride, padding, dilation, backend=backend)
-        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-        grad = grad.to(grad_dtype or out.dtype).to(out.dtype)
-        if grad_map is not None:
-            grad = grad_map(grad)
-        grad = grad.contiguous(memory_format=memory_format_of(out))
+        grad = output_grad(out.shape, x.dtype).contiguous(memory_format=memory_format_of(out))
         inputs = [t for t in (x, weight, bias) if t is not None]
         grads = torch.autograd.grad(out, inputs, grad)
     return out.detach(), grads
 
 
 def reference(x, weight, bias, stride, padding, dilation, dtype=torch.float64, absolute=False):
-    """F.conv2d (the definition) and its autograd gradients, computed in `dtype` (on |inputs| if `absolute`)."""
-    cast = [None if t is None else t.detach().to(dtype) for t in (x, weight, bias)]
+    """F.conv2d called with the user's raw arguments (the definition: no largeconv argument handling or autograd
+    involved) and its autograd gradients, computed in `dtype` (on |inputs| and |grad| if `absolute`)."""
+    inputs = [None if t is None else t.detach().to(dtype) for t in (x, weight, bias)]
     if absolute:
-        cast = [None if t is None else t.abs() for t in cast]
-    return run("torch", *cast, stride, padding, dilation, grad_dtype=x.dtype,
-               grad_map=torch.abs if absolute else None)
+        inputs = [None if t is None else t.abs() for t in inputs]
+    inputs = [None if t is None else t.requires_grad_() for t in inputs]
+    with warnings.catch_warnings():  # an even kernel with "same" makes F.conv2d copy the input: fine here
+        warnings.filterwarnings("ignore", "Using padding='same' with even kernel")
+        out = F.conv2d(*inputs, stride, padding, dilation, groups=x.shape[1])
+    grad = output_grad(out.shape, x.dtype).to(dtype)
+    grads = torch.autograd.grad(out, [t for t in inputs if t is not None], grad.abs() if absolute else grad)
+    return out.detach(), grads
 
 
 def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -44,7 +52,11 @@ def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
     low, low_grads = (reference(x, weight, bias, stride, padding, dilation, x.dtype)
                       if x.dtype in (torch.float16, torch.bfloat16) else (None, [None] * len(grads)))
     assert out.dtype == x.dtype
-    assert out.is_contiguous(memory_format=memory_format_of(x)), "output memory format must follow the input's"
+    fmt = memory_format_of(x)
+    assert out.is_contiguous(memory_format=fmt), "output memory format must follow the input's"
+    # grad x keeps x's layout (as F.conv2d's does), also when the output is 1x1 and so is both layouts at once
+    assert grads[0].is_contiguous(memory_format=fmt), f"grad x memory format must follow x's ({fmt})"
+    assert all(g.is_contiguous() for g in grads[1:]), "grad weight and grad bias must be contiguous"
     mag, mag_grads = reference(x, weight, bias, stride, padding, dilation, absolute=True)
     assert_close(out, ref, low, "output", mag)
     for name, g, r, l, m in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads, low_grads, mag_grads):
@@ -75,6 +87,8 @@ EDGE_CASES = [
     ((2, 2, 9, 9), 3, 2, 1, 1, 1),            # channel multiplier 2
     ((1, 2, 6, 9), (3, 7), 1, 1, "valid", 1),  # rectangular, "valid"
     ((1, 2, 7, 6), (5, 2), 3, 2, (2, 0), (1, 2)),  # rectangular, tuple padding, stride 2, multiplier 3
+    ((1, 2, 7, 8), (2, 5), 1, 1, "same", 1),  # asymmetric "same" with top != left (0, 1 rows; 2, 2 columns)
+    ((2, 3, 5, 5), 5, 1, 1, 0, 1),            # 1x1 output: both layouts at once, grad x must still follow x's
 ]
 
 
@@ -103,6 +117,15 @@ def test_large_kernels(backend):
     for kernel, shape in (((31, 31), (1, 2, 20, 18)), ((51, 5), (1, 3, 12, 10)), ((5, 51), (1, 3, 10, 12))):
         x, weight, bias = make(*shape, kernel)
         check(backend, x, weight, bias, 1, "same", 1)
+
+
+@pytest.mark.parametrize("kernel", [14, 16, 20])
+@pytest.mark.parametrize("size", [11, 14, 17])
+def test_even_large_kernels_same(kernel, size):
+    """Even kernels with "same" padding pad one pixel more at the bottom/right than at the top/left; the "cpu"
+    backend's FFT path (from 13x13) must size its circular grid for the larger side, or the edge wraps around."""
+    x, weight, bias = make(1, 2, size, size, kernel)
+    check("cpu", x, weight, bias, 1, "same", 1)
 
 
 @st.composite
@@ -153,13 +176,15 @@ def test_gradcheck_float64(backend):
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_empty_batch(backend):
+    """An empty batch gives an empty output and zero weight and bias grads, which must be written (allocations are
+    poisoned, so leftover memory cannot pass for zeros)."""
     x, weight, bias = make(0, 3, 8, 8, 5)
-    x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()
-    out = largeconv.dwconv2d(x, weight, bias, 1, "same", backend=backend)
-    assert out.shape == (0, 3, 8, 8)
-    gx, gw, gb = torch.autograd.grad(out.sum(), (x, weight, bias))
-    assert gx.shape == x.shape and gw.shape == weight.shape and gb.shape == bias.shape
-    assert gw.abs().sum() == 0 and gb.abs().sum() == 0
+    out, grads = run(backend, x, weight, bias, 1, "same", 1)
+    ref, ref_grads = reference(x, weight, bias, 1, "same", 1)
+    assert out.shape == ref.shape == (0, 3, 8, 8)
+    for name, g, r in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads):
+        assert g.shape == r.shape, name
+        assert torch.equal(g.double(), r), f"{name}: {g} instead of zeros"
 
 
 def test_opcheck():
@@ -179,12 +204,13 @@ def test_compile_module_fullgraph():
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 4, 12, 12, requires_grad=True)
     out = compiled(x)
-    expected = module(x)
-    assert_close(out, expected.double())
-    grad_compiled = torch.autograd.grad(out.sum(), (x, module.weight))
-    grad_eager = torch.autograd.grad(expected.sum(), (x, module.weight))
-    for a, b in zip(grad_compiled, grad_eager):
-        assert_close(a, b.double())
+    grads = torch.autograd.grad(out.sum(), (x, module.weight, module.bias))
+    # against the definition: F.conv2d in float64 with the module's default padding d*(k-1)//2 = 3
+    params = [t.detach().double().requires_grad_() for t in (x, module.weight, module.bias)]
+    expected = F.conv2d(*params, 1, 3, 1, groups=4)
+    assert_close(out, expected, what="compiled output")
+    for name, a, b in zip(("x", "weight", "bias"), grads, torch.autograd.grad(expected.sum(), params)):
+        assert_close(a, b, what=f"compiled grad {name}")
 
 
 def test_autocast_like_conv2d():
@@ -195,17 +221,23 @@ def test_autocast_like_conv2d():
         out = largeconv.dwconv2d(x, weight, bias, 1, "same")
         expected = F.conv2d(x, weight, bias, 1, "same", 1, 3)
     assert out.dtype == expected.dtype == torch.bfloat16
-    assert_close(out, expected.double(), expected, "autocast output")
+    exact = F.conv2d(*(t.detach().bfloat16().double() for t in (x, weight, bias)), 1, "same", 1, 3)
+    assert_close(out, exact, expected, "autocast output")
     (grad_w,) = torch.autograd.grad(out.float().sum(), weight)
     assert grad_w.dtype == torch.float32
 
 
 def test_autocast_mixed_inputs():
-    """bf16 activations with an fp32 weight work under autocast (as with F.conv2d)."""
+    """bf16 activations with an fp32 weight and bias work under autocast and give F.conv2d's values: autocast
+    rounds the weight and bias to bf16, and the result is within 2x the error of F.conv2d's own bf16 call."""
     x, weight, bias = make(1, 2, 6, 6, 3)
+    x = x.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = largeconv.dwconv2d(x.bfloat16(), weight, bias, 1, 1)
-    assert out.dtype == torch.bfloat16
+        out = largeconv.dwconv2d(x, weight, bias, 1, 1)
+        expected = F.conv2d(x, weight, bias, 1, 1, 1, 2)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    exact = F.conv2d(*(t.bfloat16().double() for t in (x, weight, bias)), 1, 1, 1, 2)
+    assert_close(out, exact, expected, "autocast mixed-input output")
 
 
 def test_non_contiguous_input():

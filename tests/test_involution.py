@@ -1,4 +1,4 @@
-"""Involution on every backend that runs here against the float64 unfold reference.
+"""Involution on every backend that runs here against the float64 unfold definition (tests/numerics.py).
 
 Through the public API (autograd: output, grad x, grad weight) for "torch", "cpu" and "triton" (the interpreter,
 tests/conftest.py), and through the backend functions directly (memory format, dtype, fresh outputs). Outputs are
@@ -16,8 +16,7 @@ import largeconv
 from largeconv import cpu as cpu_backend, kernels as triton_backend
 from largeconv.arguments import memory_format_of
 from largeconv.kernels import involution as triton_involution
-from largeconv.reference import involution2d_reference
-from numerics import assert_close, poisoned_allocations
+from numerics import assert_close, involution_unfold, poisoned_allocations
 
 BACKENDS = ["torch", "cpu", "triton"]
 DIRECT = {"cpu": cpu_backend, "triton": triton_backend}
@@ -53,9 +52,10 @@ def run(backend, x, weight, grad, k, stride, padding, dilation):
 
 
 def reference(x, weight, grad, k, stride, padding, dilation, dtype=torch.float64):
-    """The unfold definition and its autograd gradients, computed in `dtype`."""
+    """The unfold definition (written from the design, not largeconv's "torch" backend) with the raw arguments,
+    and its autograd gradients, computed in `dtype`."""
     x, weight = x.detach().to(dtype).requires_grad_(), weight.detach().to(dtype).requires_grad_()
-    out = involution2d_reference(x, weight, k, stride, padding, dilation)
+    out = involution_unfold(x, weight, k, stride, padding, dilation)
     grad_x, grad_w = torch.autograd.grad(out, (x, weight), grad.to(dtype))
     return out.detach(), grad_x, grad_w
 
@@ -189,12 +189,20 @@ def test_random_configs_triton(cfg):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
-    x, weight, _ = make(0, 4, 2, 6, 5, 3)
-    x.requires_grad_(), weight.requires_grad_()
-    out = largeconv.involution2d(x, weight, 3, backend=backend)
-    assert out.shape == (0, 4, 6, 5)
-    grad_x, grad_w = torch.autograd.grad(out.sum(), (x, weight))
+    x, weight, grad = make(0, 4, 2, 6, 5, 3)
+    out, grad_x, grad_w = run(backend, x, weight, grad, 3, 1, None, 1)
+    assert out.shape == grad.shape == (0, 4, 6, 5)
     assert grad_x.shape == x.shape and grad_w.shape == weight.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_channels(backend):
+    """No channels: an empty output, and a weight gradient that is not empty but zero, and must be written
+    (allocations are poisoned, so leftover memory cannot pass for zeros)."""
+    x, weight, grad = make(2, 0, 2, 6, 5, 3)
+    out, grad_x, grad_w = run(backend, x, weight, grad, 3, 1, None, 1)
+    assert out.shape == grad.shape == (2, 0, 6, 5) and grad_x.shape == x.shape
+    assert grad_w.shape == weight.shape and torch.equal(grad_w, torch.zeros_like(grad_w)), grad_w
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,0 +1,251 @@
+"""Mutation testing: do the tests catch what a tired engineer would break?
+
+Each mutation is one realistic slip (a swapped argument, an off-by-one, a dropped line) in the package's CPU-runnable
+code. The script applies them one at a time to a TEMPORARY COPY of the repository (never to this checkout), runs the
+tests named for that mutation there, and reports it "killed" (some test failed) or "survived" (all passed: a gap in
+the tests), then a score line. A mutation whose original text is not found (the code moved on) is "not
+applicable" and not counted: update its text. Add a mutation for every bug found, so it stays caught.
+
+    .venv/bin/python tests/mutations.py                # all mutations (slow: minutes each on 2 cores)
+    .venv/bin/python tests/mutations.py --only cpu-    # those whose name or file contains "cpu-"
+    .venv/bin/python tests/mutations.py --list         # names, files and tests only
+    .venv/bin/python tests/mutations.py --head         # test the committed HEAD instead of the working tree
+
+Not collected by pytest (not test_*.py) and not run by CI.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Mutation:
+    name: str
+    file: str        # relative to the repository root
+    original: str    # must occur exactly once in the file
+    mutated: str
+    tests: tuple     # pytest arguments (paths, node ids, -k expressions)
+    why: str = ""
+
+
+M = Mutation
+DW, INV, API = "tests/test_dwconv.py", "tests/test_involution.py", "tests/test_api.py"
+MUTATIONS = [
+    # ---- the four survivors of issue #17 ----
+    M("cpu-fft-grid-min", "largeconv/cpu.py", "n + max(lo, hi)", "n + min(lo, hi)",
+      (DW, "-k", "even_large_kernels or large_kernels"), "FFT grid one pixel short for even 'same' kernels"),
+    M("ops-dwconv-grad-x-layout", "largeconv/ops.py",
+      "dwconv2d_grad_input(grad, weight, list(x.shape), *ctx.params)\n"
+      "        grad_x = grad_x.contiguous(memory_format=memory_format_of(x))",
+      "dwconv2d_grad_input(grad, weight, list(x.shape), *ctx.params)",
+      (DW, "-k", "edge_cases_fp32 and 2x3x5x5_k5"), "1x1 output: grad x of a channels_last x comes back NCHW"),
+    M("args-default-padding", "largeconv/arguments.py", "d * (k - 1) // 2 for k, d", "(k - 1) // 2 * d for k, d",
+      (API, "-k", "padding"), "LargeDWConv2d(C, 4, dilation=2) shrinks the map"),
+    M("dispatch-auto-key-layout", "largeconv/dispatch.py", "x.dtype, is_channels_last(x), _shape_bucket",
+      "x.dtype, _shape_bucket", (API, "-k", "auto"), "channels_last reuses the NCHW timing"),
+    # ---- cpu.py ----
+    M("cpu-asym-pad-order", "largeconv/cpu.py", "F.pad(xc, (left, right, top, bottom))",
+      "F.pad(xc, (left, right, bottom, top))", (DW, "-k", "edge_cases_fp32 and cpu")),
+    M("cpu-fft-kernel-roll", "largeconv/cpu.py", "shifts=(-padding[0], -padding[2])",
+      "shifts=(-padding[0], -padding[3])", (DW, "-k", "even_large_kernels or fft_paths")),
+    M("cpu-fft-grad-weight-roll", "largeconv/cpu.py", "shifts=(top, left), dims=(1, 2)",
+      "shifts=(left, top), dims=(1, 2)", (DW, "-k", "large_kernels or fft_paths")),
+    M("cpu-fft-stride-w", "largeconv/cpu.py", ":(out_hw[1] - 1) * stride[1] + 1:stride[1]]",
+      ":(out_hw[1] - 1) * stride[1] + 1:stride[0]]", (DW, "-k", "fft_paths")),
+    M("cpu-multiplier-repeat", "largeconv/cpu.py", "xp = xp.repeat_interleave(multiplier, dim=1)",
+      "xp = xp.repeat(1, multiplier, 1, 1)", (DW, "-k", "edge_cases_fp32 and cpu")),
+    M("cpu-grad-input-extra", "largeconv/cpu.py", "extra.append(max(0, size - produced))",
+      "extra.append(max(0, size - produced - 1))", (DW, "-k", "edge_cases_fp32 and cpu")),
+    M("cpu-fp64-compute", "largeconv/cpu.py", "return torch.float64 if dtype == torch.float64 else torch.float32",
+      "return torch.float32", (DW, "-k", "gradcheck and cpu")),
+    M("cpu-involution-tap-step", "largeconv/cpu.py",
+      "rows = slice(kh * dilation, kh * dilation + stride * (out_h - 1) + 1, stride)",
+      "rows = slice(kh * dilation, kh * dilation + stride * (out_h - 1) + 1, dilation)",
+      (INV, "-k", "edge_cases_fp32 and cpu")),
+    M("cpu-involution-block-groups", "largeconv/cpu.py", "yield slice(b, b + 1), slice(g, g + step)",
+      "yield slice(b, b + 1), slice(g, g + 1)", (INV, "-k", "cpu_blocking")),
+    # ---- reference.py (the "torch" backend; tests now compare it with F.conv2d / F.unfold themselves) ----
+    M("ref-symmetric-padding", "largeconv/reference.py", "(top, left) if (top, left) == (bottom, right) else None",
+      "(top, left)", (DW, "-k", "edge_cases_fp32 and torch")),
+    M("ref-grad-input-crop", "largeconv/reference.py", "grad_padded[:, :, top:top + height, left:left + width]",
+      "grad_padded[:, :, top:top + height, top:top + width]", (DW, "-k", "edge_cases_fp32 and torch")),
+    M("ref-unfold-arg-order", "largeconv/reference.py", "F.unfold(x, kernel_size, dilation, padding, stride)",
+      "F.unfold(x, kernel_size, padding, dilation, stride)", (INV, "-k", "edge_cases_fp32 and torch")),
+    M("ref-fold-arg-order", "largeconv/reference.py", "kernel_size, dilation, padding, stride)\n",
+      "kernel_size, padding, dilation, stride)\n", (INV, "-k", "edge_cases_fp32 and torch")),
+    # ---- arguments.py ----
+    M("args-same-odd-pixel", "largeconv/arguments.py", "pads += [total // 2, total - total // 2]",
+      "pads += [total - total // 2, total // 2]", (DW, "-k", "edge_cases_fp32 and torch")),
+    M("args-output-size-dilation", "largeconv/arguments.py", "size + padding_total - dilation * (kernel - 1) - 1",
+      "size + padding_total - (kernel - 1) - 1", (DW, "-k", "edge_cases_fp32 and torch")),
+    M("args-negative-padding-w", "largeconv/arguments.py", "if min(ph, pw) < 0:", "if ph < 0:",
+      (API, "-k", "bad_input")),
+    M("args-involution-default-padding", "largeconv/arguments.py", "padding = dilation * (kernel_size - 1) // 2",
+      "padding = (kernel_size - 1) // 2", (INV, "-k", "edge_cases_fp32 and torch")),
+    M("args-channels-last-test", "largeconv/arguments.py",
+      "return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)",
+      "return x.is_contiguous(memory_format=torch.channels_last)", (DW, INV, "-k", "edge_cases_fp32 and torch")),
+    # ---- ops.py ----
+    M("ops-grad-weight-flag", "largeconv/ops.py",
+      "if ctx.needs_input_grad[1]:\n        grad_w = torch.ops.largeconv.dwconv2d_grad_weight",
+      "if ctx.needs_input_grad[0]:\n        grad_w = torch.ops.largeconv.dwconv2d_grad_weight",
+      (DW, "-k", "autocast")),
+    M("ops-dwconv-empty-grad-weight", "largeconv/ops.py", "return x.new_zeros(weight_shape)",
+      "return x.new_empty(weight_shape)", (DW, "-k", "empty_batch")),
+    M("ops-involution-empty-grad-weight", "largeconv/ops.py", "return _empty(weight_shape, x, layout).zero_()",
+      "return _empty(weight_shape, x, layout)", (INV, "-k", "empty")),
+    M("ops-autocast-cpu", "largeconv/ops.py", 'if device not in ("cuda", "cpu") or',
+      'if device != "cuda" or', (DW, "-k", "autocast")),
+    # ---- dispatch.py ----
+    M("dispatch-slowest", "largeconv/dispatch.py", "return min(timings, key=timings.get)",
+      "return max(timings, key=timings.get)", (API, "-k", "auto")),
+    M("dispatch-env-first", "largeconv/dispatch.py", "for choice in (*choices, stack[-1] if stack else None, env):",
+      "for choice in (env, *choices, stack[-1] if stack else None):", (API, "-k", "precedence or actually_used")),
+    # ---- kernels (Triton, under the interpreter) ----
+    M("triton-dw-nhwc-grad-input-dilation", "kernels/dwconv.py", "u = w + left - kw * dw",
+      "u = w + left - kw * dh", (DW, "-k", "edge_cases_fp32 and triton and nhwc")),
+    M("triton-dw-grad-weight-splits", "kernels/dwconv.py", "gw = part.sum(0)", "gw = part[0]",
+      ("tests/test_dwconv_triton.py", "-k", "split_reduction")),
+    M("triton-involution-tap-dilation", "kernels/involution.py", "tl.cast(kw * DIL, IDX) * sxw",
+      "tl.cast(kw, IDX) * sxw", (INV, "-k", "edge_cases_fp32 and triton")),
+    # ---- reparam.py ----
+    M("reparam-bn-eps", "largeconv/reparam.py", "torch.sqrt(bn.running_var.to(w.dtype) + bn.eps)",
+      "torch.sqrt(bn.running_var.to(w.dtype))", ("tests/test_reparam.py", "-k", "fuse_conv_bn")),
+    M("reparam-pad-kernel-axes", "largeconv/reparam.py", "F.pad(kernel, (dw // 2, dw // 2, dh // 2, dh // 2))",
+      "F.pad(kernel, (dh // 2, dh // 2, dw // 2, dw // 2))", ("tests/test_reparam.py", "-k", "pad_kernel")),
+    M("reparam-dirac-dilation", "largeconv/reparam.py", "taps.append(p // d)", "taps.append(p)",
+      ("tests/test_reparam.py", "-k", "rm_convert")),
+]
+
+
+def make_copy(head: bool) -> str:
+    """A temporary copy of the repository's tracked files (the working tree's, or HEAD's), importable as
+    `largeconv` from its root. The build output largeconv/_C*.so is copied too."""
+    tmp = tempfile.mkdtemp(prefix="largeconv-mutations-")
+    if head:
+        archive = subprocess.run(["git", "-C", ROOT, "archive", "HEAD"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+    else:
+        files = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], check=True, capture_output=True,
+                               text=True).stdout.split("\0")
+        for name in filter(None, files):
+            source = os.path.join(ROOT, name)
+            if os.path.isfile(source):
+                os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+                shutil.copy2(source, os.path.join(tmp, name))
+    for built in glob.glob(os.path.join(ROOT, "largeconv", "_C*.so")):
+        shutil.copy2(built, os.path.join(tmp, "largeconv"))
+    # setup.py maps the package largeconv.kernels to the top-level kernels/; the editable install's finder would
+    # resolve it to this checkout's kernels/, so give the copy its own largeconv/kernels.
+    os.symlink(os.path.join("..", "kernels"), os.path.join(tmp, "largeconv", "kernels"))
+    return tmp
+
+
+def environment(copy: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=copy + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONDONTWRITEBYTECODE="1")  # no stale .pyc when a same-size mutation lands in the same second
+    env.pop("LARGECONV_BACKEND", None)
+    return env
+
+
+def check_imports_copy(copy: str, env: dict):
+    probe = "import largeconv, largeconv.kernels; print(largeconv.__file__); print(largeconv.kernels.__file__)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=copy, env=env, capture_output=True, text=True)
+    paths = result.stdout.split()
+    real = os.path.realpath(copy)
+    if result.returncode or len(paths) != 2 or not all(os.path.realpath(p).startswith(real + os.sep) for p in paths):
+        sys.exit(f"the copy does not import its own largeconv: {result.stdout}{result.stderr}")
+    print(f"copy: {copy}\n  largeconv         -> {paths[0]}\n  largeconv.kernels -> {paths[1]}")
+
+
+def first_failure(output: str) -> str:
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line[:160]
+    match = re.search(r"^E .*$", output, re.M)
+    return match.group(0)[:160] if match else output.strip().splitlines()[-1][:160] if output.strip() else ""
+
+
+def run_mutation(m: Mutation, copy: str, env: dict, timeout: float) -> tuple[str, str, float]:
+    """(status, detail, seconds): status is killed, survived, not applicable or error."""
+    path = os.path.join(copy, m.file)
+    with open(path) as f:
+        text = f.read()
+    count = text.count(m.original)
+    if count != 1:
+        return "not applicable", f"original text found {count} times in {m.file}", 0.0
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *m.tests]
+    start = time.perf_counter()
+    try:
+        with open(path, "w") as f:
+            f.write(text.replace(m.original, m.mutated))
+        result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "killed", f"timeout after {timeout:.0f} s (a hang, or only a slow machine: check)", timeout
+    finally:
+        with open(path, "w") as f:
+            f.write(text)
+    seconds = time.perf_counter() - start
+    output = result.stdout + result.stderr
+    if result.returncode == 0:
+        return "survived", re.sub(r"\s+", " ", output.strip().splitlines()[-1]) if output.strip() else "", seconds
+    if result.returncode in (1, 2, 3):  # failures, interrupted (e.g. a collection error), internal error
+        return "killed", first_failure(output), seconds
+    return "error", f"pytest exit code {result.returncode}: {first_failure(output)}", seconds  # 4 usage, 5 none
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=[],
+                        help="run the mutations whose name or file contains this text (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--head", action="store_true", help="mutate a copy of HEAD instead of the working tree")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per mutation's test run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    args = parser.parse_args()
+    names = [m.name for m in MUTATIONS]
+    assert len(set(names)) == len(names), "mutation names must be unique"
+    chosen = [m for m in MUTATIONS if not args.only or any(o in m.name or o in m.file for o in args.only)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:38} {m.file:24} {' '.join(m.tests)}")
+        return 0
+    if not chosen:
+        sys.exit(f"no mutation matches {args.only}")
+    copy = make_copy(args.head)
+    try:
+        env = environment(copy)
+        check_imports_copy(copy, env)
+        results = []
+        for m in chosen:
+            status, detail, seconds = run_mutation(m, copy, env, args.timeout)
+            results.append((m, status))
+            print(f"[{status:>14}] {m.name:38} {seconds:6.1f} s  {detail}", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {copy}")
+        else:
+            shutil.rmtree(copy, ignore_errors=True)
+    counted = [(m, s) for m, s in results if s in ("killed", "survived")]
+    killed = sum(s == "killed" for _, s in counted)
+    survived = [m.name for m, s in counted if s == "survived"]
+    other = [f"{m.name} ({s})" for m, s in results if s not in ("killed", "survived")]
+    score = 100.0 * killed / len(counted) if counted else 0.0
+    print(f"score: {killed}/{len(counted)} killed ({score:.0f}%); survived: {', '.join(survived) or 'none'}; "
+          f"not counted: {', '.join(other) or 'none'}")
+    return 1 if survived or other else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
