@@ -65,6 +65,8 @@ MUTATIONS = [
       ":(out_hw[1] - 1) * stride[1] + 1:stride[0]]", (DW, "-k", "fft_paths")),
     M("cpu-multiplier-repeat", "largeconv/cpu.py", "xp = xp.repeat_interleave(multiplier, dim=1)",
       "xp = xp.repeat(1, multiplier, 1, 1)", (DW, "-k", "edge_cases_fp32 and cpu")),
+    M("cpu-bias-dropped", "largeconv/cpu.py", "b = None if bias is None else bias.to(xc.dtype)", "b = None",
+      (DW, "-k", "autocast"), "caught by the autocast test's values (it used to check the dtype only)"),
     M("cpu-grad-input-extra", "largeconv/cpu.py", "extra.append(max(0, size - produced))",
       "extra.append(max(0, size - produced - 1))", (DW, "-k", "edge_cases_fp32 and cpu")),
     M("cpu-fp64-compute", "largeconv/cpu.py", "return torch.float64 if dtype == torch.float64 else torch.float32",

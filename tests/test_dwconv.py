@@ -123,8 +123,9 @@ def test_large_kernels(backend):
 @pytest.mark.parametrize("size", [11, 14, 17])
 def test_even_large_kernels_same(kernel, size):
     """Even kernels with "same" padding pad one pixel more at the bottom/right than at the top/left; the "cpu"
-    backend's FFT path (from 13x13) must size its circular grid for the larger side, or the edge wraps around."""
-    x, weight, bias = make(1, 2, size, size, kernel)
+    backend's FFT path (from 13x13) must size its circular grid for the larger side, or the edge wraps around.
+    W = H + 1 tries a second size per case (which sizes wrap depends on the grid's 5-smooth rounding)."""
+    x, weight, bias = make(1, 2, size, size + 1, kernel)
     check("cpu", x, weight, bias, 1, "same", 1)
 
 
@@ -227,13 +228,14 @@ def test_autocast_like_conv2d():
     assert grad_w.dtype == torch.float32
 
 
-def test_autocast_mixed_inputs():
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_autocast_mixed_inputs(backend):
     """bf16 activations with an fp32 weight and bias work under autocast and give F.conv2d's values: autocast
     rounds the weight and bias to bf16, and the result is within 2x the error of F.conv2d's own bf16 call."""
     x, weight, bias = make(1, 2, 6, 6, 3)
     x = x.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = largeconv.dwconv2d(x, weight, bias, 1, 1)
+        out = largeconv.dwconv2d(x, weight, bias, 1, 1, backend=backend)
         expected = F.conv2d(x, weight, bias, 1, 1, 1, 2)
     assert out.dtype == expected.dtype == torch.bfloat16
     exact = F.conv2d(*(t.bfloat16().double() for t in (x, weight, bias)), 1, 1, 1, 2)
