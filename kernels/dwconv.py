@@ -20,6 +20,7 @@ and stores its partial sum (fp32, fp64 for fp64); the splits are then added by t
 Offsets of (n, c) planes and of channels_last images are int64; offsets inside one H x W plane are int32.
 """
 import os
+from typing import Callable, NamedTuple
 
 import torch
 import triton
@@ -86,8 +87,12 @@ def _cudnn_conv_allows_tf32():
     return False
 
 
-def _toeplitz_configs():
-    if _INTERPRETED:  # the interpreter would run every config; the smallest tiles also exercise the tile edges
+# Tile configs. Each helper takes `gpu`: the GPU's choice (True) or the interpreter's (False); the kernels use the
+# one matching how they run. Tests run the GPU's under the interpreter too, and bench/sm90.py compiles them.
+
+def _toeplitz_configs(gpu=not _INTERPRETED):
+    """The autotune candidates of the NCHW forward and grad-input kernels."""
+    if not gpu:  # the interpreter would run every config; the smallest tiles also exercise the tile edges
         return [triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=1)]
     # BLOCK_W + (Kw - 1) close to BLOCK_J keeps the zeros of the band low: 32/64 suits Kw ~ 31, 16/32 Kw <= 17.
     return [
@@ -101,11 +106,26 @@ def _toeplitz_configs():
 _TOEPLITZ_KEY = ["Ho", "Wo", "H", "W", "Kh", "Kw", "sh", "sw", "dh", "dw"]
 
 
-def _cl_blocks(channels):
-    """(BLOCK_P, BLOCK_C) for the channels_last kernels."""
-    if _INTERPRETED:  # fewer, larger programs run faster in the interpreter
-        return 128, 4
-    return 64, min(64, max(16, triton.next_power_of_2(channels)))
+def _cl_config(channels, gpu=not _INTERPRETED):
+    """Tiles of the channels_last forward and grad-input kernels."""
+    if not gpu:  # fewer, larger programs run faster in the interpreter
+        return triton.Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4)
+    return triton.Config({"BLOCK_P": 64, "BLOCK_C": min(64, max(16, triton.next_power_of_2(channels)))}, num_warps=4)
+
+
+def _grad_weight_nchw_config(Kh, Kw, Wo, gpu=not _INTERPRETED):
+    """Tap tiles of 16 or 32; a reduction chunk is BLOCK_R input rows x BLOCK_Q output columns."""
+    block_kh, block_kw = (min(32, max(16, triton.next_power_of_2(k))) for k in (Kh, Kw))
+    block_q = min(64, max(16, triton.next_power_of_2(Wo))) if gpu else 16
+    return triton.Config({"BLOCK_KH": block_kh, "BLOCK_KW": block_kw, "BLOCK_R": (64 if gpu else 32) // block_q,
+                          "BLOCK_Q": block_q}, num_warps=4)
+
+
+def _grad_weight_nhwc_config(Co, gpu=not _INTERPRETED):
+    if not gpu:
+        return triton.Config({"BLOCK_P": 128, "BLOCK_KW": 4, "BLOCK_C": 4}, num_warps=4)
+    return triton.Config({"BLOCK_P": 16, "BLOCK_KW": 8, "BLOCK_C": min(32, max(16, triton.next_power_of_2(Co)))},
+                         num_warps=4)
 
 
 def _num_splits(units, programs, device):
@@ -114,6 +134,28 @@ def _num_splits(units, programs, device):
         return 1
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(triton.cdiv(target, programs), triton.cdiv(units, 8), 65535))
+
+
+class Launch(NamedTuple):
+    """One kernel launch, planned and not yet run: the entry points run it; tests run it with the GPU's tile
+    configs under the interpreter; bench/sm90.py compiles it for sm_90 with each config."""
+    kernel: object        # what the entry point launches: a triton.autotune wrapper or a JITFunction
+    grid: object          # tuple, or callable of the launch's meta-parameters
+    args: tuple
+    meta: dict            # constexprs fixed by the call (flags, dtypes), not the tiles
+    configs: list         # tile configs: the autotune candidates, or the one config the entry point chose
+    out: torch.Tensor     # what the kernel writes (outputs, or grad-weight's partial sums)
+
+    def __call__(self):
+        if isinstance(self.kernel, triton.runtime.Autotuner):  # the autotuner picks the tiles
+            self.kernel[self.grid](*self.args, **self.meta)
+        else:
+            self.run(self.configs[0])
+
+    def run(self, config):
+        """Launch with one given tile config (bypassing any autotuner)."""
+        fn = self.kernel.fn if isinstance(self.kernel, triton.runtime.Autotuner) else self.kernel
+        fn[self.grid](*self.args, **self.meta, **config.all_kwargs())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,7 +206,7 @@ def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             if EMULATE_BF16:
                 xs = xs.to(tl.float32)
                 band = band.to(tl.float32)
-            acc = tl.dot(xs, band, acc, input_precision=PRECISION)
+            acc = tl.dot(xs, band, acc, input_precision=PRECISION, out_dtype=ACC)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + o).to(ACC)
@@ -222,7 +264,7 @@ def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
                 if EMULATE_BF16:
                     g = g.to(tl.float32)
                     band = band.to(tl.float32)
-                acc = tl.dot(g, band, acc, input_precision=PRECISION)
+                acc = tl.dot(g, band, acc, input_precision=PRECISION, out_dtype=ACC)
 
     in_cols = w0 + cols
     gx_ok = (rows < H)[:, None] & (in_cols < W)[None, :]
@@ -282,7 +324,7 @@ def _grad_weight_nchw_kernel(gy_ptr, x_ptr, part_ptr,
             if EMULATE_BF16:
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
 
     part = part_ptr + ((split * Co + o) * Kh + kh[:, None]) * Kw + kw[None, :]
     tl.store(part, acc, mask=kh_ok[:, None] & kw_ok[None, :])
@@ -415,90 +457,115 @@ def _geometry(stride, padding, dilation):
     return sh, sw, top, left, dh, dw
 
 
-def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+def _plan_forward(x, weight, bias, stride, padding, dilation, gpu=not _INTERPRETED):
+    """(output, Launch or None when the output is empty)."""
     N, C, H, W = x.shape
     Co, _, Kh, Kw = weight.shape
     Ho, Wo = dwconv2d_output_hw(x.shape, (Kh, Kw), stride, padding, dilation)
     cl = is_channels_last(x)
     y = torch.empty((N, Co, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=_memory_format(cl))
     if y.numel() == 0:
-        return y
+        return y, None
     geom = _geometry(stride, padding, dilation)
     b = bias if bias is not None else weight  # never read when HAS_BIAS is False
+    meta = dict(HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype), EMULATE_BF16=_emulate_bf16(x.dtype))
     if cl:
-        block_p, block_c = _cl_blocks(Co)
+        config = _cl_config(Co, gpu)
         wt = weight.reshape(Co, Kh * Kw).t().contiguous()
-        grid = (N * triton.cdiv(Ho * Wo, block_p), triton.cdiv(Co, block_c))
-        _fwd_nhwc_kernel[grid](x, wt, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
-                               HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype),
-                               EMULATE_BF16=_emulate_bf16(x.dtype), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
-    else:
-        def grid(meta):
-            return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
-        _fwd_nchw_kernel[grid](x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
-                               HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype),
-                               PRECISION=_dot_precision(x.dtype), EMULATE_BF16=_emulate_bf16(x.dtype))
-    return y
+        grid = (N * triton.cdiv(Ho * Wo, config.kwargs["BLOCK_P"]), triton.cdiv(Co, config.kwargs["BLOCK_C"]))
+        return y, Launch(_fwd_nhwc_kernel, grid, (x, wt, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
+                         meta, [config], y)
+
+    def grid(meta):
+        return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
+    return y, Launch(_fwd_nchw_kernel, grid, (x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
+                     dict(meta, PRECISION=_dot_precision(x.dtype)), _toeplitz_configs(gpu), y)
 
 
-def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, gpu=not _INTERPRETED):
+    """(grad input, Launch or None when it is empty)."""
     N, C, H, W = input_shape
     _, Co, Ho, Wo = grad_out.shape
     Kh, Kw = weight.shape[2:]
     cl = is_channels_last(grad_out)
     gx = torch.empty((N, C, H, W), device=grad_out.device, dtype=grad_out.dtype, memory_format=_memory_format(cl))
     if gx.numel() == 0:
-        return gx
+        return gx, None
     geom = _geometry(stride, padding, dilation)
+    meta = dict(ACC=_acc_dtype(gx.dtype), EMULATE_BF16=_emulate_bf16(gx.dtype))
     if cl:
-        block_p, block_c = _cl_blocks(C)
+        config = _cl_config(C, gpu)
         wt = weight.reshape(Co, Kh * Kw).t().contiguous()
-        grid = (N * triton.cdiv(H * W, block_p), triton.cdiv(C, block_c))
-        _grad_input_nhwc_kernel[grid](grad_out, wt, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
-                                      ACC=_acc_dtype(gx.dtype), EMULATE_BF16=_emulate_bf16(gx.dtype),
-                                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
-    else:
-        def grid(meta):
-            return (N * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
-        _grad_input_nchw_kernel[grid](grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
-                                      ACC=_acc_dtype(gx.dtype), PRECISION=_dot_precision(gx.dtype),
-                                      EMULATE_BF16=_emulate_bf16(gx.dtype))
-    return gx
+        grid = (N * triton.cdiv(H * W, config.kwargs["BLOCK_P"]), triton.cdiv(C, config.kwargs["BLOCK_C"]))
+        return gx, Launch(_grad_input_nhwc_kernel, grid,
+                          (grad_out, wt, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C), meta, [config], gx)
+
+    def grid(meta):
+        return (N * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
+    return gx, Launch(_grad_input_nchw_kernel, grid,
+                      (grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
+                      dict(meta, PRECISION=_dot_precision(gx.dtype)), _toeplitz_configs(gpu), gx)
 
 
-def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+def _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gpu=not _INTERPRETED, splits=None):
+    """(Launch, finish): the kernel writes partial sums of `splits` slices of the reduction (default: enough to
+    fill the GPU, 1 off it); finish() adds them up and returns the weight gradient."""
     N, C, H, W = x.shape
     _, Co, Ho, Wo = grad_out.shape
     _, _, Kh, Kw = weight_shape
     geom = _geometry(stride, padding, dilation)
     part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if grad_out.is_contiguous() and x.is_contiguous():  # NCHW (also when one of them is C == 1 or H == W == 1)
-        # Tap tiles of 16 or 32; a reduction chunk is BLOCK_R input rows x BLOCK_Q output columns.
-        block_kh, block_kw = (min(32, max(16, triton.next_power_of_2(k))) for k in (Kh, Kw))
-        block_q = 16 if _INTERPRETED else min(64, max(16, triton.next_power_of_2(Wo)))
-        block_r = (32 if _INTERPRETED else 64) // block_q
+        config = _grad_weight_nchw_config(Kh, Kw, Wo, gpu)
+        block_kh, block_kw, block_r = (config.kwargs[k] for k in ("BLOCK_KH", "BLOCK_KW", "BLOCK_R"))
         programs = Co * triton.cdiv(Kh, block_kh) * triton.cdiv(Kw, block_kw)
-        splits = _num_splits(triton.cdiv(N * H, block_r), programs, x.device)
+        splits = splits or _num_splits(triton.cdiv(N * H, block_r), programs, x.device)
         rows_per_split = triton.cdiv(triton.cdiv(N * H, splits), block_r) * block_r
         splits = triton.cdiv(N * H, rows_per_split)
         part = torch.empty((splits, Co, Kh, Kw), device=x.device, dtype=part_dtype)
-        _grad_weight_nchw_kernel[(programs, splits)](
-            grad_out, x, part, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C, N * H, rows_per_split,
-            ACC=_acc_dtype(x.dtype), PRECISION=_dot_precision(x.dtype), EMULATE_BF16=_emulate_bf16(x.dtype),
-            BLOCK_KH=block_kh, BLOCK_KW=block_kw, BLOCK_R=block_r, BLOCK_Q=block_q, num_warps=4)
-        gw = part.sum(0)
+        launch = Launch(_grad_weight_nchw_kernel, (programs, splits),
+                        (grad_out, x, part, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C, N * H, rows_per_split),
+                        dict(ACC=_acc_dtype(x.dtype), PRECISION=_dot_precision(x.dtype),
+                             EMULATE_BF16=_emulate_bf16(x.dtype)), [config], part)
+        to_weight_order = None  # partial sums are (split, Co, Kh, Kw)
     else:  # channels_last (ops.py hands both tensors over in one memory format)
-        block_p, block_kw, block_c = ((128, 4, 4) if _INTERPRETED
-                                      else (16, 8, min(32, max(16, triton.next_power_of_2(Co)))))
+        config = _grad_weight_nhwc_config(Co, gpu)
+        block_p, block_kw, block_c = (config.kwargs[k] for k in ("BLOCK_P", "BLOCK_KW", "BLOCK_C"))
         programs = Kh * triton.cdiv(Kw, block_kw) * triton.cdiv(Co, block_c)
         chunks = N * triton.cdiv(Ho * Wo, block_p)
-        splits = _num_splits(chunks, programs, x.device)
+        splits = splits or _num_splits(chunks, programs, x.device)
         chunks_per_split = triton.cdiv(chunks, splits)
         splits = triton.cdiv(chunks, chunks_per_split)
         part = torch.empty((splits, Kh, Kw, Co), device=x.device, dtype=part_dtype)
         grid = (Kh * triton.cdiv(Kw, block_kw), triton.cdiv(Co, block_c), splits)
-        _grad_weight_nhwc_kernel[grid](grad_out, x, part, N, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C,
-                                       chunks_per_split, ACC=_acc_dtype(x.dtype),
-                                       BLOCK_P=block_p, BLOCK_KW=block_kw, BLOCK_C=block_c, num_warps=4)
-        gw = part.sum(0).permute(2, 0, 1)
-    return gw.reshape(Co, 1, Kh, Kw).to(x.dtype).contiguous()
+        launch = Launch(_grad_weight_nhwc_kernel, grid,
+                        (grad_out, x, part, N, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C, chunks_per_split),
+                        dict(ACC=_acc_dtype(x.dtype)), [config], part)
+        to_weight_order = (2, 0, 1)  # partial sums are (split, Kh, Kw, Co)
+
+    def finish():
+        gw = part.sum(0)
+        if to_weight_order is not None:
+            gw = gw.permute(to_weight_order)
+        return gw.reshape(Co, 1, Kh, Kw).to(x.dtype).contiguous()
+    return launch, finish
+
+
+def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
+    y, launch = _plan_forward(x, weight, bias, stride, padding, dilation)
+    if launch is not None:
+        launch()
+    return y
+
+
+def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    gx, launch = _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation)
+    if launch is not None:
+        launch()
+    return gx
+
+
+def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    launch, finish = _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation)
+    launch()
+    return finish()

@@ -25,6 +25,8 @@ import triton.language as tl
 
 from largeconv.arguments import memory_format_of
 
+from .dwconv import Launch
+
 # Tile offsets are int32 while every image (one batch entry) of every tensor spans fewer elements than this.
 _INT32_SPAN = 2**31
 # Decided once, as triton.jit decides whether the kernels below are interpreted (TRITON_INTERPRET=1 at import).
@@ -44,14 +46,16 @@ def _prune(configs, named_args, **kwargs):
     return [cfg for cfg in fits if 2 <= per_thread(cfg) <= 16] or [max(fits, key=per_thread)]
 
 
-def _autotune(fn):
+def _configs(gpu=not _INTERPRET):
     # The pixel block and warp count are tuned per shape on a GPU; the interpreter runs one config, untimed.
-    if _INTERPRET:
-        configs = [triton.Config({"BLOCK_P": 64}, num_warps=4)]
-    else:
-        configs = [triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=1)
-                   for bp in (16, 32, 64, 128, 256) for nw in (2, 4, 8)]
-    return triton.autotune(configs, key=["NPIX", "CPG", "K", "STRIDE", "BLOCK_C", "IDX"],
+    if not gpu:
+        return [triton.Config({"BLOCK_P": 64}, num_warps=4)]
+    return [triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=1)
+            for bp in (16, 32, 64, 128, 256) for nw in (2, 4, 8)]
+
+
+def _autotune(fn):
+    return triton.autotune(_configs(), key=["NPIX", "CPG", "K", "STRIDE", "BLOCK_C", "IDX"],
                            prune_configs_by={"early_config_prune": _prune})(fn)
 
 
@@ -248,7 +252,17 @@ def _consts(kernel_size, stride, block_c, *tensors):
                 IDX=tl.int64 if image_span >= _INT32_SPAN else tl.int32)
 
 
-def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
+# Planned launches (see dwconv.Launch): `gpu` picks the GPU's autotune candidates (pruned for the shape, as the
+# autotuner prunes them) or the interpreter's; tests run the GPU's under the interpreter, bench/sm90.py compiles them.
+
+def _launch(kernel, grid, args, consts, out, gpu, npix):
+    configs = _configs(gpu)
+    if len(configs) > 1:  # as triton.autotune, which prunes only when it has a choice
+        configs = _prune(configs, {"NPIX": npix}, **consts)
+    return Launch(kernel, grid, args, consts, configs, out)
+
+
+def _plan_forward(x, weight, kernel_size, stride, padding, dilation, gpu=not _INTERPRET):
     B, C, H, W = x.shape
     G = weight.shape[1] // (kernel_size * kernel_size)
     CPG = C // G
@@ -258,14 +272,12 @@ def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
     block_c = _block_c(CPG, fmt)
     n_cblk = triton.cdiv(CPG, block_c)
     grid = lambda meta: (B * G * n_cblk * triton.cdiv(Ho * Wo, meta["BLOCK_P"]),)
-    _involution_fwd_kernel[grid](
-        x, weight, y, H, W, Wo, Ho * Wo, G, CPG,
-        *x.stride(), *weight.stride(), *y.stride(), padding, dilation,
-        **_consts(kernel_size, stride, block_c, x, weight, y))
-    return y
+    args = (x, weight, y, H, W, Wo, Ho * Wo, G, CPG, *x.stride(), *weight.stride(), *y.stride(), padding, dilation)
+    consts = _consts(kernel_size, stride, block_c, x, weight, y)
+    return y, _launch(_involution_fwd_kernel, grid, args, consts, y, gpu, Ho * Wo)
 
 
-def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+def _plan_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation, gpu=not _INTERPRET):
     B, C, H, W = input_shape
     G = weight.shape[1] // (kernel_size * kernel_size)
     CPG = C // G
@@ -276,14 +288,13 @@ def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, 
     block_c = _block_c(CPG, fmt)
     n_cblk = triton.cdiv(CPG, block_c)
     grid = lambda meta: (B * G * stride * stride * n_cblk * triton.cdiv(Hs * Ws, meta["BLOCK_P"]),)
-    _involution_grad_input_kernel[grid](
-        grad_out, weight, dx, H, W, Ho, Wo, Ws, Hs * Ws, G, CPG,
-        *grad_out.stride(), *weight.stride(), *dx.stride(), padding, dilation,
-        **_consts(kernel_size, stride, block_c, grad_out, weight, dx))
-    return dx
+    args = (grad_out, weight, dx, H, W, Ho, Wo, Ws, Hs * Ws, G, CPG,
+            *grad_out.stride(), *weight.stride(), *dx.stride(), padding, dilation)
+    consts = _consts(kernel_size, stride, block_c, grad_out, weight, dx)
+    return dx, _launch(_involution_grad_input_kernel, grid, args, consts, dx, gpu, Hs * Ws)
 
 
-def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
+def _plan_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation, gpu=not _INTERPRET):
     B, C, H, W = x.shape
     G = weight_shape[1] // (kernel_size * kernel_size)
     CPG = C // G
@@ -294,8 +305,25 @@ def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, pad
     # once for all K*K taps.
     block_c = min(triton.next_power_of_2(CPG), 64)
     grid = lambda meta: (B * G * triton.cdiv(Ho * Wo, meta["BLOCK_P"]),)
-    _involution_grad_weight_kernel[grid](
-        grad_out, x, dw, H, W, Wo, Ho * Wo, G, CPG,
-        *grad_out.stride(), *x.stride(), *dw.stride(), padding, dilation,
-        ONE_CBLK=CPG <= block_c, **_consts(kernel_size, stride, block_c, grad_out, x, dw))
+    args = (grad_out, x, dw, H, W, Wo, Ho * Wo, G, CPG,
+            *grad_out.stride(), *x.stride(), *dw.stride(), padding, dilation)
+    consts = dict(_consts(kernel_size, stride, block_c, grad_out, x, dw), ONE_CBLK=CPG <= block_c)
+    return dw, _launch(_involution_grad_weight_kernel, grid, args, consts, dw, gpu, Ho * Wo)
+
+
+def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
+    y, launch = _plan_forward(x, weight, kernel_size, stride, padding, dilation)
+    launch()
+    return y
+
+
+def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+    dx, launch = _plan_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation)
+    launch()
+    return dx
+
+
+def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
+    dw, launch = _plan_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation)
+    launch()
     return dw
