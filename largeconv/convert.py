@@ -1,21 +1,63 @@
 """Swap the depthwise convolutions of an existing model for LargeDWConv2d."""
+import warnings
+
 from torch import nn
 
-from .modules import LargeDWConv2d, depthwise_ineligibility
+from .modules import LargeDWConv2d, _own_forward, depthwise_ineligibility, depthwise_padding
+
+# By default a kernel is converted only from this size up (kh * kw >= size**2), per device type: below it PyTorch's
+# own depthwise conv is as fast and the custom op's per-call cost would make the model slower end to end.
+# CPU: measured with bench/models.py (see bench/NOTES.md and bench/results/cpu/models.md).
+# CUDA: not measured on a GPU yet; the CPU value until bench/models.py runs there.
+DEFAULT_MIN_KERNEL_SIZE = {"cpu": 9, "cuda": 9}
 
 
-def convert(model: nn.Module, backend="auto", min_kernel_size=1) -> nn.Module:
-    """Replace, in place, every plain depthwise nn.Conv2d of `model` whose kernel has at least `min_kernel_size`
-    in each dimension by a LargeDWConv2d sharing its parameters; outputs are unchanged. Returns `model`
-    (a bare depthwise nn.Conv2d passed in is returned converted)."""
-    def eligible(module):
-        return depthwise_ineligibility(module) is None and min(module.kernel_size) >= min_kernel_size
+def default_min_kernel_size(device_type: str) -> int:
+    return DEFAULT_MIN_KERNEL_SIZE.get(device_type, DEFAULT_MIN_KERNEL_SIZE["cpu"])
 
-    if eligible(model):
-        return LargeDWConv2d.from_conv2d(model, backend)
-    for name, child in model.named_children():
-        if eligible(child):
-            setattr(model, name, LargeDWConv2d.from_conv2d(child, backend))
-        else:
-            convert(child, backend, min_kernel_size)
+
+def convert(model: nn.Module, backend="auto", min_kernel_size=None) -> nn.Module:
+    """Replace, in place, the depthwise convolutions of `model` by LargeDWConv2d modules sharing their parameters;
+    outputs are unchanged. Returns `model` (a bare depthwise conv passed in is returned converted).
+
+    Converted: depthwise nn.Conv2d (groups == in_channels, any channel multiplier, zero padding) with at least
+    min_kernel_size**2 taps (kh * kw, so SLaK's 51x5 counts as large), and subclasses of nn.Conv2d whose forward
+    computes such a conv (the official DepthWiseConv2dImplicitGEMM; see modules.depthwise_padding for the rule).
+    Left alone: other convs, already converted ones, convs with hooks or parametrized weights, and timm's
+    Conv2dSame at stride 2 (its padding depends on each input's size, which no fixed padding reproduces; at
+    stride 1 it is padding "same" and is converted).
+
+    min_kernel_size=None uses DEFAULT_MIN_KERNEL_SIZE for the device the weights are on, chosen so that convert
+    does not make a model slower end to end (small kernels stay PyTorch's); min_kernel_size=1 converts every
+    depthwise conv.
+    """
+    if min_kernel_size is not None and (not isinstance(min_kernel_size, int) or min_kernel_size < 1):
+        raise ValueError(f"min_kernel_size must be None or an int >= 1, got {min_kernel_size!r}")
+
+    def converted(module):
+        """The LargeDWConv2d replacing `module`, or None to leave it (and look inside it)."""
+        if isinstance(module, LargeDWConv2d) or depthwise_ineligibility(module) is not None:
+            return None
+        threshold = min_kernel_size or default_min_kernel_size(module.weight.device.type)
+        if module.kernel_size[0] * module.kernel_size[1] < threshold * threshold:
+            return None
+        padding, reason = depthwise_padding(module)
+        if reason is not None:
+            if _own_forward(module):  # a depthwise-looking subclass left alone: say why
+                warnings.warn(f"largeconv.convert: left {type(module).__name__} as it is: {reason}", stacklevel=3)
+            return None
+        return LargeDWConv2d._sharing(module, padding, backend)
+
+    def walk(module):
+        for name, child in module.named_children():
+            replacement = converted(child)
+            if replacement is None:
+                walk(child)
+            else:
+                setattr(module, name, replacement)
+
+    replacement = converted(model)
+    if replacement is not None:
+        return replacement
+    walk(model)
     return model

@@ -51,7 +51,7 @@ def test_convert_timm_convnext_same_outputs_and_gradients():
     model = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
     n_depthwise = sum(is_depthwise_conv(m) for m in model.modules())
     assert n_depthwise == 12
-    converted = largeconv.convert(copy.deepcopy(model))
+    converted = largeconv.convert(copy.deepcopy(model), min_kernel_size=1)  # every depthwise conv, 7x7 included
     assert not any(is_depthwise_conv(m) for m in converted.modules())  # every depthwise conv was swapped
     assert sum(isinstance(m, LargeDWConv2d) for m in converted.modules()) == n_depthwise
     assert converted.stages[0].blocks[0].conv_dw.kernel_size == (7, 7)
