@@ -1,0 +1,626 @@
+"""Python side of the GPU run kit (bench/gpu_check.sh runs one stage per process, each under its own `timeout`).
+
+    python bench/gpu_kit.py STAGE --out DIR [--rehearse]
+
+Stages: env, smoke, timings, sanitizer, auto, model, pytest, summary (`--backend triton|cuda` for smoke and
+timings). Every stage appends its rows to DIR/results.csv (bench/roofline.py's columns) as soon as they are measured,
+so a stage cut at its budget keeps what it measured; it ends with one row of suite "kit" that says what it did.
+`--rehearse` runs the same code on CPU: tiny shapes, the Triton interpreter, GPU-only steps recorded as skipped.
+Stdlib imports only at the top: the env stage may first have to make largeconv importable.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (str(ROOT), str(ROOT / "tests")):  # bench.* and tests/numerics.py from the source tree
+    if path not in sys.path:
+        sys.path.append(path)
+
+SMOKE_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp64")
+LAYOUTS = ("nchw", "channels_last")
+DIRECTIONS = ("forward", "grad_input", "grad_weight")
+
+
+# ---- shared helpers ---------------------------------------------------------------------------------------------
+
+def append_rows(out, rows):
+    """Append rows to out/results.csv now (a header first if the file is new); safe across worker processes."""
+    from bench.roofline import COLUMNS, fmt_csv
+    with open(Path(out) / "results.csv", "a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if f.seek(0, os.SEEK_END) == 0:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: fmt_csv(row.get(k, "")) for k in COLUMNS})
+
+
+def read_rows(out):
+    from bench.roofline import read_csv
+    path = Path(out) / "results.csv"
+    return read_csv(path) if path.exists() else []
+
+
+FAILED = []  # statuses that make the stage's process exit 1
+
+
+def kit_row(out, stage, status, note):
+    """The stage's one-line account (suite "kit"), read back by the summary."""
+    if status in ("FAIL", "error"):
+        FAILED.append(status)
+    append_rows(out, [dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), suite="kit", case=stage, status=status,
+                           reason=note)])
+    print(f"{stage}: {status}: {note}", flush=True)
+
+
+def device_for(args):
+    import torch
+    return torch.device("cpu" if args.rehearse else "cuda")
+
+
+def env_columns(device, suite):
+    from bench import roofline
+    return roofline.environment(device, argparse.Namespace(suite=suite))
+
+
+def set_tf32(on):
+    """TF32 for convolutions on or off. The legacy flag: the kernels read it back through the per-op API
+    (kernels/dwconv.py), while setting the per-op API makes every later read of the legacy flag raise
+    (bench/roofline.py reads it)."""
+    import torch
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def autotuners():
+    """Every autotuned Triton kernel of the package (kernels/*.py)."""
+    from triton.runtime.autotuner import Autotuner
+    from largeconv.kernels import dwconv, involution
+    return [obj for module in (dwconv, involution) for obj in vars(module).values() if isinstance(obj, Autotuner)]
+
+
+def restrict_autotune(index, count):
+    """Keep configs[index::count] of every autotuned kernel (one config when count >= the number of configs), so
+    compile time is bounded and parallel workers compile disjoint configs into the shared Triton cache."""
+    for tuner in autotuners():
+        configs = tuner.configs[index % len(tuner.configs)::count] or [tuner.configs[index % len(tuner.configs)]]
+        tuner.configs = configs
+
+
+def in_workers(function, tasks, workers):
+    """function(task) for every task, in `workers` spawned processes (one CUDA context and one compiler each)."""
+    if workers <= 1:
+        return [function(task) for task in tasks]
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return pool.map(function, tasks, chunksize=1)
+
+
+def cores():
+    return len(os.sched_getaffinity(0))
+
+
+# ---- env --------------------------------------------------------------------------------------------------------
+
+def run_text(cmd, timeout=30):
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return (proc.stdout + proc.stderr).strip()
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"({cmd[0]}: {error})"
+
+
+def ensure_installed():
+    """Make largeconv (with largeconv.kernels) importable: an editable install into this Python, reusing its
+    torch/triton (no network on the GPU box), without the CUDA extension (built in the background)."""
+    try:
+        import largeconv.kernels  # noqa: F401
+        return "largeconv already importable"
+    except ImportError:
+        pass
+    env = dict(os.environ, LARGECONV_BUILD_CUDA="0", PIP_NO_INDEX="1")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e",
+                           str(ROOT)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"pip install -e failed:\n{proc.stdout}\n{proc.stderr}")
+    return "installed largeconv (editable, no extension)"
+
+
+def stage_env(args):
+    lines = [f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}", ensure_installed()]
+    smi = ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version,memory.total,memory.used,clocks.sm,"
+           "clocks.max.sm,clocks.mem,clocks.max.mem,temperature.gpu,power.draw,power.limit,pstate",
+           "--format=csv"]
+    lines += ["nvidia-smi: " + run_text(smi).replace("\n", "\n  ")] if not args.rehearse else \
+        ["nvidia-smi: not run (rehearsal)"]
+    import torch
+    import triton
+    import largeconv
+    import largeconv.cuda
+    lines += [f"python {sys.version.split()[0]} ({sys.executable}), {cores()} cores",
+              f"torch {torch.__version__}, CUDA {torch.version.cuda}, cudnn {torch.backends.cudnn.version()}, "
+              f"triton {triton.__version__}, largeconv {largeconv.__version__}",
+              "nvcc: " + run_text(["nvcc", "--version"]).splitlines()[-1],
+              "compute-sanitizer: " + run_text(["compute-sanitizer", "--version"]).splitlines()[-1],
+              f"cuda extension: {'built' if largeconv.cuda.is_available() else 'not built (yet)'}"]
+    device = "no CUDA device"
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        device = (f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, L2 {p.L2_cache_size >> 20} MiB, "
+                  f"{p.total_memory / 2**30:.1f} GiB")
+    lines.append(f"device: {device}")
+    from bench.roofline import git_state
+    lines.append(f"tree: {git_state()}")
+    text = "\n".join(lines) + "\n"
+    (Path(args.out) / "environment.txt").write_text(text)
+    print(text, end="")
+    kit_row(args.out, "env", "ok", device)
+
+
+# ---- smoke: every kernel x direction x dtype x layout against float64 --------------------------------------------
+
+def smoke_cases(rehearse):
+    from bench.suites import dw, inv
+    if rehearse:  # tiny stand-ins: a rectangular kernel taller than the map, an involution with stride 2
+        return [dw("smoke-7x3-5x9", 1, 3, 5, 9, (7, 3)),
+                inv("smoke-inv-k3-s2", 1, 8, 16, 16, k=3, stride=2, group_channels=4)]
+    return [dw("smoke-replknet31b-k31", 1, 128, 56, 56, 31), dw("smoke-replknet31b-k13-7x7", 1, 1024, 7, 7, 13),
+            dw("smoke-slak-51x5", 1, 124, 56, 56, (51, 5)),
+            inv("smoke-rednet50-k7-s2", 1, 128, 56, 56, k=7, stride=2)]
+
+
+def torch_dtype(name):
+    import torch
+    return {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+            "fp64": torch.float64}[name]
+
+
+def op_call(case, backend):
+    """fn(x, weight, bias) through the public API with the raw user arguments, and the same in PyTorch."""
+    import torch.nn.functional as F
+    import largeconv
+    from largeconv.reference import involution2d_reference
+    if case.op == "dwconv2d":
+        args = (case.stride, case.padding, case.dilation)
+        return (lambda x, w, b: largeconv.dwconv2d(x, w, b, *args, backend=backend),
+                lambda x, w, b: F.conv2d(x, w, b, *args, groups=x.shape[1]))
+    args = (case.kernel[0], case.stride, case.padding[0], case.dilation)
+    return (lambda x, w, b: largeconv.involution2d(x, w, *args, backend=backend),
+            lambda x, w, b: involution2d_reference(x, w, *args))
+
+
+def three_directions(fn, x, w, b, g):
+    """(output, grad-input, grad-weight) of fn, all detached."""
+    import torch
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    out = fn(x, w, b)
+    grad_x, grad_w = torch.autograd.grad(out, (x, w), g)
+    return out.detach(), grad_x, grad_w
+
+
+def smoke_one(case, dtype_name, layout, backend, device):
+    """Rows for the three directions of one case, dtype and layout."""
+    import torch
+    import numerics
+    from bench import roofline
+    dtype = torch_dtype(dtype_name)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    base = dict(suite="smoke", case=case.name, op=case.op, backend=backend, dtype=dtype_name, layout=layout,
+                n=case.n, c=case.c, h=case.h, w=case.w, kh=case.kernel[0], kw=case.kernel[1], stride=case.stride,
+                dilation=case.dilation, groups=case.groups)
+    fresh = roofline.make_inputs(case, torch.float64, device, seed=int.from_bytes(os.urandom(4), "little"))
+    x, w, g = (fresh[k].to(dtype) for k in ("x", "weight", "grad"))
+    x, g = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
+    if case.op == "involution2d":
+        w = w.contiguous(memory_format=fmt)
+    b = torch.randn(case.c, dtype=torch.float64, device=device).to(dtype) if case.op == "dwconv2d" else None
+    fn, ref_fn = op_call(case, backend)
+    start = time.perf_counter()
+    set_tf32(dtype_name == "tf32")
+    try:
+        with numerics.poisoned_allocations():
+            got = three_directions(fn, x, w, b, g)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        up = lambda t: None if t is None else t.double()  # noqa: E731
+        ref = three_directions(ref_fn, up(x), up(w), up(b), up(g))
+        low = three_directions(ref_fn, x, w, b, g) if dtype in numerics.LOWP_FLOOR else (None,) * 3
+    except Exception as error:  # noqa: BLE001 - recorded, the next case runs
+        set_tf32(False)
+        return [dict(base, direction=d, status="error", reason=f"{type(error).__name__}: {str(error)[:200]}")
+                for d in DIRECTIONS]
+    set_tf32(False)
+    rows = []
+    for direction, out, want, want_low in zip(DIRECTIONS, got, ref, low):
+        err = numerics.rel_error(out, want)
+        if dtype in numerics.LOWP_FLOOR:
+            bound = max(2 * numerics.rel_error(want_low, want), numerics.LOWP_FLOOR[dtype])
+        else:
+            bound = {"fp32": numerics.FP32_RTOL, "tf32": 1e-3, "fp64": 1e-10}[dtype_name]
+        ok = (not torch.isnan(out).any().item() and err <= bound and out.shape == want.shape
+              and out.dtype == dtype and (direction == "grad_weight" or out.is_contiguous(memory_format=fmt)))
+        rows.append(dict(base, direction=direction, status="ok", rel_err=err, check="ok" if ok else "FAIL",
+                         out_h=got[0].shape[2], out_w=got[0].shape[3],
+                         reason=f"bound {bound:.2g}; {seconds * 1e3:.0f} ms for 3 directions, compile included"))
+    return rows
+
+
+def smoke_worker(task):
+    """One worker: its dtypes x every case x both layouts; one fixed tile config per autotuned kernel."""
+    backend, dtype_names, index, out, rehearse = task
+    args = argparse.Namespace(rehearse=rehearse)
+    device = device_for(args)
+    if backend == "triton":
+        restrict_autotune(index, 1 << 30)  # one config each, a different one per worker: compile time known
+    env = env_columns(device, "smoke")
+    counts = {"checked": 0, "FAIL": 0, "error": 0}
+    for dtype_name in dtype_names:
+        for case in smoke_cases(rehearse):
+            for layout in LAYOUTS:
+                rows = [dict(env, **row) for row in smoke_one(case, dtype_name, layout, backend, device)]
+                append_rows(out, rows)
+                for row in rows:
+                    counts["checked"] += 1
+                    counts["FAIL"] += row.get("check") == "FAIL"
+                    counts["error"] += row["status"] == "error"
+                    if row.get("check") != "ok":
+                        print(f"{row.get('check') or row['status']}: {backend} {case.name} {dtype_name} {layout} "
+                              f"{row['direction']} rel_err {row.get('rel_err', '')} {row.get('reason', '')}",
+                              flush=True)
+    return counts
+
+
+def stage_smoke(args):
+    import largeconv.dispatch as dispatch
+    import torch
+    device = device_for(args)
+    probe = torch.empty(1, 1, 1, 1, device=device)
+    reason = dispatch.unsupported_reason(args.backend, "dwconv2d", probe, (3, 3))
+    if reason:
+        return kit_row(args.out, f"smoke-{args.backend}", "skipped", reason)
+    dtypes = [d for d in SMOKE_DTYPES if args.backend != "cuda" or d != "fp64"]  # the cuda backend has no fp64
+    workers = min(len(dtypes), args.workers or max(1, cores() // 3))
+    tasks = [(args.backend, dtypes[i::workers], i, args.out, args.rehearse) for i in range(workers)]
+    results = in_workers(smoke_worker, tasks, workers)
+    total = {k: sum(r[k] for r in results) for k in results[0]}
+    status = "ok" if total["FAIL"] == 0 and total["error"] == 0 else "FAIL"
+    kit_row(args.out, f"smoke-{args.backend}", status,
+            f"{total['checked']} results checked ({len(dtypes)} dtypes x 2 layouts x {len(smoke_cases(args.rehearse))}"
+            f" shapes x 3 directions): {total['FAIL']} FAIL, {total['error']} errors; {workers} workers")
+
+
+# ---- timings ----------------------------------------------------------------------------------------------------
+
+def headline(rehearse):
+    """(case, dtypes) in order of value: a stage cut at its budget loses the least useful ones."""
+    from bench import suites
+    if rehearse:
+        return [(case, ("fp32",)) for case in suites.tiny()]
+    by_name = {c.name: c for c in suites.replknet31b() + suites.slak() + suites.unireplknet() + suites.rednet50()}
+    plan = [("replknet31b-s1", ("fp32", "bf16", "fp16")), ("rednet50-s1", ("fp32", "bf16")),
+            ("replknet31b-s4", ("fp32", "bf16")), ("slak-s1-51x5", ("fp32", "bf16")),
+            ("rednet50-s2-stride2", ("fp32", "bf16")), ("replknet31b-s2", ("fp32", "bf16")),
+            ("replknet31b-s3", ("fp32", "bf16")), ("unireplknet-28", ("fp32",)), ("unireplknet-14", ("fp32",)),
+            ("unireplknet-7", ("fp32",)), ("slak-s2-49x5", ("fp32",)), ("slak-s3-47x5", ("fp32",)),
+            ("rednet50-s2", ("fp32",)), ("rednet50-s3", ("fp32",)), ("rednet50-s4", ("fp32",)),
+            ("rednet50-s4-stride2", ("fp32",))]
+    return [(by_name[name], dtypes) for name, dtypes in plan]
+
+
+def bench_args(args, backends, directions="fwd,bwd,fwdbwd", compile=False):
+    from bench import roofline
+    argv = ["--device", "cpu" if args.rehearse else "cuda", "--backends", backends, "--directions", directions,
+            "--out", str(args.out), "--no-progress", "--retries", "0"]
+    argv += ["--min-time", "0.01", "--min-reps", "2", "--no-memory"] if args.rehearse else []
+    argv += ["--compile"] if compile else ["--no-compile"]
+    return roofline.parse_args(argv)
+
+
+def load_peaks(args, device):
+    from bench import peaks as peaks_mod
+    path = Path(args.out) / "peaks.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    peaks = peaks_mod.measure_peaks(device, quick=args.rehearse)
+    path.write_text(json.dumps(peaks, indent=1))
+    print(f"peaks ({time.perf_counter() - start:.1f} s): " + "; ".join(peaks_mod.format_peaks(peaks)), flush=True)
+    return peaks
+
+
+def measure(args, plan, backends, suite, directions="fwd,bwd,fwdbwd", compile=False, note=None):
+    """roofline.run_benchmark one (case, dtype) at a time, rows appended as they come; speedups against the
+    PyTorch baselines already in results.csv when this call measures none itself. Returns the rows."""
+    import torch
+    from bench import roofline
+    device = device_for(args)
+    torch.backends.cudnn.benchmark = True  # PyTorch at its best
+    set_tf32(False)  # fp32 rows are exact fp32, for every backend and baseline
+    peaks = load_peaks(args, device)
+    bargs = bench_args(args, backends, directions, compile)
+    measured = []
+    for case, dtypes in plan:
+        for dtype in dtypes:
+            bargs.dtypes, bargs.suite = dtype, suite
+            rows = roofline.run_benchmark([case], bargs, device, peaks, progress=False)
+            key = lambda r: (r["case"], r["dtype"], r["direction"])  # noqa: E731
+            mine = {key(r) for r in rows}
+            baselines = [r for r in read_rows(args.out) if key(r) in mine and r["backend"] in roofline.BASELINES[
+                case.op]]
+            roofline.add_speedups(baselines + rows)
+            for row in rows:
+                row["suite"] = suite
+                if note:
+                    row["reason"] = row["reason"] or note(row)
+            append_rows(args.out, rows)
+            measured += rows
+            for r in rows:
+                if r["status"] == "ok":
+                    print(f"{r['case']:<22} {r['backend']:<13} {dtype:<5} {r['direction']:<7} "
+                          f"{r['time_ms']:9.3f} ms  x torch {r.get('speedup_vs_torch', float('nan')):6.2f}  "
+                          f"x best {r.get('speedup_vs_best_torch', float('nan')):6.2f}  "
+                          f"{100 * r['roof_fraction']:5.1f}% roof  {r['check']}", flush=True)
+                elif r["reason"] != "not applicable":
+                    print(f"{r['case']:<22} {r['backend']:<13} {dtype:<5} {r['direction']:<7} {r['status']}: "
+                          f"{r['reason']}", flush=True)
+    return measured
+
+
+def prewarm_worker(task):
+    """Compile (and autotune among) configs[index::count] of every Triton kernel for the planned shapes, NCHW,
+    into the shared on-disk Triton cache; the timing process then finds every config compiled."""
+    index, count, plan_names, rehearse = task
+    import torch
+    restrict_autotune(index, count)
+    plan = [(case, dtypes) for case, dtypes in headline(rehearse) + weak_plan(rehearse) if case.name in plan_names]
+    device = device_for(argparse.Namespace(rehearse=rehearse))
+    done = 0
+    for case, dtypes in plan:
+        for dtype_name in dtypes:
+            try:
+                from bench import roofline
+                inputs = roofline.make_inputs(case, torch_dtype(dtype_name), device, seed=index)
+                fn, _ = op_call(case, "triton")
+                three_directions(fn, inputs["x"], inputs["weight"], None, inputs["grad"])
+                done += 1
+            except Exception as error:  # noqa: BLE001 - the timing process compiles what is missing
+                print(f"prewarm {index}: {case.name} {dtype_name}: {type(error).__name__}: {error}", flush=True)
+    return done
+
+
+def prewarm(args, plan):
+    if args.rehearse:  # nothing to compile under the interpreter; still run the code once, in this process
+        workers = 1
+    else:
+        workers = args.workers or max(1, cores() - 4)  # leave cores to the CUDA build
+    start = time.perf_counter()
+    names = [case.name for case, _ in plan]
+    done = in_workers(prewarm_worker, [(i, workers, names, args.rehearse) for i in range(workers)], workers)
+    print(f"prewarm: {sum(done)} case-dtypes compiled by {workers} workers in {time.perf_counter() - start:.1f} s",
+          flush=True)
+
+
+def stage_timings(args):
+    import largeconv.dispatch as dispatch
+    import torch
+    device = device_for(args)
+    reason = dispatch.unsupported_reason(args.backend, "dwconv2d", torch.empty(1, 1, 1, 1, device=device), (3, 3))
+    if reason and not args.rehearse:
+        return kit_row(args.out, f"timings-{args.backend}", "skipped", reason)
+    plan = headline(args.rehearse)
+    if args.backend == "triton":
+        prewarm(args, plan)
+        mine = "triton,cpu" if args.rehearse else "triton"  # on CPU triton is skipped (interpreter): show cpu
+        rows = measure(args, plan, f"torch,torch_cl,{mine}", "headline")
+        # torch.compile of the involution reference: one case only (inductor compiles per shape and direction)
+        compile_case = [(case, ("fp32",)) for case, _ in plan if case.op == "involution2d"][:1]
+        rows += measure(args, compile_case, "torch_compile", "headline", compile=not args.rehearse)
+    else:
+        rows = measure(args, plan, args.backend, "headline")
+    ok = [r for r in rows if r["status"] == "ok"]
+    fails = sum(r["check"] == "FAIL" for r in ok)
+    kit_row(args.out, f"timings-{args.backend}", "ok" if not fails else "FAIL",
+            f"{len(ok)} timed, {sum(r['status'] == 'error' for r in rows)} errors, {fails} failed checks")
+
+
+# ---- auto -------------------------------------------------------------------------------------------------------
+
+def weak_plan(rehearse):
+    from bench import suites
+    if rehearse:
+        return [(suites.dw("weak-tiny-b1", 1, 8, 6, 6, 5), ("fp32",))]
+    return [(case, ("fp32",)) for case in suites.weak_spots()]
+
+
+def stage_auto(args):
+    import largeconv.dispatch as dispatch
+    plan = weak_plan(args.rehearse)
+    if not args.rehearse:
+        prewarm(args, plan)
+    seen = set()
+
+    def picked(row):  # what auto chose for the calls of this case so far
+        new = {k: v for k, v in dispatch.auto_choices().items() if k not in seen}
+        seen.update(new)
+        text = ", ".join(f"{k[1]}={v}" for k, v in new.items())
+        return f"auto picked: {text}" if text else ""
+
+    rows = measure(args, plan, "torch,torch_cl,auto", "weak", directions="fwd,fwdbwd", note=picked)
+    ratios = [float(r["speedup_vs_best_torch"]) for r in rows if r["status"] == "ok" and r["backend"] == "auto"]
+    worst = min(ratios) if ratios else float("nan")
+    kit_row(args.out, "auto", "ok" if worst >= 0.95 else "slow",
+            f"{len(ratios)} auto rows; worst ratio to the best of PyTorch {worst:.2f}")
+
+
+# ---- compute-sanitizer ------------------------------------------------------------------------------------------
+
+def stage_sanitizer(args):
+    import largeconv.cuda
+    if args.rehearse or not largeconv.cuda.is_available():
+        import bench.sanitizer_cases as cases  # at least the module and its case lists load
+        reason = "rehearsal (no GPU)" if args.rehearse else "the CUDA extension is not built"
+        return kit_row(args.out, "sanitizer", "skipped",
+                       f"{reason}; {len(cases.DW_CASES)} dwconv + {len(cases.INV_CASES)} involution cases ready")
+    runs = [("memcheck", []), ("racecheck", ["--quick"])]  # racecheck is slow: one small case per op
+    notes, status = [], "ok"
+    for tool, extra in runs:
+        cmd = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", sys.executable,
+               str(ROOT / "bench" / "sanitizer_cases.py"), *extra]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        text = proc.stdout + proc.stderr
+        print(f"$ {' '.join(cmd)}\n{text[-6000:]}", flush=True)
+        summary = re.findall(r"ERROR SUMMARY: (\d+) error", text)
+        matched = re.findall(r"(\d+)/(\d+) kernel results match", text)
+        note = (f"{tool}: exit {proc.returncode}, {summary[-1] if summary else '?'} errors, "
+                f"{'/'.join(matched[-1]) if matched else '?'} results match, {time.perf_counter() - start:.0f} s")
+        notes.append(note)
+        status = status if proc.returncode == 0 else "FAIL"
+        append_rows(args.out, [dict(suite="sanitizer", case=tool, backend="cuda", status="ok" if proc.returncode ==
+                                    0 else "error", reason=note, check="ok" if proc.returncode == 0 else "FAIL")])
+    kit_row(args.out, "sanitizer", status, "; ".join(notes))
+
+
+# ---- model: one training step with and without largeconv --------------------------------------------------------
+
+def stage_model(args):
+    import torch
+    import torch.nn as nn
+    import largeconv
+    device = device_for(args)
+    n, c, size, k = (1, 4, 8, 5) if args.rehearse else (32, 128, 56, 31)
+
+    def block():  # a RepLKNet-31B stage-1 block: 1x1 conv, large depthwise conv, 1x1 conv, BN, residual-free
+        return nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU(),
+                             nn.Conv2d(c, c, k, padding=k // 2, groups=c), nn.BatchNorm2d(c), nn.ReLU(),
+                             nn.Conv2d(c, c, 1), nn.BatchNorm2d(c))
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(block(), block()).to(device)
+    variants = {"torch": reference, "largeconv": largeconv.convert(nn.Sequential(block(), block()).to(device))}
+    x = torch.randn(n, c, size, size, device=device)
+    rows = []
+    for name, model in variants.items():
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            opt.step()
+        for _ in range(2):  # warm-up: compile, autotune, auto's measurement
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        reps, start = 1 if args.rehearse else 10, time.perf_counter()
+        for _ in range(reps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) / reps * 1e3
+        rows.append(dict(env_columns(device, "model"), case=f"replknet31b-stage1-2blocks-b{n}", op="train_step",
+                         backend=name, dtype="fp32", direction="fwdbwd", n=n, c=c, h=size, w=size, kh=k, kw=k,
+                         status="ok", time_ms=ms, reason="SGD step, mean of timed steps after 2 warm-ups"))
+        print(f"model {name}: {ms:.2f} ms per training step", flush=True)
+    speedup = rows[0]["time_ms"] / rows[1]["time_ms"]
+    rows[1]["speedup_vs_torch"] = speedup
+    append_rows(args.out, rows)
+    kit_row(args.out, "model", "ok", f"training step x{speedup:.2f} with largeconv.convert (2 RepLKNet blocks)")
+
+
+# ---- pytest -m gpu, cheap tests first ---------------------------------------------------------------------------
+
+def cost(node_id):
+    """Rough cost of a test from its id: the product of the sizes in its parameters (shapes), 1 without."""
+    product = 1
+    for number in re.findall(r"\d+", node_id.split("[", 1)[1] if "[" in node_id else ""):
+        product *= max(1, int(number))
+    return product
+
+
+def pytest_collection_modifyitems(items):
+    """Pytest hook (`-p bench.gpu_kit`): run the cheapest tests first; stable, so file order among equals."""
+    items.sort(key=lambda item: cost(item.nodeid))
+
+
+def stage_pytest(args):
+    import importlib.util
+    files = [str(f.relative_to(ROOT)) for f in sorted((ROOT / "tests").glob("test_*.py"))
+             if "mark.gpu" in f.read_text()]  # collecting only these saves the imports of the rest
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "bench.gpu_kit", "-p", "no:cacheprovider", "-q",
+           "-rfE", "--durations=10", *files]
+    cmd += ["-n", "0"] if importlib.util.find_spec("xdist") else []
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = ""
+    for line in proc.stdout:  # pass the output on as it comes: a cut run keeps what it printed
+        print(line, end="", flush=True)
+        last = line.strip() or last
+    proc.wait()
+    kit_row(args.out, "pytest", "ok" if proc.returncode == 0 else "FAIL", last[:200])
+
+
+# ---- summary ----------------------------------------------------------------------------------------------------
+
+def stage_summary(args):
+    from bench.roofline import num
+    out = Path(args.out)
+    lines = [f"{'stage':<16} {'status':<9} {'seconds':>8} {'budget':>7}  note"]
+    notes = {r["case"]: (r["status"], r["reason"]) for r in read_rows(out) if r["suite"] == "kit"}
+    if (out / "stages.csv").exists():
+        for r in csv.DictReader(open(out / "stages.csv")):
+            note = next((v[1] for k, v in notes.items() if k.startswith(r["stage"])), "")
+            lines.append(f"{r['stage']:<16} {r['status']:<9} {num(r['seconds']):>8.1f} {r['budget']:>7}  {note}")
+    rows = [r for r in read_rows(out) if r["suite"] in ("headline", "weak") and r["status"] == "ok"]
+    lines += ["", f"{'headline case':<24} {'backend':<8} {'dtype':<5} {'dir':<7} {'ms':>9} {'x PyTorch':>9} "
+              f"{'x best':>7} {'% roof':>7}"]
+    cases = list(dict.fromkeys(r["case"] for r in rows))[:3]
+    for case in cases:
+        for r in rows:
+            if r["case"] == case and r["backend"] in ("triton", "cuda", "auto", "cpu") and r["direction"] != "bwd":
+                lines.append(f"{case:<24} {r['backend']:<8} {r['dtype']:<5} {r['direction']:<7} "
+                             f"{num(r['time_ms']):>9.3f} {num(r['speedup_vs_torch']):>9.2f} "
+                             f"{num(r['speedup_vs_best_torch']):>7.2f} {100 * num(r['roof_fraction']):>7.1f}")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.txt").write_text(text)
+    print(text, end="")
+
+
+# ---- main -------------------------------------------------------------------------------------------------------
+
+STAGES = {"env": stage_env, "smoke": stage_smoke, "timings": stage_timings, "sanitizer": stage_sanitizer,
+          "auto": stage_auto, "model": stage_model, "pytest": stage_pytest, "summary": stage_summary}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--out", required=True)
+    p.add_argument("--backend", default="triton", choices=("triton", "cuda"))
+    p.add_argument("--rehearse", action="store_true", help="CPU: tiny shapes, Triton interpreter")
+    p.add_argument("--workers", type=int, default=0, help="processes for the smoke and the prewarm (0: by cores)")
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    hang = os.environ.get("GPU_KIT_HANG", "")  # test hook: "STAGE" or "STAGE:ignore-term" never returns
+    if hang.split(":")[0] == args.stage:
+        if hang.endswith(":ignore-term"):
+            import signal
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"GPU_KIT_HANG: {args.stage} hangs", flush=True)
+        while True:
+            time.sleep(1)
+    STAGES[args.stage](args)
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

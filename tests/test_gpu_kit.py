@@ -1,0 +1,84 @@
+"""The GPU run kit (bench/gpu_check.sh + bench/gpu_kit.py) rehearsed on CPU, so a device call never dies on a typo
+or a missing import: every stage runs on tiny shapes; a hung stage is cut at its budget and the next one starts;
+the budgets fit one device call."""
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from bench import gpu_kit  # noqa: E402
+
+PYTHON_STAGES = ["env", "smoke-triton", "timings-triton", "smoke-cuda", "timings-cuda", "sanitizer", "auto", "model",
+                 "pytest"]
+
+
+def run_kit(out, timeout=600, **env):
+    environment = dict(os.environ, OUT=str(out), PYTHON=sys.executable, **env)
+    environment.pop("TRITON_INTERPRET", None)  # the script sets what it needs
+    return subprocess.run(["bash", str(SCRIPT), "--rehearse"], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def stage_rows(out):
+    with open(out / "stages.csv") as f:
+        return {row["stage"]: row for row in csv.DictReader(f)}
+
+
+def test_budgets_fit_one_device_call():
+    text = SCRIPT.read_text()
+    total = int(re.search(r"GPU_KIT_TOTAL:-(\d+)", text).group(1))
+    budgets = dict(re.findall(r"\[([a-z-]+)\]=(\d+|rest)", text))
+    assert set(PYTHON_STAGES + ["build", "wait-build", "summary"]) <= set(budgets)
+    assert budgets["pytest"] == "rest"
+    fixed = sum(int(v) for k, v in budgets.items() if k != "build" and v != "rest")  # the build runs beside them
+    assert total <= 540 and fixed + 30 <= total, f"stage budgets {fixed} s leave pytest under 30 s of {total} s"
+    assert int(budgets["build"]) < total
+
+
+def test_rehearsal_runs_every_stage(tmp_path):
+    proc = run_kit(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = stage_rows(tmp_path)
+    for name in PYTHON_STAGES + ["build", "wait-build"]:
+        assert stages[name]["status"] == "ok", f"{name}: {stages[name]}\n{(tmp_path / 'log').read_text()[-5000:]}"
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    from bench.roofline import COLUMNS
+    assert list(rows[0]) == COLUMNS
+    kit = {r["case"]: r for r in rows if r["suite"] == "kit"}
+    assert {"env", "smoke-triton", "timings-triton", "sanitizer", "auto", "model", "pytest"} <= set(kit)
+    smoke = [r for r in rows if r["suite"] == "smoke"]
+    combos = {(r["case"], r["dtype"], r["layout"], r["direction"]) for r in smoke}
+    assert len(combos) == len(smoke) == 5 * 2 * 2 * 3  # dtypes x layouts x shapes x directions, each once
+    assert all(r["check"] == "ok" and float(r["rel_err"]) >= 0 for r in smoke)
+    timed = [r for r in rows if r["suite"] == "headline" and r["status"] == "ok"]
+    assert {"torch", "torch_cl", "cpu"} <= {r["backend"] for r in timed}
+    assert all(float(r["time_ms"]) > 0 for r in timed)
+    assert any(r["suite"] == "weak" and r["backend"] == "auto" and r["reason"].startswith("auto picked") for r in rows)
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) <= 8  # what the device tool brings back
+    tail = proc.stdout.strip().splitlines()
+    assert any(line.startswith("headline case") for line in tail[-12:]), "\n".join(tail)
+
+
+def test_hung_stage_is_cut_at_its_budget_and_the_next_one_runs(tmp_path):
+    # env hangs and ignores SIGTERM: timeout's kill after 5 s ends it; sanitizer (cheap when rehearsed) runs next
+    proc = run_kit(tmp_path, timeout=180, GPU_KIT_STAGES="env,sanitizer,summary", GPU_KIT_HANG="env:ignore-term",
+                   GPU_KIT_BUDGET_ENV="3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stages = stage_rows(tmp_path)
+    assert stages["env"]["status"] == "timeout"
+    assert 3 <= float(stages["env"]["seconds"]) < 15
+    assert stages["sanitizer"]["status"] == "ok"
+    assert "GPU_KIT_HANG" in (tmp_path / "log").read_text()
+    assert "env              timeout" in proc.stdout
+
+
+def test_pytest_order_puts_small_shapes_first():
+    ids = ["t.py::test_a[nchw-torch.float32-2x128x56x56x31]", "t.py::test_b", "t.py::test_c[nchw-torch.float16-k1]"]
+    assert sorted(ids, key=gpu_kit.cost) == ["t.py::test_b", "t.py::test_c[nchw-torch.float16-k1]", ids[0]]
