@@ -1,0 +1,158 @@
+"""Export: torch.export (save/load, run_decompositions) and ONNX (dynamo and legacy exporters) run in onnxruntime
+with the eager outputs, with no extra argument at export time (largeconv registers its decompositions on import)."""
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import largeconv
+from largeconv import Involution2d, LargeDWConv2d
+from largeconv.reparam import ReparamLargeKernelConv
+
+from numerics import FP32_RTOL, randomize_bn, rel_error
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript (pip install onnxscript)")
+
+BATCH = torch.export.Dim("batch", min=1, max=64)
+
+
+def _dw(**kwargs):
+    torch.manual_seed(0)
+    return LargeDWConv2d(**kwargs).eval()
+
+
+def _involution(stride):
+    torch.manual_seed(0)
+    module = Involution2d(16, kernel_size=7, stride=stride, group_channels=4).eval()
+    randomize_bn(module)
+    return module
+
+
+def _deployed_replknet_block():
+    torch.manual_seed(0)
+    block = ReparamLargeKernelConv(8, kernel_size=13, small_kernel=5).eval()
+    randomize_bn(block)
+    return block.reparameterize()
+
+
+# (model factory, input (N, C, H, W), channels_last)
+CASES = {
+    "odd_kernel": (lambda: _dw(channels=8, kernel_size=7), (2, 8, 15, 15), False),
+    "even_kernel_same": (lambda: _dw(channels=8, kernel_size=4, padding="same"), (2, 8, 15, 15), False),
+    "stride2_dilation2_rectangular": (lambda: _dw(channels=8, kernel_size=(5, 3), stride=2, dilation=2),
+                                      (2, 8, 17, 16), False),
+    "multiplier_channels_last": (lambda: _dw(channels=8, kernel_size=7, channel_multiplier=2, bias=False),
+                                 (2, 8, 15, 15), True),
+    "involution_stride1": (lambda: _involution(1), (2, 16, 12, 12), False),
+    "involution_stride2": (lambda: _involution(2), (2, 16, 12, 12), False),
+    "replknet_deployed": (_deployed_replknet_block, (2, 8, 16, 16), False),
+}
+
+
+def _input(shape, channels_last, batch=None):
+    x = torch.randn(batch or shape[0], *shape[1:])
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def _run_onnx(model_bytes, x):
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.contiguous().numpy()})
+    return torch.from_numpy(out)
+
+
+def _check_against_eager(model, model_bytes, shape, channels_last, batches):
+    for batch in batches:
+        x = _input(shape, channels_last, batch)
+        with torch.no_grad():
+            expected = model(x)
+        out = _run_onnx(model_bytes, x)
+        assert out.shape == expected.shape
+        assert rel_error(out, expected) <= FP32_RTOL, f"batch {batch}: onnxruntime differs from eager"
+
+
+def _op_types(model_bytes):
+    import onnx
+    return {node.op_type for node in onnx.load_from_string(model_bytes).graph.node}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_onnx_dynamo_export_matches_eager(case, tmp_path):
+    make, shape, channels_last = CASES[case]
+    torch.manual_seed(1)
+    model, x = make(), _input(shape, channels_last)
+    program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: BATCH},), verbose=False)
+    path = tmp_path / "model.onnx"
+    program.save(str(path))
+    model_bytes = path.read_bytes()
+    if "involution" not in case:
+        assert "Conv" in _op_types(model_bytes)  # a standard ONNX Conv: what TensorRT and friends run fast
+    _check_against_eager(model, model_bytes, shape, channels_last, batches=(shape[0], 3))  # the batch is dynamic
+
+
+@pytest.mark.parametrize("case", ["odd_kernel", "stride2_dilation2_rectangular", "multiplier_channels_last",
+                                  "involution_stride2", "replknet_deployed", pytest.param(
+                                      "even_kernel_same", marks=pytest.mark.xfail(strict=True, reason=(
+                                          "jit tracing: arguments.py computes 'same' padding from traced "
+                                          "weight sizes (tensors); needs int() there")))])
+def test_onnx_legacy_export_matches_eager(case):
+    make, shape, channels_last = CASES[case]
+    torch.manual_seed(1)
+    model, x = make(), _input(shape, channels_last)
+    buffer = io.BytesIO()
+    with pytest.warns(DeprecationWarning):  # the TorchScript exporter is deprecated, but still works
+        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    _check_against_eager(model, buffer.getvalue(), shape, channels_last, batches=(shape[0], 3))
+
+
+@pytest.mark.parametrize("case", ["even_kernel_same", "involution_stride2"])
+def test_torch_export_save_load_and_decompositions(case, tmp_path):
+    make, shape, channels_last = CASES[case]
+    torch.manual_seed(1)
+    model, x = make(), _input(shape, channels_last)
+    with torch.no_grad():
+        expected = model(x)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: BATCH},))
+    custom_ops = {torch.ops.largeconv.dwconv2d.default, torch.ops.largeconv.involution2d.default}
+    targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    assert targets & custom_ops, "torch.export keeps the largeconv op as one node"
+
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path)
+    assert torch.equal(loaded.module()(x), expected)  # the same op and backend: bit-identical
+
+    decomposed = program.run_decompositions()
+    targets = {node.target for node in decomposed.graph.nodes if node.op == "call_function"}
+    assert not targets & custom_ops
+    assert all(getattr(t, "namespace", "aten") == "aten" for t in targets), targets
+    x3 = _input(shape, channels_last, batch=3)
+    with torch.no_grad():
+        assert rel_error(decomposed.module()(x3), model(x3)) <= FP32_RTOL
+
+
+def test_decompositions_only_apply_when_exporting():
+    """Tracing outside torch.export (torch.compile, make_fx) keeps the custom op, so compiled code runs the fast
+    kernels, not the F.conv2d / unfold composite."""
+    x, w = torch.randn(2, 4, 9, 9), torch.randn(4, 1, 7, 7)
+    involution_weight = torch.randn(2, 49, 9, 9)
+    graph = make_fx(lambda x: (largeconv.dwconv2d(x, w), largeconv.involution2d(x, involution_weight, 7)))(x)
+    targets = {node.target for node in graph.graph.nodes}
+    assert torch.ops.largeconv.dwconv2d.default in targets
+    assert torch.ops.largeconv.involution2d.default in targets
+
+
+def test_no_extra_argument_needed_for_a_model_with_both_modules():
+    """A plain user model, exported with only the usual arguments."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), LargeDWConv2d(16, 9), nn.ReLU(),
+                          Involution2d(16, kernel_size=5, group_channels=8)).eval()
+    randomize_bn(model)
+    x = torch.randn(1, 3, 14, 14)
+    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    with torch.no_grad():
+        expected = model(x)
+    out = _run_onnx(program.model_proto.SerializeToString(), x)
+    assert rel_error(out, expected) <= FP32_RTOL
