@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from largeconv import LargeDWConv2d
-from largeconv.reparam import (RefConv2d, ReparamLargeKernelConv, conv_to_fc, fuse_conv_bn, pad_kernel,
-                               refocus_model, reparameterize_model, rm_convert)
+from largeconv.arguments import pair
+from largeconv.reparam import (DILATED_BRANCHES, DilatedReparamBlock, RefConv2d, ReparamLargeKernelConv, conv_to_fc,
+                               dilated_to_dense, fuse_conv_bn, pad_kernel, refocus_model, reparameterize_model,
+                               rm_convert, rm_convert_model)
 from numerics import randomize_bn, rel_error as rel_err
 
 RTOL = 1e-5
@@ -394,3 +396,197 @@ def test_readme_reparam_snippets_run():
         assert name in text, f"README has no runnable example of {name}"
     for index, snippet in enumerate(snippets):
         exec(compile(snippet, f"README snippet {index}", "exec"), {"__name__": "__docs__"})
+
+
+# ---- official constructors and key names (RepLKNet, SLaK, UniRepLKNet) -------------------------------------------
+
+def bn_keys(prefix):
+    return {f"{prefix}.{name}" for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+
+
+def train_eval_deploy(module, channels, h, w, deploy):
+    """Train a few steps, switch to eval, deploy with `deploy(module)`; return (eval output, deployed output) on
+    fresh inputs."""
+    randomize_bn(module)
+    train_steps(module, lambda: torch.randn(4, channels, h, w))
+    module.eval()
+    x = torch.randn(3, channels, h, w)
+    with torch.no_grad():
+        ref = module(x)
+        deploy(module)
+        return ref, module(x)
+
+
+def official_structural_reparam(model):
+    """What RepLKNet's structural_reparam() does: merge_kernel() on every module that has it."""
+    for m in model.modules():
+        if hasattr(m, "merge_kernel"):
+            m.merge_kernel()
+
+
+def test_replknet_official_constructor_keys_and_deploy_form():
+    torch.manual_seed(7)
+    kwargs = dict(in_channels=6, out_channels=6, kernel_size=13, stride=1, groups=6, small_kernel=5)
+    module = ReparamLargeKernelConv(**kwargs)
+    assert set(module.state_dict()) == ({"lkb_origin.conv.weight", "small_conv.conv.weight"}
+                                        | bn_keys("lkb_origin.bn") | bn_keys("small_conv.bn"))
+    assert set(ReparamLargeKernelConv(6, 6, 13, 1, 6, None).state_dict()) == {"lkb_origin.conv.weight"} | bn_keys(
+        "lkb_origin.bn")  # positional official form, no small kernel
+    model = nn.Sequential(module)
+    ref, out = train_eval_deploy(model, 6, 14, 15, official_structural_reparam)
+    assert module.deployed and rel_err(out, ref) <= RTOL
+    # a deployed checkpoint loads strictly into the deploy form (built without the training branches)
+    deployed = ReparamLargeKernelConv(**kwargs, small_kernel_merged=True)
+    assert set(deployed.state_dict()) == {"lkb_reparam.weight", "lkb_reparam.bias"}
+    deployed.load_state_dict(module.state_dict())
+    x = torch.randn(2, 6, 14, 15)
+    with torch.no_grad():
+        assert rel_err(deployed(x), module(x)) <= RTOL
+    with pytest.raises(ValueError, match="depthwise"):
+        ReparamLargeKernelConv(in_channels=6, out_channels=6, kernel_size=13, stride=1, groups=1, small_kernel=5)
+    with pytest.raises(TypeError, match="ReparamLargeKernelConv: .*in_channels, out_channels"):
+        ReparamLargeKernelConv(in_channels=6, kernel_size=13)
+
+
+@pytest.mark.parametrize("kernel, small, stride, bn", [(13, 5, 1, True), ((11, 9), 3, 2, True), (9, 3, 1, False)])
+def test_slak_decomposed_block(kernel, small, stride, bn):
+    torch.manual_seed(8)
+    module = ReparamLargeKernelConv(in_channels=5, out_channels=5, kernel_size=kernel, stride=stride, groups=5,
+                                    small_kernel=small, Decom=True, bn=bn)
+    kh, kw = pair(kernel, "kernel")
+    assert module.LoRA1.conv.weight.shape == (5, 1, kh, small) and module.LoRA2.conv.weight.shape == (5, 1, small, kw)
+    expected_keys = {"LoRA1.conv.weight", "LoRA2.conv.weight", "small_conv.conv.weight"}
+    if bn:
+        expected_keys |= bn_keys("LoRA1.bn") | bn_keys("LoRA2.bn") | bn_keys("small_conv.bn")
+    assert set(module.state_dict()) == expected_keys
+    ref, out = train_eval_deploy(module, 5, 13, 12, lambda m: reparameterize_model(m))
+    assert list(dict(module.named_children())) == ["lkb_reparam"]
+    assert module.lkb_reparam.weight.shape == (5, 1, kh, kw)
+    assert rel_err(out, ref) <= RTOL
+
+
+def test_dilated_to_dense_is_the_same_conv():
+    torch.manual_seed(9)
+    kernel = torch.randn(4, 1, 3, 5)
+    for dilation in (1, 2, (3, 2)):
+        dense = dilated_to_dense(kernel, dilation)
+        dh, dw = pair(dilation, "dilation")
+        assert dense.shape == (4, 1, 2 * dh + 1, 4 * dw + 1)
+        x = torch.randn(2, 4, 13, 14)
+        ref = F.conv2d(x.double(), kernel.double(), None, 1, (dh, 2 * dw), (dh, dw), 4)
+        assert rel_err(F.conv2d(x.double(), dense.double(), None, 1, (dh, 2 * dw), 1, 4), ref) <= 1e-12
+    with pytest.raises(ValueError, match="dilation must be >= 1"):
+        dilated_to_dense(kernel, 0)
+
+
+@pytest.mark.parametrize("kernel, branches", [(13, None), (7, None), (9, ((3, 5), (4, 1)))])
+def test_unireplknet_dilated_reparam_block(kernel, branches):
+    torch.manual_seed(10)
+    extra = {} if branches is None else dict(kernel_sizes=branches[0], dilates=branches[1])
+    block = DilatedReparamBlock(4, kernel, deploy=False, **extra)
+    sizes, dilates = DILATED_BRANCHES[kernel] if branches is None else branches
+    expected = {"lk_origin.weight"} | bn_keys("origin_bn")
+    for k, r in zip(sizes, dilates):
+        expected |= {f"dil_conv_k{k}_{r}.weight"} | bn_keys(f"dil_bn_k{k}_{r}")
+    assert set(block.state_dict()) == expected
+    assert isinstance(block.lk_origin, LargeDWConv2d)
+    ref, out = train_eval_deploy(block, 4, 15, 16, lambda m: m.merge_dilated_branches())
+    assert block.deployed and list(dict(block.named_children())) == ["lk_origin"]
+    assert rel_err(out, ref) <= RTOL
+    # UniRepLKNet's block then folds its BN into lk_origin through the nn.Conv2d attributes (weight.data, bias)
+    norm = nn.BatchNorm2d(4)
+    randomize_bn(norm)
+    norm.eval()
+    x = torch.randn(2, 4, 15, 16)
+    with torch.no_grad():
+        ref = norm(block(x))
+        std = (norm.running_var + norm.eps).sqrt()
+        block.lk_origin.weight.data *= (norm.weight / std).view(-1, 1, 1, 1)
+        block.lk_origin.bias.data = norm.bias + (block.lk_origin.bias - norm.running_mean) * norm.weight / std
+        assert rel_err(block(x), ref) <= RTOL
+    deployed = DilatedReparamBlock(4, kernel, deploy=True, **extra)
+    deployed.load_state_dict(block.state_dict())  # strict: the deploy form has the deployed keys
+    with torch.no_grad():
+        assert rel_err(deployed(x), block(x)) <= RTOL
+
+
+def test_dilated_reparam_block_errors():
+    with pytest.raises(ValueError, match="no default branches for kernel_size=21"):
+        DilatedReparamBlock(4, 21)
+    with pytest.raises(ValueError, match="covers 13 pixels"):
+        DilatedReparamBlock(4, 9, kernel_sizes=(5,), dilates=(3,))
+    with pytest.raises(ValueError, match="given together"):
+        DilatedReparamBlock(4, 9, kernel_sizes=(5, 3), dilates=(1,))
+
+
+# ---- RepMLP's shared BN, RMNet's official block, RefConv's official checkpoints ----------------------------------
+
+def test_fuse_conv_bn_shared_bn_of_repmlp():
+    """RepMLP's fc3: a grouped 1x1 conv with S*h*w outputs followed by BatchNorm2d(S) on the (N, S, h, w) view."""
+    torch.manual_seed(11)
+    sets, h, w = 3, 4, 5
+    fc3 = nn.Conv2d(sets * h * w, sets * h * w, 1, groups=sets, bias=False)
+    fc3_bn = nn.BatchNorm2d(sets)
+    randomize_bn(fc3_bn)
+    fc3_bn.eval()
+    x = torch.randn(6, sets * h * w, 1, 1)
+    with torch.no_grad():
+        ref = fc3_bn(fc3(x).reshape(-1, sets, h, w))
+    weight, bias = fuse_conv_bn(fc3, fc3_bn)
+    assert rel_err(F.conv2d(x, weight, bias, groups=sets).reshape(ref.shape), ref) <= RTOL
+    with pytest.raises(ValueError, match="does not divide"):
+        fuse_conv_bn(fc3, nn.BatchNorm2d(7))
+
+
+class OfficialStyleResBlock(nn.Module):
+    """Laid out as RMNet's official ResBlock: an empty nn.Sequential() as identity shortcut, and statistics-only
+    BNs (running1, running2) that the forward updates but does not use."""
+
+    def __init__(self, planes):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes)
+        self.downsample = nn.Sequential()
+        self.running1, self.running2 = nn.BatchNorm2d(planes, affine=False), nn.BatchNorm2d(planes, affine=False)
+
+    def forward(self, x):
+        self.running1(x)
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.downsample(x)
+        self.running2(out)
+        return F.relu(out)
+
+
+def test_rm_convert_official_block_and_model_skips_what_it_cannot_convert():
+    torch.manual_seed(12)
+    grouped = BasicBlock(4, 4)
+    grouped.conv1 = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)  # rm_convert needs groups=1
+    model = nn.Sequential(OfficialStyleResBlock(4), grouped)
+    randomize_bn(nn.ModuleList([model[0].bn1, model[0].bn2, grouped]))  # (randomize_bn needs affine BNs)
+    model.eval()
+    x = torch.randn(2, 4, 8, 7).relu()
+    with torch.no_grad():
+        ref = model(x)
+        with pytest.warns(UserWarning, match=r"left 1 \(BasicBlock\) as it is: rm_convert: conv1 must"):
+            rm_convert_model(model)
+        assert isinstance(model[0], nn.Sequential) and model[1] is grouped
+        assert rel_err(model(x), ref) <= RTOL
+
+
+def test_refconv_loads_official_keys_and_kaiming_init():
+    torch.manual_seed(13)
+    c, k, mk = 4, 5, 3
+    base, refocus = torch.randn(c, 1, k, k), torch.randn(c, c, mk, mk)
+    module = RefConv2d(c, k, map_kernel_size=mk)
+    module.load_state_dict({"weight": base, "convmap.weight": refocus})  # the official module's keys, strict
+    assert torch.equal(module.base_weight, base) and torch.equal(module.refocus_weight, refocus)
+    expected = base + F.conv2d(base.reshape(1, c, k, k), refocus, None, 1, mk // 2).reshape(base.shape)
+    assert rel_err(module.transformed_weight(), expected) <= RTOL
+    model = nn.Sequential(nn.Identity(), RefConv2d(c, k, map_kernel_size=mk))
+    model.load_state_dict({"1.weight": base, "1.convmap.weight": refocus})  # inside a model
+    model.load_state_dict(model.state_dict())  # and its own keys still
+    kaiming = RefConv2d(c, k, map_kernel_size=mk, init="kaiming")
+    bound = 1 / (c * mk * mk) ** 0.5  # nn.Conv2d's default: kaiming_uniform(a=sqrt(5)), fan_in = c * mk * mk
+    assert kaiming.refocus_weight.abs().max() <= bound and kaiming.refocus_weight.std() > bound / 4
+    assert not RefConv2d(c, k).refocus_weight.any()
+    with pytest.raises(ValueError, match="init must be one of"):
+        RefConv2d(c, k, init="ones")
