@@ -43,6 +43,8 @@ DWCONV_BAD = [
      r"stride must be an int or a pair of ints"),
     (lambda: largeconv.dwconv2d(_x(1, 3, 4, 4), _x(3, 1, 7, 7), padding=0), ValueError,
      r"kernel \(7, 7\).*larger than the padded input"),
+    (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), padding=0, dilation=4), ValueError,
+     r"kernel \(3, 3\) with dilation \(4, 4\) is larger than the padded input"),
     (lambda: largeconv.dwconv2d("x", _x(3, 1, 3, 3)), TypeError, r"x must be a torch.Tensor, got str"),
     (lambda: largeconv.dwconv2d(_x(1, 3, 8, 8), _x(3, 1, 3, 3), backend="fast"), ValueError,
      r"backend must be one of"),

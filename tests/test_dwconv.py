@@ -85,6 +85,7 @@ EDGE_CASES = [
     ((1, 2, 12, 12), 7, 1, 1, "same", 2),     # dilation with a large kernel
     ((1, 2, 8, 8), 4, 1, 1, "same", 1),       # even kernel, asymmetric "same" padding
     ((2, 2, 9, 9), 3, 2, 1, 1, 1),            # channel multiplier 2
+    ((2, 1, 6, 7), 3, 2, 1, 1, 1),            # one channel (NCHW and channels_last at once), multiplier 2: NCHW out
     ((1, 2, 6, 9), (3, 7), 1, 1, "valid", 1),  # rectangular, "valid"
     ((1, 2, 7, 6), (5, 2), 3, 2, (2, 0), (1, 2)),  # rectangular, tuple padding, stride 2, multiplier 3
     ((1, 2, 7, 8), (2, 5), 1, 1, "same", 1),  # asymmetric "same" with top != left (0, 1 rows; 2, 2 columns)

@@ -222,7 +222,8 @@ def test_triton_int64_offsets(monkeypatch, channels_last):
     check_direct("triton", *tensors, 3, 2)
 
 
-@pytest.mark.parametrize("block_elems", [1, 50, 400], ids=lambda n: f"block{n}")
+# 1: one group per block; 100: two of the first case's three groups (40 elements each) per block; 400: whole images
+@pytest.mark.parametrize("block_elems", [1, 100, 400], ids=lambda n: f"block{n}")
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_cpu_blocking(monkeypatch, block_elems, channels_last):
     """Blocks of single groups, of several groups and of several images all cover the whole tensor."""
