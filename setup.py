@@ -59,6 +59,8 @@ setup(
     description="Fast large-kernel depthwise convolution and involution for PyTorch (Triton, CUDA C++, CPU)",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    package_data={"largeconv": ["py.typed", "backend_api.md"]},
+    license="MIT",
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     ext_modules=ext_modules,
