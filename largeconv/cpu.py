@@ -4,6 +4,8 @@ Depthwise conv: for kernels from 13x13 up all three directions are FFT correlati
 as large as the input plus one side's padding (the weight gradient summed over the batch before its one inverse
 FFT); smaller kernels run forward and grad-input through oneDNN on channels_last (fast, unlike its NCHW path, so
 inputs are converted) and the weight gradient as one multiply-reduce per tap. fp16/bf16 inputs are computed in fp32.
+An FFT's error is spread over the whole plane in proportion to the plane's rms, so planes with outliers are redone
+in float64 and planes holding NaN/Inf (or with a non-finite weight) by F.conv2d in float64 (see _plane_tiers).
 """
 import torch
 import torch.nn.functional as F
@@ -37,8 +39,24 @@ def _restore(result, like):
 
 
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
-    if _use_fft(weight.shape):
-        return _restore(_forward_fft(x, weight, bias, stride, padding, dilation), x)
+    if not _use_fft(weight.shape):
+        return _restore(_forward_direct(x, weight, bias, stride, padding, dilation), x)
+    out = _forward_fft(x, weight, bias, stride, padding, dilation)
+    channels, multiplier = x.shape[1], weight.shape[0] // x.shape[1]
+    per_channel = out.view(x.shape[0], channels, multiplier, *out.shape[2:])
+    for tier, n, c in _flagged(_plane_tiers(x, weight)):  # input plane (n, c) feeds outputs (n, c*m .. c*m + m-1)
+        xs = x[n, c].unsqueeze(0)
+        ws = weight.view(channels, multiplier, *weight.shape[1:])[c].flatten(0, 1)
+        bs = None if bias is None else bias.view(channels, multiplier)[c].flatten()
+        if tier == EXACT:
+            redo = _forward_exact(xs, ws, bs, stride, padding, dilation)
+        else:
+            redo = _forward_fft(xs, ws, bs, stride, padding, dilation, torch.float64)
+        per_channel[n, c] = redo.reshape(len(n), multiplier, *out.shape[2:]).to(out.dtype)
+    return _restore(out, x)
+
+
+def _forward_direct(x, weight, bias, stride, padding, dilation):
     top, bottom, left, right = padding
     xc = _channels_last(x)
     if (top, left) != (bottom, right):
@@ -47,12 +65,30 @@ def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
         pad = (top, left)
     w = weight.to(xc.dtype)
     b = None if bias is None else bias.to(xc.dtype)
-    return _restore(F.conv2d(xc, w, b, stride, pad, dilation, groups=x.shape[1]), x)
+    return F.conv2d(xc, w, b, stride, pad, dilation, groups=x.shape[1])
 
 
 def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
-    if _use_fft(weight.shape):
-        return _restore(_grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation), grad_out)
+    if not _use_fft(weight.shape):
+        return _restore(_grad_input_direct(grad_out, weight, input_shape, stride, padding, dilation), grad_out)
+    grad_in = _grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation)
+    batch, channels, height, width = input_shape
+    multiplier = weight.shape[0] // channels
+    g = grad_out.view(batch, channels, multiplier, *grad_out.shape[2:])
+    tiers = _plane_tiers(grad_out, weight).view(batch, channels, multiplier).amax(2)
+    for tier, n, c in _flagged(tiers):  # grad_in[n, c] gathers grad_out[n, c*m .. c*m + m-1]
+        gs = g[n, c].flatten(0, 1).unsqueeze(0)
+        ws = weight.view(channels, multiplier, *weight.shape[1:])[c].flatten(0, 1)
+        shape = (1, len(n), height, width)
+        if tier == EXACT:
+            redo = _grad_input_direct(gs.double(), ws.double(), shape, stride, padding, dilation)
+        else:
+            redo = _grad_input_fft(gs, ws, shape, stride, padding, dilation, torch.float64)
+        grad_in[n, c] = redo[0].to(grad_in.dtype)
+    return _restore(grad_in, grad_out)
+
+
+def _grad_input_direct(grad_out, weight, input_shape, stride, padding, dilation):
     # The transposed conv with padding (top, left) starts at input row 0; output_padding supplies the rows a
     # stride skipped at the end, and any extra row from asymmetric "same" padding is cropped.
     top, bottom, left, right = padding
@@ -66,20 +102,57 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
     g = _channels_last(grad_out)
     grad_in = F.conv_transpose2d(g, weight.to(g.dtype), None, stride, (top, left), tuple(extra),
                                  groups=input_shape[1], dilation=dilation)
-    return _restore(grad_in[:, :, :height, :width], grad_out)
+    return grad_in[:, :, :height, :width]
 
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    multiplier = weight_shape[0] // x.shape[1]
-    if weight_shape[2] * weight_shape[3] >= FFT_MIN_TAPS:
-        grad_w = _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation)
-    else:
-        top, bottom, left, right = padding
-        xp = F.pad(x.to(_compute_dtype(x.dtype)), (left, right, top, bottom))
-        if multiplier > 1:
-            xp = xp.repeat_interleave(multiplier, dim=1)  # output channel o reads input channel o // m
-        grad_w = _correlate_taps(grad_out.to(xp.dtype), xp, weight_shape[2:], stride, dilation)
+    if weight_shape[2] * weight_shape[3] < FFT_MIN_TAPS:
+        return _grad_weight_direct(grad_out, x, weight_shape, stride, padding, dilation).to(x.dtype)
+    grad_w = _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation)
+    batch, channels = x.shape[:2]
+    multiplier = weight_shape[0] // channels
+    # Output channel o sums over the batch the products of grad_out[:, o] and x[:, o // m]: redone if any is flagged.
+    x_tiers = _plane_tiers(x).repeat_interleave(multiplier, dim=1)
+    tiers = torch.maximum(x_tiers, _plane_tiers(grad_out)).amax(0)
+    for tier, o in _flagged(tiers):
+        xs, gs = x[:, o // multiplier], grad_out[:, o]
+        shape = (len(o), 1, *weight_shape[2:])
+        if tier == EXACT:
+            redo = _grad_weight_exact(gs, xs, shape, stride, padding, dilation)
+        else:
+            redo = _grad_weight_fft(gs, xs, shape, stride, padding, dilation, torch.float64)
+        grad_w[o] = redo.reshape(len(o), *grad_w.shape[1:]).to(grad_w.dtype)
     return grad_w.reshape(weight_shape).to(x.dtype)
+
+
+def _grad_weight_direct(grad_out, x, weight_shape, stride, padding, dilation):
+    top, bottom, left, right = padding
+    xp = F.pad(x.to(_compute_dtype(x.dtype)), (left, right, top, bottom))
+    multiplier = weight_shape[0] // x.shape[1]
+    if multiplier > 1:
+        xp = xp.repeat_interleave(multiplier, dim=1)  # output channel o reads input channel o // m
+    return _correlate_taps(grad_out.to(xp.dtype), xp, weight_shape[2:], stride, dilation).reshape(weight_shape)
+
+
+def _padded64(x, padding):
+    """x in float64 and the padding left for F.conv2d: padded explicitly only where asymmetric, as F.conv2d itself
+    does for "same" (so NaN/Inf meet the zero padding as in the caller's F.conv2d)."""
+    top, bottom, left, right = padding
+    if (top, left) == (bottom, right):
+        return x.double(), (top, left)
+    return F.pad(x.double(), (left, right, top, bottom)), (0, 0)
+
+
+def _forward_exact(x, weight, bias, stride, padding, dilation):
+    x64, pad = _padded64(x, padding)
+    bias = None if bias is None else bias.double()
+    return F.conv2d(x64, weight.double(), bias, stride, pad, dilation, groups=x.shape[1])
+
+
+def _grad_weight_exact(grad_out, x, weight_shape, stride, padding, dilation):
+    x64, pad = _padded64(x, padding)
+    return torch.ops.aten.convolution_backward(grad_out.double(), x64, x64.new_empty(weight_shape), None, stride, pad,
+                                               dilation, False, (0, 0), x.shape[1], (False, True, False))[1]
 
 
 def _correlate_taps(g, xp, kernel, stride, dilation):
@@ -92,6 +165,45 @@ def _correlate_taps(g, xp, kernel, stride, dilation):
             window = xp[:, :, r:r + (out_h - 1) * stride[0] + 1:stride[0], c:c + (out_w - 1) * stride[1] + 1:stride[1]]
             taps[:, i, j] = torch.einsum("nchw,nchw->c", g, window)
     return taps
+
+
+# ---- which planes the FFT may compute ----------------------------------------------------------------------------
+# An FFT's rounding error lands on every output of a plane, about eps * the plane's rms * |w|, where a direct sum's
+# error is eps * the magnitudes in each output's own window. On a plane of uniform magnitude the FFT is as accurate
+# as F.conv2d (measured 0.2-0.3x its max error on randn), but an outlier patch raises the rms of the whole plane:
+# 1e4 in a map of 1e-2 cost 1e4x F.conv2d's error far from the patch. So each plane's rms is compared with its
+# typical magnitude, the median rms of its non-zero 4x4 blocks (robust to outliers covering up to half of the
+# blocks; all-zero blocks, e.g. after a ReLU, are left out so that sparse maps are not flagged): up to
+# FFT_MAX_RANGE the FFT runs in the compute dtype, up to FFT64_MAX_RANGE in float64 (eps 5e8x smaller); beyond
+# that, or with NaN/Inf (which an FFT spreads over the whole plane as NaN), the plane goes to F.conv2d and its
+# backward in float64 (EXACT: F.conv2d's own NaN/Inf behaviour, and no rounding error left at fp32).
+FFT_MAX_RANGE = 16
+FFT64_MAX_RANGE = 1e8
+FFT, FFT64, EXACT = 0, 1, 2
+
+
+def _plane_tiers(t, weight=None):
+    """(N, C) int tensor: FFT, FFT64 or EXACT for each plane of t; every plane EXACT if `weight` is not finite."""
+    dtype = _compute_dtype(t.dtype)
+    block = (min(4, t.shape[2]), min(4, t.shape[3]))
+    ms = F.avg_pool2d(t.to(dtype).square(), block, ceil_mode=True).flatten(2)
+    mean = ms.mean(2)  # NaN or Inf where the plane holds NaN/Inf (or squares past the dtype's range)
+    typical = ms.masked_fill(ms == 0, float("nan")).nanmedian(2).values
+    ratio = torch.where(mean == 0, 0.0, mean / typical)  # of mean squares: compared with the ranges squared
+    wider = FFT64 if dtype == torch.float32 else EXACT  # float64 has no wider dtype to go to
+    tiers = torch.where(ratio > FFT_MAX_RANGE ** 2, wider, FFT)
+    tiers[(ratio > FFT64_MAX_RANGE ** 2) | ~torch.isfinite(mean)] = EXACT
+    if weight is not None and not bool(torch.isfinite(weight).all()):
+        tiers.fill_(EXACT)  # the FFT of a non-finite kernel is NaN everywhere
+    return tiers
+
+
+def _flagged(tiers):
+    """(tier, index tensors...) for each tier above FFT present in `tiers`."""
+    for tier in (FFT64, EXACT):
+        where = (tiers == tier).nonzero(as_tuple=True)
+        if len(where[0]):
+            yield (tier, *where)
 
 
 # ---- the FFT formulation for large kernels ------------------------------------------------------------------------
@@ -130,24 +242,26 @@ def _spread(g, stride):
     return spread
 
 
-def _forward_fft(x, weight, bias, stride, padding, dilation):
+def _forward_fft(x, weight, bias, stride, padding, dilation, dtype=None):
     """out[u, v] = sum_ab w[a, b] x[u*s + a*d - top, v*s + b*d - left]."""
-    dtype = _compute_dtype(x.dtype)
+    dtype = dtype or _compute_dtype(x.dtype)
     out_hw = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
     size = _fft_grid(x.shape[2:], out_hw, weight.shape[2:], stride, padding, dilation)
     spectrum = torch.fft.rfft2(x.to(dtype), s=size)
     multiplier = weight.shape[0] // x.shape[1]
     if multiplier > 1:
         spectrum = spectrum.repeat_interleave(multiplier, dim=1)
-    spectrum = spectrum * _kernel_spectrum(weight, size, padding, dilation, dtype).conj()
+    # conj_physical, not .conj(): a lazy conj bit is lost when the op runs under torch.compile (inductor's first
+    # call came out wrong).
+    spectrum = spectrum * torch.conj_physical(_kernel_spectrum(weight, size, padding, dilation, dtype))
     corr = torch.fft.irfft2(spectrum, s=size)
     out = corr[:, :, :(out_hw[0] - 1) * stride[0] + 1:stride[0], :(out_hw[1] - 1) * stride[1] + 1:stride[1]]
     return out if bias is None else out + bias.to(dtype).view(1, -1, 1, 1)
 
 
-def _grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation):
+def _grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation, dtype=None):
     """The adjoint: the spread gradient convolved with the kernel, summed over each channel's m outputs."""
-    dtype = _compute_dtype(grad_out.dtype)
+    dtype = dtype or _compute_dtype(grad_out.dtype)
     size = _fft_grid(input_shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
     spectrum = torch.fft.rfft2(_spread(grad_out.to(dtype), stride), s=size)
     spectrum = spectrum * _kernel_spectrum(weight, size, padding, dilation, dtype)
@@ -157,10 +271,10 @@ def _grad_input_fft(grad_out, weight, input_shape, stride, padding, dilation):
     return torch.fft.irfft2(spectrum, s=size)[:, :, :input_shape[2], :input_shape[3]]
 
 
-def _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation):
+def _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation, dtype=None):
     """grad_w[o, a, b] = sum over n, i, j of g[n, o, i, j] x[n, o // m, i*s + a*d - top, j*s + b*d - left]: the
     correlation of x with the spread gradient for all taps at once, summed over the batch before one inverse FFT."""
-    dtype = _compute_dtype(x.dtype)
+    dtype = dtype or _compute_dtype(x.dtype)
     top, _, left, _ = padding
     size = _fft_grid(x.shape[2:], grad_out.shape[2:], weight_shape[2:], stride, padding, dilation)
     x_spectrum = torch.fft.rfft2(x.to(dtype), s=size)
@@ -168,7 +282,7 @@ def _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation):
     if multiplier > 1:
         x_spectrum = x_spectrum.repeat_interleave(multiplier, dim=1)
     g_spectrum = torch.fft.rfft2(_spread(grad_out.to(dtype), stride), s=size)
-    corr = torch.fft.irfft2((x_spectrum * g_spectrum.conj()).sum(0), s=size)
+    corr = torch.fft.irfft2((x_spectrum * torch.conj_physical(g_spectrum)).sum(0), s=size)  # not .conj(): above
     corr = torch.roll(corr, shifts=(top, left), dims=(1, 2))  # lag a*d - top sits at index (a*d - top) mod S
     kh, kw = weight_shape[2:]
     return corr[:, :dilation[0] * (kh - 1) + 1:dilation[0], :dilation[1] * (kw - 1) + 1:dilation[1]]
