@@ -8,9 +8,13 @@ Registered on `import largeconv`; nothing to pass at export time.
   deploy path of a re-parameterized RepLKNet) and plain ops for involution.
 - the legacy exporter (dynamo=False) uses the symbolic functions below.
 
-The decompositions are CompositeImplicitAutograd Python kernels. In eager the registered backend kernels have
-priority; tracers ask a CompositeImplicitAutograd kernel to decompose, and ours declines (returns NotImplemented)
-unless torch.export is running, so torch.compile still calls the fast kernels.
+How: each forward op gets a CompositeImplicitAutograd kernel in Python (`OpOverload.py_impl`), which is where
+`run_decompositions()` and the ONNX exporter's decomposition table look for a custom op's decomposition. In eager
+the op's own kernels have priority (torch.library.custom_op registers them as CompositeExplicitAutograd), but
+tracers (make_fx, AOTAutograd under torch.compile, fake tensors) call a CompositeImplicitAutograd kernel whenever
+one exists, so ours declines (returns NotImplemented) unless torch.export is running: torch.compile keeps calling
+the fast kernels. (A C++-registered kernel could not decline: its result must be a Tensor.) AOTInductor compiles
+under the same exporting flag and so gets the aten ops, which its C++ runtime can run.
 """
 from __future__ import annotations
 
