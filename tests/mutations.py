@@ -125,10 +125,11 @@ MUTATIONS = [
     # ---- kernels (Triton, under the interpreter) ----
     M("triton-dw-nhwc-grad-input-dilation", "kernels/dwconv.py", "u = w + left - kw * dw",
       "u = w + left - kw * dh", (DW, "-k", "edge_cases_fp32 and triton and nhwc")),
-    M("triton-dw-grad-weight-splits", "kernels/dwconv.py", "gw = part.sum(0)", "gw = part[0]",
+    M("triton-dw-grad-weight-splits", "kernels/dwconv.py", "gw = part.sum(0)\n", "gw = part[0]\n",
       ("tests/test_dwconv_triton.py", "-k", "split_reduction")),
-    M("triton-involution-tap-dilation", "kernels/involution.py", "tl.cast(kw * DIL, IDX) * sxw",
-      "tl.cast(kw, IDX) * sxw", (INV, "-k", "edge_cases_fp32 and triton")),
+    M("triton-involution-tap-dilation", "kernels/involution.py",
+      "other=0.0).to(ACC)\n            tap = tl.cast(kh * DIL, IDX) * sxh + tl.cast(kw * DIL, IDX) * sxw",
+      "other=0.0).to(ACC)\n            tap = tl.cast(kh * DIL, IDX) * sxh + tl.cast(kw, IDX) * sxw", (INV, "-k", "edge_cases_fp32 and triton")),
     # ---- reparam.py ----
     M("reparam-bn-eps", "largeconv/reparam.py", "torch.sqrt(bn.running_var.to(w.dtype) + bn.eps)",
       "torch.sqrt(bn.running_var.to(w.dtype))", ("tests/test_reparam.py", "-k", "fuse_conv_bn")),
