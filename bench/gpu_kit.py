@@ -372,10 +372,11 @@ def measure(args, plan, backends, suite, directions="fwd,bwd,fwdbwd", compile=Fa
             baselines = [r for r in read_rows(args.out) if key(r) in mine and r["backend"] in roofline.BASELINES[
                 case.op]]
             roofline.add_speedups(baselines + rows)
+            text = note() if note else ""
             for row in rows:
                 row["suite"] = suite
-                if note:
-                    row["reason"] = row["reason"] or note(row)
+                if text and row["backend"] == "auto" and row["status"] == "ok":
+                    row["reason"] = text
             append_rows(args.out, rows)
             measured += rows
             for r in rows:
@@ -469,7 +470,7 @@ def stage_auto(args):
         quick_autotune()
     seen = set()
 
-    def picked(row):  # what auto chose for the calls of this case so far
+    def picked():  # what auto chose for the calls of the case just measured
         new = {k: v for k, v in dispatch.auto_choices().items() if k not in seen}
         seen.update(new)
         text = ", ".join(f"{k[1] if isinstance(k, tuple) and len(k) > 1 else k}={v}" for k, v in new.items())

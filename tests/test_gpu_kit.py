@@ -82,3 +82,25 @@ def test_hung_stage_is_cut_at_its_budget_and_the_next_one_runs(tmp_path):
 def test_pytest_order_puts_small_shapes_first():
     ids = ["t.py::test_a[nchw-torch.float32-2x128x56x56x31]", "t.py::test_b", "t.py::test_c[nchw-torch.float16-k1]"]
     assert sorted(ids, key=gpu_kit.cost) == ["t.py::test_b", "t.py::test_c[nchw-torch.float16-k1]", ids[0]]
+
+
+def test_smoke_flags_a_wrong_or_an_unwritten_output(monkeypatch):
+    import torch
+    import largeconv.kernels as triton_backend
+    case = gpu_kit.smoke_cases(rehearse=True)[0]
+    real = triton_backend.dwconv2d_forward
+
+    def check(forward):
+        monkeypatch.setattr(triton_backend, "dwconv2d_forward", forward)
+        rows = {r["direction"]: r["check"] for r in gpu_kit.smoke_one(case, "fp32", "nchw", "triton",
+                                                                      torch.device("cpu"))}
+        assert rows == {"forward": "FAIL", "grad_input": "ok", "grad_weight": "ok"}
+
+    check(lambda *args: real(*args) * (1 + 1e-4))  # 10x the fp32 bound
+
+    def unwritten(*args):  # every element but the first, into a fresh (poisoned) allocation
+        out = real(*args)
+        partial = torch.empty_like(out)
+        partial.view(-1)[1:] = out.reshape(-1)[1:]
+        return partial
+    check(unwritten)
