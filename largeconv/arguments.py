@@ -5,18 +5,23 @@ was got, before any kernel sees it. Backends then receive normalised tuples (see
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def is_int(value) -> bool:
+    """An integer as F.conv2d takes one: Python and numpy integers, not bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def pair(value, name: str) -> tuple[int, int]:
-    """An int or a pair of ints -> (a, b)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    """An int or a pair of ints -> (a, b) of Python ints."""
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
         return (int(value[0]), int(value[1]))
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
@@ -127,16 +132,17 @@ def involution2d_arguments(x, weight, kernel_size, stride, padding, dilation):
         raise ValueError(f"{op}: weight must be 4-D (B, G*K*K, Ho, Wo), got shape {tuple(weight.shape)}")
     _check_same(x, weight, "weight", op)
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_int(value):
             raise TypeError(f"{op}: {name} must be an int, got {value!r}")
         if value < 1:
             raise ValueError(f"{op}: {name} must be >= 1, got {value}")
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2
-    if not isinstance(padding, int) or isinstance(padding, bool):
+    if not is_int(padding):
         raise TypeError(f"{op}: padding must be an int or None, got {padding!r}")
     if padding < 0:
         raise ValueError(f"{op}: padding must be >= 0, got {padding}")
+    kernel_size, stride, padding, dilation = int(kernel_size), int(stride), int(padding), int(dilation)
     taps = kernel_size * kernel_size
     if weight.shape[1] % taps or weight.shape[1] == 0:
         raise ValueError(f"{op}: weight has {weight.shape[1]} channels, which is not a positive multiple of "

@@ -30,6 +30,9 @@ def unsupported_reason(op, x, kernel_size):
     if op not in MAX_KERNEL:
         return f"unknown op {op!r}"
     if _C is None:
+        if torch.version.cuda is None:
+            return (f"this torch ({torch.__version__}) is a CPU-only build, so the CUDA extension largeconv._C "
+                    "cannot be built or run: install a CUDA build of torch, then rebuild largeconv")
         if isinstance(_LOAD_ERROR, ModuleNotFoundError) and _LOAD_ERROR.name == "largeconv._C":
             return BUILD_HINT
         return f"the CUDA extension largeconv._C failed to load ({_LOAD_ERROR}); rebuild it: {BUILD_HINT}"

@@ -5,15 +5,24 @@ Backends: "torch" (reference), "cpu", "triton", "cuda", and "auto". The most spe
 variable; "auto" (or nothing) at one level defers to the next. An explicit backend that cannot run a call raises a
 clear error; "auto" falls back.
 
-"auto": the fastest backend that can run the call, measured once per (op, direction, device, dtype, layout, shape
-bucket) and cached, like cudnn.benchmark: among {cpu, torch} for CPU tensors (the "cpu" compositions win at large
-kernels, PyTorch's own call at small ones), among {cuda, triton, torch} for CUDA tensors. During CUDA graph capture
-nothing is measured: an uncached key goes to torch.
+"auto" picks per (op, direction, device, dtype, layout, shape bucket, geometry) among {cpu, torch} for CPU tensors
+and {cuda, triton, torch} for CUDA tensors, in one of two ways:
+- measured (the default, like cudnn.benchmark): the first call of a key times each remaining candidate once (a few
+  times when calls are sub-millisecond), returns the winner's result and caches the winner. Candidates known to lose
+  (`known_to_lose`) and candidates whose estimated workspace is far above the others' or above free device memory
+  (the unfold reference of involution) are never run, so the first call costs at most about the sum of the kept
+  candidates' single calls.
+- by rule, with no timing (`table_choice`, a committed table per device class and kernel size): under
+  `torch.use_deterministic_algorithms(True)` or with LARGECONV_AUTO=table, so the same script picks the same
+  backends, and gives the same numbers, in every process.
+Choices can be saved and loaded (`save_auto_choices`, `load_auto_choices`), like a tuning cache; loaded choices are
+used in both modes. During CUDA graph capture nothing is measured: an uncached key goes to the table.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import statistics
 import threading
@@ -28,9 +37,14 @@ _MODULES = {"torch": "largeconv.reference", "cpu": "largeconv.cpu", "triton": "l
             "cuda": "largeconv.cuda"}
 _GPU_CANDIDATES = ("cuda", "triton", "torch")
 _CPU_CANDIDATES = ("cpu", "torch")
+# A candidate whose estimated workspace exceeds this many times the smallest estimate is not measured.
+WORKSPACE_RATIO_LIMIT = 4
+# Calls faster than this are timed a few more times (cheap), slower ones once (the first call stays cheap).
+_REPEAT_BELOW_S = 0.005
 
 _local = threading.local()
 _auto_cache: dict[tuple, str] = {}
+_loaded_keys: set[tuple] = set()
 
 
 def check_backend_name(name, argument="backend"):
@@ -51,15 +65,16 @@ def use_backend(name: str):
 
 
 def requested_backend(*choices) -> str:
-    """The first choice that is not None/"auto" among `choices`, the context manager and the environment."""
+    """The first choice that is not None/"auto" among `choices`, the context manager and the environment (read only
+    when nothing more specific decides)."""
+    stack = getattr(_local, "stack", None)
+    for choice in (*choices, stack[-1] if stack else None):
+        if choice is not None and choice != "auto":
+            check_backend_name(choice)
+            return choice
     env = os.environ.get("LARGECONV_BACKEND") or None
     check_backend_name(env, "LARGECONV_BACKEND")
-    stack = getattr(_local, "stack", [])
-    for choice in (*choices, stack[-1] if stack else None, env):
-        check_backend_name(choice)
-        if choice not in (None, "auto"):
-            return choice
-    return "auto"
+    return env if env not in (None, "auto") else "auto"
 
 
 def backend_module(name: str):
@@ -75,25 +90,46 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor, kernel_size) -> s
     return module.unsupported_reason(op, x, tuple(kernel_size))
 
 
-def select(op: str, direction: str, backend: str, x: torch.Tensor, kernel_size, run_args: tuple):
-    """The backend module that runs `op`'s `direction` ("forward", "grad_input", "grad_weight").
+def by_table() -> bool:
+    """True when "auto" must pick by the fixed rule (no timing): deterministic mode or LARGECONV_AUTO=table."""
+    mode = os.environ.get("LARGECONV_AUTO", "measure")
+    if mode not in ("measure", "table"):
+        raise ValueError(f"LARGECONV_AUTO must be 'measure' or 'table', got {mode!r}")
+    return mode == "table" or torch.are_deterministic_algorithms_enabled()
 
-    `run_args` are the arguments of that backend function, used by "auto" to time the candidates once.
-    """
+
+def run(op: str, direction: str, backend: str, x: torch.Tensor, kernel_size, run_args: tuple):
+    """Run `op`'s `direction` ("forward", "grad_input", "grad_weight") with `run_args` (backend_api.md) on the
+    backend chosen for it; `x` is the tensor whose device, dtype, layout and shape decide."""
     if backend != "auto":
         reason = unsupported_reason(backend, op, x, kernel_size)
         if reason is not None:
             raise RuntimeError(f"{op}: backend {backend!r} cannot run this call: {reason}")
-        return backend_module(backend)
+        return _call(backend, op, direction, run_args)
+    key = cache_key(op, direction, x, kernel_size, run_args[-3:])
+    name = _auto_cache.get(key)
+    if name is not None and (key in _loaded_keys or not by_table()):
+        return _call(name, op, direction, run_args)
+    candidates = _candidates(op, x, kernel_size)
     on_gpu = x.device.type == "cuda"
-    names = _GPU_CANDIDATES if on_gpu else _CPU_CANDIDATES
-    candidates = [name for name in names if unsupported_reason(name, op, x, kernel_size) is None]
-    key = (op, direction, x.device, x.dtype, is_channels_last(x), _shape_bucket(x, kernel_size, run_args))
-    if key not in _auto_cache:
-        if len(candidates) == 1 or (on_gpu and torch.cuda.is_current_stream_capturing()):
-            return backend_module("torch")
-        _auto_cache[key] = _fastest(op, direction, candidates, run_args, on_gpu)
-    return backend_module(_auto_cache[key])
+    if by_table() or (on_gpu and torch.cuda.is_current_stream_capturing()):
+        return _call(table_choice(op, direction, x, kernel_size, candidates), op, direction, run_args)
+    kept = [name for name in candidates if not known_to_lose(name, op, direction, x, kernel_size)]
+    kept = _within_memory(kept, op, direction, x, kernel_size, run_args)
+    if len(kept) == 1:
+        _auto_cache[key] = kept[0]
+        return _call(kept[0], op, direction, run_args)
+    _auto_cache[key], result = _fastest(op, direction, kept, run_args, on_gpu)
+    return result
+
+
+def _call(name, op, direction, run_args):
+    return getattr(backend_module(name), f"{op}_{direction}")(*run_args)
+
+
+def _candidates(op, x, kernel_size):
+    names = _GPU_CANDIDATES if x.device.type == "cuda" else _CPU_CANDIDATES
+    return [name for name in names if unsupported_reason(name, op, x, kernel_size) is None]
 
 
 def _bucket(n: int) -> int:
@@ -101,35 +137,129 @@ def _bucket(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def _shape_bucket(x, kernel_size, run_args):
-    # kernel size, stride, padding and dilation exactly; batch, channels and spatial size bucketed
-    params = tuple(arg if isinstance(arg, (int, tuple)) else None for arg in run_args[2:])
-    return (tuple(_bucket(n) for n in x.shape), tuple(kernel_size), params)
+def cache_key(op, direction, x, kernel_size, geometry, shape=None) -> tuple:
+    """Kernel size, stride, padding and dilation exactly; batch, channels and spatial size (x's, or `shape` of a
+    tensor laid out like x) bucketed."""
+    return (op, direction, str(x.device), str(x.dtype).removeprefix("torch."), is_channels_last(x),
+            tuple(_bucket(n) for n in (x.shape if shape is None else shape)), tuple(kernel_size), _plain(geometry))
+
+
+def _plain(value):
+    return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
+def cached_choice(op, direction, x, kernel_size, geometry, shape=None) -> str | None:
+    """What "auto" has cached for this call (None if nothing yet, or when the table decides)."""
+    key = cache_key(op, direction, x, kernel_size, geometry, shape)
+    name = _auto_cache.get(key)
+    return name if name is not None and (key in _loaded_keys or not by_table()) else None
+
+
+# ---- the committed rule ------------------------------------------------------------------------------------------
+
+def table_choice(op, direction, x, kernel_size, candidates) -> str:
+    """The backend the fixed rule picks among `candidates`: the first of the table's preference order that can run.
+
+    CPU rows are measured (2-core EPYC, 2026-11-22, bench/results/cpu): the FFT path wins from 13x13 on in forward and
+    grad-input, the per-tap weight gradient from about 5x5, involution's shift-and-accumulate always (the unfold
+    reference is 9-25x slower). CUDA rows are a PREDICTION (bench/results/static-sm90): no GPU has measured them;
+    they prefer the fused kernels from 7x7 on and PyTorch (cuDNN / its depthwise kernel) below."""
+    taps = kernel_size[0] * kernel_size[1]
+    if x.device.type == "cuda":
+        fused = op == "involution2d" or taps >= 49
+        order = ("cuda", "triton", "torch") if fused else ("torch",)
+    elif op == "involution2d":
+        order = ("cpu", "torch")
+    else:
+        min_taps = {"forward": 169, "grad_input": 169, "grad_weight": 25}[direction]
+        order = ("cpu", "torch") if taps >= min_taps else ("torch", "cpu")
+    for name in order:
+        if name in candidates:
+            return name
+    return "torch"
+
+
+def known_to_lose(name, op, direction, x, kernel_size) -> bool:
+    """Candidates never worth timing: on CPU, involution's unfold reference (9-25x slower and K*K times the memory)
+    and PyTorch's NCHW depthwise conv from 13x13 on (5-28x slower than the FFT path, and its single call is what made
+    the first call cost seconds)."""
+    if name != "torch" or x.device.type != "cpu":
+        return False
+    if op == "involution2d":
+        return True
+    return not is_channels_last(x) and kernel_size[0] * kernel_size[1] >= 169
+
+
+# ---- measurement -------------------------------------------------------------------------------------------------
+
+def workspace_bytes(name, op, direction, x, kernel_size) -> int:
+    """A rough estimate of the memory a backend allocates beyond its inputs and output."""
+    elem = x.element_size()
+    if op == "involution2d" and name == "torch":
+        return 2 * x.numel() * kernel_size[0] * kernel_size[1] * elem  # the unfolded input and the product
+    if name == "cpu":
+        return 4 * x.numel() * max(elem, 4)  # padded fp32 copies, FFT spectra
+    return x.numel() * elem
+
+
+def _within_memory(names, op, direction, x, kernel_size, run_args):
+    estimates = {name: workspace_bytes(name, op, direction, x, kernel_size) for name in names}
+    limit = WORKSPACE_RATIO_LIMIT * min(estimates.values())
+    if x.device.type == "cuda":
+        limit = min(limit, torch.cuda.mem_get_info(x.device)[0])
+    kept = [name for name in names if estimates[name] <= limit]
+    return kept or [min(estimates, key=estimates.get)]
 
 
 def _fastest(op, direction, candidates, run_args, on_gpu):
-    repeats = 5 if on_gpu else 3
-    timings = {}
+    """(winner, its result): each candidate timed once, or a few times when its calls are sub-millisecond. On GPU a
+    warm-up call comes first (Triton compiles and autotunes on it)."""
+    timings, results = {}, {}
     for name in candidates:
         fn = getattr(backend_module(name), f"{op}_{direction}")
-        fn(*run_args)  # warm-up: compiles, autotunes, faults pages in
-        timings[name] = statistics.median(_elapsed_ms(fn, run_args, on_gpu) for _ in range(repeats))
-    return min(timings, key=timings.get)
+        if on_gpu:
+            fn(*run_args)
+        times = []
+        while not times or (len(times) < 3 and (on_gpu or sum(times) < _REPEAT_BELOW_S)):
+            elapsed, results[name] = _timed(fn, run_args, on_gpu)
+            times.append(elapsed)
+        timings[name] = statistics.median(times)
+    winner = min(timings, key=timings.get)
+    return winner, results[winner]
 
 
-def _elapsed_ms(fn, args, on_gpu):
+def _timed(fn, args, on_gpu):
     if on_gpu:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(*args)
+        result = fn(*args)
         end.record()
         end.synchronize()
-        return start.elapsed_time(end)
+        return start.elapsed_time(end) / 1e3, result
     start = time.perf_counter()
-    fn(*args)
-    return (time.perf_counter() - start) * 1e3
+    result = fn(*args)
+    return time.perf_counter() - start, result
 
+
+# ---- the cache ---------------------------------------------------------------------------------------------------
 
 def auto_choices() -> dict:
     """What "auto" has picked so far (for the benchmark and for users who want to see it)."""
     return dict(_auto_cache)
+
+
+def save_auto_choices(path) -> None:
+    """Write auto's choices to a JSON file (like a tuning cache), to be loaded in another process."""
+    with open(path, "w") as file:
+        json.dump([[list(key), name] for key, name in _auto_cache.items()], file, indent=1)
+
+
+def load_auto_choices(path) -> None:
+    """Load choices written by `save_auto_choices`; they are used as they are, also under deterministic mode."""
+    with open(path) as file:
+        entries = json.load(file)
+    for key, name in entries:
+        check_backend_name(name, f"backend in {path}")
+        key = _plain(key)
+        _auto_cache[key] = name
+        _loaded_keys.add(key)

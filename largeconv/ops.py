@@ -2,7 +2,7 @@
 
 Each op is three custom ops in the namespace `largeconv` (forward, grad-input, grad-weight) with fake kernels
 (torch.compile, meta tensors) and autograd. The ops take the backend name as an argument and ask
-`dispatch.select` which backend module runs each direction, at run time, so "auto" measures on real tensors in
+`dispatch.run` to run each direction on its backend, at run time, so "auto" measures on real tensors in
 eager and compiled code alike.
 """
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-from . import dispatch
+from . import dispatch, reference
 from .arguments import dwconv2d_arguments, dwconv2d_output_hw, involution2d_arguments, memory_format_of
 
 
 def _run(op, direction, backend, x, kernel_size, args):
-    module = dispatch.select(op, direction, backend, x, kernel_size, args)
-    return getattr(module, f"{op}_{direction}")(*args)
+    return dispatch.run(op, direction, backend, x, kernel_size, args)
 
 
 def _empty(shape, like, memory_format):
@@ -40,6 +40,16 @@ def _autocast(*tensors):
     dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
                  for t in tensors)
+
+
+def _composite_needed() -> bool:
+    """True under forward-mode AD (forward_ad, torch.func.jvp) and torch.func transforms (grad, vmap, jacrev, ...):
+    a torch.library custom op has no jvp and no setup_context-style autograd, so these would get zero tangents or an
+    error. There the ops run as compositions of PyTorch's own differentiable ops (the "torch" backend), which support
+    every transform; plain autograd, double backward and torch.compile keep the custom ops."""
+    if torch.compiler.is_compiling():
+        return False
+    return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 # ---- depthwise convolution -------------------------------------------------------------------------------------
@@ -97,6 +107,57 @@ def _(grad_out, x, weight_shape, stride, padding, dilation, backend):
     return x.new_empty(weight_shape)
 
 
+# The op is bilinear in (x, weight), so each direction's derivatives are the other two directions: with
+# gx = grad_input(g, w) and gw = grad_weight(g, x), <gx, Gx> = <g, conv(Gx, w)> and <gw, Gw> = <g, conv(x, Gw)>.
+# Registering these makes every direction differentiable (double backward, gradient penalties, MAML).
+
+def _dwconv2d_grad_input_setup_context(ctx, inputs, output):
+    grad_out, weight, input_shape, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.params = (stride, padding, dilation, backend)
+
+
+def _dwconv2d_grad_input_backward(ctx, grad_grad_x):
+    grad_out, weight = ctx.saved_tensors
+    d_grad_out = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = torch.ops.largeconv.dwconv2d(grad_grad_x, weight, None, *ctx.params)
+    if ctx.needs_input_grad[1]:
+        d_weight = _weight_layout(torch.ops.largeconv.dwconv2d_grad_weight(
+            grad_out, grad_grad_x, list(weight.shape), *ctx.params), weight)
+    return d_grad_out, d_weight, None, None, None, None, None
+
+
+def _dwconv2d_grad_weight_setup_context(ctx, inputs, output):
+    grad_out, x, weight_shape, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(grad_out, x)
+    ctx.params = (stride, padding, dilation, backend)
+
+
+def _dwconv2d_grad_weight_backward(ctx, grad_grad_w):
+    grad_out, x = ctx.saved_tensors
+    d_grad_out = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = torch.ops.largeconv.dwconv2d(x, grad_grad_w, None, *ctx.params)
+    if ctx.needs_input_grad[1]:
+        d_x = torch.ops.largeconv.dwconv2d_grad_input(grad_out, grad_grad_w, list(x.shape), *ctx.params)
+    return d_grad_out, d_x, None, None, None, None, None
+
+
+_dwconv2d_grad_input.register_autograd(_dwconv2d_grad_input_backward,
+                                       setup_context=_dwconv2d_grad_input_setup_context)
+_dwconv2d_grad_weight.register_autograd(_dwconv2d_grad_weight_backward,
+                                        setup_context=_dwconv2d_grad_weight_setup_context)
+
+
+def _weight_layout(grad_w, weight):
+    """grad_w with weight's strides (a channels_last weight gets a channels_last gradient, as nn.Conv2d's does:
+    DDP warns when a grad's strides differ from its parameter's)."""
+    if grad_w.stride() == weight.stride():
+        return grad_w
+    return torch.empty_like(weight).copy_(grad_w)
+
+
 def _dwconv2d_setup_context(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, backend = inputs
     ctx.save_for_backward(x, weight)
@@ -111,7 +172,8 @@ def _dwconv2d_backward(ctx, grad):
         grad_x = torch.ops.largeconv.dwconv2d_grad_input(grad, weight, list(x.shape), *ctx.params)
         grad_x = grad_x.contiguous(memory_format=memory_format_of(x))  # a 1x1 grad is both layouts: take x's
     if ctx.needs_input_grad[1]:
-        grad_w = torch.ops.largeconv.dwconv2d_grad_weight(grad, x, list(weight.shape), *ctx.params)
+        grad_w = _weight_layout(
+            torch.ops.largeconv.dwconv2d_grad_weight(grad, x, list(weight.shape), *ctx.params), weight)
     if ctx.needs_input_grad[2]:
         grad_b = grad.sum((0, 2, 3), dtype=_bias_grad_dtype(grad.dtype)).to(grad.dtype)
     return grad_x, grad_w, grad_b, None, None, None, None
@@ -128,9 +190,30 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     """
     x, weight, bias = _autocast(x, weight, bias)
     stride, padding, dilation, _ = dwconv2d_arguments(x, weight, bias, stride, padding, dilation)
+    if _composite_needed():
+        return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
     x = x.contiguous(memory_format=memory_format_of(x))
+    if backend == "auto" and _auto_picked_torch(x, weight, bias, stride, padding, dilation):
+        # PyTorch's own call with its own autograd: no custom-op machinery on layers where auto chose it anyway
+        return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
     return torch.ops.largeconv.dwconv2d(x, weight, bias, list(stride), list(padding), list(dilation), backend)
+
+
+def _auto_picked_torch(x, weight, bias, stride, padding, dilation) -> bool:
+    """True when "auto" has already chosen "torch" for every direction this call will run (in eager mode)."""
+    if torch.compiler.is_compiling():
+        return False
+    kernel, geometry = weight.shape[2:], (stride, padding, dilation)
+    if dispatch.cached_choice("dwconv2d", "forward", x, kernel, geometry) != "torch":
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    out_shape = (x.shape[0], weight.shape[0], *dwconv2d_output_hw(x.shape, kernel, stride, padding, dilation))
+    return ((not x.requires_grad or dispatch.cached_choice("dwconv2d", "grad_input", x, kernel, geometry,
+                                                           out_shape) == "torch")
+            and (not weight.requires_grad or dispatch.cached_choice("dwconv2d", "grad_weight", x, kernel,
+                                                                    geometry) == "torch"))
 
 
 # ---- involution ------------------------------------------------------------------------------------------------
@@ -186,6 +269,46 @@ def _(grad_out, x, weight_shape, kernel_size, stride, padding, dilation, backend
     return _empty(weight_shape, x, memory_format_of(x))
 
 
+def _involution2d_grad_input_setup_context(ctx, inputs, output):
+    grad_out, weight, input_shape, kernel_size, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.params = (kernel_size, stride, padding, dilation, backend)
+
+
+def _involution2d_grad_input_backward(ctx, grad_grad_x):
+    # bilinear like dwconv2d: see the comment above _dwconv2d_grad_input_setup_context
+    grad_out, weight = ctx.saved_tensors
+    d_grad_out = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = torch.ops.largeconv.involution2d(grad_grad_x, weight, *ctx.params)
+    if ctx.needs_input_grad[1]:
+        d_weight = torch.ops.largeconv.involution2d_grad_weight(grad_out, grad_grad_x, list(weight.shape),
+                                                                *ctx.params)
+    return d_grad_out, d_weight, None, None, None, None, None, None
+
+
+def _involution2d_grad_weight_setup_context(ctx, inputs, output):
+    grad_out, x, weight_shape, kernel_size, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(grad_out, x)
+    ctx.params = (kernel_size, stride, padding, dilation, backend)
+
+
+def _involution2d_grad_weight_backward(ctx, grad_grad_w):
+    grad_out, x = ctx.saved_tensors
+    d_grad_out = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = torch.ops.largeconv.involution2d(x, grad_grad_w, *ctx.params)
+    if ctx.needs_input_grad[1]:
+        d_x = torch.ops.largeconv.involution2d_grad_input(grad_out, grad_grad_w, list(x.shape), *ctx.params)
+    return d_grad_out, d_x, None, None, None, None, None, None
+
+
+_involution2d_grad_input.register_autograd(_involution2d_grad_input_backward,
+                                           setup_context=_involution2d_grad_input_setup_context)
+_involution2d_grad_weight.register_autograd(_involution2d_grad_weight_backward,
+                                            setup_context=_involution2d_grad_weight_setup_context)
+
+
 def _involution2d_setup_context(ctx, inputs, output):
     x, weight, kernel_size, stride, padding, dilation, backend = inputs
     ctx.save_for_backward(x, weight)
@@ -214,6 +337,9 @@ def involution2d(x, weight, kernel_size, stride=1, padding=None, dilation=1, bac
     """
     x, weight = _autocast(x, weight)
     stride, padding, dilation, _, _ = involution2d_arguments(x, weight, kernel_size, stride, padding, dilation)
+    kernel_size = int(kernel_size)  # a numpy integer passes the checks; the custom op takes a Python int
+    if _composite_needed():
+        return reference.involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
     layout = memory_format_of(x)
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
