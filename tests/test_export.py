@@ -13,8 +13,6 @@ from largeconv.reparam import ReparamLargeKernelConv
 
 from numerics import FP32_RTOL, randomize_bn, rel_error
 
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
-pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript (pip install onnxscript)")
 
 # batch, height and width stay symbolic in the exported models; they are run on a second size too
 DYNAMIC = ({0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim("height", min=8, max=512),
@@ -59,7 +57,12 @@ def _input(shape, channels_last):
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
+def _needs(module, why):
+    return pytest.importorskip(module, reason=f"{module} is not installed ({why}; pip install {module})")
+
+
 def _run_onnx(model_bytes, x):
+    ort = _needs("onnxruntime", "it runs the exported models")
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.contiguous().numpy()})
     return torch.from_numpy(out)
@@ -87,6 +90,7 @@ def _op_types(model_bytes):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_onnx_dynamo_export_matches_eager(case, tmp_path):
+    _needs("onnxscript", "torch.onnx.export(dynamo=True) needs it")
     make, shape, channels_last = CASES[case]
     torch.manual_seed(1)
     model, x = make(), _input(shape, channels_last)
@@ -104,13 +108,13 @@ def test_onnx_dynamo_export_matches_eager(case, tmp_path):
                                       "even_kernel_same", marks=pytest.mark.xfail(strict=True, reason=(
                                           "jit tracing: arguments.py computes 'same' padding from traced "
                                           "weight sizes (tensors); needs int() there")))])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")  # deprecated, works
 def test_onnx_legacy_export_matches_eager(case):
     make, shape, channels_last = CASES[case]
     torch.manual_seed(1)
     model, x = make(), _input(shape, channels_last)
     buffer = io.BytesIO()
-    with pytest.warns(DeprecationWarning):  # the TorchScript exporter is deprecated, but still works
-        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
     _check_against_eager(model, buffer.getvalue(), (shape, (shape[0] + 1, *shape[1:])), channels_last)
 
 
@@ -155,6 +159,7 @@ def test_decompositions_only_apply_when_exporting():
 
 def test_no_extra_argument_needed_for_a_model_with_both_modules():
     """A plain user model, exported with only the usual arguments."""
+    _needs("onnxscript", "torch.onnx.export(dynamo=True) needs it")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), LargeDWConv2d(16, 9), nn.ReLU(),
                           Involution2d(16, kernel_size=5, group_channels=8)).eval()
