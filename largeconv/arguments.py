@@ -79,7 +79,7 @@ def dwconv2d_arguments(x, weight, bias, stride, padding, dilation):
     dilation = pair(dilation, "dilation")
     _positive(stride, "stride", op)
     _positive(dilation, "dilation", op)
-    kernel = (weight.shape[2], weight.shape[3])
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))  # ints, not traced sizes, under torch.jit.trace
     if min(kernel) < 1:
         raise ValueError(f"{op}: kernel size must be >= 1, got {kernel}")
     padding4 = _padding4(padding, kernel, stride, dilation, op)

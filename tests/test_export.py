@@ -104,10 +104,7 @@ def test_onnx_dynamo_export_matches_eager(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["odd_kernel", "stride2_dilation2_rectangular", "multiplier_channels_last",
-                                  "involution_stride2", "replknet_deployed", pytest.param(
-                                      "even_kernel_same", marks=pytest.mark.xfail(strict=True, reason=(
-                                          "jit tracing: arguments.py computes 'same' padding from traced "
-                                          "weight sizes (tensors); needs int() there")))])
+                                  "involution_stride2", "replknet_deployed", "even_kernel_same"])
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")  # deprecated, works
 def test_onnx_legacy_export_matches_eager(case):
     make, shape, channels_last = CASES[case]

@@ -1,0 +1,166 @@
+"""How "auto" chooses: reproducible by rule when asked, cheap and memory-safe when it measures, savable, and out of the
+way (no custom-op machinery) on calls where it chose PyTorch."""
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import largeconv
+from largeconv import dispatch
+
+DIRECTIONS = ("forward", "grad_input", "grad_weight")
+
+
+@pytest.fixture(autouse=True)
+def fresh_auto(monkeypatch):
+    monkeypatch.delenv("LARGECONV_BACKEND", raising=False)
+    monkeypatch.delenv("LARGECONV_AUTO", raising=False)
+    monkeypatch.setattr(dispatch, "_auto_cache", {})
+    monkeypatch.setattr(dispatch, "_loaded_keys", set())
+
+
+def _record(monkeypatch, op="dwconv2d", delay_s=None):
+    """Patch every direction of op on "torch" and "cpu" to record (name, direction), optionally slowed down."""
+    calls = []
+    for name in ("torch", "cpu"):
+        module = dispatch.backend_module(name)
+        for direction in DIRECTIONS:
+            original = getattr(module, f"{op}_{direction}")
+
+            def recorded(*args, _name=name, _direction=direction, _original=original):
+                calls.append((_name, _direction))
+                if delay_s and _name in delay_s:
+                    time.sleep(delay_s[_name])
+                return _original(*args)
+            monkeypatch.setattr(module, f"{op}_{direction}", recorded)
+    return calls
+
+
+def _fwd_bwd(x, w):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = largeconv.dwconv2d(x, w)
+    out.backward(torch.ones_like(out))
+    return out.detach(), x.grad, w.grad
+
+
+@pytest.mark.parametrize("how", ["deterministic", "env"])
+def test_table_mode_picks_by_rule_without_timing(monkeypatch, how):
+    """Whatever the timings, the rule decides, and only the chosen backend runs (nothing is measured)."""
+    if how == "env":
+        monkeypatch.setenv("LARGECONV_AUTO", "table")
+    else:
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 13, 13)
+    calls = _record(monkeypatch, delay_s={"cpu": 0.1})  # measurement would pick torch for every direction
+    _fwd_bwd(x, w)
+    expected = [(dispatch.table_choice("dwconv2d", d, x, (13, 13), ["cpu", "torch"]), d) for d in DIRECTIONS]
+    assert sorted(calls) == sorted(expected)
+    assert {name for name, _ in calls} == {"cpu"}  # the rule's CPU choice from 13x13 on
+    assert dispatch.auto_choices() == {}
+
+
+def test_table_mode_gives_the_same_numbers_in_every_run(monkeypatch):
+    """The reproducibility the issue asked for: two 'processes' (fresh caches) whose timings disagree give
+    bit-identical results under deterministic mode."""
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    x, w = torch.randn(2, 3, 12, 12), torch.randn(3, 1, 7, 7)
+    results = []
+    for slow in ("cpu", "torch"):
+        monkeypatch.setattr(dispatch, "_auto_cache", {})
+        _record(monkeypatch, delay_s={slow: 0.1})
+        results.append(_fwd_bwd(x, w))
+        monkeypatch.undo()
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_bad_auto_mode_is_named(monkeypatch):
+    monkeypatch.setenv("LARGECONV_AUTO", "fastest")
+    with pytest.raises(ValueError, match="LARGECONV_AUTO must be 'measure' or 'table'"):
+        largeconv.dwconv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3))
+
+
+def test_choices_save_and_load(monkeypatch, tmp_path):
+    """Measured choices saved in one process are loaded in another and used as they are, deterministic mode included."""
+    calls = _record(monkeypatch, delay_s={"torch": 0.1})
+    x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 5, 5)
+    _fwd_bwd(x, w)
+    saved = dispatch.auto_choices()
+    assert set(saved.values()) == {"cpu"}
+    dispatch.save_auto_choices(tmp_path / "choices.json")
+    monkeypatch.setattr(dispatch, "_auto_cache", {})
+    dispatch.load_auto_choices(tmp_path / "choices.json")
+    assert dispatch.auto_choices() == saved
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    calls.clear()
+    _fwd_bwd(x, w)
+    assert {name for name, _ in calls} == {"cpu"}, "the loaded choice must win over the rule (torch below 13x13)"
+
+
+def test_first_call_runs_each_candidate_once_and_returns_the_winners_result(monkeypatch):
+    """The first call's cost: one call per kept candidate (no warm-up, no repeats for slow calls, no extra call)."""
+    calls = _record(monkeypatch, delay_s={"torch": 0.03, "cpu": 0.01})
+    x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 5, 5)
+    out = largeconv.dwconv2d(x, w)
+    assert sorted(calls) == [("cpu", "forward"), ("torch", "forward")]
+    assert torch.allclose(out, F.conv2d(x, w, None, 1, "same", 1, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_known_losers_are_never_run(monkeypatch, layout):
+    """On CPU, PyTorch's NCHW depthwise conv from 13x13 on (5-28x slower; its one call made auto's first call cost
+    seconds) is not timed; on channels_last (oneDNN) it is a real candidate and is timed."""
+    calls = _record(monkeypatch)
+    x = torch.randn(1, 3, 16, 16).contiguous(memory_format=layout)
+    largeconv.dwconv2d(x, torch.randn(3, 1, 13, 13))
+    ran = {name for name, _ in calls}
+    assert ran == ({"cpu"} if layout == torch.contiguous_format else {"cpu", "torch"})
+
+
+def test_involution_unfold_reference_is_never_run_by_auto(monkeypatch):
+    """The unfold reference needs K*K times the input's memory: auto never runs it on CPU (where the
+    shift-and-accumulate path always wins), so auto's first call peaks like the cpu backend, not like unfold."""
+    calls = _record(monkeypatch, op="involution2d")
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    weight = torch.randn(2, 9, 8, 8, requires_grad=True)
+    largeconv.involution2d(x, weight, 3).sum().backward()
+    assert {name for name, _ in calls} == {"cpu"}
+
+
+def test_memory_hungry_candidates_are_dropped():
+    x = torch.randn(2, 64, 56, 56)
+    kept = dispatch._within_memory(["cpu", "torch"], "involution2d", "forward", x, (7, 7), ())
+    assert kept == ["cpu"]
+    assert dispatch._within_memory(["cpu", "torch"], "dwconv2d", "forward", x, (7, 7), ()) == ["cpu", "torch"]
+
+
+def test_calls_where_auto_picked_torch_skip_the_custom_op(monkeypatch):
+    """Once auto chose torch for every direction, the call is PyTorch's own (F.conv2d and its autograd): no custom
+    op, no second dispatch. The result still equals F.conv2d."""
+    calls = _record(monkeypatch, delay_s={"cpu": 0.1})
+    x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 3, 3)
+    _fwd_bwd(x, w)
+    assert set(dispatch.auto_choices().values()) == {"torch"}
+    calls.clear()
+    ops_called = []
+    monkeypatch.setattr(torch.ops.largeconv, "dwconv2d", lambda *a: ops_called.append(a))
+    out, grad_x, grad_w = _fwd_bwd(x, w)
+    assert ops_called == [] and calls == [("torch", "forward")]
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = F.conv2d(xr, wr, None, 1, "same", 1, 3)
+    ref.backward(torch.ones_like(ref))
+    for got, expected in ((out, ref), (grad_x, xr.grad), (grad_w, wr.grad)):
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_environment_is_read_only_when_nothing_more_specific_decides(monkeypatch):
+    """A bad LARGECONV_BACKEND does not break calls and modules that pin their own backend."""
+    monkeypatch.setenv("LARGECONV_BACKEND", "nonsense")
+    x, w = torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3)
+    largeconv.dwconv2d(x, w, backend="torch")
+    with largeconv.use_backend("cpu"):
+        largeconv.dwconv2d(x, w)
+    with pytest.raises(ValueError, match="LARGECONV_BACKEND must be one of"):
+        largeconv.dwconv2d(x, w)
