@@ -37,6 +37,14 @@ def assert_close(out, ref64, ref_lowp=None, what="output", magnitude=None):
     assert err <= bound, f"{what}: relative error {err:.3g} > {bound:.3g} ({out.dtype})"
 
 
+def layout(t):
+    """PyTorch's memory format of `t`: channels_last when it is channels_last-contiguous and not NCHW-contiguous,
+    else NCHW (a tensor that is both, e.g. one channel or 1x1, counts as NCHW). Written here, not imported from
+    largeconv.arguments, so that a bug there cannot move the tests' expectation along with the code."""
+    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @contextlib.contextmanager
 def poisoned_allocations():
     """Make torch.empty / empty_like / new_empty return NaN-filled (or sentinel-filled) tensors, so a kernel that

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import largeconv
-from largeconv.arguments import memory_format_of
-from numerics import assert_close, poisoned_allocations
+from numerics import assert_close, layout, poisoned_allocations
 
 CPU_BACKENDS = ["torch", "cpu", "triton"]  # triton runs under TRITON_INTERPRET=1 (tests/conftest.py)
 
@@ -25,7 +24,7 @@ def run(backend, x, weight, bias, stride, padding, dilation):
     bias = None if bias is None else bias.detach().requires_grad_()
     with poisoned_allocations():
         out = largeconv.dwconv2d(x, weight, bias, stride, padding, dilation, backend=backend)
-        grad = output_grad(out.shape, x.dtype).contiguous(memory_format=memory_format_of(out))
+        grad = output_grad(out.shape, x.dtype).contiguous(memory_format=layout(out))
         inputs = [t for t in (x, weight, bias) if t is not None]
         grads = torch.autograd.grad(out, inputs, grad)
     return out.detach(), grads
@@ -52,10 +51,11 @@ def check(backend, x, weight, bias=None, stride=1, padding=0, dilation=1):
     low, low_grads = (reference(x, weight, bias, stride, padding, dilation, x.dtype)
                       if x.dtype in (torch.float16, torch.bfloat16) else (None, [None] * len(grads)))
     assert out.dtype == x.dtype
-    fmt = memory_format_of(x)
-    assert out.is_contiguous(memory_format=fmt), "output memory format must follow the input's"
-    # grad x keeps x's layout (as F.conv2d's does), also when the output is 1x1 and so is both layouts at once
-    assert grads[0].is_contiguous(memory_format=fmt), f"grad x memory format must follow x's ({fmt})"
+    # layouts as F.conv2d's: the output follows the input's, and so does grad x, also when the output is 1x1 (and
+    # so both layouts at once)
+    assert out.is_contiguous(memory_format=layout(ref)), f"output memory format must be {layout(ref)}, as F.conv2d's"
+    assert grads[0].is_contiguous(memory_format=layout(ref_grads[0])), \
+        f"grad x memory format must be {layout(ref_grads[0])}, as F.conv2d's"
     assert all(g.is_contiguous() for g in grads[1:]), "grad weight and grad bias must be contiguous"
     mag, mag_grads = reference(x, weight, bias, stride, padding, dilation, absolute=True)
     assert_close(out, ref, low, "output", mag)

@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import largeconv
 from largeconv import cpu as cpu_backend, kernels as triton_backend
-from largeconv.arguments import memory_format_of
 from largeconv.kernels import involution as triton_involution
-from numerics import assert_close, involution_unfold, poisoned_allocations
+from numerics import assert_close, involution_unfold, layout, poisoned_allocations
 
 BACKENDS = ["torch", "cpu", "triton"]
 DIRECT = {"cpu": cpu_backend, "triton": triton_backend}
@@ -77,7 +76,7 @@ def compare(backend, results, x, weight, grad, k, stride, padding, dilation):
             low = tuple(truncated_bf16(r) for r in exact)
     else:
         low = (None, None, None)
-    fmt = memory_format_of(x)
+    fmt = layout(x)
     for name, got, ref, ref_low in zip(("output", "grad x", "grad weight"), results, exact, low):
         assert got.dtype == x.dtype, f"{name}: dtype {got.dtype}, expected {x.dtype}"
         assert got.is_contiguous(memory_format=fmt), f"{name}: memory format must follow the input's ({fmt})"
