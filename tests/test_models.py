@@ -234,3 +234,44 @@ def test_torch_compile_matches_eager():
     assert rel_err(xc.grad, xe.grad) <= RTOL
     for name, p in model.named_parameters():
         assert rel_err(p.grad, eager_grads[name]) <= RTOL, name
+
+
+# ---- bench/models.py --------------------------------------------------------------------------------------------
+
+def test_bench_models_smoke(tmp_path):
+    """The end-to-end benchmark on tiny models: both variants built as described (plain PyTorch vs convert's
+    defaults), every output written. Timings are not checked (shared CPU)."""
+    import csv
+
+    from bench import models as bench_models
+    from largeconv.convert import DEFAULT_MIN_KERNEL_SIZE
+
+    rows = bench_models.main(["--smoke", "--models", "replknet31b,rednet50", "--batch", "2", "--resolution", "32",
+                              "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
+    assert {p.name for p in tmp_path.iterdir()} == {"models.csv", "models.md", "models.png"}
+    with open(tmp_path / "models.csv") as f:
+        assert list(csv.DictReader(f)) == [{k: str(v) for k, v in row.items()} for row in rows]
+    converted = {(r["model"], r["phase"], r["variant"]): r["converted"] for r in rows}
+    large = sum(k * k >= DEFAULT_MIN_KERNEL_SIZE["cpu"] ** 2 for k in (13, 11, 9, 7))  # the smoke RepLKNet's kernels
+    assert converted[("replknet31b", "train", "largeconv")] == converted[("replknet31b", "infer", "largeconv")] \
+        == large
+    assert converted[("rednet50", "train", "largeconv")] == 4  # one involution per (smoke) stage
+    assert all(n == 0 for (_, _, variant), n in converted.items() if variant == "pytorch")
+    assert all(r["speedup"] > 0 and r["repeats"] == 1 for r in rows)
+    assert "| replknet31b | 2 x 32^2 |" in (tmp_path / "models.md").read_text()
+
+
+def test_bench_models_variants_compute_the_same():
+    """The two variants of each phase are the same function (the benchmark compares like with like)."""
+    from bench import models as bench_models
+
+    for name in ("replknet31b", "unireplknet_t"):
+        phases = bench_models.variants(bench_models.MODELS[name], smoke=True)
+        x = torch.randn(2, 3, 32, 32)
+        for phase, pair in phases.items():
+            with torch.no_grad():
+                outs = [model.eval()(x) for model in pair.values()]
+            assert rel_err(outs[1], outs[0]) <= RTOL, (name, phase)
+        train, infer = phases["train"]["pytorch"].eval(), phases["infer"]["pytorch"]
+        with torch.no_grad():
+            assert rel_err(infer(x), train(x)) <= RTOL, name  # deployed == training structure in eval mode
