@@ -4,6 +4,7 @@ the budgets fit one device call."""
 import csv
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,16 @@ PYTHON_STAGES = ["env", "smoke-triton", "timings-triton", "smoke-cuda", "timings
 def run_kit(out, timeout=600, **env):
     environment = dict(os.environ, OUT=str(out), PYTHON=sys.executable, **env)
     environment.pop("TRITON_INTERPRET", None)  # the script sets what it needs
-    return subprocess.run(["bash", str(SCRIPT), "--rehearse"], cwd=ROOT, env=environment, capture_output=True,
-                          text=True, timeout=timeout)
+    # A session of its own, so that a run cut here takes its stages' processes with it.
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--rehearse"], cwd=ROOT, env=environment, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def stage_rows(out):
