@@ -170,13 +170,14 @@ def _correlate_taps(g, xp, kernel, stride, dilation):
 # ---- which planes the FFT may compute ----------------------------------------------------------------------------
 # An FFT's rounding error lands on every output of a plane, about eps * the plane's rms * |w|, where a direct sum's
 # error is eps * the magnitudes in each output's own window. On a plane of uniform magnitude the FFT is as accurate
-# as F.conv2d (measured 0.2-0.3x its max error on randn), but an outlier patch raises the rms of the whole plane:
-# 1e4 in a map of 1e-2 cost 1e4x F.conv2d's error far from the patch. So each plane's rms is compared with its
-# typical magnitude, the median rms of its non-zero 4x4 blocks (robust to outliers covering up to half of the
-# blocks; all-zero blocks, e.g. after a ReLU, are left out so that sparse maps are not flagged): up to
-# FFT_MAX_RANGE the FFT runs in the compute dtype, up to FFT64_MAX_RANGE in float64 (eps 5e8x smaller); beyond
-# that, or with NaN/Inf (which an FFT spreads over the whole plane as NaN), the plane goes to F.conv2d and its
-# backward in float64 (EXACT: F.conv2d's own NaN/Inf behaviour, and no rounding error left at fp32).
+# as F.conv2d (measured 0.2-0.3x its max error on randn), but where a region is much smaller than the plane's rms
+# (an outlier patch raises the rms: 1e4 in a map of 1e-2 cost 1e4x F.conv2d's error far from the patch) the FFT's
+# error there is that much larger. So each plane's rms is compared with its quietest 8x8 block (about the smallest
+# window of an FFT-sized kernel; all-zero blocks, e.g. after a ReLU, are left out, and partial edge blocks average
+# too few pixels to judge): up to FFT_MAX_RANGE the FFT runs in the compute dtype, up to FFT64_MAX_RANGE in float64
+# (eps 5e8x smaller); beyond that, or with NaN/Inf (which an FFT spreads over the whole plane as NaN), the plane
+# goes to F.conv2d and its backward in float64 (EXACT: F.conv2d's own NaN/Inf behaviour, no error left at fp32).
+# Cost: one pass over the tensor per direction (randn planes are never flagged: their ratio is below 2).
 FFT_MAX_RANGE = 16
 FFT64_MAX_RANGE = 1e8
 FFT, FFT64, EXACT = 0, 1, 2
@@ -185,11 +186,12 @@ FFT, FFT64, EXACT = 0, 1, 2
 def _plane_tiers(t, weight=None):
     """(N, C) int tensor: FFT, FFT64 or EXACT for each plane of t; every plane EXACT if `weight` is not finite."""
     dtype = _compute_dtype(t.dtype)
-    block = (min(4, t.shape[2]), min(4, t.shape[3]))
-    ms = F.avg_pool2d(t.to(dtype).square(), block, ceil_mode=True).flatten(2)
-    mean = ms.mean(2)  # NaN or Inf where the plane holds NaN/Inf (or squares past the dtype's range)
-    typical = ms.masked_fill(ms == 0, float("nan")).nanmedian(2).values
-    ratio = torch.where(mean == 0, 0.0, mean / typical)  # of mean squares: compared with the ranges squared
+    block = (min(8, t.shape[2]), min(8, t.shape[3]))
+    ms = F.avg_pool2d(t.to(dtype).square(), block, ceil_mode=True)  # mean squares of the blocks
+    mean = ms.mean((2, 3))  # NaN or Inf where the plane holds NaN/Inf (or squares past the dtype's range)
+    full = ms[:, :, :t.shape[2] // block[0], :t.shape[3] // block[1]]
+    quietest = full.masked_fill(full == 0, float("inf")).amin((2, 3))
+    ratio = mean / quietest  # of mean squares, so compared with the ranges squared; 0 for zero planes
     wider = FFT64 if dtype == torch.float32 else EXACT  # float64 has no wider dtype to go to
     tiers = torch.where(ratio > FFT_MAX_RANGE ** 2, wider, FFT)
     tiers[(ratio > FFT64_MAX_RANGE ** 2) | ~torch.isfinite(mean)] = EXACT
@@ -251,9 +253,9 @@ def _forward_fft(x, weight, bias, stride, padding, dilation, dtype=None):
     multiplier = weight.shape[0] // x.shape[1]
     if multiplier > 1:
         spectrum = spectrum.repeat_interleave(multiplier, dim=1)
-    # conj_physical, not .conj(): a lazy conj bit is lost when the op runs under torch.compile (inductor's first
+    # conj_physical_, not .conj(): a lazy conj bit is lost when the op runs under torch.compile (inductor's first
     # call came out wrong).
-    spectrum = spectrum * torch.conj_physical(_kernel_spectrum(weight, size, padding, dilation, dtype))
+    spectrum = spectrum * _kernel_spectrum(weight, size, padding, dilation, dtype).conj_physical_()
     corr = torch.fft.irfft2(spectrum, s=size)
     out = corr[:, :, :(out_hw[0] - 1) * stride[0] + 1:stride[0], :(out_hw[1] - 1) * stride[1] + 1:stride[1]]
     return out if bias is None else out + bias.to(dtype).view(1, -1, 1, 1)
@@ -282,7 +284,7 @@ def _grad_weight_fft(grad_out, x, weight_shape, stride, padding, dilation, dtype
     if multiplier > 1:
         x_spectrum = x_spectrum.repeat_interleave(multiplier, dim=1)
     g_spectrum = torch.fft.rfft2(_spread(grad_out.to(dtype), stride), s=size)
-    corr = torch.fft.irfft2((x_spectrum * torch.conj_physical(g_spectrum)).sum(0), s=size)  # not .conj(): above
+    corr = torch.fft.irfft2((x_spectrum * g_spectrum.conj_physical_()).sum(0), s=size)  # not .conj(): above
     corr = torch.roll(corr, shifts=(top, left), dims=(1, 2))  # lag a*d - top sits at index (a*d - top) mod S
     kh, kw = weight_shape[2:]
     return corr[:, :dilation[0] * (kh - 1) + 1:dilation[0], :dilation[1] * (kw - 1) + 1:dilation[1]]
