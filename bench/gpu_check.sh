@@ -18,7 +18,8 @@
 #   smoke-cuda, timings-cuda   the same for the cuda backend
 #   sanitizer       compute-sanitizer memcheck on bench/sanitizer_cases.py, racecheck on one case per op
 #   auto            auto's choices and its ratio to the best of PyTorch on the weak-spot shapes
-#   model           one training step of two RepLKNet-31B blocks with and without largeconv.convert
+#   model           bench/models.py: RepLKNet-31B, then RedNet-50, training step and inference, with and without
+#                   largeconv.convert
 #   pytest          `pytest -m gpu`, cheapest tests first, with the time left
 #   summary         the table: stage, status, seconds; then headline case, backend, dtype, ms, x PyTorch, % roof
 # Every stage appends rows to $OUT/results.csv (bench/roofline.py's columns) and its output to $OUT/log as it
@@ -52,8 +53,8 @@ STAGES=$DEST/stages.csv
 echo "stage,status,seconds,budget" > "$STAGES"
 
 TOTAL=${GPU_KIT_TOTAL:-540}
-declare -A BUDGET=([build]=240 [env]=30 [smoke-triton]=75 [timings-triton]=150 [wait-build]=30 [smoke-cuda]=30
-                   [timings-cuda]=45 [sanitizer]=50 [auto]=60 [model]=25 [pytest]=rest [summary]=10)
+declare -A BUDGET=([build]=240 [env]=25 [smoke-triton]=75 [timings-triton]=150 [wait-build]=20 [smoke-cuda]=30
+                   [timings-cuda]=45 [sanitizer]=50 [auto]=60 [model]=40 [pytest]=rest [summary]=10)
 # A rehearsal checks the code, not the time: on a busy 2-core CPU its stages get GPU_KIT_REHEARSE_SCALE x the budgets.
 SCALE=1
 if [ $REHEARSE = 1 ]; then SCALE=${GPU_KIT_REHEARSE_SCALE:-4}; fi
@@ -85,7 +86,7 @@ run_stage() {
   echo "== $name: budget ${budget} s, started $(date -u +%H:%M:%S), $(( $(date +%s) - START )) s into the run" >> "$log"
   local t0 rc status seconds
   t0=$(date +%s.%N)
-  timeout -k 5 "$budget" "$@" >> "$log" 2>&1
+  GPU_KIT_STAGE_BUDGET=$budget timeout -k 5 "$budget" "$@" >> "$log" 2>&1
   rc=$?
   seconds=$(echo "$t0 $(date +%s.%N)" | awk '{printf "%.1f", $2 - $1}')
   case $rc in

@@ -521,50 +521,37 @@ def stage_sanitizer(args):
             "; ".join(note for _, note in results))
 
 
-# ---- model: one training step with and without largeconv --------------------------------------------------------
+# ---- model: whole models with and without largeconv (bench/models.py) --------------------------------------------
 
 def stage_model(args):
-    import torch
-    import torch.nn as nn
-    import largeconv
+    """RepLKNet-31B, then RedNet-50: a training step and an inference forward, PyTorch against largeconv.convert;
+    each model's rows appended when it is done (bench/models.py's own files go to a scratch folder: $OUT may hold
+    only 8 files)."""
+    import tempfile
+    from bench import models
     device = device_for(args)
-    n, c, size, k = (1, 4, 8, 5) if args.rehearse else (32, 128, 56, 31)
-
-    def block():  # a RepLKNet-31B stage-1 block: 1x1 conv, large depthwise conv, 1x1 conv, BN, residual-free
-        return nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU(),
-                             nn.Conv2d(c, c, k, padding=k // 2, groups=c), nn.BatchNorm2d(c), nn.ReLU(),
-                             nn.Conv2d(c, c, 1), nn.BatchNorm2d(c))
-
-    torch.manual_seed(0)
-    reference = nn.Sequential(block(), block()).to(device)
-    variants = {"torch": reference, "largeconv": largeconv.convert(nn.Sequential(block(), block()).to(device))}
-    x = torch.randn(n, c, size, size, device=device)
-    rows = []
-    for name, model in variants.items():
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            model(x).square().mean().backward()
-            opt.step()
-        for _ in range(2):  # warm-up: compile, autotune, auto's measurement
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        reps, start = 1 if args.rehearse else 10, time.perf_counter()
-        for _ in range(reps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - start) / reps * 1e3
-        rows.append(dict(env_columns(device, "model"), case=f"replknet31b-stage1-2blocks-b{n}", op="train_step",
-                         backend=name, dtype="fp32", direction="fwdbwd", n=n, c=c, h=size, w=size, kh=k, kw=k,
-                         status="ok", time_ms=ms, reason="SGD step, mean of timed steps after 2 warm-ups"))
-        print(f"model {name}: {ms:.2f} ms per training step", flush=True)
-    speedup = rows[0]["time_ms"] / rows[1]["time_ms"]
-    rows[1]["speedup_vs_torch"] = speedup
-    append_rows(args.out, rows)
-    kit_row(args.out, "model", "ok", f"training step x{speedup:.2f} with largeconv.convert (2 RepLKNet blocks)")
+    if not args.rehearse:
+        quick_autotune()  # new layer shapes: auto's first calls autotune the Triton candidates
+    env = env_columns(device, "model")
+    # what the pipeline gave this stage, less the time to start and to write: a model cut in the middle is lost
+    deadline = time.time() + float(os.environ.get("GPU_KIT_STAGE_BUDGET", 40)) - 10
+    done = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in ("replknet31b", "rednet50"):
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            argv = ["--models", name, "--device", device.type, "--repeats", "1" if args.rehearse else "3",
+                    "--budget-s", str(left), "--out", scratch] + (["--smoke"] if args.rehearse else [])
+            rows = models.main(argv)
+            append_rows(args.out, [dict(env, suite="model", case=f"{r['model']}-{r['phase']}", op=r["phase"],
+                                        backend=r["variant"], dtype="fp32", n=r["batch"], h=r["resolution"],
+                                        w=r["resolution"], status="ok", time_ms=r["median_ms"],
+                                        repeats=r["repeats"], speedup_vs_torch=r["speedup"],
+                                        reason=f"{r['converted']} layers converted")
+                                   for r in rows])
+            done += [f"{r['model']} {r['phase']} x{r['speedup']:.2f}" for r in rows if r["variant"] == "largeconv"]
+    kit_row(args.out, "model", "ok" if done else "skipped", "; ".join(done) or "no time left")
 
 
 # ---- pytest -m gpu, cheap tests first ---------------------------------------------------------------------------
