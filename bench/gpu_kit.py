@@ -97,17 +97,17 @@ def restrict_autotune(index, count):
 
 
 def quick_autotune(warmup_ms=5, rep_ms=20):
-    """Time each autotune candidate for ~25 ms instead of Triton's default ~125 ms: the involution kernels have up to
-    15 candidates per direction and shape, and the choice only needs to separate configs, not time them finely."""
+    """Time each autotune candidate for ~25 ms whatever the Triton version's default (older ones: 25 + 100 ms): the
+    involution kernels have up to 15 candidates per direction and shape, and the choice only needs to separate
+    configs, not time them finely."""
     import triton.testing
 
     def bench(kernel_call, quantiles):
         return triton.testing.do_bench(kernel_call, warmup=warmup_ms, rep=rep_ms, quantiles=quantiles)
     for tuner in autotuners():
-        if hasattr(tuner, "_do_bench"):  # triton >= 3.2 keeps it behind a property
-            tuner._do_bench = bench
-        else:
-            tuner.do_bench = bench
+        tuner._do_bench = bench  # read through a property in triton 3.x
+        if not isinstance(getattr(type(tuner), "do_bench", None), property):
+            tuner.__dict__["do_bench"] = bench  # a cached_property or a plain attribute in other versions
 
 
 def in_workers(function, tasks, workers):
@@ -146,6 +146,10 @@ def ensure_installed():
                            str(ROOT)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"pip install -e failed:\n{proc.stdout}\n{proc.stderr}")
+    check = subprocess.run([sys.executable, "-c", "import largeconv.kernels"], capture_output=True, text=True,
+                           cwd="/")  # as the later stages will import it, in fresh processes
+    if check.returncode != 0:
+        raise SystemExit(f"largeconv.kernels is not importable after the install:\n{check.stderr}")
     return "installed largeconv (editable, no extension)"
 
 
