@@ -110,8 +110,8 @@ def compile_for_sm90(kernel, args, **meta):
     """Compile `kernel` for sm_90 with these arguments (tensors on any device: only their dtype and alignment
     matter) and constexprs/options in `meta` (block sizes, num_warps, num_stages). An autotuned kernel is
     compiled as its underlying function, so `meta` must name one config's values."""
-    fn = getattr(kernel, "fn", kernel)  # triton.autotune / heuristics wrappers hold the JITFunction in .fn
-    while not isinstance(fn, triton.runtime.JITFunction):
+    fn = kernel
+    while not isinstance(fn, triton.runtime.JITFunction):  # autotune / heuristics wrappers hold it in .fn
         fn = fn.fn
     with sm90_driver():
         start = time.perf_counter()
@@ -120,3 +120,171 @@ def compile_for_sm90(kernel, args, **meta):
     registers, local, static_shared = resource_usage(compiled.asm["cubin"])
     md = compiled.metadata
     return Sm90Kernel(compiled.asm, registers, local, md.shared + static_shared, md.num_warps, compile_s)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CI gate (tests/test_sm90_compile.py): every Triton kernel of largeconv compiled for sm_90.
+
+# fp32 runs the tensor-core kernels in TF32 or IEEE (cuDNN's setting); the other dtypes have one mode.
+DTYPE_MODES = {"fp32-ieee": ("float32", "ieee"), "fp32-tf32": ("float32", "tf32"), "fp16": ("float16", None),
+               "bf16": ("bfloat16", None), "fp64": ("float64", None)}
+# Representative shapes, (N, C, H, W, (Kh, Kw), stride, multiplier): a RepLKNet-31B stage-3 layer, K13 at 7x7
+# after stride 2, SLaK's 51x5, a 3x3 with wide channels (channels_last BLOCK_C 64) and multiplier 2.
+DWCONV_SHAPES = {
+    "replknet-k31": (2, 16, 28, 28, (31, 31), 1, 1),
+    "k13-s2": (2, 16, 14, 14, (13, 13), 2, 1),
+    "slak-51x5": (2, 16, 28, 28, (51, 5), 1, 1),
+    "3x3-m2": (2, 64, 14, 14, (3, 3), 1, 2),
+}
+# RedNet-50 involutions: K7, 16 channels per group, stride 1 and the stride-2 one.
+INVOLUTION_SHAPES = {
+    "rednet-s1": (2, 64, 28, 28, 7, 1),
+    "rednet-s2": (2, 128, 28, 28, 7, 2),
+}
+
+
+def _dwconv_launches(shape, dtype, channels_last, gpu_splits=4):
+    import torch
+    from largeconv.kernels import dwconv as dw
+    n, c, h, w, (kh, kw), s, m = shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=fmt)
+    weight = torch.randn(c * m, 1, kh, kw).to(dtype)
+    bias = torch.randn(c * m).to(dtype)
+    geometry = ((s, s), (kh // 2, (kh - 1) // 2, kw // 2, (kw - 1) // 2), (1, 1))
+    y, fwd = dw._plan_forward(x, weight, bias, *geometry, gpu=True)
+    grad_out = torch.randn(y.shape).to(dtype).contiguous(memory_format=fmt)
+    _, gi = dw._plan_grad_input(grad_out, weight, x.shape, *geometry, gpu=True)
+    gw, _ = dw._plan_grad_weight(grad_out, x, weight.shape, *geometry, gpu=True, splits=gpu_splits)
+    return {"forward": fwd, "grad-input": gi, "grad-weight": gw}
+
+
+def _involution_launches(shape, dtype, channels_last):
+    import torch
+    from largeconv.kernels import involution as inv
+    b, c, h, w, k, s = shape
+    groups, pad = c // 16, (k - 1) // 2
+    ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(b, c, h, w).to(dtype).contiguous(memory_format=fmt)
+    weight = torch.randn(b, groups * k * k, ho, wo).to(dtype).contiguous(memory_format=fmt)
+    grad_out = torch.randn(b, c, ho, wo).to(dtype).contiguous(memory_format=fmt)
+    _, fwd = inv._plan_forward(x, weight, k, s, pad, 1, gpu=True)
+    _, gi = inv._plan_grad_input(grad_out, weight, x.shape, k, s, pad, 1, gpu=True)
+    _, gw = inv._plan_grad_weight(grad_out, x, weight.shape, k, s, pad, 1, gpu=True)
+    return {"forward": fwd, "grad-input": gi, "grad-weight": gw}
+
+
+def launches(op, shape_name, dtype_mode, layout):
+    """{direction: Launch} of one op on one representative shape, planned with the GPU's tile configs; fp32's
+    dot precision set by the mode."""
+    import torch
+    dtype_name, precision = DTYPE_MODES[dtype_mode]
+    dtype = getattr(torch, dtype_name)
+    cl = layout == "channels_last"
+    if op == "dwconv2d":
+        planned = _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
+    else:
+        planned = _involution_launches(INVOLUTION_SHAPES[shape_name], dtype, cl)
+    return {d: l._replace(meta=dict(l.meta, PRECISION=precision)) if "PRECISION" in l.meta and precision else l
+            for d, l in planned.items()}
+
+
+def kernel_name(launch):
+    fn = launch.kernel
+    while not isinstance(fn, triton.runtime.JITFunction):
+        fn = fn.fn
+    return fn.__name__
+
+
+def config_name(config):
+    tiles = "x".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in config.kwargs.items())
+    return f"{tiles}-w{config.num_warps}-s{config.num_stages}"
+
+
+def compile_launch(launch, config):
+    return compile_for_sm90(launch.kernel, launch.args, **launch.meta, **config.all_kwargs())
+
+
+# What the gate fails on. No kernel spills today (every record of the gate: 0 bytes), and a spill in these loops
+# costs more than the tile saves, so the bound is 0. Shared memory: the most an H100 block can have.
+SPILL_BOUND = 0
+SHARED_BOUND = H100["smem_per_block"]
+LAYOUTS = ("nchw", "channels_last")
+
+
+def gate_cases():
+    """(op, shape, dtype mode, layout, direction, config index) the gate compiles, chosen to fit ~2 minutes of
+    2 CPU cores per Triton version: every tile config in fp32 (IEEE) on the headline shape of each op (and in
+    bf16 for dwconv, whose bf16 kernels take another tensor-core path),
+    every dtype mode with each launch's first config there, and fp32/bf16 first configs on the other shapes.
+    (The involution configs are the autotuner's candidates after pruning for the shape, what a GPU compiles.)"""
+    cases = []
+    for op, shapes in (("dwconv2d", DWCONV_SHAPES), ("involution2d", INVOLUTION_SHAPES)):
+        for i, shape in enumerate(shapes):
+            modes = DTYPE_MODES if i == 0 else ("fp32-ieee", "bf16")
+            for mode in modes:
+                for layout in LAYOUTS:
+                    for direction, launch in launches(op, shape, mode, layout).items():
+                        if mode == "fp32-tf32" and "PRECISION" not in launch.meta:
+                            continue  # no dot product: the same kernel as fp32-ieee
+                        # bf16 is a second tensor-core code path in dwconv; in involution only a load width
+                        every = i == 0 and (mode == "fp32-ieee" or (mode == "bf16" and op == "dwconv2d"))
+                        for c in range(len(launch.configs) if every else 1):
+                            cases.append((op, shape, mode, layout, direction, c))
+    return cases
+
+
+def run_gate(cases=None, out=print):
+    """Compile every gate case; one record (dict) per case, `ok` False on a compile error or a bound exceeded."""
+    records = []
+    planned = {}
+    for op, shape, mode, layout, direction, c in cases or gate_cases():
+        key = (op, shape, mode, layout)
+        if key not in planned:
+            planned[key] = launches(*key)
+        launch = planned[key][direction]
+        config = launch.configs[c]
+        record = dict(op=op, shape=shape, dtype=mode, layout=layout, direction=direction,
+                      kernel=kernel_name(launch), config=config_name(config), config_index=c,
+                      configs=len(launch.configs), triton=triton.__version__)
+        try:
+            k = compile_launch(launch, config)
+            record.update(registers=k.registers, spills=k.spills, shared=k.shared, compile_s=round(k.compile_s, 2))
+            problems = [f"spills {k.spills} B > {SPILL_BOUND} B"] if k.spills > SPILL_BOUND else []
+            if k.shared > SHARED_BOUND:
+                problems.append(f"shared {k.shared} B > {SHARED_BOUND} B")
+            record.update(ok=not problems, error="; ".join(problems))
+        except Exception as e:  # noqa: BLE001 - a compile error is the finding, reported per case
+            cause = f" (from {type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
+            record.update(ok=False, error=f"{type(e).__name__}: {str(e)[-400:]}{cause}")
+        records.append(record)
+        out(" ".join(str(record.get(f, "")) for f in ("op", "shape", "dtype", "layout", "direction", "config",
+                                                       "registers", "spills", "shared", "compile_s", "error")))
+    return records
+
+
+def main(argv=None):
+    import argparse
+    import json
+    parser = argparse.ArgumentParser(description="Compile every Triton kernel of largeconv for sm_90 (no GPU "
+                                     "needed); fail on a compile error, spills or shared memory over the H100's.")
+    parser.add_argument("--json", help="write the records here")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    start = time.perf_counter()
+    records = run_gate()
+    failed = [r for r in records if not r["ok"]]
+    print(f"triton {triton.__version__}: {len(records)} kernels compiled for sm_90 in "
+          f"{time.perf_counter() - start:.0f} s, {len(failed)} failed")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for `bench`
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Every Triton kernel compiled for sm_90 (H100) on this CPU machine, under the venv's Triton and under
+triton 3.6.0, the GPU box's version (the two have compiled the same kernel differently: fp64 tl.dot failed under
+3.6.0 only). The gate is bench/sm90.py, run in a subprocess: this process runs Triton's interpreter, which cannot
+compile. triton 3.6.0 lives in a second small venv, .venv-triton36 (made by `make test`; the Makefile says why).
+
+Fails on a compile error, on register spills above bench.sm90.SPILL_BOUND (0 bytes) and on shared memory above the
+227 KB an H100 block can have; and when the gate stops covering every kernel, layout, dtype and tile config.
+About two minutes of CPU per Triton version on a fresh Triton cache (Triton caches the cubins afterwards).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench import sm90  # noqa: E402
+from largeconv.kernels import dwconv as dw, involution as inv  # noqa: E402
+
+GPU_BOX_TRITON = "3.6.0"
+TRITON36_PYTHON = ROOT / ".venv-triton36" / "bin" / "python"
+
+
+def kernel_names(module):
+    return {name for name, obj in vars(module).items() if name.endswith("_kernel") and hasattr(obj, "run")}
+
+
+def run_gate(python, tmp_path):
+    out = tmp_path / "gate.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([str(python), "bench/sm90.py", "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert out.exists(), f"the gate did not finish:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("version", ["venv", GPU_BOX_TRITON])
+def test_every_kernel_compiles_for_sm90(version, tmp_path):
+    if version == "venv":
+        python, expected = sys.executable, triton.__version__
+    elif triton.__version__ == GPU_BOX_TRITON:
+        pytest.skip(f"the venv's Triton is {GPU_BOX_TRITON} (the 'venv' case compiles under it)")
+    else:
+        python, expected = TRITON36_PYTHON, GPU_BOX_TRITON
+        assert python.exists(), f"{python} is missing: `make venv-triton36` makes it (`make test` does)"
+    proc, records = run_gate(python, tmp_path)
+
+    assert {r["triton"] for r in records} == {expected}
+    failed = [f"{r['kernel']} {r['dtype']} {r['layout']} {r['config']}: {r['error']}" for r in records
+              if not r["ok"]]
+    assert not failed, f"{len(failed)} of {len(records)} kernels fail for sm_90:\n" + "\n".join(failed)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in records:  # the bounds, restated here
+        assert r["spills"] <= sm90.SPILL_BOUND and r["shared"] <= 227 * 1024, r
+
+    # Coverage: every kernel of kernels/, each direction and layout in every dtype, every config on the headline
+    # shapes in fp32.
+    assert {r["kernel"] for r in records} == kernel_names(dw) | kernel_names(inv)
+    combos = {(r["op"], r["direction"], r["layout"]) for r in records}
+    assert len(combos) == 2 * 3 * 2
+    for combo in combos:
+        dtypes = {r["dtype"] for r in records if (r["op"], r["direction"], r["layout"]) == combo}
+        assert {"fp32-ieee", "fp16", "bf16", "fp64"} <= dtypes, combo
+    tf32 = {r["kernel"] for r in records if r["dtype"] == "fp32-tf32"}
+    assert tf32 == {"_fwd_nchw_kernel", "_grad_input_nchw_kernel", "_grad_weight_nchw_kernel"}
+    headline = {"dwconv2d": next(iter(sm90.DWCONV_SHAPES)), "involution2d": next(iter(sm90.INVOLUTION_SHAPES))}
+    for r in records:
+        if r["shape"] == headline[r["op"]] and r["dtype"] == "fp32-ieee":
+            seen = {s["config_index"] for s in records if all(s[k] == r[k] for k in
+                                                              ("op", "shape", "dtype", "layout", "direction"))}
+            assert seen == set(range(r["configs"])), f"not every config of {r['kernel']} {r['layout']} compiled"

@@ -1,0 +1,106 @@
+"""The Triton kernels with the tile configs, block sizes and grad-weight split counts a GPU uses, run under the
+interpreter on tiny cases against the float64 F.conv2d / F.unfold reference.
+
+The entry points pick interpreter-sized tiles when interpreted (kernels/dwconv.py, kernels/involution.py), so
+without this file the code paths a GPU takes (its autotune candidates, channels_last channel blocks, several
+grad-weight splits) would run nowhere before a GPU does. Every planned launch is run once per config, its output
+filled with NaN before each run.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from largeconv.kernels import dwconv as dw, involution as inv
+from numerics import assert_close, involution_unfold
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not dw._INTERPRETED,
+                                reason="runs the GPU configs under TRITON_INTERPRET=1 on CPU tensors")
+
+SPLITS = 3  # grad-weight reduction slices (a GPU picks ~4 x SMs / programs)
+
+
+def run_each_config(launch):
+    """Run a planned launch once per tile config, output poisoned before each; yield after each run."""
+    assert launch.configs, "no tile config planned"
+    for config in launch.configs:
+        launch.out.fill_(float("nan"))
+        launch.run(config)
+        yield config
+
+
+# (N, C, multiplier, H, W, (Kh, Kw), stride, padding (top, bottom, left, right), dilation), layouts. Small: the
+# interpreter pays per operation, and GPU tiles make few but long programs.
+DWCONV_CASES = {
+    # 2 and 3 output-column tiles of 32 and 16, Toeplitz strips cut at the input's edge
+    "7x5-wide-rows": ((1, 1, 1, 9, 35, (7, 5), (1, 1), (3, 3, 2, 2), (1, 1)), ["nchw"]),
+    # 3 pixel tiles of 64, the last one partly masked
+    "7x5": ((1, 2, 1, 12, 11, (7, 5), (1, 1), (3, 3, 2, 2), (1, 1)), ["channels_last"]),
+    "stride2-dilation2-m2": ((1, 2, 2, 13, 11, (5, 3), (2, 2), (4, 3, 2, 2), (2, 2)), ["nchw", "channels_last"]),
+    # 72 channels: two channel blocks of 64, the second partly masked
+    "wide-3x3": ((2, 72, 1, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), ["channels_last"]),
+}
+
+
+@pytest.fixture(autouse=True)
+def no_tf32(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 is checked to 1e-5
+
+
+@pytest.mark.parametrize("case, layout", [(case, layout) for case, (_, layouts) in DWCONV_CASES.items()
+                                          for layout in layouts])
+def test_dwconv_gpu_configs(case, layout):
+    n, c, m, h, w, (kh, kw), stride, padding, dilation = DWCONV_CASES[case][0]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
+    weight = torch.randn(c * m, 1, kh, kw)
+    bias = torch.randn(c * m)
+    top, bottom, left, right = padding
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    ref = F.conv2d(F.pad(x64, (left, right, top, bottom)), w64, bias.double(), stride, 0, dilation, groups=c)
+    grad_out = torch.randn(ref.shape).contiguous(memory_format=fmt)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad_out.double())
+
+    y, launch = dw._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
+    for config in run_each_config(launch):
+        assert_close(y, ref, what=f"forward {config}")
+    gx, launch = dw._plan_grad_input(grad_out, weight, x.shape, stride, padding, dilation, gpu=True)
+    for config in run_each_config(launch):
+        assert_close(gx, ref_gx, what=f"grad input {config}")
+    launch, finish = dw._plan_grad_weight(grad_out, x, weight.shape, stride, padding, dilation, gpu=True,
+                                          splits=SPLITS)
+    assert launch.out.shape[0] > 1, "the reduction should be split"
+    for config in run_each_config(launch):
+        assert_close(finish(), ref_gw, what=f"grad weight {config}")
+
+
+# (B, C, G, H, W, K, stride, dilation)
+INVOLUTION_CASES = {
+    "k3": (1, 32, 2, 5, 6, 3, 1, 1),
+    "k5-stride2-dilation2": (1, 16, 1, 9, 10, 3, 2, 2),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", INVOLUTION_CASES)
+def test_involution_gpu_configs(case, layout):
+    b, c, g, h, w, k, stride, dilation = INVOLUTION_CASES[case]
+    pad = dilation * (k - 1) // 2
+    ho, wo = ((size + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for size in (h, w))
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(b, c, h, w).contiguous(memory_format=fmt)
+    weight = torch.randn(b, g * k * k, ho, wo).contiguous(memory_format=fmt)
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    ref = involution_unfold(x64, w64, k, stride, pad, dilation)
+    grad_out = torch.randn(ref.shape).contiguous(memory_format=fmt)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad_out.double())
+
+    y, launch = inv._plan_forward(x, weight, k, stride, pad, dilation, gpu=True)
+    assert len(launch.configs) > 1, "the GPU's autotune candidates"
+    for config in run_each_config(launch):
+        assert_close(y, ref, what=f"forward {config}")
+    gx, launch = inv._plan_grad_input(grad_out, weight, x.shape, k, stride, pad, dilation, gpu=True)
+    for config in run_each_config(launch):
+        assert_close(gx, ref_gx, what=f"grad input {config}")
+    gw, launch = inv._plan_grad_weight(grad_out, x, weight.shape, k, stride, pad, dilation, gpu=True)
+    for config in run_each_config(launch):
+        assert_close(gw, ref_gw, what=f"grad weight {config}")
