@@ -33,6 +33,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -339,7 +340,7 @@ def plot(rows, path, title):
     ax.set_yticks(range(len(models)), models)
     ax.invert_yaxis()
     ax.set_xlabel("speedup of largeconv over PyTorch (log scale)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
