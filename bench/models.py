@@ -54,8 +54,8 @@ from bench.roofline import OtherWork, wait_until_quiet  # noqa: E402
 # (batch, resolution) per device type: the CPU's keep a full run within minutes on 2 cores
 SHAPES = {"cpu": (2, 128), "cuda": (32, 224)}
 COLUMNS = ["date", "device", "torch_version", "threads", "model", "variant", "phase", "batch", "resolution",
-           "converted", "clock", "median_ms", "min_ms", "cpu_median_ms", "repeats", "speedup", "other_cores",
-           "loadavg"]
+           "converted", "clock", "median_ms", "min_ms", "cpu_median_ms", "repeats", "speedup", "auto_choices",
+           "other_cores", "loadavg"]
 
 
 # ---- models -----------------------------------------------------------------------------------------------------
@@ -273,7 +273,10 @@ def run_model(name, args, device, deadline):
     clock = 1 if args.clock == "cpu" else 0
     for phase, pair in models.items():
         fns = {variant: step_function(model.to(device), phase, x, labels) for variant, model in pair.items()}
+        known = set(largeconv.dispatch.auto_choices())
         times, other = time_pairs(fns, device, args, deadline)
+        picked = [v for k, v in largeconv.dispatch.auto_choices().items() if k not in known]
+        choices = " ".join(f"{b}:{picked.count(b)}" for b in sorted(set(picked)))  # "auto"'s new picks
         speedup = statistics.median(a[clock] / b[clock] for a, b in zip(times["pytorch"], times["largeconv"]))
         for variant, model in pair.items():
             wall, cpu = zip(*times[variant])
@@ -282,6 +285,7 @@ def run_model(name, args, device, deadline):
                              median_ms=round(statistics.median(wall), 3), min_ms=round(min(wall), 3),
                              cpu_median_ms=round(statistics.median(cpu), 3), repeats=len(wall),
                              speedup=round(speedup, 3) if variant == "largeconv" else 1.0,
+                             auto_choices=choices if variant == "largeconv" else "",
                              other_cores=round(other, 2), loadavg=round(os.getloadavg()[0], 2)))
     return rows
 
@@ -298,8 +302,10 @@ def write_csv(rows, path):
 def write_md(rows, skipped, path, header):
     lines = [f"# End-to-end models, {header}", "",
              "Times: medians, wall clock or this process's CPU time as the title says. Speedup: median over "
-             "alternating pairs of (PyTorch time / largeconv time); > 1 means largeconv is faster. Converted: LargeDWConv2d / Involution2d layers in the largeconv variant. Other cores: CPU "
-             "cores used by other processes during the timing (the machine is shared).", "",
+             "alternating pairs of (PyTorch time / largeconv time); > 1 means largeconv is faster. Converted: "
+             "LargeDWConv2d / Involution2d layers in the largeconv variant (models.csv's auto_choices: the backends "
+             "'auto' newly picked in that phase, one per op direction and shape bucket). Other cores: CPU cores "
+             "used by other processes during the timing (the machine is shared).", "",
              "| model | batch x res | converted | train step PyTorch | train step largeconv | train speedup | "
              "inference PyTorch | inference largeconv | inference speedup | other cores |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
