@@ -52,8 +52,8 @@ MUTATIONS = [
       (DW, "-k", "edge_cases_fp32 and 2x3x5x5_k5"), "1x1 output: grad x of a channels_last x comes back NCHW"),
     M("args-default-padding", "largeconv/arguments.py", "d * (k - 1) // 2 for k, d", "(k - 1) // 2 * d for k, d",
       (API, "-k", "padding"), "LargeDWConv2d(C, 4, dilation=2) shrinks the map"),
-    M("dispatch-auto-key-layout", "largeconv/dispatch.py", "x.dtype, is_channels_last(x), _shape_bucket",
-      "x.dtype, _shape_bucket", (API, "-k", "auto"), "channels_last reuses the NCHW timing"),
+    M("dispatch-auto-key-layout", "largeconv/dispatch.py", 'removeprefix("torch."), is_channels_last(x),',
+      'removeprefix("torch."),', (API, "-k", "auto"), "channels_last reuses the NCHW timing"),
     # ---- cpu.py ----
     M("cpu-asym-pad-order", "largeconv/cpu.py", "F.pad(xc, (left, right, top, bottom))",
       "F.pad(xc, (left, right, bottom, top))", (DW, "-k", "edge_cases_fp32 and cpu")),
@@ -102,8 +102,8 @@ MUTATIONS = [
       "a one-channel NCHW input counts as channels_last: NCHW in, channels_last out"),
     # ---- ops.py ----
     M("ops-grad-weight-flag", "largeconv/ops.py",
-      "if ctx.needs_input_grad[1]:\n        grad_w = torch.ops.largeconv.dwconv2d_grad_weight",
-      "if ctx.needs_input_grad[0]:\n        grad_w = torch.ops.largeconv.dwconv2d_grad_weight",
+      "if ctx.needs_input_grad[1]:\n        grad_w = _weight_layout(\n            torch.ops.largeconv.dwconv2d_grad_w",
+      "if ctx.needs_input_grad[0]:\n        grad_w = _weight_layout(\n            torch.ops.largeconv.dwconv2d_grad_w",
       (DW, "-k", "autocast")),
     M("ops-dwconv-empty-grad-weight", "largeconv/ops.py", "return x.new_zeros(weight_shape)",
       "return x.new_empty(weight_shape)", (DW, "-k", "empty_batch")),
@@ -118,10 +118,10 @@ MUTATIONS = [
       "F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)", "F.avg_pool2d(x, self.stride, self.stride)",
       (API, "-k", "involution")),
     # ---- dispatch.py ----
-    M("dispatch-slowest", "largeconv/dispatch.py", "return min(timings, key=timings.get)",
-      "return max(timings, key=timings.get)", (API, "-k", "auto")),
-    M("dispatch-env-first", "largeconv/dispatch.py", "for choice in (*choices, stack[-1] if stack else None, env):",
-      "for choice in (env, *choices, stack[-1] if stack else None):", (API, "-k", "precedence or actually_used")),
+    M("dispatch-slowest", "largeconv/dispatch.py", "winner = min(timings, key=timings.get)",
+      "winner = max(timings, key=timings.get)", (API, "-k", "auto")),
+    M("dispatch-context-first", "largeconv/dispatch.py", "for choice in (*choices, stack[-1] if stack else None):",
+      "for choice in (stack[-1] if stack else None, *choices):", (API, "-k", "precedence or actually_used")),
     # ---- kernels (Triton, under the interpreter) ----
     M("triton-dw-nhwc-grad-input-dilation", "kernels/dwconv.py", "u = w + left - kw * dw",
       "u = w + left - kw * dh", (DW, "-k", "edge_cases_fp32 and triton and nhwc")),
@@ -191,6 +191,34 @@ def first_failure(output: str) -> str:
     return match.group(0)[:160] if match else output.strip().splitlines()[-1][:160] if output.strip() else ""
 
 
+def pytest_command(tests):
+    return [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests]
+
+
+def failing_baselines(chosen, copy, env, timeout) -> set:
+    """The test selections (of mutations that apply) that fail on the unmutated copy: a failure under a mutation
+    proves nothing for those."""
+    broken = set()
+    for tests in dict.fromkeys(m.tests for m in chosen if _applies(m, copy)):
+        start = time.perf_counter()
+        try:
+            result = subprocess.run(pytest_command(tests), cwd=copy, env=env, capture_output=True, text=True,
+                                    timeout=timeout)
+            ok, detail = result.returncode == 0, first_failure(result.stdout + result.stderr)
+        except subprocess.TimeoutExpired:
+            ok, detail = False, f"timeout after {timeout:.0f} s"
+        print(f"[baseline {'ok' if ok else 'FAILS'}] {' '.join(tests)}  ({time.perf_counter() - start:.1f} s)"
+              + ("" if ok else f"  {detail}"), flush=True)
+        if not ok:
+            broken.add(tests)
+    return broken
+
+
+def _applies(m: Mutation, copy: str) -> bool:
+    with open(os.path.join(copy, m.file)) as f:
+        return f.read().count(m.original) == 1
+
+
 def run_mutation(m: Mutation, copy: str, env: dict, timeout: float) -> tuple[str, str, float]:
     """(status, detail, seconds): status is killed, survived, not applicable or error."""
     path = os.path.join(copy, m.file)
@@ -199,7 +227,7 @@ def run_mutation(m: Mutation, copy: str, env: dict, timeout: float) -> tuple[str
     count = text.count(m.original)
     if count != 1:
         return "not applicable", f"original text found {count} times in {m.file}", 0.0
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *m.tests]
+    command = pytest_command(m.tests)
     start = time.perf_counter()
     try:
         with open(path, "w") as f:
@@ -227,6 +255,8 @@ def main():
     parser.add_argument("--head", action="store_true", help="mutate a copy of HEAD instead of the working tree")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutation's test run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip running each test selection once unmutated first (it must pass)")
     args = parser.parse_args()
     names = [m.name for m in MUTATIONS]
     assert len(set(names)) == len(names), "mutation names must be unique"
@@ -241,8 +271,13 @@ def main():
     try:
         env = environment(copy)
         check_imports_copy(copy, env)
+        broken = set() if args.no_baseline else failing_baselines(chosen, copy, env, args.timeout)
         results = []
         for m in chosen:
+            if m.tests in broken:
+                results.append((m, "baseline fails"))
+                print(f"[baseline fails] {m.name:38}          its tests fail without the mutation", flush=True)
+                continue
             status, detail, seconds = run_mutation(m, copy, env, args.timeout)
             results.append((m, status))
             print(f"[{status:>14}] {m.name:38} {seconds:6.1f} s  {detail}", flush=True)

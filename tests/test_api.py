@@ -230,13 +230,17 @@ def test_convert_swaps_depthwise_convs_only():
     )
     x = _x(2, 3, 12, 12)
     expected = model(x)
-    largeconv.convert(model)
+    largeconv.convert(model, min_kernel_size=1)  # every eligible conv, whatever its size
     kinds = [type(m).__name__ for m in (model[0], model[1][0], model[2], model[3], model[4])]
     assert kinds == ["Conv2d", "LargeDWConv2d", "LargeDWConv2d", "Conv2d", "Conv2d"]
     assert_close(model(x), expected.double())
-    assert type(largeconv.convert(nn.Conv2d(4, 4, 3, groups=4))) is largeconv.LargeDWConv2d
+    assert type(largeconv.convert(nn.Conv2d(4, 4, 3, groups=4), min_kernel_size=1)) is largeconv.LargeDWConv2d
     small = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4))
     assert type(largeconv.convert(small, min_kernel_size=5)[0]) is nn.Conv2d
+    # by default small kernels stay PyTorch's (faster end to end) and large ones are converted
+    mixed = largeconv.convert(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                                            nn.Conv2d(4, 4, 31, padding=15, groups=4)))
+    assert [type(m).__name__ for m in mixed] == ["Conv2d", "LargeDWConv2d"]
 
 
 def test_involution_module_keys_and_shapes():
