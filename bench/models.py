@@ -155,7 +155,7 @@ def timm_model(name, **kwargs):
 
 # name -> build(smoke): smoke builds tiny versions, so the test suite runs every code path in seconds
 MODELS = {
-    "replknet31b": lambda smoke: replknet(depths=(1, 1, 1, 1), widths=(8, 16, 16, 16), kernels=(13, 11, 9, 7))
+    "replknet31b": lambda smoke: replknet(depths=(1, 1, 1, 1), widths=(8, 16, 16, 16), kernels=(31, 17, 13, 7))
     if smoke else replknet(),
     "unireplknet_t": lambda smoke: unireplknet(depths=(1, 1, 2, 1), widths=(8, 16, 16, 16)) if smoke
     else unireplknet(),
@@ -185,9 +185,9 @@ def as_pytorch(model):
     return model
 
 
-def with_largeconv(model):
-    """What a user gets: convert's defaults; involution on "auto"."""
-    model = largeconv.convert(model)
+def with_largeconv(model, min_kernel_size=None):
+    """What a user gets: convert's defaults (or --min-kernel-size); involution on "auto"."""
+    model = largeconv.convert(model, min_kernel_size=min_kernel_size)
     for m in model.modules():
         if isinstance(m, Involution2d):
             m.backend = "auto"
@@ -199,15 +199,15 @@ def n_converted(model):
         isinstance(m, Involution2d) and m.backend != "torch" for m in model.modules())
 
 
-def variants(build, smoke):
+def variants(build, smoke, min_kernel_size=None):
     """{phase: {variant: model}}: training structure for "train", deployed structure for "infer"."""
     torch.manual_seed(0)
     base = as_pytorch(build(smoke))
     deployed = copy.deepcopy(base).eval()
     reparameterize_model(deployed)  # no-op for models without re-parameterizable blocks
     deployed = as_pytorch(deployed)
-    return {"train": {"pytorch": base, "largeconv": with_largeconv(copy.deepcopy(base))},
-            "infer": {"pytorch": deployed, "largeconv": with_largeconv(copy.deepcopy(deployed))}}
+    return {"train": {"pytorch": base, "largeconv": with_largeconv(copy.deepcopy(base), min_kernel_size)},
+            "infer": {"pytorch": deployed, "largeconv": with_largeconv(copy.deepcopy(deployed), min_kernel_size)}}
 
 
 # ---- timing -----------------------------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def time_pairs(fns, device, args, deadline):
 
 def run_model(name, args, device, deadline):
     build = MODELS[name]
-    models = variants(build, args.smoke)
+    models = variants(build, args.smoke, args.min_kernel_size)
     batch, resolution = args.batch, args.resolution
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, resolution, resolution, generator=gen).to(device)
@@ -372,6 +372,8 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what the speedup compares: wall time, or this process's CPU time (with --threads 1, "
                         "robust to other processes on a shared CPU)")
+    p.add_argument("--min-kernel-size", type=int, default=None,
+                   help="passed to largeconv.convert (default: its per-device default); to measure that default")
     p.add_argument("--smoke", action="store_true", help="tiny models (tests)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
     return p.parse_args(argv)
@@ -410,7 +412,8 @@ def main(argv=None):
               f"({time.time() - t0:.0f} s)", flush=True)
         write_csv(rows, out / "models.csv")  # as it goes, so a cut-off run keeps what it measured
     title = (f"{header['device']}, torch {header['torch_version']}, {header['threads']} threads, "
-             f"{header['date']}; batch {args.batch}, {args.resolution}^2; speedup by {args.clock} time")
+             f"{header['date']}; batch {args.batch}, {args.resolution}^2; speedup by {args.clock} time"
+             + ("" if args.min_kernel_size is None else f"; convert(min_kernel_size={args.min_kernel_size})"))
     write_csv(rows, out / "models.csv")
     write_md(rows, skipped, out / "models.md", title)
     if rows:

@@ -6,12 +6,14 @@ from torch import nn
 from .modules import LargeDWConv2d, _own_forward, depthwise_ineligibility, depthwise_padding
 
 # By default a kernel is converted only from this size up (kh * kw >= size**2), per device type: below it PyTorch's
-# own depthwise conv is as fast and the custom op's per-call cost makes the model slower end to end.
-# CPU (2-core EPYC, 1 thread, CPU time, 2026-11-27): nn.Conv2d vs LargeDWConv2d("auto") at ConvNeXt-T's shapes at
-# 128^2 input, batch 2: forward slower for every K <= 7 (0.48-0.86x); forward+backward K=3 0.87-0.99x, K=5
-# 0.66-0.79x, K=7 0.73-1.33x (worse on smaller maps), K=9 1.52x; end to end see bench/results/cpu/models.md.
-# CUDA: not measured on a GPU yet; the CPU value until bench/models.py runs there.
-DEFAULT_MIN_KERNEL_SIZE = {"cpu": 9, "cuda": 9}
+# own depthwise conv is as fast, or "auto" cannot be trusted to see the difference, and the custom op's per-call cost
+# makes the model slower end to end. Measured on CPU (2-core EPYC, shared, 1 thread, CPU time, 2026-11-27):
+# - layers, nn.Conv2d vs LargeDWConv2d("auto") at ConvNeXt-T's shapes (128^2 input, batch 2): forward slower for
+#   every K <= 7 (0.48-0.86x); forward+backward K=3 0.87-0.99x, K=5 0.66-0.79x, K=7 0.73-1.33x, K=9 1.52x;
+# - whole models (bench/results/cpu/models.md): a UniRepLKNet-T-like net with 13x13 kernels on 16^2-4^2 maps ran
+#   inference 0.76-0.81x and trained 0.97-1.05x when its 13x13 layers were converted; 27-31 kernels win 1.6-2.8x.
+# CUDA: not measured on a GPU yet; the CPU value until bench/models.py (--min-kernel-size) measures it there.
+DEFAULT_MIN_KERNEL_SIZE = {"cpu": 15, "cuda": 15}
 
 
 def default_min_kernel_size(device_type: str) -> int:
