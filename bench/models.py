@@ -3,6 +3,7 @@
     python -m bench.models                                  # every model, on the GPU if there is one, else CPU
     python -m bench.models --out bench/results/cpu --wait-quiet 30   # the committed CPU run
     python -m bench.models --models convnext_t_k31,rednet50 --budget-s 240
+    python -m bench.models --min-kernel-size 7          # convert smaller kernels too (to measure convert's default)
 
 Models (built once each; batch and resolution per device below, or --batch / --resolution):
   replknet31b       RepLKNet-31B (kernels 31-29-27-13, small kernel 5) from largeconv's ReparamLargeKernelConv
