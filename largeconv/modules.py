@@ -195,12 +195,27 @@ class _ConvModule(nn.Module):
         return x
 
 
+def _ceil_avg_pool(x, stride, out_h, out_w):
+    """AvgPool2d(stride, stride, ceil_mode=True) with out_h = ceil(H / stride): the last, partial window averages the
+    pixels it covers. Written as the mean over zero-padded windows divided by the covered fraction, so that under
+    dynamic shapes the output size is out_h by construction (avg_pool2d's ceil_mode size rule, and a reshape into
+    blocks, add guards that torch.export cannot prove, so H and W could not be dynamic at stride 2)."""
+    height, width = x.shape[2:]
+    pad = (0, out_w * stride - width, 0, out_h * stride - height)
+
+    def window_means(t):
+        return F.avg_pool2d(F.pad(t, pad), stride, stride)
+
+    return window_means(x) / window_means(x.new_ones(1, 1, height, width))
+
+
 class Involution2d(nn.Module):
     """RedNet's involution: a kernel generated per pixel from the input (1x1 conv -> BN -> ReLU -> 1x1 conv),
     applied per group of `group_channels` channels.
 
     State-dict keys are the official module's (conv1.conv.weight, conv1.bn.*, conv2.conv.weight,
-    conv2.conv.bias). With stride s > 1 the kernel is generated from AvgPool2d(s, s, ceil_mode=True) of the input:
+    conv2.conv.bias). With stride s > 1 the kernel is generated from AvgPool2d(s, s, ceil_mode=True) of the input
+    (computed so that H and W can be dynamic under torch.compile and torch.export):
     identical to the official module when H and W are divisible by s, and still exactly Ho x Wo when they are not
     (the last, partial window averages the pixels it covers), where the official module's kernel is too small.
     """
@@ -224,13 +239,14 @@ class Involution2d(nn.Module):
                                  norm_and_relu=False, **factory)
 
     def _kernel_input(self, x):
-        out_hw = [conv_output_size(n, self.kernel_size, self.stride, 2 * self.padding, self.dilation)
-                  for n in x.shape[2:]]
-        if self.stride > 1:
-            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
-        if list(x.shape[2:]) != out_hw:  # even kernel sizes: the unfold grid is not the pooled grid
-            x = F.adaptive_avg_pool2d(x, out_hw)
-        return x
+        out_h, out_w = (conv_output_size(n, self.kernel_size, self.stride, 2 * self.padding, self.dilation)
+                        for n in x.shape[2:])
+        if 2 * self.padding != self.dilation * (self.kernel_size - 1):
+            # even kernel with odd dilation: the unfold grid is not the pooled grid
+            return F.adaptive_avg_pool2d(x, (out_h, out_w))
+        if self.stride == 1:
+            return x
+        return _ceil_avg_pool(x, self.stride, out_h, out_w)
 
     def forward(self, x):
         weight = self.conv2(self.conv1(self._kernel_input(x)))

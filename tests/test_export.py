@@ -115,9 +115,9 @@ def test_onnx_legacy_export_matches_eager(case):
     _check_against_eager(model, buffer.getvalue(), (shape, (shape[0] + 1, *shape[1:])), channels_last)
 
 
-# involution at stride 2: Involution2d._kernel_input guards on the parity of H and W (issue 13, item 9), so
-# torch.export with dynamic H, W raises ConstraintViolationError there; stride 1 has no such guard
-@pytest.mark.parametrize("case", ["even_kernel_same", "involution_stride1"])
+# involution at stride 2 has batch, H and W dynamic too (issue 13, item 9: avg_pool2d's ceil_mode size rule used to
+# add a parity guard on H and W that torch.export rejected)
+@pytest.mark.parametrize("case", ["even_kernel_same", "involution_stride1", "involution_stride2"])
 def test_torch_export_save_load_and_decompositions(case, tmp_path):
     make, shape, channels_last = CASES[case]
     torch.manual_seed(1)

@@ -232,3 +232,38 @@ def test_involution_device_and_dtype():
     assert module(torch.randn(1, 16, 6, 6, dtype=torch.float64)).dtype == torch.float64
     meta = Involution2d(16, 3, group_channels=8, device="meta")
     assert {p.device.type for p in meta.parameters()} == {"meta"}
+
+
+# ---- dynamic shapes (issue 13, item 9) ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 3, 15, 17), (1, 2, 16, 16), (2, 1, 7, 9)])
+@pytest.mark.parametrize("stride", [2, 3])
+def test_kernel_input_pooling_is_ceil_mode_avg_pool(shape, stride):
+    from largeconv.modules import _ceil_avg_pool
+    x = torch.randn(*shape, dtype=torch.float64)
+    expected = F.avg_pool2d(x, stride, stride, ceil_mode=True)
+    assert torch.allclose(_ceil_avg_pool(x, stride, *expected.shape[2:]), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_involution_dynamic_height_and_width():
+    """H and W marked dynamic compile with no specialisation at stride 2 (avg_pool2d's ceil_mode size rule used to
+    add a parity guard), and varying N, H, W compiles no more often than LargeDWConv2d does."""
+    import torch._dynamo.testing
+    module = Involution2d(16, 7, stride=2, group_channels=8).eval()
+    x = torch.randn(2, 16, 15, 17)
+    torch._dynamo.mark_dynamic(x, 2)
+    torch._dynamo.mark_dynamic(x, 3)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert rel_error(torch.compile(module, backend="aot_eager", fullgraph=True)(x), module(x)) < 1e-6
+
+    def frames(m):
+        torch._dynamo.reset()
+        counter = torch._dynamo.testing.CompileCounter()
+        compiled = torch.compile(m, backend=counter, fullgraph=True)
+        with torch.no_grad():
+            for n, h, w in [(2, 12, 12), (3, 14, 17), (4, 9, 20), (2, 17, 13), (5, 22, 22)]:
+                compiled(torch.randn(n, 16, h, w))
+        return counter.frame_count
+
+    assert frames(module) <= frames(LargeDWConv2d(16, 7).eval()) <= 2
