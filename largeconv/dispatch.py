@@ -24,7 +24,6 @@ import contextlib
 import importlib
 import json
 import os
-import statistics
 import threading
 import time
 
@@ -39,8 +38,9 @@ _GPU_CANDIDATES = ("cuda", "triton", "torch")
 _CPU_CANDIDATES = ("cpu", "torch")
 # A candidate whose estimated workspace exceeds this many times the smallest estimate is not measured.
 WORKSPACE_RATIO_LIMIT = 4
-# Calls faster than this are timed a few more times (cheap), slower ones once (the first call stays cheap).
-_REPEAT_BELOW_S = 0.005
+# A candidate whose calls add up to less than this is timed up to three times and its fastest call counts (cheap,
+# and robust to a busy machine); slower ones once (the first call stays cheap).
+_REPEAT_BELOW_S = 0.02
 
 _local = threading.local()
 _auto_cache: dict[tuple, str] = {}
@@ -212,7 +212,7 @@ def _within_memory(names, op, direction, x, kernel_size, run_args):
 
 
 def _fastest(op, direction, candidates, run_args, on_gpu):
-    """(winner, its result): each candidate timed once, or a few times when its calls are sub-millisecond. On GPU a
+    """(winner, its result): each candidate timed once, or up to three times when its calls are short. On GPU a
     warm-up call comes first (Triton compiles and autotunes on it)."""
     timings, results = {}, {}
     for name in candidates:
@@ -223,7 +223,7 @@ def _fastest(op, direction, candidates, run_args, on_gpu):
         while not times or (len(times) < 3 and (on_gpu or sum(times) < _REPEAT_BELOW_S)):
             elapsed, results[name] = _timed(fn, run_args, on_gpu)
             times.append(elapsed)
-        timings[name] = statistics.median(times)
+        timings[name] = min(times)
     winner = min(timings, key=timings.get)
     return winner, results[winner]
 
