@@ -17,10 +17,6 @@ from . import dispatch, reference
 from .arguments import dwconv2d_arguments, dwconv2d_output_hw, involution2d_arguments, memory_format_of
 
 
-def _run(op, direction, backend, x, kernel_size, args):
-    return dispatch.run(op, direction, backend, x, kernel_size, args)
-
-
 def _empty(shape, like, memory_format):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
@@ -64,7 +60,7 @@ def _dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[in
     if x.numel() == 0 or weight.numel() == 0:
         return _empty((x.shape[0], weight.shape[0], *out_hw), x, layout)
     args = (x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
-    out = _run("dwconv2d", "forward", backend, x, weight.shape[2:], args)
+    out = dispatch.run("dwconv2d", "forward", backend, x, weight.shape[2:], args)
     return out.contiguous(memory_format=layout)
 
 
@@ -82,7 +78,7 @@ def _dwconv2d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int
     if grad_out.numel() == 0 or weight.numel() == 0:
         return _empty(input_shape, grad_out, layout).zero_()
     args = (grad_out, weight, tuple(input_shape), tuple(stride), tuple(padding), tuple(dilation))
-    grad_in = _run("dwconv2d", "grad_input", backend, grad_out, weight.shape[2:], args)
+    grad_in = dispatch.run("dwconv2d", "grad_input", backend, grad_out, weight.shape[2:], args)
     return grad_in.contiguous(memory_format=layout)
 
 
@@ -99,7 +95,7 @@ def _dwconv2d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[int], 
     if grad_out.numel() == 0:
         return x.new_zeros(weight_shape)
     args = (grad_out, x, tuple(weight_shape), tuple(stride), tuple(padding), tuple(dilation))
-    return _run("dwconv2d", "grad_weight", backend, x, weight_shape[2:], args).contiguous()
+    return dispatch.run("dwconv2d", "grad_weight", backend, x, weight_shape[2:], args).contiguous()
 
 
 @_dwconv2d_grad_weight.register_fake
@@ -226,7 +222,7 @@ def _involution2d(x: Tensor, weight: Tensor, kernel_size: int, stride: int, padd
     if x.numel() == 0:
         return _empty((x.shape[0], x.shape[1], *weight.shape[2:]), x, layout)
     args = (x, weight, kernel_size, stride, padding, dilation)
-    out = _run("involution2d", "forward", backend, x, (kernel_size, kernel_size), args)
+    out = dispatch.run("involution2d", "forward", backend, x, (kernel_size, kernel_size), args)
     return out.contiguous(memory_format=layout)
 
 
@@ -243,7 +239,7 @@ def _involution2d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list
     if grad_out.numel() == 0:
         return _empty(input_shape, grad_out, layout).zero_()
     args = (grad_out, weight, tuple(input_shape), kernel_size, stride, padding, dilation)
-    grad_in = _run("involution2d", "grad_input", backend, grad_out, (kernel_size, kernel_size), args)
+    grad_in = dispatch.run("involution2d", "grad_input", backend, grad_out, (kernel_size, kernel_size), args)
     return grad_in.contiguous(memory_format=layout)
 
 
@@ -260,7 +256,7 @@ def _involution2d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[in
     if x.numel() == 0:
         return _empty(weight_shape, x, layout).zero_()
     args = (grad_out, x, tuple(weight_shape), kernel_size, stride, padding, dilation)
-    grad_w = _run("involution2d", "grad_weight", backend, x, (kernel_size, kernel_size), args)
+    grad_w = dispatch.run("involution2d", "grad_weight", backend, x, (kernel_size, kernel_size), args)
     return grad_w.contiguous(memory_format=layout)
 
 
