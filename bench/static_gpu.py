@@ -17,6 +17,7 @@ Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction p
   assumed to serve the re-reads of halos and of x per kernel row.
 - predicted = max(issue, tensor, memory) + 4 us launch; bound = memory when the memory time is the largest,
   else compute. floor = max(useful FLOPs / the peak of the unit the kernel runs on, minimum bytes / bandwidth).
+- grad-weight's programs: its tiles times the reduction splits the kernel picks on 132 SMs.
 - the autotuned kernels: the candidate with the smallest predicted time (what autotuning should find).
 """
 from __future__ import annotations
@@ -150,6 +151,11 @@ def cdiv(a, b):
     return -(-a // b)
 
 
+def gpu_splits(units, programs):
+    """grad-weight's reduction splits on an H100 (kernels/dwconv.py's _num_splits with 132 SMs)."""
+    return max(1, min(cdiv(4 * sm90.H100["sms"], programs), cdiv(units, 8), 65535))
+
+
 def executed_macs(case, direction, layout, config, kind):
     """Multiply-adds the kernel's tiles compute, masked lanes and Toeplitz zeros included, and the program count."""
     n, c, h, w = case.shape
@@ -186,7 +192,8 @@ def executed_macs(case, direction, layout, config, kind):
     if layout == "nchw":  # grad-weight: [BKH, q] @ [q, BKW] per chunk of q = BLOCK_R rows x BLOCK_Q columns
         bkh, bkw, br, bq = t["BLOCK_KH"], t["BLOCK_KW"], t["BLOCK_R"], t["BLOCK_Q"]
         tiles = c * cdiv(kh, bkh) * cdiv(kw, bkw)
-        return tiles * cdiv(n * h, br) * cdiv(wo, bq) * bkh * bkw * br * bq, tiles
+        splits = gpu_splits(cdiv(n * h, br), tiles)
+        return tiles * cdiv(n * h, br) * cdiv(wo, bq) * bkh * bkw * br * bq, tiles * splits
     if direction == "forward":
         bp, bc = t["BLOCK_P"], t["BLOCK_C"]
         progs = n * cdiv(ho * wo, bp) * cdiv(c, bc)
@@ -197,7 +204,8 @@ def executed_macs(case, direction, layout, config, kind):
         return progs * bp * bc * kh * kw, progs
     bp, bkw, bc = t["BLOCK_P"], t["BLOCK_KW"], t["BLOCK_C"]
     progs = kh * cdiv(kw, bkw) * cdiv(c, bc)
-    return progs * bkw * bc * n * cdiv(ho * wo, bp) * bp, progs
+    splits = gpu_splits(n * cdiv(ho * wo, bp), progs)
+    return progs * bkw * bc * n * cdiv(ho * wo, bp) * bp, progs * splits
 
 
 def useful(case, direction, itemsize):
@@ -257,7 +265,9 @@ def predict(case, dtype, layout, direction, launch, compiled_cache, rows):
     flops, min_bytes = useful(case, direction, itemsize)
     best = None
     for config in launch.configs:
-        key = (sm90.kernel_name(launch), dtype, sm90.config_name(config), str(launch.meta))
+        # compiled once per kernel, layout (the stride-1 arguments it specialises on), dtype and config; the
+        # other shape specialisations (sizes divisible by 16) are taken from the first case that needs it
+        key = (sm90.kernel_name(launch), dtype, sm90.config_name(config), layout, str(launch.meta))
         if key not in compiled_cache:
             k = sm90.compile_launch(launch, config)
             compiled_cache[key] = (k, loop_mix(sm90.sass(k.asm)))
