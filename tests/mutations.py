@@ -132,14 +132,44 @@ MUTATIONS = [
       "other=0.0).to(ACC)\n            tap = tl.cast(kh * DIL, IDX) * sxh + tl.cast(kw, IDX) * sxw",
       (INV, "-k", "edge_cases_fp32 and triton")),
     # ---- reparam.py ----
-    # the two below survive (2026-11-27): tests/test_reparam.py's BN has eps 1e-5 against variances of 0.5-2 (a
-    # 5e-6 effect), and its RMNet blocks have no dilation
+    # reparam-bn-eps and reparam-dirac-dilation survived until test_reparam got a BN with eps 0.1 and a dilated
+    # RMNet block (2026-11-27)
     M("reparam-bn-eps", "largeconv/reparam.py", "torch.sqrt(bn.running_var.to(w.dtype) + bn.eps)",
       "torch.sqrt(bn.running_var.to(w.dtype))", ("tests/test_reparam.py", "-k", "fuse_conv_bn")),
     M("reparam-pad-kernel-axes", "largeconv/reparam.py", "F.pad(kernel, (dw // 2, dw // 2, dh // 2, dh // 2))",
       "F.pad(kernel, (dh // 2, dh // 2, dw // 2, dw // 2))", ("tests/test_reparam.py", "-k", "pad_kernel")),
     M("reparam-dirac-dilation", "largeconv/reparam.py", "taps.append(p // d)", "taps.append(p)",
       ("tests/test_reparam.py", "-k", "rm_convert")),
+    # ---- cpu.py FFT numerics (issue 13, items 1 and 4) ----
+    M("cpu-fft-conj-lazy", "largeconv/cpu.py", "_kernel_spectrum(weight, size, padding, dilation, dtype).conj_physical_()",
+      "_kernel_spectrum(weight, size, padding, dilation, dtype).conj()",
+      ("tests/test_cpu_fft_numerics.py", "-k", "compile_inductor_dwconv"), "inductor's first call wrong (#13.1)"),
+    M("cpu-fft-grad-weight-conj-lazy", "largeconv/cpu.py", "g_spectrum.conj_physical_()", "g_spectrum.conj()",
+      ("tests/test_cpu_fft_numerics.py", "-k", "compile_inductor_dwconv"), "inductor's first call wrong (#13.1)"),
+    M("cpu-fft-guard-off", "largeconv/cpu.py", "FFT_MAX_RANGE = 16", "FFT_MAX_RANGE = 1e12",
+      ("tests/test_cpu_fft_numerics.py", "-k", "1e4 or 1e6"), "outliers spoil the whole plane (#13.4)"),
+    M("cpu-fft-nan-tier", "largeconv/cpu.py", "| ~torch.isfinite(mean)] = EXACT", "] = EXACT",
+      ("tests/test_cpu_fft_numerics.py", "-k", "nan"), "one NaN makes the whole plane NaN (#13.4)"),
+    M("cpu-fft-weight-nonfinite", "largeconv/cpu.py", "tiers.fill_(EXACT)", "pass",
+      ("tests/test_cpu_fft_numerics.py", "-k", "weight")),
+    M("cpu-fft-grad-weight-nonfinite", "largeconv/cpu.py", "    if len(bad):", "    if False:",
+      ("tests/test_cpu_fft_numerics.py", "-k", "nan or inf")),
+    # ---- ops.py / dispatch.py: derivatives and auto (issue 13) ----
+    M("ops-no-composite-under-jvp", "largeconv/ops.py",
+      "return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()", "return False",
+      ("tests/test_derivatives.py", "-k", "jvp and torch"), "forward AD gives zero tangents"),
+    M("ops-grad-input-double-backward", "largeconv/ops.py",
+      "d_grad_out = torch.ops.largeconv.dwconv2d(grad_grad_x, weight, None, *ctx.params)",
+      "d_grad_out = torch.ops.largeconv.dwconv2d(grad_grad_x, weight.flip(-1, -2), None, *ctx.params)",
+      ("tests/test_derivatives.py", "-k", "double_backward and torch")),
+    M("ops-weight-grad-layout", "largeconv/ops.py", "if grad_w.stride() == weight.stride():", "if True:",
+      ("tests/test_derivatives.py", "-k", "layout"), "DDP grad-stride warning"),
+    M("dispatch-known-losers-timed", "largeconv/dispatch.py",
+      "return not is_channels_last(x) and kernel_size[0] * kernel_size[1] >= 169", "return False",
+      ("tests/test_auto.py",), "auto's first call times PyTorch's slow NCHW conv"),
+    M("dispatch-table-ignored", "largeconv/dispatch.py",
+      'return mode == "table" or torch.are_deterministic_algorithms_enabled()', "return False",
+      ("tests/test_auto.py",), "auto not reproducible under deterministic mode"),
 ]
 
 

@@ -78,8 +78,9 @@ def randomize_bn(model):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.3)
+                if m.affine:  # RMNet's running BNs have no weight or bias
+                    m.weight.normal_(1, 0.3)
+                    m.bias.normal_(0, 0.3)
                 m.momentum = 0.3
 
 

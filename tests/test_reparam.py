@@ -59,6 +59,7 @@ def test_fuse_conv_bn_matches_eval_conv_bn(out_channels, groups_pick, k, seed):
                      bias=bool(seed % 2))
     bn = nn.BatchNorm2d(conv.out_channels)
     randomize_bn(bn)
+    bn.eps = 0.1  # large enough that a fusion ignoring eps fails (1e-5 against variances 0.5-2 is below RTOL)
     bn.eval()
     weight, bias = fuse_conv_bn(conv, bn)
     x = torch.randn(2, in_channels, 7, 6)
@@ -334,6 +335,19 @@ def test_repmlp_unit_merges_into_one_fc():
 
 
 # ---- RMNet ------------------------------------------------------------------------------------------------------
+
+def test_rm_convert_dilated_block():
+    """The Dirac tap of a dilated conv sits at padding // dilation."""
+    torch.manual_seed(0)
+    block = BasicBlock(3, 3)
+    block.conv1 = nn.Conv2d(3, 3, 3, padding=2, dilation=2, bias=False)
+    block.conv2 = nn.Conv2d(3, 3, 3, padding=2, dilation=2, bias=False)
+    randomize_bn(block)
+    block.eval()
+    x = torch.randn(2, 3, 9, 8).relu()
+    with torch.no_grad():
+        assert rel_err(rm_convert(block)(x), block(x)) <= RTOL
+
 
 @FEW
 @given(in_planes=st.integers(1, 5), grow=st.sampled_from([1, 2]), stride=st.sampled_from([1, 2]),
