@@ -11,6 +11,7 @@ from .dispatch import BACKENDS, use_backend
 from .ops import dwconv2d, involution2d
 from .modules import Involution2d, LargeDWConv2d
 from .convert import convert
+from .conv1d import LargeDWConv1d, dwconv1d
 from . import export  # registers torch.export / ONNX export support for the custom ops
 
 __all__ = ["__version__", "BACKENDS", "use_backend", "dwconv2d", "involution2d", "LargeDWConv2d", "Involution2d", "convert"]

@@ -40,6 +40,7 @@ def convert(model: nn.Module, backend="auto", min_kernel_size=None) -> nn.Module
 
     def converted(module):
         """The LargeDWConv2d replacing `module`, or None to leave it (and look inside it)."""
+        if isinstance(module, nn.Conv1d): from .conv1d import converted_conv1d; return converted_conv1d(module, backend, min_kernel_size)  # noqa: E501,E701,E702
         if isinstance(module, LargeDWConv2d) or depthwise_ineligibility(module) is not None:
             return None
         threshold = min_kernel_size or default_min_kernel_size(module.weight.device.type)

@@ -1,0 +1,161 @@
+"""Triton kernels for depthwise 1-D convolution (largeconv.dwconv1d): forward, grad-input and grad-weight.
+
+x (N, C, L) contiguous, weight (C*m, 1, K), padding (left, right); output channel o reads input channel o // m.
+Each program owns a tile of BLOCK_C channels x BLOCK_L positions of one sample (a 1-D tile: no height-1 2-D tile)
+and loops over the K taps with direct multiply-adds, accumulating in fp32 (fp64 for fp64 inputs).
+- forward: y[n, o, j] = sum_k w[o, k] x[n, o // m, j*s + k*d - left] (+ b[o]);
+- grad-input: gx[n, c, i] = sum over the m outputs o of c and the taps k with (i + left - k*d) = j*s, 0 <= j < Lo,
+  of g[n, o, j] w[o, k] (a gather: no atomics);
+- grad-weight: one program per (channel tile, tap) sums g[n, o, j] x[n, o // m, j*s + k*d - left] over n and j in a
+  fixed order (deterministic, no atomics).
+Offsets of (n, c) rows are int64. Not tuned on a GPU yet (the tile sizes are a first guess).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from largeconv.arguments import conv_output_size
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def unsupported_reason(x):
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and _INTERPRETED):
+        return "needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+    if x.dtype not in _DTYPES:
+        return f"{x.dtype} not supported (float16, bfloat16, float32, float64)"
+    return None
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _blocks():
+    return (16, 32) if _INTERPRETED else (32, 128)  # (BLOCK_C, BLOCK_L)
+
+
+@triton.jit
+def _cast_out(v, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    # The interpreter rounds fp32 -> bf16 toward zero; GPUs round to nearest even. Round the bits first there.
+    if EMULATE_BF16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, L, Co, Lo, K, s, left, d, m,
+                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    n = tl.program_id(0)
+    o = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    j = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+    o_ok = o < Co
+    j_ok = j < Lo
+    x_rows = x_ptr + (n.to(tl.int64) * C + o // m) * L
+    acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
+    for k in range(K):
+        i = j * s + k * d - left
+        ok = j_ok & (i >= 0) & (i < L)
+        xv = tl.load(x_rows[:, None] + i[None, :], mask=o_ok[:, None] & ok[None, :], other=0.0)
+        wv = tl.load(w_ptr + o * K + k, mask=o_ok, other=0.0)
+        acc += xv.to(ACC) * wv.to(ACC)[:, None]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=o_ok, other=0.0).to(ACC)[:, None]
+    y_rows = y_ptr + (n.to(tl.int64) * Co + o) * Lo
+    tl.store(y_rows[:, None] + j[None, :], _cast_out(acc, y_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=o_ok[:, None] & j_ok[None, :])
+
+
+@triton.jit
+def _grad_input_kernel(g_ptr, w_ptr, gx_ptr, C, L, Co, Lo, K, s, left, d, m,
+                       ACC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    n = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    i = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+    c_ok = c < C
+    i_ok = i < L
+    acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
+    for r in range(m):
+        o = c * m + r
+        g_rows = g_ptr + (n.to(tl.int64) * Co + o) * Lo
+        for k in range(K):
+            t = i + left - k * d  # = j * s for the output j this tap connects to i
+            j = t // s
+            ok = i_ok & (t >= 0) & (j * s == t) & (j < Lo)
+            gv = tl.load(g_rows[:, None] + j[None, :], mask=c_ok[:, None] & ok[None, :], other=0.0)
+            wv = tl.load(w_ptr + o * K + k, mask=c_ok, other=0.0)
+            acc += gv.to(ACC) * wv.to(ACC)[:, None]
+    gx_rows = gx_ptr + (n.to(tl.int64) * C + c) * L
+    tl.store(gx_rows[:, None] + i[None, :], _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=c_ok[:, None] & i_ok[None, :])
+
+
+@triton.jit
+def _grad_weight_kernel(g_ptr, x_ptr, gw_ptr, N, C, L, Co, Lo, K, s, left, d, m,
+                        ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    k = tl.program_id(1)
+    o_ok = o < Co
+    acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
+    for n in range(N):
+        g_rows = g_ptr + (o.to(tl.int64) + n * Co) * Lo  # n is a plain int under the interpreter
+        x_rows = x_ptr + ((o // m).to(tl.int64) + n * C) * L
+        for start in range(0, Lo, BLOCK_L):
+            j = start + tl.arange(0, BLOCK_L)
+            i = j * s + k * d - left
+            ok = (j < Lo) & (i >= 0) & (i < L)
+            mask = o_ok[:, None] & ok[None, :]
+            gv = tl.load(g_rows[:, None] + j[None, :], mask=mask, other=0.0)
+            xv = tl.load(x_rows[:, None] + i[None, :], mask=mask, other=0.0)
+            acc += gv.to(ACC) * xv.to(ACC)
+    tl.store(gw_ptr + o * K + k, tl.sum(acc, axis=1), mask=o_ok)
+
+
+def _emulate_bf16(dtype):
+    return _INTERPRETED and dtype == torch.bfloat16
+
+
+def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
+    N, C, L = x.shape
+    Co, _, K = weight.shape
+    Lo = conv_output_size(L, K, stride, padding[0] + padding[1], dilation)
+    y = torch.empty((N, Co, Lo), dtype=x.dtype, device=x.device)
+    block_c, block_l = _blocks()
+    grid = (N, triton.cdiv(Co, block_c), triton.cdiv(Lo, block_l))
+    _forward_kernel[grid](x, weight, bias if bias is not None else weight, y, C, L, Co, Lo, K, stride, padding[0],
+                          dilation, Co // C, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
+                          EMULATE_BF16=_emulate_bf16(x.dtype), BLOCK_C=block_c, BLOCK_L=block_l)
+    return y
+
+
+def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    N, C, L = input_shape
+    Co, _, K = weight.shape
+    Lo = grad_out.shape[2]
+    gx = torch.empty((N, C, L), dtype=grad_out.dtype, device=grad_out.device)
+    block_c, block_l = _blocks()
+    grid = (N, triton.cdiv(C, block_c), triton.cdiv(L, block_l))
+    _grad_input_kernel[grid](grad_out, weight, gx, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C,
+                             ACC=_acc(grad_out.dtype), EMULATE_BF16=_emulate_bf16(grad_out.dtype),
+                             BLOCK_C=block_c, BLOCK_L=block_l)
+    return gx
+
+
+def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    N, C, L = x.shape
+    Co, _, K = weight_shape
+    Lo = grad_out.shape[2]
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gw = torch.empty(weight_shape, dtype=acc_dtype, device=x.device)
+    block_c, block_l = _blocks()
+    grid = (triton.cdiv(Co, block_c), K)
+    _grad_weight_kernel[grid](grad_out, x, gw, N, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C,
+                              ACC=_acc(x.dtype), BLOCK_C=block_c, BLOCK_L=block_l)
+    return gw.to(x.dtype)
