@@ -38,9 +38,21 @@ def _involution2d_decomposition(x, weight, kernel_size, stride, padding, dilatio
     return reference.involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
 
 
-_CIA = torch._C.DispatchKey.CompositeImplicitAutograd
-torch.ops.largeconv.dwconv2d.default.py_impl(_CIA)(_dwconv2d_decomposition)
-torch.ops.largeconv.involution2d.default.py_impl(_CIA)(_involution2d_decomposition)
+def _register_decompositions():
+    # Inductor copies every CompositeImplicitAutograd op into its decomposition table when its module is first
+    # imported, then refuses to fall back to an op it also has a decomposition for ("both a fallback and a decomp for
+    # same op"): every torch.compile of a model using largeconv failed when largeconv was imported first. So that
+    # table is built before ours are registered, and ours are kept out of it.
+    import torch._inductor.decomposition as inductor_decomposition
+
+    cia = torch._C.DispatchKey.CompositeImplicitAutograd
+    for op, decomposition in ((torch.ops.largeconv.dwconv2d.default, _dwconv2d_decomposition),
+                              (torch.ops.largeconv.involution2d.default, _involution2d_decomposition)):
+        op.py_impl(cia)(decomposition)
+        inductor_decomposition.decompositions.pop(op, None)
+
+
+_register_decompositions()
 
 
 # ---- legacy TorchScript-based ONNX exporter (torch.onnx.export(..., dynamo=False)) ----------------------------

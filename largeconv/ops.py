@@ -197,8 +197,9 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
 
 
 def _auto_picked_torch(x, weight, bias, stride, padding, dilation) -> bool:
-    """True when "auto" has already chosen "torch" for every direction this call will run (in eager mode)."""
-    if torch.compiler.is_compiling():
+    """True when "auto" has already chosen "torch" for every direction this call will run (in plain eager mode: not
+    under a compiler or a tracer such as make_fx, which must see the custom op whatever the cache holds)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
         return False
     kernel, geometry = weight.shape[2:], (stride, padding, dilation)
     if dispatch.cached_choice("dwconv2d", "forward", x, kernel, geometry) != "torch":

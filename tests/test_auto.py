@@ -101,7 +101,7 @@ def test_choices_save_and_load(monkeypatch, tmp_path):
 
 def test_first_call_runs_each_candidate_once_and_returns_the_winners_result(monkeypatch):
     """The first call's cost: one call per kept candidate (no warm-up, no repeats for slow calls, no extra call)."""
-    calls = _record(monkeypatch, delay_s={"torch": 0.03, "cpu": 0.01})
+    calls = _record(monkeypatch, delay_s={"torch": 0.06, "cpu": 0.03})  # both above the 20 ms repeat limit
     x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 5, 5)
     out = largeconv.dwconv2d(x, w)
     assert sorted(calls) == [("cpu", "forward"), ("torch", "forward")]
@@ -164,3 +164,16 @@ def test_environment_is_read_only_when_nothing_more_specific_decides(monkeypatch
         largeconv.dwconv2d(x, w)
     with pytest.raises(ValueError, match="LARGECONV_BACKEND must be one of"):
         largeconv.dwconv2d(x, w)
+
+
+def test_tracers_see_the_custom_op_whatever_auto_cached(monkeypatch):
+    """make_fx (and other dispatch-mode tracers) get the custom op even where auto's fast path would call F.conv2d,
+    so a traced graph does not depend on what auto measured earlier in the process."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    _record(monkeypatch, delay_s={"cpu": 0.1})
+    x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 3, 3)
+    _fwd_bwd(x, w)
+    assert set(dispatch.auto_choices().values()) == {"torch"}
+    graph = make_fx(lambda x: largeconv.dwconv2d(x, w))(x)
+    targets = {node.target for node in graph.graph.nodes if node.op == "call_function"}
+    assert torch.ops.largeconv.dwconv2d.default in targets

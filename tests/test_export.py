@@ -1,6 +1,8 @@
 """Export: torch.export (save/load, run_decompositions) and ONNX (dynamo and legacy exporters) run in onnxruntime
 with the eager outputs, with no extra argument at export time (largeconv registers its decompositions on import)."""
 import io
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,3 +169,23 @@ def test_no_extra_argument_needed_for_a_model_with_both_modules():
         expected = model(x)
     out = _run_onnx(program.model_proto.SerializeToString(), x)
     assert rel_error(out, expected) <= FP32_RTOL
+
+
+def test_inductor_compiles_models_when_largeconv_is_imported_first():
+    """Regression: the export decompositions (CompositeImplicitAutograd kernels) used to land in inductor's
+    decomposition table when largeconv was imported before inductor, and every torch.compile then failed with
+    "both a fallback and a decomp for same op". A fresh process, so the import order is the user's."""
+    script = """
+import torch, largeconv
+import torch.nn.functional as F
+conv = largeconv.LargeDWConv2d(4, 13, backend="cpu")
+x = torch.randn(2, 4, 16, 16, requires_grad=True)
+out = torch.compile(conv)(x)
+out.square().sum().backward()
+ref = F.conv2d(x.detach().double(), conv.weight.detach().double(), conv.bias.detach().double(), 1, 6, 1, 4)
+assert (out.detach().double() - ref).abs().max() < 1e-4, "wrong output"
+assert conv.weight.grad is not None and x.grad is not None
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
