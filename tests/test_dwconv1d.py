@@ -21,6 +21,7 @@ CASES = [
     (1, 3, 20, 3, 4, 3, (1,), 2, True),
     (2, 2, 9, 1, 13, 1, 6, 1, True),
     (1, 6, 40, 1, 31, 1, "valid", 1, False),
+    (1, 3, 10, 1, 3, 1, 4, 1, True),
 ]
 
 
@@ -64,8 +65,9 @@ def _run_poisoned(backend, x, w, b, stride, padding, dilation):
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_dtypes(backend, dtype):
-    x, w, b = _inputs(2, 4, 33, 2, 9, True, dtype)
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_dtypes(backend, dtype, multiplier):
+    x, w, b = _inputs(2, 4, 33, multiplier, 9, True, dtype)
     out, grads = _run_poisoned(backend, x, w, b, 1, "same", 1)
     ref, ref_grads = _reference(x, w, b, 1, "same", 1, torch.float64)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
@@ -132,6 +134,18 @@ def test_forward_ad_and_func():
     _, jvp = torch.func.jvp(lambda x: dwconv1d(x, w, b, backend="cpu"), (x,), (tx,))
     _, ref = torch.func.jvp(lambda x: F.conv1d(x, w, b, padding="same", groups=3), (x,), (tx,))
     assert torch.allclose(jvp, ref)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_non_finite_stays_where_conv1d_puts_it(backend):
+    x, w, b = _inputs(2, 3, 80, 1, 9, True, torch.float32)
+    x[0, 1, 40], x[1, 2, 5] = float("inf"), float("nan")
+    out, grads = _run(lambda x, w, b: dwconv1d(x, w, b, backend=backend), x, w, b)
+    ref, ref_grads = _reference(x, w, b, 1, "same", 1, torch.float64)
+    for got, want in zip((out, *grads), (ref, *ref_grads)):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+        finite = want.isfinite()
+        assert_close(got[finite], want[finite])
 
 
 def test_empty_batch():
