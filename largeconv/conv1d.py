@@ -29,8 +29,9 @@ from .ops import _autocast, _bias_grad_dtype, _composite_needed
 
 OP = "dwconv1d"
 # "auto" under its fixed rule (no timing) picks the fused backend from this kernel size on, else PyTorch. CPU:
-# measured 2026-11-27 (2-core EPYC, shared) at K = 31 only, where the cpu path wins 3.5-5x fwd+bwd at Conformer shapes
-# (bench/results/cpu/conv1d.md); smaller K not measured yet. CUDA: a guess until a GPU measures it.
+# measured 2026-11-27 (2-thread Xeon @ 2.80GHz, shared) at K = 31 only, where the cpu path ran fwd+bwd 1.2-1.5x and
+# measured auto 1.4-1.8x faster than F.conv1d at Conformer shapes (bench/results/cpu/conv1d.md); smaller K not
+# measured yet. CUDA: a guess until a GPU measures it.
 TABLE_MIN_KERNEL = {"cpu": 31, "cuda": 31}
 # convert() swaps a depthwise nn.Conv1d from this kernel size on (the same evidence as TABLE_MIN_KERNEL["cpu"]).
 DEFAULT_MIN_KERNEL_SIZE = 31
