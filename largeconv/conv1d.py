@@ -7,8 +7,8 @@ Built like ops.dwconv2d: three torch.library custom ops (forward, grad-input, gr
 autograd (the grad ops differentiable too), autocast like F.conv1d, and PyTorch's own F.conv1d under forward-mode
 AD / torch.func transforms. Backends, each as three functions below:
 - "torch": F.conv1d and torch.nn.grad (the oracle);
-- "cpu": the 2-D "cpu" backend on the free (N, C, 1, L) view with a (1, K) kernel (oneDNN channels_last forward
-  and grad-input, the FFT weight gradient from 26 taps on);
+- "cpu": at stride 1 with one output per channel and finite inputs, one batched Toeplitz matmul over channels per
+  direction (see TOEPLITZ_BLOCK); otherwise the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel;
 - "triton": kernels/dwconv1d.py, a (channels x length) tile;
 - "auto": on CPU, cpu or torch; on CUDA, triton or torch; measured once per (direction, dtype, shape bucket,
   geometry) like dispatch's "auto", or by `_table_choice` under deterministic mode / LARGECONV_AUTO=table.
