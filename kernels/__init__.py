@@ -5,12 +5,16 @@ tensors they run only under TRITON_INTERPRET=1 (set before triton is first impor
 """
 from .dwconv import dwconv2d_forward, dwconv2d_grad_input, dwconv2d_grad_weight
 from .involution import involution2d_forward, involution2d_grad_input, involution2d_grad_weight
-from . import dwconv as _dwconv, involution as _involution
+from .dwconv1d import dwconv1d_forward, dwconv1d_grad_input, dwconv1d_grad_weight
+from . import dwconv as _dwconv, dwconv1d as _dwconv1d, involution as _involution
 
 __all__ = ["unsupported_reason", "dwconv2d_forward", "dwconv2d_grad_input", "dwconv2d_grad_weight",
-           "involution2d_forward", "involution2d_grad_input", "involution2d_grad_weight"]
+           "involution2d_forward", "involution2d_grad_input", "involution2d_grad_weight",
+           "dwconv1d_forward", "dwconv1d_grad_input", "dwconv1d_grad_weight"]
 
 
 def unsupported_reason(op, x, kernel_size):
+    if op == "dwconv1d":
+        return _dwconv1d.unsupported_reason(x)
     module = {"dwconv2d": _dwconv, "involution2d": _involution}[op]
     return module.unsupported_reason(x, kernel_size)

@@ -20,7 +20,7 @@ and stores its partial sum (fp32, fp64 for fp64); the splits are then added by t
 Offsets of (n, c) planes and of channels_last images are int64; offsets inside one H x W plane are int32.
 """
 import os
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import triton

@@ -14,4 +14,5 @@ from .convert import convert
 from .conv1d import LargeDWConv1d, dwconv1d
 from . import export  # registers torch.export / ONNX export support for the custom ops
 
-__all__ = ["__version__", "BACKENDS", "use_backend", "dwconv2d", "involution2d", "LargeDWConv2d", "Involution2d", "convert"]
+__all__ = ["__version__", "BACKENDS", "use_backend", "dwconv2d", "involution2d", "dwconv1d", "LargeDWConv2d",
+           "Involution2d", "LargeDWConv1d", "convert"]

@@ -5,35 +5,28 @@
 
 Built like ops.dwconv2d: three torch.library custom ops (forward, grad-input, grad-weight) with fake kernels and
 autograd (the grad ops differentiable too), autocast like F.conv1d, and PyTorch's own F.conv1d under forward-mode
-AD / torch.func transforms. Backends, each as three functions below:
-- "torch": F.conv1d and torch.nn.grad (the oracle);
+AD / torch.func transforms. Backends (each module's dwconv1d_* functions, chosen by dispatch.run like dwconv2d's):
+- "torch": F.conv1d and torch.nn.grad (largeconv/reference.py, the oracle);
 - "cpu": at stride 1 with one output per channel and finite inputs, one batched Toeplitz matmul over channels per
-  direction (see TOEPLITZ_BLOCK); otherwise the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel;
+  direction; otherwise the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel (largeconv/cpu.py);
 - "triton": kernels/dwconv1d.py, a (channels x length) tile;
-- "auto": on CPU, cpu or torch; on CUDA, triton or torch; measured once per (direction, dtype, shape bucket,
-  geometry) like dispatch's "auto", or by `_table_choice` under deterministic mode / LARGECONV_AUTO=table.
-The choice is made here, not by dispatch.run: dispatch's backend modules implement the 2-D ops only.
+- "auto": as for dwconv2d (largeconv/dispatch.py): measured once per key, or by the fixed rule.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv1d_input, conv1d_weight
 
-from . import cpu, dispatch
+from . import dispatch, reference
 from .arguments import _check_same, _check_tensor, conv_output_size, is_int
 from .ops import _autocast, _bias_grad_dtype, _composite_needed
 
 OP = "dwconv1d"
-# "auto" under its fixed rule (no timing) picks the fused backend from this kernel size on, else PyTorch. CPU:
-# measured 2026-11-27 (2-thread Xeon @ 2.80GHz, shared) at K = 31 only, where the cpu path ran fwd+bwd 1.2-1.5x and
-# measured auto 1.4-1.8x faster than F.conv1d at Conformer shapes (bench/results/cpu/conv1d.md); smaller K not
-# measured yet. CUDA: a guess until a GPU measures it.
-TABLE_MIN_KERNEL = {"cpu": 31, "cuda": 31}
-# convert() swaps a depthwise nn.Conv1d from this kernel size on (the same evidence as TABLE_MIN_KERNEL["cpu"]).
+# convert() swaps a depthwise nn.Conv1d from this kernel size on: measured 2026-11-27 (2-thread Xeon @ 2.80GHz,
+# shared) at K = 31 only, where the cpu path ran fwd+bwd 1.2-1.5x and auto 1.4-1.8x faster than F.conv1d at Conformer
+# shapes (bench/results/cpu/conv1d.md); smaller K not measured yet. auto's fixed rule uses the same size.
 DEFAULT_MIN_KERNEL_SIZE = 31
 
 
@@ -99,190 +92,6 @@ def _out_length(length, kernel, stride, padding, dilation):
 
 # ---- backends: forward(x, w, b, s, (left, right), d), grad_input(g, w, x_shape, ...), grad_weight(g, x, w_shape, ...)
 
-def _torch_forward(x, weight, bias, stride, padding, dilation):
-    if padding[0] != padding[1]:
-        x, padding = F.pad(x, padding), (0, 0)
-    return F.conv1d(x, weight, bias, stride, padding[0], dilation, groups=x.shape[1])
-
-
-def _torch_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
-    left, right = padding
-    shape = (*input_shape[:2], input_shape[2] + left + right - 2 * min(left, right))
-    grad = conv1d_input(shape, weight, grad_out, stride, min(left, right), dilation, groups=input_shape[1])
-    return grad if left == right else grad[:, :, left - min(left, right):][:, :, :input_shape[2]].contiguous()
-
-
-def _torch_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    if padding[0] != padding[1]:
-        x, padding = F.pad(x, padding), (0, 0)
-    return conv1d_weight(x, weight_shape, grad_out, stride, padding[0], dilation, groups=x.shape[1])
-
-
-def _geometry2d(stride, padding, dilation):
-    return (1, stride), (0, 0, *padding), (1, dilation)
-
-
-# The CPU path for stride 1 and one output per channel: per channel c, a 1-D correlation of B outputs is a matrix
-# product with the banded Toeplitz matrix T_c[t, i] = w[c, k] at t = i + k*d, so the whole layer is one batched
-# matmul over channels: (C, blocks, B + d*(K-1)) windows of the padded input (a strided view, rows overlapping)
-# times (C, B + d*(K-1), B). ~2x the multiply-adds of the direct sum at K = 31, B = 32, but at matmul speed and
-# with no channels_last copies. Each sample's row is padded to a multiple S of B so that all samples' blocks form
-# one row stride; the blocks that straddle two samples are computed and dropped. Other calls use the 2-D "cpu"
-# backend on the free (N, C, 1, L) view with a (1, K) kernel.
-TOEPLITZ_BLOCK = 32
-
-
-def _toeplitz_fits(weight_shape, channels, stride, *tensors):
-    """The matmul multiplies every input of a block by the band's zeros too, so one Inf/NaN would spread over its
-    block (0 * Inf = NaN) where F.conv1d confines it to the outputs that read it: non-finite inputs take the other
-    path."""
-    return stride == 1 and weight_shape[0] == channels and all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-def _segments(x, left, out_len, span):
-    """x (N, C, L) as (C, N*S + tail) in the compute dtype: sample n's row at [n*S + left, n*S + left + L), zeros
-    elsewhere; S is a multiple of the block, at least out_len rounded up to blocks + span and left + L."""
-    block = TOEPLITZ_BLOCK
-    n, c, length = x.shape
-    blocks = -(-out_len // block)
-    seg = -(-max(blocks * block + span, left + length) // block) * block
-    rows = x.new_zeros((c, n * seg + span), dtype=cpu._compute_dtype(x.dtype))
-    rows[:, :n * seg].view(c, n, seg)[:, :, left:left + length] = x.transpose(0, 1)
-    return rows, seg
-
-
-def _windows(rows, span):
-    block = TOEPLITZ_BLOCK
-    count = (rows.shape[1] - span) // block
-    return rows.as_strided((rows.shape[0], count, block + span), (rows.stride(0), block, 1))
-
-
-def _toeplitz(weight, dilation, dtype):
-    """(C, B + d*(K-1), B) with T[c, i + k*d, i] = weight[c, 0, k]."""
-    block = TOEPLITZ_BLOCK
-    channels, _, kernel = weight.shape
-    span = dilation * (kernel - 1)
-    rows = torch.arange(block) + dilation * torch.arange(kernel)[:, None]  # (K, B): t = i + k*d
-    flat = (rows * block + torch.arange(block)).reshape(1, -1).expand(channels, -1)
-    values = weight.to(dtype)[:, 0, :, None].expand(channels, kernel, block).reshape(channels, -1)
-    return torch.zeros(channels, (block + span) * block, dtype=dtype).scatter_(1, flat, values).view(
-        channels, block + span, block)
-
-
-def _toeplitz_correlate(x, weight, left, out_len, dilation):
-    """out[n, c, j] = sum_k weight[c, 0, k] xpad[n, c, j + k*d] for j < out_len, xpad = x shifted right by left."""
-    span = dilation * (weight.shape[2] - 1)
-    rows, seg = _segments(x, left, out_len, span)
-    out = torch.bmm(_windows(rows, span), _toeplitz(weight, dilation, rows.dtype))  # (C, N*S/B, B)
-    return out.view(x.shape[1], x.shape[0], seg)[:, :, :out_len].transpose(0, 1)
-
-
-def _cpu_forward(x, weight, bias, stride, padding, dilation):
-    if not _toeplitz_fits(weight.shape, x.shape[1], stride, x, weight):
-        out = cpu.dwconv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias,
-                                   *_geometry2d(stride, padding, dilation))
-        return out.squeeze(2).contiguous()
-    out_len = _out_length(x.shape[2], weight.shape[2], stride, padding, dilation)
-    out = _toeplitz_correlate(x, weight, padding[0], out_len, dilation)
-    if bias is not None:
-        out = out + bias.to(out.dtype)[:, None]
-    return out.to(x.dtype).contiguous()
-
-
-def _cpu_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
-    span = dilation * (weight.shape[2] - 1)
-    if not _toeplitz_fits(weight.shape, input_shape[1], stride, grad_out, weight) or padding[0] > span:
-        shape = (*input_shape[:2], 1, input_shape[2])
-        grad = cpu.dwconv2d_grad_input(grad_out.unsqueeze(2), weight.unsqueeze(2), shape,
-                                       *_geometry2d(stride, padding, dilation))
-        return grad.squeeze(2).contiguous()
-    # gx[i] = sum_k w[k] g[i + left - k*d]: the correlation of g, shifted right by d*(K-1) - left, with flipped w
-    grad = _toeplitz_correlate(grad_out, weight.flip(2), span - padding[0], input_shape[2], dilation)
-    return grad.to(grad_out.dtype).contiguous()
-
-
-def _cpu_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    if not _toeplitz_fits(weight_shape, x.shape[1], stride, grad_out, x):
-        shape = (weight_shape[0], 1, 1, weight_shape[2])
-        grad = cpu.dwconv2d_grad_weight(grad_out.unsqueeze(2), x.unsqueeze(2), shape,
-                                        *_geometry2d(stride, padding, dilation))
-        return grad.reshape(weight_shape)
-    # gw[c, k] = sum over n, j of g[n, c, j] xpad[n, c, j + k*d]: M = G^T @ windows, then gw[k] = sum_i M[i, i + k*d]
-    block, kernel, out_len = TOEPLITZ_BLOCK, weight_shape[2], grad_out.shape[2]
-    span = dilation * (kernel - 1)
-    rows, seg = _segments(x, padding[0], out_len, span)
-    g = torch.zeros(x.shape[1], x.shape[0], seg, dtype=rows.dtype)  # zeros past out_len: straddling blocks add 0
-    g[:, :, :out_len] = grad_out.transpose(0, 1)
-    m = torch.bmm(g.view(x.shape[1], -1, block).transpose(1, 2), _windows(rows, span)[:, :g.shape[1] * seg // block])
-    diagonal = (torch.arange(block)[:, None] * (block + span + 1) + dilation * torch.arange(kernel)).flatten()
-    grad = m.flatten(1)[:, diagonal].view(-1, block, kernel).sum(1)
-    return grad.to(x.dtype).reshape(weight_shape)
-
-
-def _triton_functions():
-    from .kernels import dwconv1d as kernels  # triton is optional
-    return kernels.dwconv1d_forward, kernels.dwconv1d_grad_input, kernels.dwconv1d_grad_weight
-
-
-_DIRECTIONS = ("forward", "grad_input", "grad_weight")
-_BACKENDS = {"torch": lambda: (_torch_forward, _torch_grad_input, _torch_grad_weight),
-             "cpu": lambda: (_cpu_forward, _cpu_grad_input, _cpu_grad_weight),
-             "triton": _triton_functions}
-
-
-def unsupported_reason(backend, x) -> str | None:
-    if backend == "torch":
-        return None
-    if backend == "cpu":
-        return None if x.device.type == "cpu" else f"needs CPU tensors, got {x.device.type}"
-    if backend == "triton":
-        try:
-            from .kernels import dwconv1d as kernels
-        except ImportError as error:
-            return f"backend 'triton' cannot be imported: {error}"
-        return kernels.unsupported_reason(x)
-    return f"backend {backend!r} has no dwconv1d (backends: {tuple(_BACKENDS)})"
-
-
-def _function(backend, direction):
-    return _BACKENDS[backend]()[_DIRECTIONS.index(direction)]
-
-
-_auto_cache: dict[tuple, str] = {}
-
-
-def _table_choice(x, kernel, candidates):
-    fused = "cpu" if x.device.type == "cpu" else "triton"
-    order = (fused, "torch") if kernel >= TABLE_MIN_KERNEL.get(x.device.type, 31) else ("torch",)
-    return next((name for name in order if name in candidates), "torch")
-
-
-def _run(direction, backend, x, kernel, args):
-    """Run `direction` on `backend`; "auto" measures the candidates once per key (or follows the table)."""
-    if backend != "auto":
-        reason = unsupported_reason(backend, x)
-        if reason is not None:
-            raise RuntimeError(f"{OP}: backend {backend!r} cannot run this call: {reason}")
-        return _function(backend, direction)(*args)
-    candidates = [name for name in (("cpu", "torch") if x.device.type == "cpu" else ("triton", "torch"))
-                  if unsupported_reason(name, x) is None]
-    on_gpu = x.device.type == "cuda"
-    if dispatch.by_table() or (on_gpu and torch.cuda.is_current_stream_capturing()):
-        return _function(_table_choice(x, kernel, candidates), direction)(*args)
-    key = dispatch.cache_key(OP, direction, x, (kernel,), args[-3:])
-    name = _auto_cache.get(key)
-    if name is not None:
-        return _function(name, direction)(*args)
-    timings, results = {}, {}
-    for name in candidates:
-        fn = _function(name, direction)
-        if on_gpu:
-            fn(*args)  # compile / warm up
-        timings[name], results[name] = dispatch._timed(fn, args, on_gpu)
-    _auto_cache[key] = min(timings, key=timings.get)
-    return results[_auto_cache[key]]
-
-
 # ---- custom ops --------------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("largeconv::dwconv1d", mutates_args=())
@@ -294,7 +103,7 @@ def _dwconv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, pa
     if x.numel() == 0 or weight.numel() == 0:
         return x.new_empty((x.shape[0], weight.shape[0], length))
     args = (x, weight, bias, stride, tuple(padding), dilation)
-    return _run("forward", backend, x, weight.shape[2], args).contiguous()
+    return dispatch.run(OP, "forward", backend, x, (weight.shape[2],), args).contiguous()
 
 
 @_dwconv1d.register_fake
@@ -310,7 +119,7 @@ def _dwconv1d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int
     if grad_out.numel() == 0 or weight.numel() == 0:
         return grad_out.new_zeros(input_shape)
     args = (grad_out, weight, tuple(input_shape), stride, tuple(padding), dilation)
-    return _run("grad_input", backend, grad_out, weight.shape[2], args).contiguous()
+    return dispatch.run(OP, "grad_input", backend, grad_out, (weight.shape[2],), args).contiguous()
 
 
 @_dwconv1d_grad_input.register_fake
@@ -325,7 +134,7 @@ def _dwconv1d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[int], 
     if grad_out.numel() == 0:
         return x.new_zeros(weight_shape)
     args = (grad_out, x, tuple(weight_shape), stride, tuple(padding), dilation)
-    return _run("grad_weight", backend, x, weight_shape[2], args).contiguous()
+    return dispatch.run(OP, "grad_weight", backend, x, (weight_shape[2],), args).contiguous()
 
 
 @_dwconv1d_grad_weight.register_fake
@@ -402,7 +211,7 @@ def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     x, weight, bias = _autocast(x, weight, bias)
     stride, padding, dilation, _ = dwconv1d_arguments(x, weight, bias, stride, padding, dilation)
     if _composite_needed():
-        return _torch_forward(x, weight, bias, stride, padding, dilation)
+        return reference.dwconv1d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
     return torch.ops.largeconv.dwconv1d(x, weight, bias, stride, list(padding), dilation, backend)
 

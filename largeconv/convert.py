@@ -3,6 +3,7 @@ import warnings
 
 from torch import nn
 
+from .conv1d import converted_conv1d
 from .modules import LargeDWConv2d, _own_forward, depthwise_ineligibility, depthwise_padding
 
 # By default a kernel is converted only from this size up (kh * kw >= size**2), per device type: below it PyTorch's
@@ -29,7 +30,8 @@ def convert(model: nn.Module, backend="auto", min_kernel_size=None) -> nn.Module
     computes such a conv (the official DepthWiseConv2dImplicitGEMM; see modules.depthwise_padding for the rule).
     Left alone: other convs, already converted ones, convs with hooks or parametrized weights, and timm's
     Conv2dSame at stride 2 (its padding depends on each input's size, which no fixed padding reproduces; at
-    stride 1 it is padding "same" and is converted).
+    stride 1 it is padding "same" and is converted). Depthwise nn.Conv1d become LargeDWConv1d from
+    conv1d.DEFAULT_MIN_KERNEL_SIZE (31) on, or from min_kernel_size when given.
 
     min_kernel_size=None uses DEFAULT_MIN_KERNEL_SIZE for the device the weights are on, chosen so that convert
     does not make a model slower end to end (small kernels stay PyTorch's); min_kernel_size=1 converts every
@@ -40,7 +42,8 @@ def convert(model: nn.Module, backend="auto", min_kernel_size=None) -> nn.Module
 
     def converted(module):
         """The LargeDWConv2d replacing `module`, or None to leave it (and look inside it)."""
-        if isinstance(module, nn.Conv1d): from .conv1d import converted_conv1d; return converted_conv1d(module, backend, min_kernel_size)  # noqa: E501,E701,E702
+        if isinstance(module, nn.Conv1d):
+            return converted_conv1d(module, backend, min_kernel_size)
         if isinstance(module, LargeDWConv2d) or depthwise_ineligibility(module) is not None:
             return None
         threshold = min_kernel_size or default_min_kernel_size(module.weight.device.type)

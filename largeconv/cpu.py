@@ -10,7 +10,7 @@ in float64 and planes holding NaN/Inf (or with a non-finite weight) by F.conv2d 
 import torch
 import torch.nn.functional as F
 
-from .arguments import dwconv2d_output_hw, memory_format_of
+from .arguments import conv_output_size, dwconv2d_output_hw, memory_format_of
 
 # Above this many taps the FFT weight gradient beats one multiply-reduce pass per tap.
 FFT_MIN_TAPS = 26
@@ -419,3 +419,106 @@ def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, pad
             torch.mul(dyb, xb[..., rows, cols], out=products)
             torch.sum(products, dim=2, out=gb[:, :, t])
     return _restore(grad_w, x)
+
+
+# ---- depthwise conv1d (largeconv/conv1d.py): padding is (left, right) -------------------------------------------
+
+def _geometry2d(stride, padding, dilation):
+    return (1, stride), (0, 0, *padding), (1, dilation)
+
+
+# The CPU path for stride 1 and one output per channel: per channel c, a 1-D correlation of B outputs is a matrix
+# product with the banded Toeplitz matrix T_c[t, i] = w[c, k] at t = i + k*d, so the whole layer is one batched
+# matmul over channels: (C, blocks, B + d*(K-1)) windows of the padded input (a strided view, rows overlapping)
+# times (C, B + d*(K-1), B). ~2x the multiply-adds of the direct sum at K = 31, B = 32, but at matmul speed and
+# with no channels_last copies. Each sample's row is padded to a multiple S of B so that all samples' blocks form
+# one row stride; the blocks that straddle two samples are computed and dropped. Other calls use the 2-D "cpu"
+# backend on the free (N, C, 1, L) view with a (1, K) kernel.
+TOEPLITZ_BLOCK = 32
+
+
+def _toeplitz_fits(weight_shape, channels, stride, *tensors):
+    """The matmul multiplies every input of a block by the band's zeros too, so one Inf/NaN would spread over its
+    block (0 * Inf = NaN) where F.conv1d confines it to the outputs that read it: non-finite inputs take the other
+    path."""
+    return stride == 1 and weight_shape[0] == channels and all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _segments(x, left, out_len, span):
+    """x (N, C, L) as (C, N*S + tail) in the compute dtype: sample n's row at [n*S + left, n*S + left + L), zeros
+    elsewhere; S is a multiple of the block, at least out_len rounded up to blocks + span and left + L."""
+    block = TOEPLITZ_BLOCK
+    n, c, length = x.shape
+    blocks = -(-out_len // block)
+    seg = -(-max(blocks * block + span, left + length) // block) * block
+    rows = x.new_zeros((c, n * seg + span), dtype=_compute_dtype(x.dtype))
+    rows[:, :n * seg].view(c, n, seg)[:, :, left:left + length] = x.transpose(0, 1)
+    return rows, seg
+
+
+def _windows(rows, span):
+    block = TOEPLITZ_BLOCK
+    count = (rows.shape[1] - span) // block
+    return rows.as_strided((rows.shape[0], count, block + span), (rows.stride(0), block, 1))
+
+
+def _toeplitz(weight, dilation, dtype):
+    """(C, B + d*(K-1), B) with T[c, i + k*d, i] = weight[c, 0, k]."""
+    block = TOEPLITZ_BLOCK
+    channels, _, kernel = weight.shape
+    span = dilation * (kernel - 1)
+    rows = torch.arange(block) + dilation * torch.arange(kernel)[:, None]  # (K, B): t = i + k*d
+    flat = (rows * block + torch.arange(block)).reshape(1, -1).expand(channels, -1)
+    values = weight.to(dtype)[:, 0, :, None].expand(channels, kernel, block).reshape(channels, -1)
+    return torch.zeros(channels, (block + span) * block, dtype=dtype).scatter_(1, flat, values).view(
+        channels, block + span, block)
+
+
+def _toeplitz_correlate(x, weight, left, out_len, dilation):
+    """out[n, c, j] = sum_k weight[c, 0, k] xpad[n, c, j + k*d] for j < out_len, xpad = x shifted right by left."""
+    span = dilation * (weight.shape[2] - 1)
+    rows, seg = _segments(x, left, out_len, span)
+    out = torch.bmm(_windows(rows, span), _toeplitz(weight, dilation, rows.dtype))  # (C, N*S/B, B)
+    return out.view(x.shape[1], x.shape[0], seg)[:, :, :out_len].transpose(0, 1)
+
+
+def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
+    if not _toeplitz_fits(weight.shape, x.shape[1], stride, x, weight):
+        out = dwconv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias,
+                                   *_geometry2d(stride, padding, dilation))
+        return out.squeeze(2).contiguous()
+    out_len = conv_output_size(x.shape[2], weight.shape[2], stride, padding[0] + padding[1], dilation)
+    out = _toeplitz_correlate(x, weight, padding[0], out_len, dilation)
+    if bias is not None:
+        out = out + bias.to(out.dtype)[:, None]
+    return out.to(x.dtype).contiguous()
+
+
+def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    span = dilation * (weight.shape[2] - 1)
+    if not _toeplitz_fits(weight.shape, input_shape[1], stride, grad_out, weight) or padding[0] > span:
+        shape = (*input_shape[:2], 1, input_shape[2])
+        grad = dwconv2d_grad_input(grad_out.unsqueeze(2), weight.unsqueeze(2), shape,
+                                       *_geometry2d(stride, padding, dilation))
+        return grad.squeeze(2).contiguous()
+    # gx[i] = sum_k w[k] g[i + left - k*d]: the correlation of g, shifted right by d*(K-1) - left, with flipped w
+    grad = _toeplitz_correlate(grad_out, weight.flip(2), span - padding[0], input_shape[2], dilation)
+    return grad.to(grad_out.dtype).contiguous()
+
+
+def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    if not _toeplitz_fits(weight_shape, x.shape[1], stride, grad_out, x):
+        shape = (weight_shape[0], 1, 1, weight_shape[2])
+        grad = dwconv2d_grad_weight(grad_out.unsqueeze(2), x.unsqueeze(2), shape,
+                                        *_geometry2d(stride, padding, dilation))
+        return grad.reshape(weight_shape)
+    # gw[c, k] = sum over n, j of g[n, c, j] xpad[n, c, j + k*d]: M = G^T @ windows, then gw[k] = sum_i M[i, i + k*d]
+    block, kernel, out_len = TOEPLITZ_BLOCK, weight_shape[2], grad_out.shape[2]
+    span = dilation * (kernel - 1)
+    rows, seg = _segments(x, padding[0], out_len, span)
+    g = torch.zeros(x.shape[1], x.shape[0], seg, dtype=rows.dtype)  # zeros past out_len: straddling blocks add 0
+    g[:, :, :out_len] = grad_out.transpose(0, 1)
+    m = torch.bmm(g.view(x.shape[1], -1, block).transpose(1, 2), _windows(rows, span)[:, :g.shape[1] * seg // block])
+    diagonal = (torch.arange(block)[:, None] * (block + span + 1) + dilation * torch.arange(kernel)).flatten()
+    grad = m.flatten(1)[:, diagonal].view(-1, block, kernel).sum(1)
+    return grad.to(x.dtype).reshape(weight_shape)

@@ -28,7 +28,7 @@ def is_available() -> bool:
 
 def unsupported_reason(op, x, kernel_size):
     if op not in MAX_KERNEL:
-        return f"unknown op {op!r}"
+        return f"the cuda backend has no {op} kernel"
     if _C is None:
         if torch.version.cuda is None:
             return (f"this torch ({torch.__version__}) is a CPU-only build, so the CUDA extension largeconv._C "

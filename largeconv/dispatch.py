@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import threading
 import time
@@ -164,8 +165,11 @@ def table_choice(op, direction, x, kernel_size, candidates) -> str:
     grad-input, the per-tap weight gradient from about 5x5, involution's shift-and-accumulate always (the unfold
     reference is 9-25x slower). CUDA rows are a PREDICTION (bench/results/static-sm90): no GPU has measured them;
     they prefer the fused kernels from 7x7 on and PyTorch (cuDNN / its depthwise kernel) below."""
-    taps = kernel_size[0] * kernel_size[1]
-    if x.device.type == "cuda":
+    taps = math.prod(kernel_size)
+    if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py); the CUDA row a prediction
+        fused = "cpu" if x.device.type == "cpu" else "triton"
+        order = (fused, "torch") if taps >= 31 else ("torch", fused)
+    elif x.device.type == "cuda":
         fused = op == "involution2d" or taps >= 49
         order = ("cuda", "triton", "torch") if fused else ("torch",)
     elif op == "involution2d":
@@ -183,11 +187,11 @@ def known_to_lose(name, op, direction, x, kernel_size) -> bool:
     """Candidates never worth timing: on CPU, involution's unfold reference (9-25x slower and K*K times the memory)
     and PyTorch's NCHW depthwise conv from 13x13 on (5-28x slower than the FFT path, and its single call is what made
     the first call cost seconds)."""
-    if name != "torch" or x.device.type != "cpu":
+    if name != "torch" or x.device.type != "cpu" or op == "dwconv1d":
         return False
     if op == "involution2d":
         return True
-    return not is_channels_last(x) and kernel_size[0] * kernel_size[1] >= 169
+    return not is_channels_last(x) and math.prod(kernel_size) >= 169
 
 
 # ---- measurement -------------------------------------------------------------------------------------------------
@@ -196,7 +200,7 @@ def workspace_bytes(name, op, direction, x, kernel_size) -> int:
     """A rough estimate of the memory a backend allocates beyond its inputs and output."""
     elem = x.element_size()
     if op == "involution2d" and name == "torch":
-        return 2 * x.numel() * kernel_size[0] * kernel_size[1] * elem  # the unfolded input and the product
+        return 2 * x.numel() * math.prod(kernel_size) * elem  # the unfolded input and the product
     if name == "cpu":
         return 4 * x.numel() * max(elem, 4)  # padded fp32 copies, FFT spectra
     return x.numel() * elem

@@ -3,7 +3,7 @@
 Tests compare every other backend against these, computed in float64. They follow backend_api.md.
 """
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_input, conv2d_weight
+from torch.nn.grad import conv1d_input, conv1d_weight, conv2d_input, conv2d_weight
 
 from .arguments import memory_format_of
 
@@ -102,3 +102,24 @@ def involution2d_reference(x, weight, kernel_size, stride=1, padding=None, dilat
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2
     return involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
+
+
+# ---- depthwise conv1d (largeconv/conv1d.py): padding is (left, right) -------------------------------------------
+
+def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
+    if padding[0] != padding[1]:
+        x, padding = F.pad(x, padding), (0, 0)
+    return F.conv1d(x, weight, bias, stride, padding[0], dilation, groups=x.shape[1])
+
+
+def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    left, right = padding
+    shape = (*input_shape[:2], input_shape[2] + left + right - 2 * min(left, right))
+    grad = conv1d_input(shape, weight, grad_out, stride, min(left, right), dilation, groups=input_shape[1])
+    return grad if left == right else grad[:, :, left - min(left, right):][:, :, :input_shape[2]].contiguous()
+
+
+def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
+    if padding[0] != padding[1]:
+        x, padding = F.pad(x, padding), (0, 0)
+    return conv1d_weight(x, weight_shape, grad_out, stride, padding[0], dilation, groups=x.shape[1])
