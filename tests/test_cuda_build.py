@@ -138,7 +138,7 @@ def test_built_extension_rejects_cpu_tensors_clearly():
     x = torch.randn(1, 2, 5, 5)
     assert largeconv.cuda.unsupported_reason("dwconv2d", x, (3, 3)) == "needs CUDA tensors, got cpu"
     assert largeconv.cuda.unsupported_reason("involution2d", x, (3, 3)) == "needs CUDA tensors, got cpu"
-    assert "unknown op" in largeconv.cuda.unsupported_reason("conv3d", x, (3, 3))
+    assert "has no conv3d kernel" in largeconv.cuda.unsupported_reason("conv3d", x, (3, 3))
     # No CPU kernel is registered: the dispatcher refuses rather than touching host memory as device memory.
     with pytest.raises((NotImplementedError, RuntimeError)):
         torch.ops.largeconv_C.dwconv2d_forward(x, torch.randn(2, 1, 3, 3), None, [1, 1], [1, 1, 1, 1], [1, 1],
