@@ -142,7 +142,8 @@ def cache_key(op, direction, x, kernel_size, geometry, shape=None) -> tuple:
     """Kernel size, stride, padding and dilation exactly; batch, channels and spatial size (x's, or `shape` of a
     tensor laid out like x) bucketed."""
     return (op, direction, str(x.device), str(x.dtype).removeprefix("torch."), is_channels_last(x),
-            tuple(_bucket(n) for n in (x.shape if shape is None else shape)), tuple(kernel_size), _plain(geometry))
+            tuple(_bucket(n) for n in (x.shape if shape is None else shape)), tuple(kernel_size),
+            tuple(tuple(g) if isinstance(g, (tuple, list)) else g for g in geometry))  # geometry: ints or pairs
 
 
 def _plain(value):
