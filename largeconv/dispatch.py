@@ -39,6 +39,11 @@ _GPU_CANDIDATES = ("cuda", "triton", "torch")
 _CPU_CANDIDATES = ("cpu", "torch")
 # A candidate whose estimated workspace exceeds this many times the smallest estimate is not measured.
 WORKSPACE_RATIO_LIMIT = 4
+# What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
+# (ops.dwconv2d) uses once torch wins every direction: a fused candidate must beat torch by this much. CPU: measured
+# 2026-11-27 (2-core Xeon, tiny shapes: fwd+bwd through the custom ops ~1.1 ms above a direct F.conv2d, three
+# directions). CUDA: a prediction (Python dispatch costs about the same in absolute terms, minus the slower CPU).
+CUSTOM_OP_OVERHEAD_S = {"cpu": 3e-4, "cuda": 1e-4}
 # A candidate whose calls add up to less than this is timed up to three times and its fastest call counts (cheap,
 # and robust to a busy machine); slower ones once (the first call stays cheap).
 _REPEAT_BELOW_S = 0.02
@@ -228,7 +233,7 @@ def _fastest(op, direction, candidates, run_args, on_gpu):
         while not times or (len(times) < 3 and (on_gpu or sum(times) < _REPEAT_BELOW_S)):
             elapsed, results[name] = _timed(fn, run_args, on_gpu)
             times.append(elapsed)
-        timings[name] = min(times)
+        timings[name] = min(times) + (0 if name == "torch" else CUSTOM_OP_OVERHEAD_S[run_args[0].device.type])
     winner = min(timings, key=timings.get)
     return winner, results[winner]
 
