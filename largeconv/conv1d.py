@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import dispatch, reference
 from .arguments import _check_same, _check_tensor, conv_output_size, is_int
-from .ops import _autocast, _bias_grad_dtype, _composite_needed
+from .ops import _autocast, _bias_grad_dtype, _composite_needed, register_bilinear_double_backward
 
 OP = "dwconv1d"
 # convert() swaps a depthwise nn.Conv1d from this kernel size on: measured 2026-11-27 (2-thread Xeon @ 2.80GHz,
@@ -142,42 +142,10 @@ def _(grad_out, x, weight_shape, stride, padding, dilation, backend):
     return x.new_empty(weight_shape)
 
 
-# Bilinear in (x, weight), as dwconv2d (see ops.py): each direction's derivatives are the other two directions.
-
-def _grad_input_setup_context(ctx, inputs, output):
-    grad_out, weight, input_shape, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(grad_out, weight)
-    ctx.params = (stride, padding, dilation, backend)
-
-
-def _grad_input_backward(ctx, grad_grad_x):
-    grad_out, weight = ctx.saved_tensors
-    d_grad_out = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_out = torch.ops.largeconv.dwconv1d(grad_grad_x, weight, None, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        d_weight = torch.ops.largeconv.dwconv1d_grad_weight(grad_out, grad_grad_x, list(weight.shape), *ctx.params)
-    return d_grad_out, d_weight, None, None, None, None, None
-
-
-def _grad_weight_setup_context(ctx, inputs, output):
-    grad_out, x, weight_shape, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(grad_out, x)
-    ctx.params = (stride, padding, dilation, backend)
-
-
-def _grad_weight_backward(ctx, grad_grad_w):
-    grad_out, x = ctx.saved_tensors
-    d_grad_out = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_grad_out = torch.ops.largeconv.dwconv1d(x, grad_grad_w, None, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        d_x = torch.ops.largeconv.dwconv1d_grad_input(grad_out, grad_grad_w, list(x.shape), *ctx.params)
-    return d_grad_out, d_x, None, None, None, None, None
-
-
-_dwconv1d_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_input_setup_context)
-_dwconv1d_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup_context)
+register_bilinear_double_backward(
+    _dwconv1d_grad_input, _dwconv1d_grad_weight,
+    lambda x, w, params: torch.ops.largeconv.dwconv1d(x, w, None, *params),
+    torch.ops.largeconv.dwconv1d_grad_input, torch.ops.largeconv.dwconv1d_grad_weight)
 
 
 def _setup_context(ctx, inputs, output):

@@ -103,47 +103,34 @@ def _(grad_out, x, weight_shape, stride, padding, dilation, backend):
     return x.new_empty(weight_shape)
 
 
-# The op is bilinear in (x, weight), so each direction's derivatives are the other two directions: with
-# gx = grad_input(g, w) and gw = grad_weight(g, x), <gx, Gx> = <g, conv(Gx, w)> and <gw, Gw> = <g, conv(x, Gw)>.
-# Registering these makes every direction differentiable (double backward, gradient penalties, MAML).
+def register_bilinear_double_backward(grad_input, grad_weight, forward, grad_input_op, grad_weight_op,
+                                     weight_layout=lambda grad_w, weight: grad_w):
+    """Make an op's two grad ops (custom ops taking (grad_out, weight or x, shape, *params)) differentiable.
 
-def _dwconv2d_grad_input_setup_context(ctx, inputs, output):
-    grad_out, weight, input_shape, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(grad_out, weight)
-    ctx.params = (stride, padding, dilation, backend)
+    The ops are bilinear in (x, weight), so each direction's derivatives are the other two directions: with
+    gx = grad_input(g, w) and gw = grad_weight(g, x), <gx, Gx> = <g, op(Gx, w)> and <gw, Gw> = <g, op(x, Gw)>.
+    This gives double backward (gradient penalties, MAML). `forward(x, w, params)` calls the op; the *_op arguments
+    are the torch.ops handles of the grad ops (called through the dispatcher, so they are differentiable too)."""
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.params, ctx.unused = tuple(inputs[3:]), (None,) * (len(inputs) - 2)
 
+    def grad_input_backward(ctx, grad_grad_x):
+        grad_out, weight = ctx.saved_tensors
+        d_grad_out = forward(grad_grad_x, weight, ctx.params) if ctx.needs_input_grad[0] else None
+        d_weight = None
+        if ctx.needs_input_grad[1]:
+            d_weight = weight_layout(grad_weight_op(grad_out, grad_grad_x, list(weight.shape), *ctx.params), weight)
+        return (d_grad_out, d_weight, *ctx.unused)
 
-def _dwconv2d_grad_input_backward(ctx, grad_grad_x):
-    grad_out, weight = ctx.saved_tensors
-    d_grad_out = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_out = torch.ops.largeconv.dwconv2d(grad_grad_x, weight, None, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        d_weight = _weight_layout(torch.ops.largeconv.dwconv2d_grad_weight(
-            grad_out, grad_grad_x, list(weight.shape), *ctx.params), weight)
-    return d_grad_out, d_weight, None, None, None, None, None
+    def grad_weight_backward(ctx, grad_grad_w):
+        grad_out, x = ctx.saved_tensors
+        d_grad_out = forward(x, grad_grad_w, ctx.params) if ctx.needs_input_grad[0] else None
+        d_x = grad_input_op(grad_out, grad_grad_w, list(x.shape), *ctx.params) if ctx.needs_input_grad[1] else None
+        return (d_grad_out, d_x, *ctx.unused)
 
-
-def _dwconv2d_grad_weight_setup_context(ctx, inputs, output):
-    grad_out, x, weight_shape, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(grad_out, x)
-    ctx.params = (stride, padding, dilation, backend)
-
-
-def _dwconv2d_grad_weight_backward(ctx, grad_grad_w):
-    grad_out, x = ctx.saved_tensors
-    d_grad_out = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_grad_out = torch.ops.largeconv.dwconv2d(x, grad_grad_w, None, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        d_x = torch.ops.largeconv.dwconv2d_grad_input(grad_out, grad_grad_w, list(x.shape), *ctx.params)
-    return d_grad_out, d_x, None, None, None, None, None
-
-
-_dwconv2d_grad_input.register_autograd(_dwconv2d_grad_input_backward,
-                                       setup_context=_dwconv2d_grad_input_setup_context)
-_dwconv2d_grad_weight.register_autograd(_dwconv2d_grad_weight_backward,
-                                        setup_context=_dwconv2d_grad_weight_setup_context)
+    grad_input.register_autograd(grad_input_backward, setup_context=setup_context)
+    grad_weight.register_autograd(grad_weight_backward, setup_context=setup_context)
 
 
 def _weight_layout(grad_w, weight):
@@ -152,6 +139,12 @@ def _weight_layout(grad_w, weight):
     if grad_w.stride() == weight.stride():
         return grad_w
     return torch.empty_like(weight).copy_(grad_w)
+
+
+register_bilinear_double_backward(
+    _dwconv2d_grad_input, _dwconv2d_grad_weight,
+    lambda x, w, params: torch.ops.largeconv.dwconv2d(x, w, None, *params),
+    torch.ops.largeconv.dwconv2d_grad_input, torch.ops.largeconv.dwconv2d_grad_weight, _weight_layout)
 
 
 def _dwconv2d_setup_context(ctx, inputs, output):
@@ -266,44 +259,10 @@ def _(grad_out, x, weight_shape, kernel_size, stride, padding, dilation, backend
     return _empty(weight_shape, x, memory_format_of(x))
 
 
-def _involution2d_grad_input_setup_context(ctx, inputs, output):
-    grad_out, weight, input_shape, kernel_size, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(grad_out, weight)
-    ctx.params = (kernel_size, stride, padding, dilation, backend)
-
-
-def _involution2d_grad_input_backward(ctx, grad_grad_x):
-    # bilinear like dwconv2d: see the comment above _dwconv2d_grad_input_setup_context
-    grad_out, weight = ctx.saved_tensors
-    d_grad_out = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_out = torch.ops.largeconv.involution2d(grad_grad_x, weight, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        d_weight = torch.ops.largeconv.involution2d_grad_weight(grad_out, grad_grad_x, list(weight.shape),
-                                                                *ctx.params)
-    return d_grad_out, d_weight, None, None, None, None, None, None
-
-
-def _involution2d_grad_weight_setup_context(ctx, inputs, output):
-    grad_out, x, weight_shape, kernel_size, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(grad_out, x)
-    ctx.params = (kernel_size, stride, padding, dilation, backend)
-
-
-def _involution2d_grad_weight_backward(ctx, grad_grad_w):
-    grad_out, x = ctx.saved_tensors
-    d_grad_out = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_grad_out = torch.ops.largeconv.involution2d(x, grad_grad_w, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        d_x = torch.ops.largeconv.involution2d_grad_input(grad_out, grad_grad_w, list(x.shape), *ctx.params)
-    return d_grad_out, d_x, None, None, None, None, None, None
-
-
-_involution2d_grad_input.register_autograd(_involution2d_grad_input_backward,
-                                           setup_context=_involution2d_grad_input_setup_context)
-_involution2d_grad_weight.register_autograd(_involution2d_grad_weight_backward,
-                                            setup_context=_involution2d_grad_weight_setup_context)
+register_bilinear_double_backward(
+    _involution2d_grad_input, _involution2d_grad_weight,
+    lambda x, w, params: torch.ops.largeconv.involution2d(x, w, *params),
+    torch.ops.largeconv.involution2d_grad_input, torch.ops.largeconv.involution2d_grad_weight)
 
 
 def _involution2d_setup_context(ctx, inputs, output):
