@@ -155,11 +155,14 @@ def _plain(value):
     return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
 
 
-def cached_choice(op, direction, x, kernel_size, geometry, shape=None) -> str | None:
-    """What "auto" has cached for this call (None if nothing yet, or when the table decides)."""
-    key = cache_key(op, direction, x, kernel_size, geometry, shape)
-    name = _auto_cache.get(key)
-    return name if name is not None and (key in _loaded_keys or not by_table()) else None
+def all_cached_as(keys, name: str) -> bool:
+    """True when "auto" has cached `name` for every key (choices it measured do not count when the table decides)."""
+    measured = False
+    for key in keys:
+        if _auto_cache.get(key) != name:
+            return False
+        measured = measured or key not in _loaded_keys
+    return not (measured and by_table())
 
 
 # ---- the committed rule ------------------------------------------------------------------------------------------

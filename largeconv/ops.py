@@ -177,33 +177,69 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     x (N, C, H, W) NCHW or channels_last; weight (C*m, 1, Kh, Kw); bias (C*m,) or None. padding: int, pair,
     "same" or "valid". backend: None/"auto", "torch", "cpu", "triton" or "cuda" (see largeconv.dispatch).
     """
+    signature = _eager_signature(x, weight, bias, stride, padding, dilation, backend)
+    try:
+        known, remember = _torch_calls.get(signature), signature is not None
+    except TypeError:  # an unhashable argument (a list): nothing to remember
+        known, remember = None, False
+    if known is not None and dispatch.requested_backend(backend) == "auto" and dispatch.all_cached_as(known[1],
+                                                                                                      "torch"):
+        # the same call as one where auto chose torch for every direction it runs: PyTorch's own op and autograd,
+        # with no argument checks (they passed for this signature) and no custom-op machinery
+        return reference.dwconv2d_forward(x, weight, bias, *known[0])
     x, weight, bias = _autocast(x, weight, bias)
     stride, padding, dilation, _ = dwconv2d_arguments(x, weight, bias, stride, padding, dilation)
     if _composite_needed():
         return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
     x = x.contiguous(memory_format=memory_format_of(x))
-    if backend == "auto" and _auto_picked_torch(x, weight, bias, stride, padding, dilation):
-        # PyTorch's own call with its own autograd: no custom-op machinery on layers where auto chose it anyway
+    keys = _auto_torch_keys(x, weight, stride, padding, dilation) if backend == "auto" and signature else None
+    if keys is not None:
+        if remember:
+            if len(_torch_calls) >= _TORCH_CALLS_LIMIT:
+                _torch_calls.clear()
+            _torch_calls[signature] = ((stride, padding, dilation), keys)
         return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
     return torch.ops.largeconv.dwconv2d(x, weight, bias, list(stride), list(padding), list(dilation), backend)
 
 
-def _auto_picked_torch(x, weight, bias, stride, padding, dilation) -> bool:
-    """True when "auto" has already chosen "torch" for every direction this call will run (in plain eager mode: not
-    under a compiler or a tracer such as make_fx, which must see the custom op whatever the cache holds)."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
-        return False
+# Signatures of calls where auto chose torch in every direction -> ((stride, padding, dilation), auto-cache keys).
+# A hit re-reads those keys in the auto cache, so clearing or loading choices takes effect at once. Tiny layers cost
+# ~100 us in F.conv2d on CPU and every microsecond of Python before it shows, so the hit path is kept short.
+_torch_calls: dict[tuple, tuple] = {}
+_TORCH_CALLS_LIMIT = 4096
+
+
+def _eager_signature(x, weight, bias, stride, padding, dilation, backend):
+    """What decides a dwconv2d call's argument checks and auto's choice, as a hashable tuple; None where the fast
+    path must not be used: a pinned backend, under a compiler, a dispatch-mode tracer (make_fx must see the custom
+    op), autocast, or for tensor subclasses. With unhashable arguments (lists) the call cannot be remembered, but
+    still goes to PyTorch's op when auto chose torch."""
+    if (backend not in (None, "auto") or type(x) is not Tensor or type(weight) not in _PLAIN_TENSORS
+            or bias is not None and type(bias) not in _PLAIN_TENSORS or torch.compiler.is_compiling()
+            or torch._C._len_torch_dispatch_stack() or torch._C._is_any_autocast_enabled()):
+        return None
+    grad = torch.is_grad_enabled()
+    return (x.shape, x.stride(), x.dtype, x.device, grad and x.requires_grad, weight.shape, weight.dtype,
+            weight.device, grad and weight.requires_grad,
+            None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding, dilation)
+
+
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+
+
+def _auto_torch_keys(x, weight, stride, padding, dilation):
+    """The auto-cache keys of every direction this call will run, if auto has already chosen "torch" for all of
+    them; else None."""
     kernel, geometry = weight.shape[2:], (stride, padding, dilation)
-    if dispatch.cached_choice("dwconv2d", "forward", x, kernel, geometry) != "torch":
-        return False
-    if not torch.is_grad_enabled():
-        return True
-    out_shape = (x.shape[0], weight.shape[0], *dwconv2d_output_hw(x.shape, kernel, stride, padding, dilation))
-    return ((not x.requires_grad or dispatch.cached_choice("dwconv2d", "grad_input", x, kernel, geometry,
-                                                           out_shape) == "torch")
-            and (not weight.requires_grad or dispatch.cached_choice("dwconv2d", "grad_weight", x, kernel,
-                                                                    geometry) == "torch"))
+    keys = [dispatch.cache_key("dwconv2d", "forward", x, kernel, geometry)]
+    if torch.is_grad_enabled():
+        out_shape = (x.shape[0], weight.shape[0], *dwconv2d_output_hw(x.shape, kernel, stride, padding, dilation))
+        if x.requires_grad:
+            keys.append(dispatch.cache_key("dwconv2d", "grad_input", x, kernel, geometry, out_shape))
+        if weight.requires_grad:
+            keys.append(dispatch.cache_key("dwconv2d", "grad_weight", x, kernel, geometry))
+    return tuple(keys) if dispatch.all_cached_as(keys, "torch") else None
 
 
 # ---- involution ------------------------------------------------------------------------------------------------

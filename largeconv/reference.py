@@ -29,8 +29,9 @@ def _padded_shape(shape, padding):
 
 
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
-    if _symmetric(padding):
-        return F.conv2d(x, weight, bias, stride, _symmetric(padding), dilation, groups=x.shape[1])
+    symmetric = _symmetric(padding)
+    if symmetric:
+        return F.conv2d(x, weight, bias, stride, symmetric, dilation, x.shape[1])
     return F.conv2d(_pad(x, padding), weight, bias, stride, 0, dilation, groups=x.shape[1])
 
 

@@ -155,6 +155,49 @@ def test_calls_where_auto_picked_torch_skip_the_custom_op(monkeypatch):
         assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("change", ["cache cleared", "LARGECONV_BACKEND", "deterministic", "requires_grad",
+                                    "layout", "list arguments"])
+def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, change):
+    """The fast path remembers calls where auto chose torch; whatever changes after that (the cache, the environment,
+    deterministic mode, which inputs need grads, the layout, unhashable arguments) is seen on the next call, and
+    the numbers equal F.conv2d's. K=13 channels_last: the table would pick cpu, the (slowed) measurement torch."""
+    calls = _record(monkeypatch, delay_s={"cpu": 0.05})
+    x, w = torch.randn(1, 3, 9, 9).contiguous(memory_format=torch.channels_last), torch.randn(3, 1, 13, 13)
+    largeconv.dwconv2d(x, w)
+    largeconv.dwconv2d(x, w)  # remembered now
+    calls.clear()
+    largeconv.dwconv2d(x, w)
+    assert calls == [("torch", "forward")]
+    calls.clear()
+    ops_called = []
+    original_op = torch.ops.largeconv.dwconv2d
+    monkeypatch.setattr(torch.ops.largeconv, "dwconv2d", lambda *a: ops_called.append(a[-1]) or original_op(*a))
+    kwargs, expected_calls = {}, None
+    if change == "cache cleared":
+        dispatch._auto_cache.clear()  # measured again: both candidates run, through the custom op
+        expected_calls, expected_ops = [("cpu", "forward"), ("torch", "forward")], ["auto"]
+    elif change == "LARGECONV_BACKEND":
+        monkeypatch.setenv("LARGECONV_BACKEND", "cpu")
+        expected_calls, expected_ops = [("cpu", "forward")], ["cpu"]
+    elif change == "deterministic":
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+        expected_calls, expected_ops = [("cpu", "forward")], ["auto"]
+    elif change == "requires_grad":
+        x = x.clone().requires_grad_()  # grad_input has no choice yet: through the custom op
+        expected_ops = ["auto"]
+    elif change == "layout":
+        x = x.contiguous()  # another cache key, where torch is known to lose from 13x13 on
+        expected_calls, expected_ops = [("cpu", "forward")], ["auto"]
+    else:
+        kwargs = dict(stride=[1, 1], padding=[6, 6], dilation=[1, 1])  # the same call, not hashable
+        expected_calls, expected_ops = [("torch", "forward")], []
+    out = largeconv.dwconv2d(x, w, **kwargs)
+    assert ops_called == expected_ops
+    if expected_calls is not None:
+        assert set(calls) == set(expected_calls)
+    assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+
+
 def test_environment_is_read_only_when_nothing_more_specific_decides(monkeypatch):
     """A bad LARGECONV_BACKEND does not break calls and modules that pin their own backend."""
     monkeypatch.setenv("LARGECONV_BACKEND", "nonsense")
