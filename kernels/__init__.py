@@ -6,15 +6,17 @@ tensors they run only under TRITON_INTERPRET=1 (set before triton is first impor
 from .dwconv import dwconv2d_forward, dwconv2d_grad_input, dwconv2d_grad_weight
 from .involution import involution2d_forward, involution2d_grad_input, involution2d_grad_weight
 from .dwconv1d import dwconv1d_forward, dwconv1d_grad_input, dwconv1d_grad_weight
-from . import dwconv as _dwconv, dwconv1d as _dwconv1d, involution as _involution
+from .involution_fused import involution2d_fused_forward, involution2d_fused_backward
+from . import dwconv as _dwconv, dwconv1d as _dwconv1d, involution as _involution, involution_fused as _fused
 
 __all__ = ["unsupported_reason", "dwconv2d_forward", "dwconv2d_grad_input", "dwconv2d_grad_weight",
            "involution2d_forward", "involution2d_grad_input", "involution2d_grad_weight",
-           "dwconv1d_forward", "dwconv1d_grad_input", "dwconv1d_grad_weight"]
+           "dwconv1d_forward", "dwconv1d_grad_input", "dwconv1d_grad_weight",
+           "involution2d_fused_forward", "involution2d_fused_backward"]
 
 
 def unsupported_reason(op, x, kernel_size):
     if op == "dwconv1d":
         return _dwconv1d.unsupported_reason(x)
-    module = {"dwconv2d": _dwconv, "involution2d": _involution}[op]
+    module = {"dwconv2d": _dwconv, "involution2d": _involution, "involution2d_fused": _fused}[op]
     return module.unsupported_reason(x, kernel_size)

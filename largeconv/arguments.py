@@ -121,16 +121,8 @@ def _padding4(padding, kernel, stride, dilation, op):
     return (ph, ph, pw, pw)
 
 
-def involution2d_arguments(x, weight, kernel_size, stride, padding, dilation):
-    """Check involution2d's arguments; return (stride, padding, dilation, groups, out_hw) as ints."""
-    op = "involution2d"
-    _check_tensor(x, "x", op)
-    _check_tensor(weight, "weight", op)
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
-    if weight.dim() != 4:
-        raise ValueError(f"{op}: weight must be 4-D (B, G*K*K, Ho, Wo), got shape {tuple(weight.shape)}")
-    _check_same(x, weight, "weight", op)
+def _involution_geometry(kernel_size, stride, padding, dilation, op):
+    """Involution's kernel_size, stride, padding (None -> d*(K-1)//2), dilation checked, as Python ints."""
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if not is_int(value):
             raise TypeError(f"{op}: {name} must be an int, got {value!r}")
@@ -142,7 +134,20 @@ def involution2d_arguments(x, weight, kernel_size, stride, padding, dilation):
         raise TypeError(f"{op}: padding must be an int or None, got {padding!r}")
     if padding < 0:
         raise ValueError(f"{op}: padding must be >= 0, got {padding}")
-    kernel_size, stride, padding, dilation = int(kernel_size), int(stride), int(padding), int(dilation)
+    return int(kernel_size), int(stride), int(padding), int(dilation)
+
+
+def involution2d_arguments(x, weight, kernel_size, stride, padding, dilation):
+    """Check involution2d's arguments; return (stride, padding, dilation, groups, out_hw) as ints."""
+    op = "involution2d"
+    _check_tensor(x, "x", op)
+    _check_tensor(weight, "weight", op)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: weight must be 4-D (B, G*K*K, Ho, Wo), got shape {tuple(weight.shape)}")
+    _check_same(x, weight, "weight", op)
+    kernel_size, stride, padding, dilation = _involution_geometry(kernel_size, stride, padding, dilation, op)
     taps = kernel_size * kernel_size
     if weight.shape[1] % taps or weight.shape[1] == 0:
         raise ValueError(f"{op}: weight has {weight.shape[1]} channels, which is not a positive multiple of "
@@ -162,6 +167,54 @@ def involution2d_arguments(x, weight, kernel_size, stride, padding, dilation):
                          f"{(out_h, out_w)} (Ho, Wo) for input {tuple(x.shape[2:])}, kernel_size {kernel_size}, "
                          f"stride {stride}, padding {padding}, dilation {dilation}")
     return stride, padding, dilation, groups, (out_h, out_w)
+
+
+def involution2d_fused_arguments(x, reduced, span_weight, span_bias, kernel_size, stride, padding, dilation):
+    """Check involution2d_fused's arguments; return (span_weight as (G*K*K, Cr), kernel_size, stride, padding,
+    dilation, groups), the ints as Python ints."""
+    op = "involution2d_fused"
+    for name, t in (("x", x), ("reduced", reduced), ("span_weight", span_weight)):
+        _check_tensor(t, name, op)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    if reduced.dim() != 4:
+        raise ValueError(f"{op}: reduced must be 4-D (B, Cr, Ho, Wo), got shape {tuple(reduced.shape)}")
+    if span_weight.dim() == 4 and tuple(span_weight.shape[2:]) == (1, 1):
+        span_weight = span_weight.flatten(1)  # the 1x1 conv's weight (G*K*K, Cr, 1, 1)
+    if span_weight.dim() != 2:
+        raise ValueError(f"{op}: span_weight must be (G*K*K, Cr, 1, 1) or (G*K*K, Cr), got shape "
+                         f"{tuple(span_weight.shape)}")
+    _check_same(x, reduced, "reduced", op)
+    _check_same(x, span_weight, "span_weight", op)
+    kernel_size, stride, padding, dilation = _involution_geometry(kernel_size, stride, padding, dilation, op)
+    taps = kernel_size * kernel_size
+    spans = span_weight.shape[0]
+    if spans % taps or spans == 0:
+        raise ValueError(f"{op}: span_weight has {spans} output channels, which is not a positive multiple of "
+                         f"kernel_size**2 = {taps}")
+    groups = spans // taps
+    if x.shape[1] % groups:
+        raise ValueError(f"{op}: the {groups} groups of span_weight (output channels / kernel_size**2) do not "
+                         f"divide the {x.shape[1]} channels of x")
+    if span_weight.shape[1] != reduced.shape[1]:
+        raise ValueError(f"{op}: span_weight takes {span_weight.shape[1]} input channels but reduced has "
+                         f"{reduced.shape[1]}")
+    if span_bias is not None:
+        _check_tensor(span_bias, "span_bias", op)
+        _check_same(x, span_bias, "span_bias", op)
+        if tuple(span_bias.shape) != (spans,):
+            raise ValueError(f"{op}: span_bias must have shape ({spans},), got {tuple(span_bias.shape)}")
+    if reduced.shape[0] != x.shape[0]:
+        raise ValueError(f"{op}: reduced batch {reduced.shape[0]} does not match x batch {x.shape[0]}")
+    out_h, out_w = (conv_output_size(n, kernel_size, stride, 2 * padding, dilation) for n in x.shape[2:])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"{op}: the (dilated) kernel {kernel_size} is larger than the padded input; "
+                         f"output would be {out_h}x{out_w}")
+    if tuple(reduced.shape[2:]) != (out_h, out_w):
+        raise ValueError(f"{op}: reduced spatial size {tuple(reduced.shape[2:])} does not match the output size "
+                         f"{(out_h, out_w)} (Ho, Wo) for input {tuple(x.shape[2:])}, kernel_size {kernel_size}, "
+                         f"stride {stride}, padding {padding}, dilation {dilation}")
+    return span_weight, kernel_size, stride, padding, dilation, groups
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

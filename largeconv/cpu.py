@@ -421,104 +421,216 @@ def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, pad
     return _restore(grad_w, x)
 
 
+# ---- involution fused with its span conv (largeconv/fused_involution.py) -----------------------------------------
+
+# The involution kernel (B, G*K*K, Ho, Wo) is made from `reduced` by the 1x1 span conv one piece at a time (runs of
+# whole images, or bands of output rows of one image when an image's kernel is larger than this many elements), used
+# by the shift-and-accumulate passes above while it is in cache, and dropped; backward makes each piece again.
+# So the full kernel tensor and its gradient never exist, and autograd saves x and reduced only.
+FUSED_KERNEL_ELEMS = 1 << 20
+
+
+def _fused_pieces(batch, out_h, row_elems):
+    """(batch slice, first output row, end row) pieces whose kernel has about FUSED_KERNEL_ELEMS elements;
+    `row_elems` is the kernel's size per output row of one image (G*K*K*Wo)."""
+    if out_h * row_elems <= FUSED_KERNEL_ELEMS:
+        step = max(1, FUSED_KERNEL_ELEMS // (out_h * row_elems))
+        for b in range(0, batch, step):
+            yield slice(b, b + step), 0, out_h
+    else:
+        rows = max(1, FUSED_KERNEL_ELEMS // row_elems)
+        for b in range(batch):
+            for r in range(0, out_h, rows):
+                yield slice(b, b + 1), r, min(r + rows, out_h)
+
+
+def _span_kernel_piece(reduced, span_weight, span_bias, dtype):
+    """One piece of the kernel: the 1x1 conv of reduced (n, Cr, h, w) as one matmul, (n, G*K*K, h, w) in dtype."""
+    n, cr, h, w = reduced.shape
+    kernel = torch.matmul(span_weight, _to_nchw(reduced, dtype).reshape(n, cr, h * w))
+    if span_bias is not None:
+        kernel += span_bias[:, None]
+    return kernel.view(n, -1, h, w)
+
+
+def _fused_input(x, bs, r0, r1, geometry, padded):
+    """x's part read by output rows [r0, r1) of images bs, with the padding the backend functions then apply: x's
+    images as they are for whole images, else (no padding) a band of the zero-padded x."""
+    kernel_size, stride, padding, dilation = geometry
+    if padded is None:
+        return x[bs], padding, 0
+    top = r0 * stride
+    return padded[bs, :, top:(r1 - 1) * stride + dilation * (kernel_size - 1) + 1].contiguous(), 0, top
+
+
+def involution2d_fused_forward(x, reduced, span_weight, span_bias, kernel_size, stride, padding, dilation):
+    batch, channels = x.shape[:2]
+    out_h, out_w = reduced.shape[2:]
+    dtype = _compute_dtype(x.dtype)
+    weight, bias = span_weight.to(dtype), None if span_bias is None else span_bias.to(dtype)
+    geometry = (kernel_size, stride, padding, dilation)
+    pieces = list(_fused_pieces(batch, out_h, weight.shape[0] * out_w))
+    banded = any(r1 - r0 < out_h for _, r0, r1 in pieces)
+    xs = _to_nchw(x, dtype)
+    padded = _padded_nchw(xs, padding, dtype) if banded else None
+    out = torch.empty((batch, channels, out_h, out_w), dtype=x.dtype, memory_format=memory_format_of(x))
+    for bs, r0, r1 in pieces:
+        kernel = _span_kernel_piece(reduced[bs, :, r0:r1], weight, bias, dtype)
+        x_part, pad, _ = _fused_input(xs, bs, r0, r1, geometry, padded)
+        out[bs, :, r0:r1] = involution2d_forward(x_part, kernel, kernel_size, stride, pad, dilation)
+    return out
+
+
+def involution2d_fused_backward(grad_out, x, reduced, span_weight, span_bias, kernel_size, stride, padding,
+                                dilation):
+    batch, channels, height, width = x.shape
+    out_h, out_w = reduced.shape[2:]
+    spans, cr = span_weight.shape
+    dtype = _compute_dtype(x.dtype)
+    weight, bias = span_weight.to(dtype), None if span_bias is None else span_bias.to(dtype)
+    geometry = (kernel_size, stride, padding, dilation)
+    pieces = list(_fused_pieces(batch, out_h, spans * out_w))
+    banded = any(r1 - r0 < out_h for _, r0, r1 in pieces)
+    xs, dys = _to_nchw(x, dtype), _to_nchw(grad_out, dtype)
+    padded = _padded_nchw(xs, padding, dtype) if banded else None
+    # bands add their grad-x into a padded buffer (their input rows overlap); whole images write theirs directly
+    grad_x = torch.zeros(padded.shape, dtype=dtype) if banded else torch.empty((batch, channels, height, width),
+                                                                                dtype=dtype)
+    grad_reduced = torch.empty((batch, cr, out_h, out_w), dtype=dtype)
+    # sums over all pixels of the batch, in float64 for fp32 (as ops.py does for dwconv's bias gradient)
+    acc = torch.float64
+    grad_weight, grad_bias = torch.zeros((spans, cr), dtype=acc), torch.zeros(spans, dtype=acc)
+    for bs, r0, r1 in pieces:
+        r = _to_nchw(reduced[bs, :, r0:r1], dtype)
+        n, hw = r.shape[0], (r1 - r0) * out_w
+        kernel = _span_kernel_piece(r, weight, bias, dtype)
+        x_part, pad, top = _fused_input(xs, bs, r0, r1, geometry, padded)
+        dy = dys[bs, :, r0:r1]
+        gx = involution2d_grad_input(dy, kernel, tuple(x_part.shape), kernel_size, stride, pad, dilation)
+        if banded:
+            grad_x[bs, :, top:top + gx.shape[2]] += gx
+        else:
+            grad_x[bs] = gx
+        grad_kernel = involution2d_grad_weight(dy, x_part, tuple(kernel.shape), kernel_size, stride, pad,
+                                               dilation).reshape(n, spans, hw)
+        grad_reduced[bs, :, r0:r1] = torch.matmul(weight.t(), grad_kernel).view(n, cr, r1 - r0, out_w)
+        grad_weight += torch.matmul(grad_kernel, r.reshape(n, cr, hw).transpose(1, 2)).sum(0, dtype=acc)
+        grad_bias += grad_kernel.sum((0, 2), dtype=acc)
+    if banded:
+        grad_x = grad_x[:, :, padding:padding + height, padding:padding + width]
+    return (_restore(grad_x, x), _restore(grad_reduced, reduced), grad_weight.to(span_weight.dtype),
+            grad_bias.to(span_weight.dtype))
+
+
 # ---- depthwise conv1d (largeconv/conv1d.py): padding is (left, right) -------------------------------------------
 
 def _geometry2d(stride, padding, dilation):
     return (1, stride), (0, 0, *padding), (1, dilation)
 
 
-# The CPU path for stride 1 and one output per channel: per channel c, a 1-D correlation of B outputs is a matrix
-# product with the banded Toeplitz matrix T_c[t, i] = w[c, k] at t = i + k*d, so the whole layer is one batched
-# matmul over channels: (C, blocks, B + d*(K-1)) windows of the padded input (a strided view, rows overlapping)
-# times (C, B + d*(K-1), B). ~2x the multiply-adds of the direct sum at K = 31, B = 32, but at matmul speed and
-# with no channels_last copies. Each sample's row is padded to a multiple S of B so that all samples' blocks form
-# one row stride; the blocks that straddle two samples are computed and dropped. Other calls use the 2-D "cpu"
-# backend on the free (N, C, 1, L) view with a (1, K) kernel.
-TOEPLITZ_BLOCK = 32
+# The CPU path for stride 1 and one output per channel. Per channel c, a block of B consecutive outputs of the 1-D
+# correlation out[j] = sum_k w[c, k] xp[j + k*d] is the sum over q = 0..Q of (input block b+q) @ (band q of the
+# (Q+1)B x B Toeplitz matrix T_c[t, i] = w[c, k] at t = i + k*d), Q = ceil(d(K-1) / B). One sample at a time, so that
+# the matrices are sample n's own (C, blocks, B) rows (legal BLAS strides, nothing transposed) and the product lands
+# in F.conv1d's layout; batched over channels (bmm). ~2x the multiply-adds of the direct sum at K = 31, B = 32, at
+# matmul speed. Other calls use the 2-D "cpu" backend on the free (N, C, 1, L) view with a (1, K) kernel.
+CONV1D_BLOCK = 32
 
 
-def _toeplitz_fits(weight_shape, channels, stride, *tensors):
-    """The matmul multiplies every input of a block by the band's zeros too, so one Inf/NaN would spread over its
+def _banded_fits(weight_shape, channels, stride, *tensors):
+    """The products multiply every input of a block by the band's zeros too, so one Inf/NaN would spread over its
     block (0 * Inf = NaN) where F.conv1d confines it to the outputs that read it: non-finite inputs take the other
-    path."""
-    return stride == 1 and weight_shape[0] == channels and all(bool(torch.isfinite(t).all()) for t in tensors)
+    path. (min and max propagate NaN, so two finite extremes mean every element is finite.)"""
+    return stride == 1 and weight_shape[0] == channels and all(
+        bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()) for t in tensors)
 
 
-def _segments(x, left, out_len, span):
-    """x (N, C, L) as (C, N*S + tail) in the compute dtype: sample n's row at [n*S + left, n*S + left + L), zeros
-    elsewhere; S is a multiple of the block, at least out_len rounded up to blocks + span and left + L."""
-    block = TOEPLITZ_BLOCK
-    n, c, length = x.shape
-    blocks = -(-out_len // block)
-    seg = -(-max(blocks * block + span, left + length) // block) * block
-    rows = x.new_zeros((c, n * seg + span), dtype=_compute_dtype(x.dtype))
-    rows[:, :n * seg].view(c, n, seg)[:, :, left:left + length] = x.transpose(0, 1)
-    return rows, seg
-
-
-def _windows(rows, span):
-    block = TOEPLITZ_BLOCK
-    count = (rows.shape[1] - span) // block
-    return rows.as_strided((rows.shape[0], count, block + span), (rows.stride(0), block, 1))
-
-
-def _toeplitz(weight, dilation, dtype):
-    """(C, B + d*(K-1), B) with T[c, i + k*d, i] = weight[c, 0, k]."""
-    block = TOEPLITZ_BLOCK
+def _bands(weight, dilation, dtype):
+    """(Q+1, C, B, B): band q holds rows [qB, (q+1)B) of T_c[t, i] = weight[c, 0, k] at t = i + k*d."""
+    block = CONV1D_BLOCK
     channels, _, kernel = weight.shape
     span = dilation * (kernel - 1)
+    count = span // block + 1 + (span % block > 0)
     rows = torch.arange(block) + dilation * torch.arange(kernel)[:, None]  # (K, B): t = i + k*d
     flat = (rows * block + torch.arange(block)).reshape(1, -1).expand(channels, -1)
     values = weight.to(dtype)[:, 0, :, None].expand(channels, kernel, block).reshape(channels, -1)
-    return torch.zeros(channels, (block + span) * block, dtype=dtype).scatter_(1, flat, values).view(
-        channels, block + span, block)
+    band = torch.zeros(channels, count * block * block, dtype=dtype).scatter_(1, flat, values)
+    return band.view(channels, count, block, block).transpose(0, 1).contiguous()
 
 
-def _toeplitz_correlate(x, weight, left, out_len, dilation):
-    """out[n, c, j] = sum_k weight[c, 0, k] xpad[n, c, j + k*d] for j < out_len, xpad = x shifted right by left."""
-    span = dilation * (weight.shape[2] - 1)
-    rows, seg = _segments(x, left, out_len, span)
-    out = torch.bmm(_windows(rows, span), _toeplitz(weight, dilation, rows.dtype))  # (C, N*S/B, B)
-    return out.view(x.shape[1], x.shape[0], seg)[:, :, :out_len].transpose(0, 1)
+def _padded_rows(x, n, left, rows):
+    """Sample n of x (C, L) shifted right by `left` (left < 0 drops samples) into `rows` (C, R), zeros elsewhere."""
+    length = x.shape[2]
+    start, end = max(left, 0), min(left + length, rows.shape[1])
+    rows[:, :start].zero_()
+    rows[:, end:].zero_()
+    if end > start:
+        rows[:, start:end] = x[n, :, start - left:end - left]
+    return rows
+
+
+def _banded_correlate(x, weight, bias, left, out_len, dilation):
+    """out[n, c, j] = bias[c] + sum_k weight[c, 0, k] xs[n, c, j + k*d] for j < out_len, xs = x shifted right by
+    `left`, in the compute dtype."""
+    block, dtype = CONV1D_BLOCK, _compute_dtype(x.dtype)
+    bands = _bands(weight, dilation, dtype)
+    channels, blocks = x.shape[1], -(-out_len // block)
+    out = torch.empty(x.shape[0], channels, blocks * block, dtype=dtype)
+    rows = torch.empty(channels, (blocks + len(bands)) * block, dtype=dtype)
+    start = torch.zeros((), dtype=dtype) if bias is None else bias.to(dtype)[:, None, None]
+    start = start.expand(channels, blocks, block)
+    for n in range(x.shape[0]):
+        inputs = _padded_rows(x, n, left, rows).view(channels, -1, block)
+        result = out[n].view(channels, blocks, block)
+        torch.baddbmm(start, inputs[:, :blocks], bands[0], out=result)
+        for q in range(1, len(bands)):
+            result.baddbmm_(inputs[:, q:q + blocks], bands[q])
+    return out[:, :, :out_len]
 
 
 def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
-    if not _toeplitz_fits(weight.shape, x.shape[1], stride, x, weight):
-        out = dwconv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias,
-                                   *_geometry2d(stride, padding, dilation))
+    if not _banded_fits(weight.shape, x.shape[1], stride, x, weight):
+        out = dwconv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias, *_geometry2d(stride, padding, dilation))
         return out.squeeze(2).contiguous()
     out_len = conv_output_size(x.shape[2], weight.shape[2], stride, padding[0] + padding[1], dilation)
-    out = _toeplitz_correlate(x, weight, padding[0], out_len, dilation)
-    if bias is not None:
-        out = out + bias.to(out.dtype)[:, None]
-    return out.to(x.dtype).contiguous()
+    return _banded_correlate(x, weight, bias, padding[0], out_len, dilation).to(x.dtype).contiguous()
 
 
 def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
-    span = dilation * (weight.shape[2] - 1)
-    if not _toeplitz_fits(weight.shape, input_shape[1], stride, grad_out, weight) or padding[0] > span:
+    if not _banded_fits(weight.shape, input_shape[1], stride, grad_out, weight):
         shape = (*input_shape[:2], 1, input_shape[2])
         grad = dwconv2d_grad_input(grad_out.unsqueeze(2), weight.unsqueeze(2), shape,
-                                       *_geometry2d(stride, padding, dilation))
+                                   *_geometry2d(stride, padding, dilation))
         return grad.squeeze(2).contiguous()
     # gx[i] = sum_k w[k] g[i + left - k*d]: the correlation of g, shifted right by d*(K-1) - left, with flipped w
-    grad = _toeplitz_correlate(grad_out, weight.flip(2), span - padding[0], input_shape[2], dilation)
+    span = dilation * (weight.shape[2] - 1)
+    grad = _banded_correlate(grad_out, weight.flip(2), None, span - padding[0], input_shape[2], dilation)
     return grad.to(grad_out.dtype).contiguous()
 
 
 def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    if not _toeplitz_fits(weight_shape, x.shape[1], stride, grad_out, x):
+    if not _banded_fits(weight_shape, x.shape[1], stride, grad_out, x):
         shape = (weight_shape[0], 1, 1, weight_shape[2])
         grad = dwconv2d_grad_weight(grad_out.unsqueeze(2), x.unsqueeze(2), shape,
-                                        *_geometry2d(stride, padding, dilation))
+                                    *_geometry2d(stride, padding, dilation))
         return grad.reshape(weight_shape)
-    # gw[c, k] = sum over n, j of g[n, c, j] xpad[n, c, j + k*d]: M = G^T @ windows, then gw[k] = sum_i M[i, i + k*d]
-    block, kernel, out_len = TOEPLITZ_BLOCK, weight_shape[2], grad_out.shape[2]
+    # gw[c, k] = sum over n, j of g[n, c, j] xp[n, c, j + k*d]. Per block, G_b^T @ X_{b+q} summed over samples and
+    # blocks gives M_q (C, B, B); side by side they are M[i, t] = sum g[bB + i] xp[bB + t], and gw[k] = sum_i
+    # M[i, i + k*d]. Padding g to whole blocks with zeros makes the straddling block add nothing.
+    block, dtype = CONV1D_BLOCK, _compute_dtype(x.dtype)
+    channels, kernel, out_len = x.shape[1], weight_shape[2], grad_out.shape[2]
     span = dilation * (kernel - 1)
-    rows, seg = _segments(x, padding[0], out_len, span)
-    g = torch.zeros(x.shape[1], x.shape[0], seg, dtype=rows.dtype)  # zeros past out_len: straddling blocks add 0
-    g[:, :, :out_len] = grad_out.transpose(0, 1)
-    m = torch.bmm(g.view(x.shape[1], -1, block).transpose(1, 2), _windows(rows, span)[:, :g.shape[1] * seg // block])
-    diagonal = (torch.arange(block)[:, None] * (block + span + 1) + dilation * torch.arange(kernel)).flatten()
-    grad = m.flatten(1)[:, diagonal].view(-1, block, kernel).sum(1)
+    blocks, count = -(-out_len // block), span // block + 1 + (span % block > 0)
+    rows = torch.empty(channels, (blocks + count) * block, dtype=dtype)
+    grads = torch.zeros(channels, blocks * block, dtype=dtype)
+    gram = torch.zeros(count, channels, block, block, dtype=dtype)
+    for n in range(x.shape[0]):
+        inputs = _padded_rows(x, n, padding[0], rows).view(channels, -1, block)
+        grads[:, :out_len] = grad_out[n]
+        g_blocks = grads.view(channels, blocks, block).transpose(1, 2)
+        for q in range(count):
+            gram[q].baddbmm_(g_blocks, inputs[:, q:q + blocks])
+    side_by_side = gram.permute(1, 2, 0, 3).reshape(channels, block, count * block)
+    i = torch.arange(block)[:, None]
+    grad = side_by_side[:, i, i + dilation * torch.arange(kernel)].sum(1)
     return grad.to(x.dtype).reshape(weight_shape)

@@ -178,6 +178,8 @@ def table_choice(op, direction, x, kernel_size, candidates) -> str:
     if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py); the CUDA row a prediction
         fused = "cpu" if x.device.type == "cpu" else "triton"
         order = (fused, "torch") if taps >= 31 else ("torch", fused)
+    elif op == "involution2d_fused":  # CPU measured (bench/results/cpu/fused_involution.md); CUDA a prediction
+        order = ("cpu", "torch") if x.device.type == "cpu" else ("triton", "torch")
     elif x.device.type == "cuda":
         fused = op == "involution2d" or taps >= 49
         order = ("cuda", "triton", "torch") if fused else ("torch",)
@@ -198,7 +200,7 @@ def known_to_lose(name, op, direction, x, kernel_size) -> bool:
     the first call cost seconds)."""
     if name != "torch" or x.device.type != "cpu" or op == "dwconv1d":
         return False
-    if op == "involution2d":
+    if op in ("involution2d", "involution2d_fused"):  # the fused op's reference is the unfold one too
         return True
     return not is_channels_last(x) and math.prod(kernel_size) >= 169
 
@@ -210,6 +212,10 @@ def workspace_bytes(name, op, direction, x, kernel_size) -> int:
     elem = x.element_size()
     if op == "involution2d" and name == "torch":
         return 2 * x.numel() * math.prod(kernel_size) * elem  # the unfolded input and the product
+    if op == "involution2d_fused":  # torch: the unfold above plus the kernel (~3x x); the others a piece of it
+        if name == "torch":
+            return (2 * math.prod(kernel_size) + 3) * x.numel() * elem
+        return x.numel() * elem
     if name == "cpu":
         return 4 * x.numel() * max(elem, 4)  # padded fp32 copies, FFT spectra
     return x.numel() * elem

@@ -9,6 +9,7 @@ from torch.nn.utils import parametrize
 
 from .arguments import conv_geometry, conv_output_size
 from .dispatch import check_backend_name
+from .fused_involution import involution2d_fused
 from .ops import dwconv2d, involution2d
 
 
@@ -221,7 +222,7 @@ class Involution2d(nn.Module):
     """
 
     def __init__(self, channels, kernel_size=7, stride=1, group_channels=16, reduction_ratio=4, dilation=1,
-                 backend="auto", device=None, dtype=None):
+                 backend="auto", device=None, dtype=None, fused=False):
         super().__init__()
         check_backend_name(backend)
         if channels % group_channels:
@@ -233,6 +234,9 @@ class Involution2d(nn.Module):
         self.groups = channels // group_channels
         self.padding = dilation * (kernel_size - 1) // 2
         self.backend = backend
+        # fused: conv2 (the span conv) runs inside the aggregation (largeconv.involution2d_fused), so its output, the
+        # (B, G*K*K, Ho, Wo) kernel, is never written; same parameters and state_dict either way
+        self.fused = bool(fused)
         factory = {"device": device, "dtype": dtype}
         self.conv1 = _ConvModule(channels, channels // reduction_ratio, norm_and_relu=True, **factory)
         self.conv2 = _ConvModule(channels // reduction_ratio, kernel_size * kernel_size * self.groups,
@@ -249,10 +253,14 @@ class Involution2d(nn.Module):
         return _ceil_avg_pool(x, self.stride, out_h, out_w)
 
     def forward(self, x):
-        weight = self.conv2(self.conv1(self._kernel_input(x)))
-        return involution2d(x, weight, self.kernel_size, self.stride, self.padding, self.dilation,
+        reduced = self.conv1(self._kernel_input(x))
+        if self.fused:
+            return involution2d_fused(x, reduced, self.conv2.conv.weight, self.conv2.conv.bias, self.kernel_size,
+                                      self.stride, self.padding, self.dilation, backend=self.backend)
+        return involution2d(x, self.conv2(reduced), self.kernel_size, self.stride, self.padding, self.dilation,
                             backend=self.backend)
 
     def extra_repr(self):
         return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"group_channels={self.group_channels}, dilation={self.dilation}, backend={self.backend!r}")
+                f"group_channels={self.group_channels}, dilation={self.dilation}, backend={self.backend!r}, "
+                f"fused={self.fused}")

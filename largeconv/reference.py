@@ -2,6 +2,7 @@
 
 Tests compare every other backend against these, computed in float64. They follow backend_api.md.
 """
+import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv1d_input, conv1d_weight, conv2d_input, conv2d_weight
 
@@ -103,6 +104,31 @@ def involution2d_reference(x, weight, kernel_size, stride=1, padding=None, dilat
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2
     return involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
+
+
+# ---- involution fused with its span conv (largeconv/fused_involution.py) -----------------------------------------
+
+def span_kernel(reduced, span_weight, span_bias):
+    """The involution kernel (B, G*K*K, Ho, Wo): the 1x1 "span" conv of `reduced` (span_weight is (G*K*K, Cr))."""
+    return F.conv2d(reduced, span_weight[:, :, None, None], span_bias)
+
+
+def involution2d_fused_forward(x, reduced, span_weight, span_bias, kernel_size, stride, padding, dilation):
+    weight = span_kernel(reduced, span_weight, span_bias)
+    return involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
+
+
+def involution2d_fused_backward(grad_out, x, reduced, span_weight, span_bias, kernel_size, stride, padding,
+                                dilation):
+    """(grad x, grad reduced, grad span_weight (G*K*K, Cr), grad span_bias (G*K*K,)): the unfused chain rule, with
+    the whole kernel tensor and its gradient materialised."""
+    weight = span_kernel(reduced, span_weight, span_bias)
+    grad_x = involution2d_grad_input(grad_out, weight, tuple(x.shape), kernel_size, stride, padding, dilation)
+    grad_kernel = involution2d_grad_weight(grad_out, x, tuple(weight.shape), kernel_size, stride, padding, dilation)
+    grad_reduced = F.conv2d(grad_kernel, span_weight.t()[:, :, None, None])
+    grad_span_weight = torch.einsum("bkhw,brhw->kr", grad_kernel, reduced)
+    grad_span_bias = grad_kernel.sum((0, 2, 3))
+    return grad_x, grad_reduced.contiguous(memory_format=memory_format_of(x)), grad_span_weight, grad_span_bias
 
 
 # ---- depthwise conv1d (largeconv/conv1d.py): padding is (left, right) -------------------------------------------
