@@ -537,6 +537,16 @@ def _geometry2d(stride, padding, dilation):
 CONV1D_BLOCK = 32
 
 
+def _conv1d_block(length):
+    """The block length B for `length` outputs: a multiple of 8 (SIMD-friendly matmuls) dividing it, near
+    CONV1D_BLOCK, when there is one, so that each sample's (C, length) output or gradient is exactly (C, blocks, B)
+    and needs no copy."""
+    for block in (CONV1D_BLOCK, 40, 24, 48, 16, 56, 64):
+        if length % block == 0:
+            return block
+    return CONV1D_BLOCK
+
+
 def _banded_fits(weight_shape, channels, stride, *tensors):
     """The products multiply every input of a block by the band's zeros too, so one Inf/NaN would spread over its
     block (0 * Inf = NaN) where F.conv1d confines it to the outputs that read it: non-finite inputs take the other
@@ -545,9 +555,8 @@ def _banded_fits(weight_shape, channels, stride, *tensors):
         bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()) for t in tensors)
 
 
-def _bands(weight, dilation, dtype):
+def _bands(weight, dilation, block, dtype):
     """(Q+1, C, B, B): band q holds rows [qB, (q+1)B) of T_c[t, i] = weight[c, 0, k] at t = i + k*d."""
-    block = CONV1D_BLOCK
     channels, _, kernel = weight.shape
     span = dilation * (kernel - 1)
     count = span // block + 1 + (span % block > 0)
@@ -559,11 +568,10 @@ def _bands(weight, dilation, dtype):
 
 
 def _padded_rows(x, n, left, rows):
-    """Sample n of x (C, L) shifted right by `left` (left < 0 drops samples) into `rows` (C, R), zeros elsewhere."""
+    """Sample n of x (C, L) shifted right by `left` (left < 0 drops samples) into `rows` (C, R), whose other
+    columns are zero (each sample writes the same columns, so zeroing `rows` once is enough)."""
     length = x.shape[2]
     start, end = max(left, 0), min(left + length, rows.shape[1])
-    rows[:, :start].zero_()
-    rows[:, end:].zero_()
     if end > start:
         rows[:, start:end] = x[n, :, start - left:end - left]
     return rows
@@ -572,17 +580,19 @@ def _padded_rows(x, n, left, rows):
 def _banded_correlate(x, weight, bias, left, out_len, dilation):
     """out[n, c, j] = bias[c] + sum_k weight[c, 0, k] xs[n, c, j + k*d] for j < out_len, xs = x shifted right by
     `left`, in the compute dtype."""
-    block, dtype = CONV1D_BLOCK, _compute_dtype(x.dtype)
-    bands = _bands(weight, dilation, dtype)
+    block, dtype = _conv1d_block(out_len), _compute_dtype(x.dtype)
+    bands = _bands(weight, dilation, block, dtype)
     channels, blocks = x.shape[1], -(-out_len // block)
     out = torch.empty(x.shape[0], channels, blocks * block, dtype=dtype)
-    rows = torch.empty(channels, (blocks + len(bands)) * block, dtype=dtype)
-    start = torch.zeros((), dtype=dtype) if bias is None else bias.to(dtype)[:, None, None]
-    start = start.expand(channels, blocks, block)
+    rows = torch.zeros(channels, (blocks + len(bands)) * block, dtype=dtype)
+    start = None if bias is None else bias.to(dtype)[:, None, None].expand(channels, blocks, block)
     for n in range(x.shape[0]):
         inputs = _padded_rows(x, n, left, rows).view(channels, -1, block)
         result = out[n].view(channels, blocks, block)
-        torch.baddbmm(start, inputs[:, :blocks], bands[0], out=result)
+        if start is None:
+            torch.bmm(inputs[:, :blocks], bands[0], out=result)
+        else:
+            torch.baddbmm(start, inputs[:, :blocks], bands[0], out=result)
         for q in range(1, len(bands)):
             result.baddbmm_(inputs[:, q:q + blocks], bands[q])
     return out[:, :, :out_len]
@@ -617,17 +627,19 @@ def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
     # gw[c, k] = sum over n, j of g[n, c, j] xp[n, c, j + k*d]. Per block, G_b^T @ X_{b+q} summed over samples and
     # blocks gives M_q (C, B, B); side by side they are M[i, t] = sum g[bB + i] xp[bB + t], and gw[k] = sum_i
     # M[i, i + k*d]. Padding g to whole blocks with zeros makes the straddling block add nothing.
-    block, dtype = CONV1D_BLOCK, _compute_dtype(x.dtype)
     channels, kernel, out_len = x.shape[1], weight_shape[2], grad_out.shape[2]
+    block, dtype = _conv1d_block(out_len), _compute_dtype(x.dtype)
     span = dilation * (kernel - 1)
     blocks, count = -(-out_len // block), span // block + 1 + (span % block > 0)
-    rows = torch.empty(channels, (blocks + count) * block, dtype=dtype)
-    grads = torch.zeros(channels, blocks * block, dtype=dtype)
+    rows = torch.zeros(channels, (blocks + count) * block, dtype=dtype)
+    whole = out_len == blocks * block and grad_out.dtype == dtype  # grad_out's rows are the blocks as they are
+    grads = None if whole else torch.zeros(channels, blocks * block, dtype=dtype)
     gram = torch.zeros(count, channels, block, block, dtype=dtype)
     for n in range(x.shape[0]):
         inputs = _padded_rows(x, n, padding[0], rows).view(channels, -1, block)
-        grads[:, :out_len] = grad_out[n]
-        g_blocks = grads.view(channels, blocks, block).transpose(1, 2)
+        if not whole:
+            grads[:, :out_len] = grad_out[n]
+        g_blocks = (grad_out[n] if whole else grads).view(channels, blocks, block).transpose(1, 2)
         for q in range(count):
             gram[q].baddbmm_(g_blocks, inputs[:, q:q + blocks])
     side_by_side = gram.permute(1, 2, 0, 3).reshape(channels, block, count * block)

@@ -12,7 +12,8 @@ from numerics import assert_close, poisoned_allocations
 BACKENDS = ["torch", "cpu", "triton", "auto"]  # triton runs under TRITON_INTERPRET=1 (tests/conftest.py)
 
 # (N, C, L, m, K, stride, padding, dilation, bias): odd/even K, "same" (asymmetric for even K), "valid", int and
-# 1-tuple padding, stride 2/3, dilation, channel multiplier, no bias, K longer than L with padding.
+# 1-tuple padding, stride 2/3, dilation, channel multiplier, no bias, K longer than L with padding, padding larger
+# than the kernel's span, spans of several 32-wide blocks.
 CASES = [
     (2, 5, 23, 1, 7, 1, "same", 1, True),
     (1, 3, 17, 2, 6, 1, "same", 1, False),
@@ -22,6 +23,8 @@ CASES = [
     (2, 2, 9, 1, 13, 1, 6, 1, True),
     (1, 6, 40, 1, 31, 1, "valid", 1, False),
     (1, 3, 10, 1, 3, 1, 4, 1, True),
+    (1, 4, 70, 1, 31, 1, "same", 2, True),  # the cpu path's band spans 3 blocks of 32
+    (1, 2, 100, 1, 65, 1, "same", 1, False),  # span 64: exactly 2 blocks past the first
 ]
 
 
