@@ -4,7 +4,7 @@
 
 Rows (overhead.csv / overhead.md in --out):
 - per-call: largeconv.dwconv2d (auto, after its first call) against a direct F.conv2d call on tiny shapes where auto
-  picks PyTorch, forward and forward+backward; target <= 1.3x (design.md).
+  picks PyTorch, forward and forward+backward, and LargeDWConv2d against nn.Conv2d; target <= 1.3x (design.md).
 - first call: auto's first forward+backward of a fresh shape (the measurement included) against one call of each
   backend it could run, and its peak memory against each backend's; targets: time <= 2x the slowest candidate's
   single call, memory about the chosen backend's (never the unfold reference's K*K blow-up).
@@ -51,8 +51,14 @@ def per_call_rows(device):
         def ours_fb():
             largeconv.dwconv2d(xg, wg).sum().backward()
 
+        module = largeconv.LargeDWConv2d(c, k, device=device).requires_grad_(False)
+        reference_module = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=c, device=device).requires_grad_(False)
+        reference_module.load_state_dict(module.state_dict())
+
         ours_fb()  # auto's measurement happens here, before timing
-        for direction, mine, theirs in (("fwd", ours, direct), ("fwdbwd", ours_fb, direct_fb)):
+        module(x)
+        for direction, mine, theirs in (("fwd", ours, direct), ("fwdbwd", ours_fb, direct_fb),
+                                        ("module fwd", lambda: module(x), lambda: reference_module(x))):
             t_mine, t_theirs = interleaved_times(mine, theirs, device)
             rows.append({"kind": "per-call", "case": f"({n},{c},{h}x{w}) K{k}", "direction": direction,
                          "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,

@@ -231,18 +231,21 @@ def _within_memory(names, op, direction, x, kernel_size, run_args):
 
 
 def _fastest(op, direction, candidates, run_args, on_gpu):
-    """(winner, its result): each candidate timed once, or up to three times when its calls are short. On GPU a
-    warm-up call comes first (Triton compiles and autotunes on it)."""
-    timings, results = {}, {}
-    for name in candidates:
-        fn = getattr(backend_module(name), f"{op}_{direction}")
-        if on_gpu:
+    """(winner, its result): each candidate timed once, or, when its calls are short, in up to three rounds that
+    alternate between the candidates (so a busy moment of the machine does not hit one candidate only) with each
+    one's fastest call counting. On GPU a warm-up call comes first (Triton compiles and autotunes on it)."""
+    fns = {name: getattr(backend_module(name), f"{op}_{direction}") for name in candidates}
+    if on_gpu:
+        for fn in fns.values():
             fn(*run_args)
-        times = []
-        while not times or (len(times) < 3 and (on_gpu or sum(times) < _REPEAT_BELOW_S)):
-            elapsed, results[name] = _timed(fn, run_args, on_gpu)
-            times.append(elapsed)
-        timings[name] = min(times) + (0 if name == "torch" else CUSTOM_OP_OVERHEAD_S[run_args[0].device.type])
+    times, results = {name: [] for name in candidates}, {}
+    for round_ in range(3):
+        for name, fn in fns.items():
+            if round_ == 0 or on_gpu or sum(times[name]) < _REPEAT_BELOW_S:
+                elapsed, results[name] = _timed(fn, run_args, on_gpu)
+                times[name].append(elapsed)
+    overhead = CUSTOM_OP_OVERHEAD_S[run_args[0].device.type]
+    timings = {name: min(t) + (0 if name == "torch" else overhead) for name, t in times.items()}
     winner = min(timings, key=timings.get)
     return winner, results[winner]
 
