@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import dispatch, reference
 from .arguments import _check_same, _check_tensor, conv_output_size, is_int
-from .ops import _autocast, _bias_grad_dtype, _composite_needed, register_bilinear_double_backward
+from .ops import _autocast, _composite_needed, bias_grad, register_bilinear_double_backward
 
 OP = "dwconv1d"
 # convert() swaps a depthwise nn.Conv1d from this kernel size on: measured 2026-11-27 (2-thread Xeon @ 2.80GHz,
@@ -163,7 +163,7 @@ def _backward(ctx, grad):
     if ctx.needs_input_grad[1]:
         grad_w = torch.ops.largeconv.dwconv1d_grad_weight(grad, x, list(weight.shape), *ctx.params)
     if ctx.needs_input_grad[2]:
-        grad_b = grad.sum((0, 2), dtype=_bias_grad_dtype(grad.dtype)).to(grad.dtype)
+        grad_b = bias_grad(grad)
     return grad_x, grad_w, grad_b, None, None, None, None
 
 

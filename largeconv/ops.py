@@ -21,9 +21,13 @@ def _empty(shape, like, memory_format):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
 
-def _bias_grad_dtype(dtype):
-    # float64 for fp32: the sum over N*H*W can nearly cancel, and this memory-bound reduction costs the same
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else torch.float64
+def bias_grad(grad):
+    """grad (N, C, *spatial) summed over all but C: each (n, c) over space by PyTorch's cascaded sum (fp32 for
+    fp16/bf16), then the N partial sums in float64 for fp32 (they can nearly cancel) and fp32 for fp16/bf16; cast
+    back. Two stages because a float64 sum of the whole tensor converts it first (10x slower)."""
+    half = grad.dtype in (torch.float16, torch.bfloat16)
+    partial = grad.sum(tuple(range(2, grad.dim())), dtype=torch.float32 if half else None)
+    return partial.sum(0, dtype=torch.float32 if half else torch.float64).to(grad.dtype)
 
 
 def _autocast(*tensors):
@@ -164,7 +168,7 @@ def _dwconv2d_backward(ctx, grad):
         grad_w = _weight_layout(
             torch.ops.largeconv.dwconv2d_grad_weight(grad, x, list(weight.shape), *ctx.params), weight)
     if ctx.needs_input_grad[2]:
-        grad_b = grad.sum((0, 2, 3), dtype=_bias_grad_dtype(grad.dtype)).to(grad.dtype)
+        grad_b = bias_grad(grad)
     return grad_x, grad_w, grad_b, None, None, None, None
 
 
