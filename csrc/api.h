@@ -33,6 +33,21 @@ struct DwArgs {
   bool channels_last = false;
 };
 
+// One depthwise 1-D conv call, described in forward terms: x (n, c, l) -> y (n, co, lo), co = c * mult; every
+// tensor contiguous. left is the left padding; the right one is implied by lo.
+struct Dw1dArgs {
+  const void* x = nullptr;         // forward, grad-weight
+  const void* weight = nullptr;    // forward, grad-input: (co, 1, k)
+  const void* bias = nullptr;      // forward; may be null
+  const void* grad_out = nullptr;  // grad-input, grad-weight: like y
+  void* out = nullptr;             // y, grad-input (like x) or grad-weight (like weight)
+  void* workspace = nullptr;       // grad-weight: dwconv1d_grad_weight_workspace_bytes() bytes
+  DType dtype = DType::kFloat32;
+  int device = 0;
+  int64_t n = 0, c = 0, l = 0, co = 0, lo = 0;
+  int k = 1, s = 1, d = 1, left = 0;
+};
+
 // One involution call: x (b, c, h, w), weight (b, groups * k * k, ho, wo) -> y (b, c, ho, wo).
 struct InvArgs {
   const void* x = nullptr;         // forward, grad-weight
@@ -47,12 +62,18 @@ struct InvArgs {
   bool channels_last = false;
 };
 
-// Defined in dwconv.cu / involution.cu. They guard the device, launch on torch's current stream and check every
-// launch; errors are thrown as exceptions (std::runtime_error for unsupported sizes, c10::Error for CUDA errors).
+// Defined in dwconv.cu / dwconv1d.cu / involution.cu. They guard the device, launch on torch's current stream and
+// check every launch; errors are thrown as exceptions (std::runtime_error for unsupported sizes, c10::Error for
+// CUDA errors).
 size_t dwconv_grad_weight_workspace_bytes(const DwArgs& a);
 void dwconv_forward_cuda(const DwArgs& a);
 void dwconv_grad_input_cuda(const DwArgs& a);
 void dwconv_grad_weight_cuda(const DwArgs& a);
+
+size_t dwconv1d_grad_weight_workspace_bytes(const Dw1dArgs& a);
+void dwconv1d_forward_cuda(const Dw1dArgs& a);
+void dwconv1d_grad_input_cuda(const Dw1dArgs& a);
+void dwconv1d_grad_weight_cuda(const Dw1dArgs& a);
 
 size_t involution_grad_weight_workspace_bytes(const InvArgs& a);
 void involution_forward_cuda(const InvArgs& a);

@@ -29,15 +29,16 @@ DType dtype_of(const at::Tensor& t, const char* op) {
   return DType::kFloat32;  // unreachable
 }
 
-// All tensors on the first one's CUDA device, with its dtype, 4-D unless told otherwise.
-void check_tensors(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
+// All tensors on the first one's CUDA device, with its dtype, `dim`-D (4 unless told otherwise).
+void check_tensors(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors,
+                   int64_t dim = 4) {
   const at::Tensor& first = *tensors.begin()->second;
   for (const auto& [name, t] : tensors) {
     TORCH_CHECK(t->is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t->device());
     TORCH_CHECK(t->device() == first.device(), op, ": ", name, " is on ", t->device(), ", expected ", first.device());
     TORCH_CHECK(t->scalar_type() == first.scalar_type(), op, ": ", name, " has dtype ", t->scalar_type(),
                 ", expected ", first.scalar_type());
-    TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D, got ", t->dim(), "-D");
+    TORCH_CHECK(t->dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t->dim(), "-D");
     for (int64_t s : t->sizes()) TORCH_CHECK(s >= 1 && s <= kMaxDim, op, ": ", name, " has a bad size ", t->sizes());
   }
 }
@@ -167,6 +168,89 @@ void dwconv2d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, at::I
   });
 }
 
+// ---- depthwise conv 1-D ---------------------------------------------------------------------------------------
+// x-like (N, C, L), y-like (N, C*m, Lo), all contiguous (there is no channels_last in 1-D).
+Dw1dArgs dw1d_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t k, const at::Tensor& y_like,
+                   int64_t stride, at::IntArrayRef padding, int64_t dilation) {
+  TORCH_CHECK(padding.size() == 2, op, ": expected padding[2] (left, right), got ", padding.size(), " values");
+  for (const at::Tensor* t : {&x_like, &y_like}) {
+    TORCH_CHECK(t->is_contiguous(), op, ": tensors must be contiguous (N, C, L), got strides ", t->strides());
+  }
+  Dw1dArgs a;
+  a.dtype = dtype_of(x_like, op);
+  a.device = x_like.device().index();
+  a.n = x_like.size(0); a.c = x_like.size(1); a.l = x_like.size(2);
+  a.co = co; a.lo = y_like.size(2);
+  a.k = to_int(k, op, "kernel size", 1);
+  a.s = to_int(stride, op, "stride", 1);
+  a.d = to_int(dilation, op, "dilation", 1);
+  a.left = to_int(padding[0], op, "padding", 0);
+  to_int(padding[1], op, "padding", 0);
+  TORCH_CHECK(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
+  TORCH_CHECK(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
+  TORCH_CHECK(a.lo == conv_out(a.l, padding[0] + padding[1], k, a.s, a.d), op, ": output size ", y_like.sizes(),
+              " does not match input ", x_like.sizes(), " and the arguments");
+  return a;
+}
+
+void check_dw1d_weight(const char* op, const at::Tensor& weight, const at::Tensor& ref) {
+  TORCH_CHECK(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
+              ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
+  TORCH_CHECK(weight.dim() == 3 && weight.size(1) == 1 && weight.size(2) >= 1 && weight.is_contiguous(), op,
+              ": weight must be a contiguous (C*m, 1, K) tensor, got ", weight.sizes());
+}
+
+void dwconv1d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      int64_t stride, at::IntArrayRef padding, int64_t dilation, const at::Tensor& out) {
+  const char* op = "largeconv_C::dwconv1d_forward";
+  check_tensors(op, {{"x", &x}, {"out", &out}}, 3);
+  check_dw1d_weight(op, weight, x);
+  Dw1dArgs a = dw1d_args(op, x, weight.size(0), weight.size(2), out, stride, padding, dilation);
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
+                    b.size(0) == a.co && b.is_contiguous(),
+                op, ": bias must be a contiguous (", a.co, ",) tensor like x");
+    a.bias = b.const_data_ptr();
+  }
+  a.x = x.const_data_ptr();
+  a.weight = weight.const_data_ptr();
+  a.out = out.data_ptr();
+  run([&] { dwconv1d_forward_cuda(a); });
+}
+
+void dwconv1d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t stride,
+                         at::IntArrayRef padding, int64_t dilation, const at::Tensor& grad_input) {
+  const char* op = "largeconv_C::dwconv1d_grad_input";
+  check_tensors(op, {{"grad_out", &grad_out}, {"grad_input", &grad_input}}, 3);
+  check_dw1d_weight(op, weight, grad_out);
+  Dw1dArgs a = dw1d_args(op, grad_input, weight.size(0), weight.size(2), grad_out, stride, padding, dilation);
+  a.grad_out = grad_out.const_data_ptr();
+  a.weight = weight.const_data_ptr();
+  a.out = grad_input.data_ptr();
+  run([&] { dwconv1d_grad_input_cuda(a); });
+}
+
+void dwconv1d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, int64_t stride, at::IntArrayRef padding,
+                          int64_t dilation, const at::Tensor& grad_weight) {
+  const char* op = "largeconv_C::dwconv1d_grad_weight";
+  check_tensors(op, {{"grad_out", &grad_out}, {"x", &x}}, 3);
+  check_dw1d_weight(op, grad_weight, x);
+  Dw1dArgs a = dw1d_args(op, x, grad_weight.size(0), grad_weight.size(2), grad_out, stride, padding, dilation);
+  a.grad_out = grad_out.const_data_ptr();
+  a.x = x.const_data_ptr();
+  a.out = grad_weight.data_ptr();
+  run([&] {
+    const size_t bytes = dwconv1d_grad_weight_workspace_bytes(a);
+    at::Tensor workspace;  // fp32 partial sums per split; on x's device, so on the current stream
+    if (bytes) {
+      workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+      a.workspace = workspace.data_ptr();
+    }
+    dwconv1d_grad_weight_cuda(a);
+  });
+}
+
 // ---- involution ----------------------------------------------------------------------------------------------
 InvArgs inv_args(const char* op, const at::Tensor& x_like, const at::Tensor& y_like, const at::Tensor& w_like,
                  int64_t k, int64_t s, int64_t p, int64_t d, bool channels_last) {
@@ -246,6 +330,12 @@ TORCH_LIBRARY(largeconv_C, m) {
         "Tensor(a!) grad_input) -> ()");
   m.def("dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, "
         "Tensor(a!) grad_weight) -> ()");
+  m.def("dwconv1d_forward(Tensor x, Tensor weight, Tensor? bias, int stride, int[2] padding, int dilation, "
+        "Tensor(a!) out) -> ()");
+  m.def("dwconv1d_grad_input(Tensor grad_out, Tensor weight, int stride, int[2] padding, int dilation, "
+        "Tensor(a!) grad_input) -> ()");
+  m.def("dwconv1d_grad_weight(Tensor grad_out, Tensor x, int stride, int[2] padding, int dilation, "
+        "Tensor(a!) grad_weight) -> ()");
   m.def("involution2d_forward(Tensor x, Tensor weight, int kernel_size, int stride, int padding, int dilation, "
         "Tensor(a!) out) -> ()");
   m.def("involution2d_grad_input(Tensor grad_out, Tensor weight, int kernel_size, int stride, int padding, "
@@ -258,6 +348,9 @@ TORCH_LIBRARY_IMPL(largeconv_C, CUDA, m) {
   m.impl("dwconv2d_forward", &largeconv::dwconv2d_forward);
   m.impl("dwconv2d_grad_input", &largeconv::dwconv2d_grad_input);
   m.impl("dwconv2d_grad_weight", &largeconv::dwconv2d_grad_weight);
+  m.impl("dwconv1d_forward", &largeconv::dwconv1d_forward);
+  m.impl("dwconv1d_grad_input", &largeconv::dwconv1d_grad_input);
+  m.impl("dwconv1d_grad_weight", &largeconv::dwconv1d_grad_weight);
   m.impl("involution2d_forward", &largeconv::involution2d_forward);
   m.impl("involution2d_grad_input", &largeconv::involution2d_grad_input);
   m.impl("involution2d_grad_weight", &largeconv::involution2d_grad_weight);

@@ -2,6 +2,7 @@
 correctly under the CPU emulator (csrc/emu/), and the `largeconv_C` ops are registered when the extension is built
 (or the "cuda" backend says how to build it when it is not)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,12 @@ EXPECTED_SCHEMAS = {
                            "int[4] padding, int[2] dilation, Tensor(a!) grad_input) -> ()",
     "dwconv2d_grad_weight": "largeconv_C::dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[2] stride, "
                             "int[4] padding, int[2] dilation, Tensor(a!) grad_weight) -> ()",
+    "dwconv1d_forward": "largeconv_C::dwconv1d_forward(Tensor x, Tensor weight, Tensor? bias, int stride, "
+                        "int[2] padding, int dilation, Tensor(a!) out) -> ()",
+    "dwconv1d_grad_input": "largeconv_C::dwconv1d_grad_input(Tensor grad_out, Tensor weight, int stride, "
+                           "int[2] padding, int dilation, Tensor(a!) grad_input) -> ()",
+    "dwconv1d_grad_weight": "largeconv_C::dwconv1d_grad_weight(Tensor grad_out, Tensor x, int stride, "
+                            "int[2] padding, int dilation, Tensor(a!) grad_weight) -> ()",
     "involution2d_forward": "largeconv_C::involution2d_forward(Tensor x, Tensor weight, int kernel_size, int stride, "
                             "int padding, int dilation, Tensor(a!) out) -> ()",
     "involution2d_grad_input": "largeconv_C::involution2d_grad_input(Tensor grad_out, Tensor weight, int kernel_size, "
@@ -90,12 +97,17 @@ def test_binding_compiles():
           *[f"-I{d}" for d in _torch_includes()]], "compiling binding.cpp")
 
 
-def test_kernels_under_cpu_emulation(tmp_path):
-    """csrc/emu/emu_test.cpp runs the real kernels on CPU threads (with AddressSanitizer and a checked
-    __syncthreads) against float64 references: all ops, dtypes, layouts, and the tiled / shrunk / fallback plans."""
+# The emulation test's case groups: the binary runs the cases whose name contains the filter.
+EMU_GROUPS = {"dwconv2d": "dwconv[", "dwconv1d": "dwconv1d[", "involution2d": "involution["}
+
+
+@pytest.fixture(scope="module")
+def emu_test_exe(tmp_path_factory):
+    """csrc/emu/emu_test.cpp built once (with AddressSanitizer and UBSan where the compiler has them)."""
     cxx = _cxx()
     if cxx is None:
         pytest.skip("no C++ compiler found")
+    tmp_path = tmp_path_factory.mktemp("emu")
     exe = tmp_path / "emu_test"
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     probe = subprocess.run([cxx, *sanitize, "-x", "c++", "-", "-o", str(tmp_path / "probe")], input="int main(){}",
@@ -104,12 +116,24 @@ def test_kernels_under_cpu_emulation(tmp_path):
         sanitize = []  # no sanitizer runtime here: still run, without the out-of-bounds checks
     _run([cxx, "-std=c++20", "-O1", "-g", *sanitize, "-DLARGECONV_EMULATE", f"-I{CSRC}",
           str(CSRC / "emu" / "emu_test.cpp"), "-pthread", "-o", str(exe)], "compiling the emulation test")
+    return exe
+
+
+@pytest.mark.parametrize("group", EMU_GROUPS)
+def test_kernels_under_cpu_emulation(emu_test_exe, group):
+    """csrc/emu/emu_test.cpp runs the real kernels on CPU threads (with AddressSanitizer and a checked
+    __syncthreads) against float64 references: all ops, dtypes, layouts, and the tiled / shrunk / fallback plans."""
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1")
-    proc = subprocess.run([str(exe)], cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
+    proc = subprocess.run([str(emu_test_exe), EMU_GROUPS[group]], cwd=emu_test_exe.parent, capture_output=True,
+                          text=True, timeout=1800, env=env)
     failures = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failures, \
         "emulated kernels failed:\n" + "\n".join(failures[:30]) + f"\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    assert "cases passed" in proc.stdout.splitlines()[-1]
+    lines = proc.stdout.splitlines()
+    summary = re.fullmatch(r"(\d+)/(\d+) cases passed, \d+ kernel launches", lines[-1] if lines else "")
+    assert summary, f"no summary line:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    passed, ran = map(int, summary.groups())
+    assert ran > 0 and passed == ran, f"filter {EMU_GROUPS[group]!r} ran {ran} cases, {passed} passed"
 
 
 # ---- the built extension (or the reason it is missing) ---------------------------------------------------------
@@ -124,6 +148,7 @@ def test_unbuilt_extension_says_how_to_build():
     assert reason is not None and "largeconv._C" in reason
     assert "FORCE_CUDA=1 pip install --no-build-isolation -e ." in reason
     assert largeconv.cuda.unsupported_reason("involution2d", torch.randn(1, 2, 5, 5), (3, 3)) == reason
+    assert largeconv.cuda.unsupported_reason("dwconv1d", torch.randn(1, 2, 5), (31,)) == reason
 
 
 @pytest.mark.skipif(not largeconv.cuda.is_available(), reason="the CUDA extension largeconv._C is not built")
@@ -138,6 +163,7 @@ def test_built_extension_rejects_cpu_tensors_clearly():
     x = torch.randn(1, 2, 5, 5)
     assert largeconv.cuda.unsupported_reason("dwconv2d", x, (3, 3)) == "needs CUDA tensors, got cpu"
     assert largeconv.cuda.unsupported_reason("involution2d", x, (3, 3)) == "needs CUDA tensors, got cpu"
+    assert largeconv.cuda.unsupported_reason("dwconv1d", torch.randn(1, 2, 5), (31,)) == "needs CUDA tensors, got cpu"
     assert "has no conv3d kernel" in largeconv.cuda.unsupported_reason("conv3d", x, (3, 3))
     # No CPU kernel is registered: the dispatcher refuses rather than touching host memory as device memory.
     with pytest.raises((NotImplementedError, RuntimeError)):

@@ -1,5 +1,6 @@
 """The "cuda" backend (largeconv.cuda, the extension largeconv._C) on a GPU, against float64 references:
-RepLKNet-31B and RedNet-50 stage shapes at batch 2 plus edge cases, fp32 / fp16 / bf16, NCHW and channels_last.
+RepLKNet-31B and RedNet-50 stage shapes at batch 2 plus edge cases, fp32 / fp16 / bf16, NCHW and channels_last;
+depthwise Conv1d at Conformer shapes plus edge cases.
 Outputs are allocated NaN-poisoned (tests/numerics.py), so an element a kernel forgets to write fails.
 
 Run with `pytest -m gpu tests/test_cuda_gpu.py` on a machine with a GPU and the extension built."""
@@ -119,6 +120,121 @@ def test_dwconv_grad_weight_is_deterministic(layout):
     assert torch.equal(first, second)
 
 
+# ---- depthwise convolution 1-D -----------------------------------------------------------------------------------
+
+def dw1d_reference(x, weight, bias, grad, stride, padding, dilation, dtype):
+    """Output, grad-input and grad-weight by autograd through F.conv1d, computed in `dtype`."""
+    x_, w_ = (t.detach().to(dtype).requires_grad_() for t in (x, weight))
+    b_ = None if bias is None else bias.detach().to(dtype)
+    out = F.conv1d(F.pad(x_, padding), w_, b_, stride, 0, dilation, groups=x.shape[1])
+    grad_x, grad_w = torch.autograd.grad(out, (x_, w_), grad.to(dtype))
+    return out.detach(), grad_x, grad_w
+
+
+def check_dwconv1d(n, c, length, k, dtype, stride=1, dilation=1, padding=None, mult=1, bias=True):
+    if padding is None:  # "same": the odd element of an even kernel goes right, as in F.conv1d
+        total = dilation * (k - 1)
+        padding = (total // 2, total - total // 2)
+    x = randn((n, c, length), dtype, "nchw")
+    weight = randn((c * mult, 1, k), dtype, "nchw", scale=1.0 / k ** 0.5)
+    b = randn((c * mult,), dtype, "nchw") if bias else None
+    args = (stride, tuple(padding), dilation)
+
+    with poisoned_allocations():
+        out = cuda_backend.dwconv1d_forward(x, weight, b, *args)
+    grad = randn(out.shape, dtype, "nchw")
+    with poisoned_allocations():
+        grad_x = cuda_backend.dwconv1d_grad_input(grad, weight, x.shape, *args)
+        grad_w = cuda_backend.dwconv1d_grad_weight(grad, x, weight.shape, *args)
+    torch.cuda.synchronize()
+
+    ref = dw1d_reference(x, weight, b, grad, stride, padding, dilation, torch.float64)
+    low = dw1d_reference(x, weight, b, grad, stride, padding, dilation, dtype) if dtype != torch.float32 else [None] * 3
+    for name, got, want, want_low in zip(("forward", "grad_input", "grad_weight"), (out, grad_x, grad_w), ref, low):
+        assert got.dtype == dtype, f"{name}: dtype {got.dtype}"
+        assert got.is_contiguous(), f"{name}: not contiguous"
+        assert_close(got, want, want_low, what=name)
+
+
+CONFORMER = [(2, 256, 1000, 31), (2, 512, 400, 31), (1, 1024, 4000, 31), (4, 144, 250, 15)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CONFORMER, ids=lambda s: "x".join(map(str, s)))
+def test_dwconv1d_conformer(shape, dtype):
+    n, c, length, k = shape
+    check_dwconv1d(n, c, length, k, dtype)
+
+
+DW1D_EDGE_CASES = {
+    # name: (n, c, length, k, extra keyword arguments)
+    "k3": (2, 16, 100, 3, {}),
+    "k7": (2, 16, 100, 7, {}),
+    "k1": (2, 8, 50, 1, {}),
+    "k65_runtime_k": (2, 16, 300, 65, {}),
+    "k33_full_step_plus_one": (2, 8, 200, 33, {}),
+    "k4_even_same": (2, 8, 77, 4, {}),
+    "stride2_odd": (2, 16, 301, 31, {"stride": 2, "padding": (15, 15)}),
+    "stride3_mult3": (2, 6, 100, 5, {"stride": 3, "padding": (0, 4), "mult": 3}),
+    "dilation2": (2, 16, 300, 31, {"dilation": 2}),
+    "stride2_dilation2_asym": (2, 8, 160, 31, {"stride": 2, "dilation": 2, "padding": (31, 30)}),
+    "asymmetric_padding": (2, 16, 150, 31, {"padding": (20, 10)}),
+    "multiplier2": (2, 16, 200, 31, {"mult": 2}),
+    "length_below_k": (2, 8, 10, 31, {}),
+    "tiny_length": (1, 4, 3, 7, {}),
+    "valid": (2, 8, 100, 31, {"padding": (0, 0)}),
+    "padding_beyond_kernel": (1, 4, 9, 3, {"padding": (5, 6)}),
+    "long_row_tiles": (1, 8, 5000, 31, {}),
+    "odd_channels": (3, 249, 333, 31, {}),
+    "no_bias": (2, 16, 120, 31, {"bias": False}),
+    "huge_dilation_fallback": (1, 4, 200, 65, {"dilation": 1000, "padding": (32000, 32000)}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", DW1D_EDGE_CASES)
+def test_dwconv1d_edge_cases(case, dtype):
+    n, c, length, k, kwargs = DW1D_EDGE_CASES[case]
+    check_dwconv1d(n, c, length, k, dtype, **kwargs)
+
+
+def test_dwconv1d_grad_weight_is_deterministic():
+    x = randn((8, 512, 1000), torch.float32, "nchw")
+    grad = randn((8, 512, 1000), torch.float32, "nchw")
+    args = (1, (15, 15), 1)
+    first = cuda_backend.dwconv1d_grad_weight(grad, x, (512, 1, 31), *args)
+    second = cuda_backend.dwconv1d_grad_weight(grad, x, (512, 1, 31), *args)
+    assert torch.equal(first, second)
+
+
+def test_dwconv1d_public_api_on_cuda_backend():
+    """largeconv.dwconv1d(backend="cuda") and its autograd against F.conv1d (fp32)."""
+    import largeconv
+    x = randn((2, 64, 300), torch.float32, "nchw").requires_grad_()
+    w = randn((64, 1, 31), torch.float32, "nchw", scale=0.2).requires_grad_()
+    b = randn((64,), torch.float32, "nchw").requires_grad_()
+    out = largeconv.dwconv1d(x, w, b, backend="cuda")
+    grads = torch.autograd.grad(out.square().sum(), (x, w, b))
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    want = F.conv1d(x64, w64, b64, padding="same", groups=64)
+    want_grads = torch.autograd.grad(want.square().sum(), (x64, w64, b64))
+    assert_close(out.detach(), want.detach(), what="forward")
+    for name, got, ref in zip(("grad_x", "grad_w", "grad_b"), grads, want_grads):
+        assert_close(got, ref, what=name)
+
+
+def test_dwconv1d_ops_reject_bad_arguments():
+    x = randn((2, 8, 50), torch.float32, "nchw")
+    weight = randn((8, 1, 5), torch.float32, "nchw")
+    with pytest.raises(RuntimeError, match="does not match"):
+        torch.ops.largeconv_C.dwconv1d_forward(x, weight, None, 1, [0, 0], 1, torch.empty_like(x))
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.largeconv_C.dwconv1d_forward(x, weight.half(), None, 1, [2, 2], 1, torch.empty_like(x))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.largeconv_C.dwconv1d_forward(x.transpose(1, 2).contiguous().transpose(1, 2), weight, None, 1,
+                                               [2, 2], 1, torch.empty_like(x))
+
+
 # ---- involution -------------------------------------------------------------------------------------------------
 
 def involution_unfold(x, weight, k, s, p, d):
@@ -201,6 +317,11 @@ def test_unsupported_reason_on_cuda_tensors():
     assert "float64" in cuda_backend.unsupported_reason("dwconv2d", x.double(), (3, 3))
     assert "exceeds the maximum" in cuda_backend.unsupported_reason("dwconv2d", x, (129, 5))
     assert "exceeds the maximum" in cuda_backend.unsupported_reason("involution2d", x, (33, 33))
+    x1 = torch.randn(1, 2, 5, device="cuda")
+    assert cuda_backend.unsupported_reason("dwconv1d", x1, (31,)) is None
+    assert cuda_backend.unsupported_reason("dwconv1d", x1.bfloat16(), (65,)) is None
+    assert "float64" in cuda_backend.unsupported_reason("dwconv1d", x1.double(), (31,))
+    assert "exceeds the maximum 1023 of" in cuda_backend.unsupported_reason("dwconv1d", x1, (1025,))
 
 
 def test_ops_reject_mixed_layouts_and_dtypes():

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dwconv.cuh"
+#include "dwconv1d.cuh"
 #include "involution.cuh"
 
 using namespace largeconv;
@@ -176,6 +177,77 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
   return ok;
 }
 
+// ---- depthwise conv 1-D ----------------------------------------------------------------------------------------
+struct Dw1Case {
+  int n, c, l, mult, k, s, d, pl, pr;
+};
+
+template <typename T>
+bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
+  Dw1dArgs a;
+  a.n = k.n; a.c = k.c; a.l = k.l; a.co = static_cast<int64_t>(k.c) * k.mult;
+  a.k = k.k; a.s = k.s; a.d = k.d; a.left = k.pl;
+  a.lo = (k.l + k.pl + k.pr - k.d * (k.k - 1) - 1) / k.s + 1;
+  Buffer<T> x(a.n * a.c * a.l), wt(a.co * k.k), bias(a.co), g(a.n * a.co * a.lo);
+  std::vector<double> xv, wv, bv, gv;
+  fill_random(x, xv);
+  fill_random(wt, wv);
+  fill_random(bias, bv);
+  fill_random(g, gv);
+
+  std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
+  for (int64_t n = 0; n < a.n; ++n)
+    for (int64_t o = 0; o < a.co; ++o)
+      for (int64_t j = 0; j < a.lo; ++j) {
+        const size_t yi = (n * a.co + o) * a.lo + j;
+        y[yi] = bv[o];
+        ymag[yi] = std::fabs(bv[o]);
+        for (int t = 0; t < k.k; ++t) {
+          const int64_t pos = j * k.s + t * k.d - k.pl;
+          if (pos < 0 || pos >= a.l) continue;
+          const size_t xi = (n * a.c + o / k.mult) * a.l + pos, wi = o * k.k + t;
+          y[yi] += wv[wi] * xv[xi];
+          ymag[yi] += std::fabs(wv[wi] * xv[xi]);
+          dx[xi] += gv[yi] * wv[wi];
+          dxmag[xi] += std::fabs(gv[yi] * wv[wi]);
+          dwr[wi] += gv[yi] * xv[xi];
+          dwmag[wi] += std::fabs(gv[yi] * xv[xi]);
+        }
+      }
+
+  EmuLaunch launch;
+  bool ok = true;
+  {
+    Buffer<T> out(g.n);
+    poison(out);
+    Dw1dArgs f = a;
+    f.x = x.p; f.weight = wt.p; f.bias = bias.p; f.out = out.p;
+    dw1d::run_forward<T>(launch, f, lim);
+    ok &= compare("forward", out, y, ymag, msg);
+  }
+  {
+    Buffer<T> out(x.n);
+    poison(out);
+    Dw1dArgs f = a;
+    f.grad_out = g.p; f.weight = wt.p; f.out = out.p;
+    dw1d::run_grad_input<T>(launch, f, lim);
+    ok &= compare("grad_input", out, dx, dxmag, msg);
+  }
+  {
+    Buffer<T> out(wt.n);
+    poison(out);
+    Dw1dArgs f = a;
+    f.grad_out = g.p; f.x = x.p; f.out = out.p;
+    const size_t bytes = dw1d::grad_weight_workspace_bytes(f, lim);
+    Buffer<float> ws(bytes / sizeof(float));
+    poison(ws);
+    f.workspace = bytes ? ws.p : nullptr;
+    dw1d::run_grad_weight<T>(launch, f, lim);
+    ok &= compare("grad_weight", out, dwr, dwmag, msg);
+  }
+  return ok;
+}
+
 // ---- involution --------------------------------------------------------------------------------------------
 struct InvCase {
   int b, c, h, w, groups, k, s, p, d;
@@ -310,7 +382,52 @@ int main(int argc, char** argv) {
       {1, 34, 9, 8, 1, 3, 2, 1, 1},     // three chunks, stride 2
   };
 
+  // 1-D: K = 3, 7, 15, 31 have compile-time kernels, the others the run-time-K one; stride / dilation != 1 the
+  // general one; stride-2 grad-input the gather. Its limits: roomy, a 1 KB device (tiles shrink to a few threads,
+  // long rows need several), and no shared memory at all (the fallback kernels).
+  //                     n  c     l  m   k  s  d  pl  pr
+  const Dw1Case dw1_cases[] = {
+      {2, 3, 40, 1, 3, 1, 1, 1, 1},        // K=3 same
+      {2, 3, 100, 1, 31, 1, 1, 15, 15},    // K=31 same (Conformer)
+      {1, 2, 150, 1, 65, 1, 1, 32, 32},    // K=65: run-time K, three steps, the last masked
+      {2, 3, 57, 1, 31, 2, 1, 15, 15},     // stride 2, odd length
+      {1, 3, 77, 1, 31, 1, 2, 30, 30},     // dilation 2
+      {2, 3, 50, 2, 31, 1, 1, 15, 15},     // multiplier 2
+      {1, 2, 45, 1, 31, 1, 1, 20, 10},     // asymmetric padding
+      {2, 2, 10, 1, 31, 1, 1, 15, 15},     // L < K
+      {1, 2, 4, 1, 7, 1, 1, 3, 3},         // tiny L < K = 7
+      {1, 2, 1700, 1, 31, 1, 1, 15, 15},   // long row: two tiles
+      {1, 3, 61, 2, 15, 2, 2, 7, 13},      // stride 2, dilation 2, multiplier 2, asymmetric
+      {2, 4, 33, 1, 15, 1, 1, 7, 7},       // K=15, L not a multiple of the tile
+      {1, 2, 20, 1, 4, 1, 1, 1, 2},        // even kernel, asymmetric "same" (run-time K)
+      {1, 2, 30, 3, 5, 3, 1, 0, 4},        // stride 3, multiplier 3
+      {1, 2, 25, 1, 7, 1, 1, 0, 0},        // "valid"
+      {1, 2, 9, 1, 3, 1, 1, 5, 6},         // padding beyond the kernel's reach
+      {1, 2, 40, 1, 31, 2, 2, 31, 30},     // stride 2, dilation 2: every tap phase of the gather
+      {1, 2, 33, 2, 33, 1, 1, 16, 16},     // K=33: a full 32-tap step, then one tap
+  };
+  const Lim limits1d[] = {{"roomy", roomy}, {"small", {1024, 1}}, {"naive", {0, 1}}};
+
   int failures = 0, run = 0;
+  for (const Lim& l : limits1d) {
+    for (DType d : dtypes) {
+      if (d != DType::kFloat32 && std::strcmp(l.name, "roomy") != 0) continue;  // paths do not depend on the dtype
+      for (size_t i = 0; i < sizeof(dw1_cases) / sizeof(dw1_cases[0]); ++i) {
+        const Dw1Case& k = dw1_cases[i];
+        char name[256];
+        std::snprintf(name, sizeof name, "dwconv1d[%zu] %s %s n%d c%d l%d m%d k%d s%d d%d p%d,%d", i, l.name,
+                      dtype_name(d), k.n, k.c, k.l, k.mult, k.k, k.s, k.d, k.pl, k.pr);
+        if (!std::strstr(name, filter)) continue;
+        std::string msg;
+        const auto start = std::chrono::steady_clock::now();
+        const bool ok = with_dtype(d, [&](auto tag) { return run_dw1<decltype(tag)>(k, l.lim, &msg); });
+        ++run;
+        if (!ok) ++failures;
+        std::printf("%s %s (%.1fs) %s\n", ok ? "ok  " : "FAIL", name, seconds_since(start), msg.c_str());
+        std::fflush(stdout);
+      }
+    }
+  }
   for (const Lim& l : limits) {
     for (DType d : dtypes) {
       for (int cl = 0; cl < 2; ++cl) {
