@@ -175,6 +175,30 @@ def _involution_launches(shape, dtype, channels_last):
     return {"forward": fwd, "grad-input": gi, "grad-weight": gw}
 
 
+# RedNet-50 involutions with the span conv fused (Cr = C/4): the headline early layer and the stride-2 one.
+FUSED_INVOLUTION_SHAPES = {
+    "rednet-fused-s1": (2, 64, 28, 28, 7, 1),
+    "rednet-fused-s2": (2, 128, 28, 28, 7, 2),
+}
+
+
+def _fused_involution_launches(shape, dtype, channels_last):
+    import torch
+    from largeconv.kernels import involution_fused as fused
+    b, c, h, w, k, s = shape
+    groups, pad, cr = c // 16, (k - 1) // 2, c // 4
+    ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(b, c, h, w).to(dtype).contiguous(memory_format=fmt)
+    reduced = torch.randn(b, cr, ho, wo).to(dtype).contiguous(memory_format=fmt)
+    span_weight, span_bias = torch.randn(groups * k * k, cr).to(dtype), torch.randn(groups * k * k).to(dtype)
+    grad_out = torch.randn(b, c, ho, wo).to(dtype).contiguous(memory_format=fmt)
+    _, fwd = fused._plan_forward(x, reduced, span_weight, span_bias, k, s, pad, 1, gpu=True)
+    backward, _ = fused._plan_backward(grad_out, x, reduced, span_weight, span_bias, k, s, pad, 1, gpu=True,
+                                       tiles_per_program=4)
+    return {"forward": fwd, **backward}
+
+
 def launches(op, shape_name, dtype_mode, layout):
     """{direction: Launch} of one op on one representative shape, planned with the GPU's tile configs; fp32's
     dot precision set by the mode."""
@@ -184,6 +208,8 @@ def launches(op, shape_name, dtype_mode, layout):
     cl = layout == "channels_last"
     if op == "dwconv2d":
         planned = _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
+    elif op == "involution2d_fused":
+        planned = _fused_involution_launches(FUSED_INVOLUTION_SHAPES[shape_name], dtype, cl)
     else:
         planned = _involution_launches(INVOLUTION_SHAPES[shape_name], dtype, cl)
     return {d: l._replace(meta=dict(l.meta, PRECISION=precision)) if "PRECISION" in l.meta and precision else l
@@ -220,7 +246,8 @@ def gate_cases():
     every dtype mode with each launch's first config there, and fp32/bf16 first configs on the other shapes.
     (The involution configs are the autotuner's candidates after pruning for the shape, what a GPU compiles.)"""
     cases = []
-    for op, shapes in (("dwconv2d", DWCONV_SHAPES), ("involution2d", INVOLUTION_SHAPES)):
+    for op, shapes in (("dwconv2d", DWCONV_SHAPES), ("involution2d", INVOLUTION_SHAPES),
+                       ("involution2d_fused", FUSED_INVOLUTION_SHAPES)):
         for i, shape in enumerate(shapes):
             modes = DTYPE_MODES if i == 0 else ("fp32-ieee", "bf16")
             for mode in modes:
@@ -228,8 +255,9 @@ def gate_cases():
                     for direction, launch in launches(op, shape, mode, layout).items():
                         if mode == "fp32-tf32" and "PRECISION" not in launch.meta:
                             continue  # no dot product: the same kernel as fp32-ieee
-                        # bf16 is a second tensor-core code path in dwconv; in involution only a load width
-                        every = i == 0 and (mode == "fp32-ieee" or (mode == "bf16" and op == "dwconv2d"))
+                        # bf16 is a second tensor-core code path in dwconv and the fused involution (its dots);
+                        # in involution only a load width
+                        every = i == 0 and (mode == "fp32-ieee" or (mode == "bf16" and op != "involution2d"))
                         for c in range(len(launch.configs) if every else 1):
                             cases.append((op, shape, mode, layout, direction, c))
     return cases

@@ -295,7 +295,7 @@ _GPU = not _INTERPRET
 _GPU_CONFIGS = {  # kernel -> (BLOCK_P values, num_warps values)
     "_fused_fwd_kernel": ((32, 64), (4, 8)),
     "_fused_grad_reduced_kernel": ((32, 64), (4, 8)),
-    "_fused_grad_span_kernel": ((64,), (4,)),
+    "_fused_grad_span_kernel": ((32,), (8,)),  # 8 warps: ~128 registers (4 warps: 185-245)
     "_fused_grad_input_kernel": ((32, 64, 128), (4,)),
 }
 _KEY = ["NPIX", "CPG", "CR", "K", "STRIDE", "IDX", "BLOCK_T"]

@@ -146,6 +146,7 @@ def test_cpu_pieces(monkeypatch, block_elems, channels_last):
     """The cpu backend's pieces of the kernel tensor: single rows of one image, bands of rows (the grad-x of
     overlapping bands added up), and runs of whole images, all covering the whole tensor."""
     monkeypatch.setattr(cpu_backend, "FUSED_KERNEL_ELEMS", block_elems)
+    monkeypatch.setattr(cpu_backend, "FUSED_MIN_PIECES", 1)
     for stride, dilation in ((1, 1), (2, 2)):
         *inputs, grad = make(3, 4, 2, 9, 7, 3, 3, stride, dilation, channels_last=channels_last)
         check("cpu", inputs, grad, 3, stride, None, dilation)
@@ -154,6 +155,7 @@ def test_cpu_pieces(monkeypatch, block_elems, channels_last):
 def _pieces(monkeypatch, block_elems):
     """The (batch slice, rows) pieces the cpu backend uses for x (3, 4, 9, 7), K = 3, G = 2 at this budget."""
     monkeypatch.setattr(cpu_backend, "FUSED_KERNEL_ELEMS", block_elems)
+    monkeypatch.setattr(cpu_backend, "FUSED_MIN_PIECES", 1)
     return list(cpu_backend._fused_pieces(3, 9, 2 * 9 * 7))
 
 
@@ -162,6 +164,9 @@ def test_cpu_pieces_shapes(monkeypatch):
     assert all(r1 - r0 == 1 for _, r0, r1 in _pieces(monkeypatch, 1))
     assert {r1 - r0 for _, r0, r1 in _pieces(monkeypatch, 300)} == {2, 1}  # bands of 2 rows, 9 = 4*2 + 1
     assert [(bs.start, r0, r1) for bs, r0, r1 in _pieces(monkeypatch, 2500)] == [(0, 0, 9), (2, 0, 9)]
+    monkeypatch.undo()  # the defaults: runs of at most 1/4 of the batch, whole images below 2**20 kernel elements
+    assert [(bs.start, bs.stop) for bs, _, _ in cpu_backend._fused_pieces(16, 7, 100)] == [(i, i + 4)
+                                                                                            for i in range(0, 16, 4)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

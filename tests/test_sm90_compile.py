@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench import sm90  # noqa: E402
-from largeconv.kernels import dwconv as dw, involution as inv  # noqa: E402
+from largeconv.kernels import dwconv as dw, involution as inv, involution_fused as fused  # noqa: E402
 
 GPU_BOX_TRITON = "3.6.0"
 TRITON36_PYTHON = ROOT / ".venv-triton36" / "bin" / "python"
@@ -60,15 +60,17 @@ def test_every_kernel_compiles_for_sm90(version, tmp_path):
 
     # Coverage: every kernel of kernels/, each direction and layout in every dtype, every config on the headline
     # shapes in fp32.
-    assert {r["kernel"] for r in records} == kernel_names(dw) | kernel_names(inv)
+    assert {r["kernel"] for r in records} == kernel_names(dw) | kernel_names(inv) | kernel_names(fused)
     combos = {(r["op"], r["direction"], r["layout"]) for r in records}
-    assert len(combos) == 2 * 3 * 2
+    assert len(combos) == (3 + 3 + 4) * 2  # directions of dwconv2d, involution2d, involution2d_fused x layouts
     for combo in combos:
         dtypes = {r["dtype"] for r in records if (r["op"], r["direction"], r["layout"]) == combo}
         assert {"fp32-ieee", "fp16", "bf16", "fp64"} <= dtypes, combo
     tf32 = {r["kernel"] for r in records if r["dtype"] == "fp32-tf32"}
-    assert tf32 == {"_fwd_nchw_kernel", "_grad_input_nchw_kernel", "_grad_weight_nchw_kernel"}
-    headline = {"dwconv2d": next(iter(sm90.DWCONV_SHAPES)), "involution2d": next(iter(sm90.INVOLUTION_SHAPES))}
+    assert tf32 == {"_fwd_nchw_kernel", "_grad_input_nchw_kernel", "_grad_weight_nchw_kernel",
+                    "_fused_fwd_kernel", "_fused_grad_reduced_kernel", "_fused_grad_span_kernel"}
+    headline = {"dwconv2d": next(iter(sm90.DWCONV_SHAPES)), "involution2d": next(iter(sm90.INVOLUTION_SHAPES)),
+                "involution2d_fused": next(iter(sm90.FUSED_INVOLUTION_SHAPES))}
     for r in records:
         if r["shape"] == headline[r["op"]] and r["dtype"] == "fp32-ieee":
             seen = {s["config_index"] for s in records if all(s[k] == r[k] for k in
