@@ -11,9 +11,11 @@
 #   build           (background, from the start) the CUDA extension for the visible arch only, all cores
 #   env             GPU, driver, clocks, versions; makes largeconv importable (editable, system torch/triton)
 #   smoke-triton    every Triton kernel x direction x fp32/tf32/fp16/bf16/fp64 x NCHW/channels_last on RepLKNet,
-#                   SLaK and RedNet shapes at batch 1 against float64, outputs NaN-poisoned, one tile config each
+#                   SLaK and RedNet shapes at batch 1, and dwconv1d (Conformer K=31, stride-2 dilation-2), against
+#                   float64, outputs NaN-poisoned, one tile config each
 #   timings-triton  peaks; headline cases (bench/NOTES.md) fwd/bwd/fwdbwd vs PyTorch NCHW, channels_last (cuDNN,
-#                   cudnn.benchmark) and torch.compile of the involution reference (one case)
+#                   cudnn.benchmark) and torch.compile of the involution reference (one case); dwconv1d K=31 at
+#                   (32,512,1000) and (8,1024,4000), fp32/bf16, fwd and fwdbwd vs F.conv1d and cuDNN channels_last
 #   wait-build      waits for the background build
 #   smoke-cuda, timings-cuda   the same for the cuda backend
 #   sanitizer       compute-sanitizer memcheck on bench/sanitizer_cases.py, racecheck on one case per op

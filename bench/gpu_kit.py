@@ -273,6 +273,187 @@ def smoke_one(case, dtype_name, layout, backend, device):
     return rows
 
 
+# ---- depthwise Conv1d: smoke rows and timings (bench/roofline.py has no 1-D op: its own small harness here) ------
+
+def conv1d_smoke_cases(rehearse):
+    """(name, n, c, length, kernel, stride, padding, dilation): public dwconv1d arguments."""
+    if rehearse:
+        return [("smoke-conv1d-k7", 1, 4, 40, 7, 1, "same", 1), ("smoke-conv1d-k5-s2-d2", 1, 4, 33, 5, 2, 3, 2)]
+    return [("smoke-conv1d-conformer-k31", 1, 512, 1000, 31, 1, "same", 1),
+            ("smoke-conv1d-k31-s2-d2", 1, 64, 301, 31, 2, 15, 2)]
+
+
+def conv1d_smoke_one(case, dtype_name, backend, device):
+    """Rows for the three directions of one Conv1d case and dtype, against float64 F.conv1d."""
+    import torch
+    import torch.nn.functional as F
+    import numerics
+    import largeconv
+    name, n, c, length, k, stride, padding, dilation = case
+    dtype = torch_dtype(dtype_name)
+    base = dict(suite="smoke", case=name, op="dwconv1d", backend=backend, dtype=dtype_name, layout="ncl", n=n, c=c,
+                h=1, w=length, kh=1, kw=k, stride=stride, dilation=dilation, groups=c)
+    gen = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(4), "little"))
+    randn = lambda *shape, scale=1.0: (torch.randn(shape, generator=gen, device=device, dtype=torch.float64)  # noqa
+                                       * scale).to(dtype)
+    x, w, b = randn(n, c, length), randn(c, 1, k, scale=k ** -0.5), randn(c)
+    fn = lambda x, w, b: largeconv.dwconv1d(x, w, b, stride, padding, dilation, backend=backend)  # noqa: E731
+    ref_fn = lambda x, w, b: F.conv1d(x, w, b, stride, padding, dilation, groups=c)  # noqa: E731
+    start = time.perf_counter()
+    set_tf32(dtype_name == "tf32")
+    try:
+        g = randn(*ref_fn(x.double(), w.double(), b.double()).shape)
+        with numerics.poisoned_allocations():
+            got = three_directions(fn, x, w, b, g)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        ref = three_directions(ref_fn, x.double(), w.double(), b.double(), g.double())
+        low = three_directions(ref_fn, x, w, b, g) if dtype in numerics.LOWP_FLOOR else (None,) * 3
+    except Exception as error:  # noqa: BLE001 - recorded, the next case runs
+        set_tf32(False)
+        return [dict(base, direction=d, status="error", reason=f"{type(error).__name__}: {str(error)[:200]}")
+                for d in DIRECTIONS]
+    set_tf32(False)
+    rows = []
+    for direction, out, want, want_low in zip(DIRECTIONS, got, ref, low):
+        err = numerics.rel_error(out, want)
+        if dtype in numerics.LOWP_FLOOR:
+            bound = max(2 * numerics.rel_error(want_low, want), numerics.LOWP_FLOOR[dtype])
+        else:
+            bound = {"fp32": numerics.FP32_RTOL, "tf32": 1e-3, "fp64": 1e-10}[dtype_name]
+        ok = (not torch.isnan(out).any().item() and err <= bound and out.shape == want.shape and out.dtype == dtype
+              and out.is_contiguous())
+        rows.append(dict(base, direction=direction, status="ok", rel_err=err, check="ok" if ok else "FAIL",
+                         out_h=1, out_w=got[0].shape[2],
+                         reason=f"bound {bound:.2g}; {seconds * 1e3:.0f} ms for 3 directions, compile included"))
+    return rows
+
+
+CONV1D_TIMED = [(32, 512, 1000), (8, 1024, 4000)]  # (N, C, L), K = 31, padding "same": Conformer shapes
+CONV1D_KERNEL = 31
+
+
+def conv1d_time(fn, device, rehearse):
+    """Median seconds of fn(): CUDA events via triton's do_bench on a GPU (every tensor here is larger than L2, so
+    no input rotation), perf_counter on CPU."""
+    import statistics
+    import torch
+    if device.type == "cuda":
+        import triton.testing
+        fn()
+        torch.cuda.synchronize()
+        return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median") / 1e3
+    fn()
+    times = []
+    for _ in range(2 if rehearse else 5):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conv1d_timings(args, backends):
+    """dwconv1d K = 31 at Conformer shapes, fwd and fwd+bwd, fp32 and bf16: `backends` against F.conv1d ("torch")
+    and cuDNN on the (N, C, 1, L) channels_last view ("torch_cl"), timed in this process unless results.csv has them.
+    Rows of suite "conv1d"; returns them."""
+    import torch
+    import torch.nn.functional as F
+    import numerics
+    from bench import counts, roofline
+    import largeconv
+    import largeconv.dispatch as dispatch
+    device = device_for(args)
+    shapes = [(2, 8, 64)] if args.rehearse else CONV1D_TIMED
+    dtypes = ("fp32",) if args.rehearse else ("fp32", "bf16")
+    peaks_path = Path(args.out) / "peaks.json"
+    peaks = json.loads(peaks_path.read_text()) if peaks_path.exists() else None
+    env = env_columns(device, "conv1d")
+    done = {(r["case"], r["dtype"], r["direction"], r["backend"]) for r in read_rows(args.out)
+            if r["suite"] == "conv1d" and r["status"] == "ok"}
+    measured = []
+    k = CONV1D_KERNEL
+    for n, c, length in shapes:
+        case = f"conv1d-{n}x{c}x{length}-k{k}"
+        for dtype_name in dtypes:
+            dtype = torch_dtype(dtype_name)
+            gen = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(n, c, length, generator=gen, device=device).to(dtype).requires_grad_()
+            w = (torch.randn(c, 1, k, generator=gen, device=device) * k ** -0.5).to(dtype).requires_grad_()
+            b = torch.randn(c, generator=gen, device=device).to(dtype).requires_grad_()
+            g = torch.randn(n, c, length, generator=gen, device=device).to(dtype)
+            calls = {"torch": lambda x, w, b: F.conv1d(x, w, b, padding="same", groups=c),
+                     "torch_cl": lambda x, w, b: F.conv2d(
+                         x.unsqueeze(2).contiguous(memory_format=torch.channels_last), w.unsqueeze(2), b,
+                         padding="same", groups=c).squeeze(2)}
+            for name in backends:
+                calls[name] = lambda x, w, b, name=name: largeconv.dwconv1d(x, w, b, backend=name)
+            with torch.no_grad():
+                want = F.conv1d(x.double(), w.double(), b.double(), padding="same", groups=c)
+            elem = x.element_size()
+            flops_fwd = 2 * n * c * length * k
+            bytes_fwd = (2 * n * c * length + c * k) * elem
+            rows = []
+            for backend, fn in calls.items():
+                for direction in ("fwd", "fwdbwd"):
+                    if (case, dtype_name, direction, backend) in done:
+                        continue
+                    row = dict(env, suite="conv1d", case=case, op="dwconv1d", backend=backend, dtype=dtype_name,
+                               direction=direction, layout="ncl", n=n, c=c, h=1, w=length, kh=1, kw=k, stride=1,
+                               dilation=1, groups=c, out_h=1, out_w=length, check="")
+                    reason = None if backend in ("torch", "torch_cl") else \
+                        dispatch.unsupported_reason(backend, "dwconv1d", x, (k,))
+                    if reason:  # e.g. the cuda backend in a CPU rehearsal
+                        rows.append(dict(row, status="skipped", reason=reason))
+                        continue
+                    # fwd+bwd: forward, grad-input (the same FLOPs), grad-weight (likewise); bytes: x, y | g, w, gx
+                    # | g, x (every tensor once per direction)
+                    row["flops"] = flops_fwd * (3 if direction == "fwdbwd" else 1)
+                    row["min_bytes"] = bytes_fwd + (4 * n * c * length * elem if direction == "fwdbwd" else 0)
+                    row["ai"] = row["flops"] / row["min_bytes"]
+                    try:
+                        if direction == "fwd":
+                            with torch.no_grad():
+                                out = fn(x, w, b)
+                                err = numerics.rel_error(out, want)
+                                seconds = conv1d_time(lambda: fn(x, w, b), device, args.rehearse)
+                            bound = 1e-5 if dtype == torch.float32 else 3e-2  # a sanity check: smoke checks bf16
+                            row.update(rel_err=err, check="ok" if err <= bound else "FAIL",
+                                       reason=f"forward vs float64 F.conv1d, bound {bound:g}")
+                        else:
+                            seconds = conv1d_time(lambda: torch.autograd.grad(fn(x, w, b), (x, w, b), g), device,
+                                                  args.rehearse)
+                    except Exception as error:  # noqa: BLE001 - recorded, the next one runs
+                        row.update(status="error", reason=f"{type(error).__name__}: {str(error)[:200]}")
+                        rows.append(row)
+                        continue
+                    row.update(status="ok", time_ms=seconds * 1e3, gflops=row["flops"] / seconds / 1e9,
+                               gbs=row["min_bytes"] / seconds / 1e9)
+                    if peaks:
+                        roof_flops, bound_kind = counts.roof(row["ai"], peaks["fma_fp32"] * 1e9,
+                                                             peaks["bandwidth"] * 1e9)
+                        row.update(roof_gflops=roof_flops / 1e9, roof_bound=bound_kind,
+                                   roof_fraction=row["flops"] / seconds / roof_flops)
+                    rows.append(row)
+            key = lambda r: (r["case"], r["dtype"], r["direction"])  # noqa: E731
+            mine = {key(r) for r in rows}
+            baselines = [r for r in read_rows(args.out) if r["suite"] == "conv1d" and key(r) in mine
+                         and r["backend"] in ("torch", "torch_cl")]
+            roofline.add_speedups(baselines + rows)
+            append_rows(args.out, rows)
+            measured += rows
+            for r in rows:
+                if r["status"] == "ok":
+                    print(f"{r['case']:<24} {r['backend']:<9} {dtype_name:<5} {r['direction']:<7} "
+                          f"{r['time_ms']:9.3f} ms  x F.conv1d {r.get('speedup_vs_torch', float('nan')):6.2f}  "
+                          f"x best {r.get('speedup_vs_best_torch', float('nan')):6.2f}  {r.get('check', '')}",
+                          flush=True)
+                else:
+                    print(f"{r['case']:<24} {r['backend']:<9} {dtype_name:<5} {r['direction']:<7} {r['status']}: "
+                          f"{r['reason']}", flush=True)
+    return measured
+
+
 def smoke_worker(task):
     """One worker: its (dtype, layout) pairs x every case; one fixed tile config per autotuned kernel."""
     backend, pairs, index, out, rehearse = task
@@ -283,15 +464,19 @@ def smoke_worker(task):
     env = env_columns(device, "smoke")
     counts = {"checked": 0, "FAIL": 0, "error": 0}
     for dtype_name, layout in pairs:
-        for case in smoke_cases(rehearse):
-            rows = [dict(env, **row) for row in smoke_one(case, dtype_name, layout, backend, device)]
+        # Conv1d has one layout: its cases run with the first one
+        conv1d = [("1d", case) for case in conv1d_smoke_cases(rehearse)] if layout == LAYOUTS[0] else []
+        for kind, case in [("2d", case) for case in smoke_cases(rehearse)] + conv1d:
+            one = conv1d_smoke_one(case, dtype_name, backend, device) if kind == "1d" else \
+                smoke_one(case, dtype_name, layout, backend, device)
+            rows = [dict(env, **row) for row in one]
             append_rows(out, rows)
             for row in rows:
                 counts["checked"] += 1
                 counts["FAIL"] += row.get("check") == "FAIL"
                 counts["error"] += row["status"] == "error"
                 if row.get("check") != "ok":
-                    print(f"{row.get('check') or row['status']}: {backend} {case.name} {dtype_name} {layout} "
+                    print(f"{row.get('check') or row['status']}: {backend} {row['case']} {dtype_name} {row['layout']} "
                           f"{row['direction']} rel_err {row.get('rel_err', '')} {row.get('reason', '')}",
                           flush=True)
     return counts
@@ -313,8 +498,9 @@ def stage_smoke(args):
     total = {k: sum(r[k] for r in results) for k in results[0]}
     status = "ok" if total["FAIL"] == 0 and total["error"] == 0 else "FAIL"
     kit_row(args.out, f"smoke-{args.backend}", status,
-            f"{total['checked']} results checked ({len(dtypes)} dtypes x 2 layouts x {len(smoke_cases(args.rehearse))}"
-            f" shapes x 3 directions): {total['FAIL']} FAIL, {total['error']} errors; {workers} workers")
+            f"{total['checked']} results checked ({len(dtypes)} dtypes x (2 layouts x {len(smoke_cases(args.rehearse))}"
+            f" shapes + {len(conv1d_smoke_cases(args.rehearse))} Conv1d shapes) x 3 directions): {total['FAIL']} FAIL, "
+            f"{total['error']} errors; {workers} workers")
 
 
 # ---- timings ----------------------------------------------------------------------------------------------------
@@ -448,9 +634,12 @@ def stage_timings(args):
         rows = measure(args, plan[:first_inv + 1], mine, "headline")
         rows += measure(args, [(plan[first_inv][0], ("fp32",))], "torch_compile", "headline",
                         compile=not args.rehearse)
+        rows += conv1d_timings(args, ["triton", "cpu"] if args.rehearse else ["triton"])  # a few seconds
         rows += measure(args, plan[first_inv + 1:], mine, "headline")
-    else:
-        rows = measure(args, plan, args.backend, "headline")
+    else:  # the most valuable 2-D case, then Conv1d (no compile: a few seconds), then the rest
+        rows = measure(args, plan[:1], args.backend, "headline")
+        rows += conv1d_timings(args, [args.backend])
+        rows += measure(args, plan[1:], args.backend, "headline")
     ok = [r for r in rows if r["status"] == "ok"]
     fails = sum(r["check"] == "FAIL" for r in ok)
     kit_row(args.out, f"timings-{args.backend}", "ok" if not fails else "FAIL",
@@ -601,6 +790,13 @@ def stage_summary(args):
         for r in csv.DictReader(open(out / "stages.csv")):
             note = next((v[1] for k, v in notes.items() if k.startswith(r["stage"])), "")
             lines.append(f"{r['stage']:<16} {r['status']:<9} {num(r['seconds']):>8.1f} {r['budget']:>7}  {note}")
+    conv1d = [r for r in read_rows(out) if r["suite"] == "conv1d" and r["status"] == "ok"
+              and r["backend"] not in ("torch", "torch_cl")]
+    if conv1d:
+        lines += ["", f"{'conv1d case':<24} {'backend':<8} {'dtype':<5} {'dir':<7} {'ms':>9} {'x F.conv1d':>10} "
+                  f"{'x best':>7}"]
+        lines += [f"{r['case']:<24} {r['backend']:<8} {r['dtype']:<5} {r['direction']:<7} {num(r['time_ms']):>9.3f} "
+                  f"{num(r['speedup_vs_torch']):>10.2f} {num(r['speedup_vs_best_torch']):>7.2f}" for r in conv1d]
     rows = [r for r in read_rows(out) if r["suite"] in ("headline", "weak") and r["status"] == "ok"]
     lines += ["", f"{'headline case':<24} {'backend':<8} {'dtype':<5} {'dir':<7} {'ms':>9} {'x PyTorch':>9} "
               f"{'x best':>7} {'% roof':>7}"]
