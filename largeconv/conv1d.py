@@ -7,9 +7,11 @@ Built like ops.dwconv2d: three torch.library custom ops (forward, grad-input, gr
 autograd (the grad ops differentiable too), autocast like F.conv1d, and PyTorch's own F.conv1d under forward-mode
 AD / torch.func transforms. Backends (each module's dwconv1d_* functions, chosen by dispatch.run like dwconv2d's):
 - "torch": F.conv1d and torch.nn.grad (largeconv/reference.py, the oracle);
-- "cpu": at stride 1 with one output per channel and finite inputs, one batched Toeplitz matmul over channels per
-  direction; otherwise the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel (largeconv/cpu.py);
+- "cpu": at stride 1 with one output per channel and finite inputs, banded (Toeplitz) matrix products batched over
+  channels, one sample at a time; otherwise the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel
+  (largeconv/cpu.py);
 - "triton": kernels/dwconv1d.py, a (channels x length) tile;
+- "cuda": csrc/dwconv1d.cuh, an input strip and the taps staged in shared memory, 12 outputs per thread;
 - "auto": as for dwconv2d (largeconv/dispatch.py): measured once per key, or by the fixed rule.
 """
 from __future__ import annotations
@@ -174,7 +176,7 @@ def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     """Depthwise 1-D convolution: F.conv1d(x, weight, bias, stride, padding, dilation, groups=C), fast for large K.
 
     x (N, C, L); weight (C*m, 1, K); bias (C*m,) or None. padding: int, 1-tuple, "same" or "valid".
-    backend: None/"auto", "torch", "cpu" or "triton" (see this module's docstring).
+    backend: None/"auto", "torch", "cpu", "triton" or "cuda" (see this module's docstring).
     """
     x, weight, bias = _autocast(x, weight, bias)
     stride, padding, dilation, _ = dwconv1d_arguments(x, weight, bias, stride, padding, dilation)

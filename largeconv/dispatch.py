@@ -176,8 +176,8 @@ def table_choice(op, direction, x, kernel_size, candidates) -> str:
     they prefer the fused kernels from 7x7 on and PyTorch (cuDNN / its depthwise kernel) below."""
     taps = math.prod(kernel_size)
     if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py); the CUDA row a prediction
-        fused = "cpu" if x.device.type == "cpu" else "triton"
-        order = (fused, "torch") if taps >= 31 else ("torch", fused)
+        fused = ("cpu",) if x.device.type == "cpu" else ("cuda", "triton")
+        order = (*fused, "torch") if taps >= 31 else ("torch", *fused)
     elif op == "involution2d_fused":  # CPU measured (bench/results/cpu/fused_involution.md); CUDA a prediction
         order = ("cpu", "torch") if x.device.type == "cpu" else ("triton", "torch")
     elif x.device.type == "cuda":
