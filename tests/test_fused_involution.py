@@ -439,3 +439,29 @@ def test_triton_gpu_configs(case):
         for name, got, ref in zip(NAMES[1:], results, exact[1:]):
             if ref is not None:
                 assert_close(got, ref, what=f"{name}, configs #{i}")
+
+
+# ---- the benchmark ------------------------------------------------------------------------------------------------
+
+def test_benchmark_runs(tmp_path):
+    """bench/fused_involution.py on the smallest layer at batch 1: both variants measured, outputs agree, the md
+    labels the GPU rows predicted; the bytes model counts the kernel tensor's traffic for the unfused layer only."""
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import fused_involution as bench
+
+    bench.main(["--out", str(tmp_path), "--batches", "1", "--layers", "stage4", "--min-time", "0.01",
+                "--wait-quiet", "0"])
+    rows = list(__import__("csv").DictReader(open(tmp_path / "fused_involution.csv")))
+    assert [r["variant"] for r in rows] == ["unfused", "fused"]
+    assert all(float(r["time_ms"]) > 0 and float(r["peak_mem_mb"]) > 0 for r in rows)
+    assert float(rows[0]["rel_err"]) < 1e-5
+    assert "(predicted)" in (tmp_path / "fused_involution.md").read_text()
+    unfused, fused = (sum(bench.bytes_model(8, 64, 56, 1)[v]) for v in ("unfused", "fused"))
+    kernel_mb, out_mb = 8 * 4 * 49 * 56 * 56 * 4 / 1e6, 8 * 64 * 56 * 56 * 4 / 1e6  # (B, G*K*K, Ho, Wo), (B, C, ..)
+    # the kernel: written, read (forward), read (grad x); its gradient: written, read twice; and one more read of
+    # grad_out (the unfused grad-x and grad-kernel passes each read it, the fused minimum once)
+    assert unfused - fused == pytest.approx(6 * kernel_mb + out_mb)
