@@ -1,6 +1,7 @@
 """Depthwise Conv1d at Conformer shapes: F.conv1d vs largeconv.dwconv1d (cpu and auto), forward and forward+backward.
 
-    python bench/conv1d.py [--kernel 31] [--dtype fp32] [--repeats 3] [--out bench/results/cpu/conv1d.md]
+    python bench/conv1d.py [--kernel 31] [--dtypes fp32 bf16] [--repeats 3] [--wait-quiet 120]
+                           [--out bench/results/cpu/conv1d.md]
 
 Each time is the fastest of `--repeats` calls after one warm-up call (auto's measuring first call is the warm-up);
 the machine is shared, so the fastest call is the least disturbed one. Writes a markdown table.
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import largeconv  # noqa: E402
+from bench.roofline import wait_until_quiet  # noqa: E402
 
 SHAPES = [(32, 512, 1000), (8, 1024, 4000)]  # (N, C, L): Conformer-style batches of speech frames
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -64,17 +66,22 @@ def rows(kernel, dtype, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", type=int, default=31)
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many s for idle cores")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu", "conv1d.md"))
     args = parser.parse_args(argv)
+    if args.wait_quiet:
+        wait_until_quiet(args.wait_quiet)
     start, load_before = time.time(), os.getloadavg()[0]
-    lines = ["| (N, C, L) | call | forward ms | fwd+bwd ms | forward vs F.conv1d | fwd+bwd vs F.conv1d |",
-             "|---|---|---:|---:|---:|---:|"]
-    for shape, name, forward, both, s_forward, s_both in rows(args.kernel, DTYPES[args.dtype], args.repeats):
-        lines.append(f"| {shape} | {name} | {forward:.1f} | {both:.1f} | {s_forward:.2f}x | {s_both:.2f}x |")
-        print(lines[-1], flush=True)
-    header = [f"# Depthwise Conv1d, K = {args.kernel}, {args.dtype}, padding 'same', with bias",
+    lines = ["| dtype | (N, C, L) | call | forward ms | fwd+bwd ms | forward vs F.conv1d | fwd+bwd vs F.conv1d |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for dtype in args.dtypes:
+        for shape, name, forward, both, s_forward, s_both in rows(args.kernel, DTYPES[dtype], args.repeats):
+            lines.append(f"| {dtype} | {shape} | {name} | {forward:.1f} | {both:.1f} | {s_forward:.2f}x | "
+                         f"{s_both:.2f}x |")
+            print(lines[-1], flush=True)
+    header = [f"# Depthwise Conv1d, K = {args.kernel}, padding 'same', with bias",
               "",
               f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
               f"device: {cpu_name()}, {torch.get_num_threads()} threads "

@@ -37,8 +37,11 @@ _MODULES = {"torch": "largeconv.reference", "cpu": "largeconv.cpu", "triton": "l
             "cuda": "largeconv.cuda"}
 _GPU_CANDIDATES = ("cuda", "triton", "torch")
 _CPU_CANDIDATES = ("cpu", "torch")
-# A candidate whose estimated workspace exceeds this many times the smallest estimate is not measured.
-WORKSPACE_RATIO_LIMIT = 4
+# A candidate whose estimated workspace exceeds this many times the smallest estimate is not measured. Meant for
+# K*K blow-ups (involution's unfold reference: 2*K*K input-sized buffers, 98x at K=7); 16 keeps the cpu backend's
+# fp32 working copies of a bf16/fp16 input (8x PyTorch's estimate), which a limit of 4 wrongly dropped, so auto
+# picked PyTorch for every bf16 call it could have run 4-6x faster (conv1d (32,512,1000), measured 2026-11-27).
+WORKSPACE_RATIO_LIMIT = 16
 # What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
 # (ops.dwconv2d) uses once torch wins every direction: a fused candidate must beat torch by this much. CPU: measured
 # 2026-11-27 (2-core Xeon, tiny shapes: fwd+bwd through the custom ops ~1.1 ms above a direct F.conv2d, three
@@ -216,8 +219,8 @@ def workspace_bytes(name, op, direction, x, kernel_size) -> int:
         if name == "torch":
             return (2 * math.prod(kernel_size) + 3) * x.numel() * elem
         return x.numel() * elem
-    if name == "cpu":
-        return 4 * x.numel() * max(elem, 4)  # padded fp32 copies, FFT spectra
+    if name == "cpu":  # fp32 working copies: dwconv2d's FFT spectra (~4 inputs), else a padded input and an output
+        return (4 if op == "dwconv2d" else 2) * x.numel() * max(elem, 4)
     return x.numel() * elem
 
 

@@ -129,11 +129,16 @@ def test_involution_unfold_reference_is_never_run_by_auto(monkeypatch):
     assert {name for name, _ in calls} == {"cpu"}
 
 
-def test_memory_hungry_candidates_are_dropped():
-    x = torch.randn(2, 64, 56, 56)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_memory_hungry_candidates_are_dropped(dtype):
+    """The unfold reference (K*K times the input) is never run; the cpu backend's fp32 copies of a bf16 input are
+    no reason to drop it."""
+    x = torch.randn(2, 64, 56, 56, dtype=dtype)
     kept = dispatch._within_memory(["cpu", "torch"], "involution2d", "forward", x, (7, 7), ())
     assert kept == ["cpu"]
     assert dispatch._within_memory(["cpu", "torch"], "dwconv2d", "forward", x, (7, 7), ()) == ["cpu", "torch"]
+    x1 = torch.randn(2, 64, 1000, dtype=dtype)
+    assert dispatch._within_memory(["cpu", "torch"], "dwconv1d", "forward", x1, (31,), ()) == ["cpu", "torch"]
 
 
 def test_calls_where_auto_picked_torch_skip_the_custom_op(monkeypatch):
