@@ -2,11 +2,12 @@
 
 Registered on `import largeconv`; nothing to pass at export time.
 
-- torch.export keeps `largeconv::dwconv2d` / `largeconv::involution2d` as single nodes (save/load round-trips);
-  `ep.run_decompositions()` lowers them to aten ops (F.conv2d; unfold-multiply-sum) through the decompositions below.
+- torch.export keeps `largeconv::dwconv2d` / `involution2d` / `involution2d_fused` / `dwconv1d` as single nodes
+  (save/load round-trips); `ep.run_decompositions()` lowers them to aten ops (F.conv2d / F.conv1d; a 1x1 conv and
+  unfold-multiply-sum for involution) through the decompositions below.
 - torch.onnx.export(dynamo=True) runs the same decompositions, so the ONNX graph holds a standard `Conv` (the
   deploy path of a re-parameterized RepLKNet) and plain ops for involution.
-- the legacy exporter (dynamo=False) uses the symbolic functions below.
+- the legacy exporter (dynamo=False) uses the symbolic functions below (dwconv2d and involution2d only).
 
 How: each forward op gets a CompositeImplicitAutograd kernel in Python (`OpOverload.py_impl`), which is where
 `run_decompositions()` and the ONNX exporter's decomposition table look for a custom op's decomposition. In eager
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops  # noqa: F401  (defines the custom ops this module registers for)
+from . import conv1d, fused_involution, ops  # noqa: F401  (define the custom ops this module registers for)
 from . import reference
 from .arguments import memory_format_of
 
@@ -38,6 +39,21 @@ def _involution2d_decomposition(x, weight, kernel_size, stride, padding, dilatio
     return reference.involution2d_forward(x, weight, kernel_size, stride, padding, dilation)
 
 
+def _involution2d_fused_decomposition(x, reduced, span_weight, span_bias, kernel_size, stride, padding, dilation,
+                                      backend):
+    if not torch.compiler.is_exporting():
+        return NotImplemented
+    out = reference.involution2d_fused_forward(x, reduced, span_weight, span_bias, kernel_size, stride, padding,
+                                               dilation)
+    return out.contiguous(memory_format=memory_format_of(x))
+
+
+def _dwconv1d_decomposition(x, weight, bias, stride, padding, dilation, backend):
+    if not torch.compiler.is_exporting():
+        return NotImplemented
+    return reference.dwconv1d_forward(x, weight, bias, stride, padding, dilation)
+
+
 def _register_decompositions():
     # Inductor copies every CompositeImplicitAutograd op into its decomposition table when its module is first
     # imported, then refuses to fall back to an op it also has a decomposition for ("both a fallback and a decomp for
@@ -47,7 +63,9 @@ def _register_decompositions():
 
     cia = torch._C.DispatchKey.CompositeImplicitAutograd
     for op, decomposition in ((torch.ops.largeconv.dwconv2d.default, _dwconv2d_decomposition),
-                              (torch.ops.largeconv.involution2d.default, _involution2d_decomposition)):
+                              (torch.ops.largeconv.involution2d.default, _involution2d_decomposition),
+                              (torch.ops.largeconv.involution2d_fused.default, _involution2d_fused_decomposition),
+                              (torch.ops.largeconv.dwconv1d.default, _dwconv1d_decomposition)):
         op.py_impl(cia)(decomposition)
         inductor_decomposition.decompositions.pop(op, None)
 

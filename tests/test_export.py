@@ -26,9 +26,9 @@ def _dw(**kwargs):
     return LargeDWConv2d(**kwargs).eval()
 
 
-def _involution(stride):
+def _involution(stride, fused=False):
     torch.manual_seed(0)
-    module = Involution2d(16, kernel_size=7, stride=stride, group_channels=4).eval()
+    module = Involution2d(16, kernel_size=7, stride=stride, group_channels=4, fused=fused).eval()
     randomize_bn(module)
     return module
 
@@ -50,6 +50,7 @@ CASES = {
                                  (2, 8, 15, 15), True),
     "involution_stride1": (lambda: _involution(1), (2, 16, 12, 12), False),
     "involution_stride2": (lambda: _involution(2), (2, 16, 12, 12), False),
+    "involution_fused": (lambda: _involution(1, fused=True), (2, 16, 12, 12), False),
     "replknet_deployed": (_deployed_replknet_block, (2, 8, 16, 16), False),
 }
 
@@ -119,7 +120,7 @@ def test_onnx_legacy_export_matches_eager(case):
 
 # involution at stride 2 has batch, H and W dynamic too (issue 13, item 9: avg_pool2d's ceil_mode size rule used to
 # add a parity guard on H and W that torch.export rejected)
-@pytest.mark.parametrize("case", ["even_kernel_same", "involution_stride1", "involution_stride2"])
+@pytest.mark.parametrize("case", ["even_kernel_same", "involution_stride1", "involution_stride2", "involution_fused"])
 def test_torch_export_save_load_and_decompositions(case, tmp_path):
     make, shape, channels_last = CASES[case]
     torch.manual_seed(1)
@@ -127,7 +128,8 @@ def test_torch_export_save_load_and_decompositions(case, tmp_path):
     with torch.no_grad():
         expected = model(x)
     program = torch.export.export(model, (x,), dynamic_shapes=DYNAMIC)
-    custom_ops = {torch.ops.largeconv.dwconv2d.default, torch.ops.largeconv.involution2d.default}
+    custom_ops = {torch.ops.largeconv.dwconv2d.default, torch.ops.largeconv.involution2d.default,
+                  torch.ops.largeconv.involution2d_fused.default}
     targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
     assert targets & custom_ops, "torch.export keeps the largeconv op as one node"
 
@@ -143,6 +145,40 @@ def test_torch_export_save_load_and_decompositions(case, tmp_path):
     x2 = _input(_other_size(shape), channels_last)
     with torch.no_grad():
         assert rel_error(decomposed.module()(x2), model(x2)) <= FP32_RTOL
+
+
+def test_conv1d_exports_to_onnx_and_torch_export(tmp_path):
+    """LargeDWConv1d (a Conformer conv module's depthwise conv): ONNX (dynamo) holds a standard Conv and matches
+    eager in onnxruntime for a second batch and length; torch.export keeps the op, round-trips through save/load and
+    decomposes to aten."""
+    _needs("onnxscript", "torch.onnx.export(dynamo=True) needs it")
+    ort = _needs("onnxruntime", "it runs the exported models")
+    torch.manual_seed(0)
+    model = largeconv.LargeDWConv1d(8, 31).eval()
+    x, x2 = torch.randn(2, 8, 50), torch.randn(3, 8, 77)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim("length", min=32, max=4096)},)
+    with torch.no_grad():
+        expected, expected2 = model(x), model(x2)
+    program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic, verbose=False)
+    path = tmp_path / "model.onnx"
+    program.save(str(path))
+    assert "Conv" in _op_types(path.read_bytes())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for inputs, want in ((x, expected), (x2, expected2)):
+        got = torch.from_numpy(session.run(None, {name: inputs.numpy()})[0])
+        assert rel_error(got, want) <= FP32_RTOL
+
+    exported = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+    targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
+    assert torch.ops.largeconv.dwconv1d.default in targets
+    torch.export.save(exported, tmp_path / "model.pt2")
+    assert torch.equal(torch.export.load(tmp_path / "model.pt2").module()(x), expected)
+    decomposed = exported.run_decompositions()
+    targets = {node.target for node in decomposed.graph.nodes if node.op == "call_function"}
+    assert all(getattr(t, "namespace", "aten") == "aten" for t in targets), targets
+    with torch.no_grad():
+        assert rel_error(decomposed.module()(x2), expected2) <= FP32_RTOL
 
 
 def test_decompositions_only_apply_when_exporting():
