@@ -50,6 +50,9 @@ CUSTOM_OP_OVERHEAD_S = {"cpu": 3e-4, "cuda": 1e-4}
 # A candidate whose calls add up to less than this is timed up to three times and its fastest call counts (cheap,
 # and robust to a busy machine); slower ones once (the first call stays cheap).
 _REPEAT_BELOW_S = 0.02
+# Ten rounds of a 0.1 ms layer cost ~2 ms once and keep a loaded machine from making auto pick a custom op that is
+# slower in quiet conditions (seen with three rounds on the 2-core CI machine under a load of 2-4).
+_MAX_ROUNDS = 10
 
 _local = threading.local()
 _auto_cache: dict[tuple, str] = {}
@@ -158,6 +161,15 @@ def _plain(value):
     return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
 
 
+def auto_still_picks(keys, name: str) -> bool:
+    """For auto's fast path (ops.dwconv2d): nothing more specific than "auto" is requested (use_backend,
+    LARGECONV_BACKEND; the slow path applies and checks those) and the cache still holds `name` for every key."""
+    stack = getattr(_local, "stack", None)
+    if stack and stack[-1] not in (None, "auto"):
+        return False
+    return os.environ.get("LARGECONV_BACKEND", "auto") in ("", "auto") and all_cached_as(keys, name)
+
+
 def all_cached_as(keys, name: str) -> bool:
     """True when "auto" has cached `name` for every key (choices it measured do not count when the table decides)."""
     measured = False
@@ -234,15 +246,16 @@ def _within_memory(names, op, direction, x, kernel_size, run_args):
 
 
 def _fastest(op, direction, candidates, run_args, on_gpu):
-    """(winner, its result): each candidate timed once, or, when its calls are short, in up to three rounds that
-    alternate between the candidates (so a busy moment of the machine does not hit one candidate only) with each
-    one's fastest call counting. On GPU a warm-up call comes first (Triton compiles and autotunes on it)."""
+    """(winner, its result): each candidate timed once, or, when its calls are short, in rounds that alternate
+    between the candidates (so a busy moment of the machine does not hit one candidate only) with each one's fastest
+    call counting: on CPU until its calls add up to _REPEAT_BELOW_S (at most _MAX_ROUNDS), on GPU three rounds after
+    a warm-up call (Triton compiles and autotunes on it)."""
     fns = {name: getattr(backend_module(name), f"{op}_{direction}") for name in candidates}
     if on_gpu:
         for fn in fns.values():
             fn(*run_args)
     times, results = {name: [] for name in candidates}, {}
-    for round_ in range(3):
+    for round_ in range(3 if on_gpu else _MAX_ROUNDS):
         for name, fn in fns.items():
             if round_ == 0 or on_gpu or sum(times[name]) < _REPEAT_BELOW_S:
                 elapsed, results[name] = _timed(fn, run_args, on_gpu)

@@ -186,8 +186,7 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
         known, remember = _torch_calls.get(signature), signature is not None
     except TypeError:  # an unhashable argument (a list): nothing to remember
         known, remember = None, False
-    if known is not None and dispatch.requested_backend(backend) == "auto" and dispatch.all_cached_as(known[1],
-                                                                                                      "torch"):
+    if known is not None and dispatch.auto_still_picks(known[1], "torch"):
         # the same call as one where auto chose torch for every direction it runs: PyTorch's own op and autograd,
         # with no argument checks (they passed for this signature) and no custom-op machinery
         return reference.dwconv2d_forward(x, weight, bias, *known[0])
