@@ -2,8 +2,8 @@
 
 A stand-in Triton driver reports an sm_90 target, so `JITFunction.warmup` specialises the arguments as a real
 launch would (pointer alignment, integers equal to 1 or divisible by 16) and compiles to PTX and a cubin with the
-ptxas Triton ships; nothing is launched. `cuobjdump -res-usage` on the cubin gives registers and local memory
-(spills), `cuobjdump -sass` the machine code.
+ptxas Triton ships; nothing is launched. `cuobjdump -res-usage` on the cubin gives registers and spills (the
+stack frame), `cuobjdump -sass` the machine code.
 
     from bench.sm90 import compile_for_sm90, sass
     k = compile_for_sm90(kernel, args, BLOCK=64, num_warps=4)   # kernel: a @triton.jit function (or autotuner)
@@ -75,7 +75,8 @@ def sm90_driver():
 class Sm90Kernel(NamedTuple):
     asm: dict          # "ttir", "ttgir", "llir", "ptx", "cubin" (bytes)
     registers: int     # per thread
-    spills: int        # bytes of local memory per thread (ptxas spills; Triton kernels have no local arrays)
+    spills: int        # bytes of stack frame + local memory per thread (ptxas spills; Triton kernels have no
+                       # local arrays or calls, so that is all spills)
     shared: int        # bytes of shared memory per block (Triton's dynamic allocation plus any static)
     num_warps: int
     compile_s: float   # wall time of warmup (short when Triton's on-disk cache had the kernel)
@@ -95,10 +96,12 @@ def _run_on_cubin(cubin, *flags):
 
 
 def resource_usage(cubin):
-    """(registers, local bytes, static shared bytes) of the one kernel in a cubin, from cuobjdump -res-usage."""
+    """(registers, spill bytes, static shared bytes) of the one kernel in a cubin, from cuobjdump -res-usage.
+    ptxas puts spills in the stack frame (STACK): LOCAL reads 0 for kernels that ptxas -v reports spilling
+    (e.g. 248 B of spill stores and 31 STL in the SASS of dwconv2d's fp32 forward, checked 2026-11-27)."""
     out = _run_on_cubin(cubin, "-res-usage")
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
-    return int(fields["REG"]), int(fields["LOCAL"]), int(fields["SHARED"])
+    return int(fields["REG"]), int(fields["STACK"]) + int(fields["LOCAL"]), int(fields["SHARED"])
 
 
 def sass(asm):
@@ -199,6 +202,31 @@ def _fused_involution_launches(shape, dtype, channels_last):
     return {"forward": fwd, **backward}
 
 
+# Depthwise Conv1d, (N, C, L, K, stride, dilation, multiplier): a Conformer conv module (K31, "same"), and a case
+# with stride, dilation and multiplier 2, which Triton compiles separately (it specialises integer arguments
+# equal to 1).
+DWCONV1D_SHAPES = {
+    "conformer-k31": (2, 256, 1000, 31, 1, 1, 1),
+    "k15-s2-d2-m2": (2, 64, 500, 15, 2, 2, 2),
+}
+
+
+def _dwconv1d_launches(shape, dtype):
+    import torch
+    from largeconv.kernels import dwconv1d as dw1
+    n, c, length, k, s, d, m = shape
+    total = d * (k - 1)
+    geometry = (s, (total // 2, total - total // 2), d)  # "same" at stride 1
+    x = torch.randn(n, c, length).to(dtype)
+    weight = torch.randn(c * m, 1, k).to(dtype)
+    bias = torch.randn(c * m).to(dtype)
+    y, fwd = dw1._plan_forward(x, weight, bias, *geometry, gpu=True)
+    grad_out = torch.randn(y.shape).to(dtype)
+    _, gi = dw1._plan_grad_input(grad_out, weight, x.shape, *geometry, gpu=True)
+    _, gw = dw1._plan_grad_weight(grad_out, x, weight.shape, *geometry, gpu=True)
+    return {"forward": fwd, "grad-input": gi, "grad-weight": gw}
+
+
 def launches(op, shape_name, dtype_mode, layout):
     """{direction: Launch} of one op on one representative shape, planned with the GPU's tile configs; fp32's
     dot precision set by the mode."""
@@ -208,6 +236,9 @@ def launches(op, shape_name, dtype_mode, layout):
     cl = layout == "channels_last"
     if op == "dwconv2d":
         planned = _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
+    elif op == "dwconv1d":
+        assert layout in OP_LAYOUTS[op], f"dwconv1d has no {layout} layout"
+        planned = _dwconv1d_launches(DWCONV1D_SHAPES[shape_name], dtype)
     elif op == "involution2d_fused":
         planned = _fused_involution_launches(FUSED_INVOLUTION_SHAPES[shape_name], dtype, cl)
     else:
@@ -232,11 +263,29 @@ def compile_launch(launch, config):
     return compile_for_sm90(launch.kernel, launch.args, **launch.meta, **config.all_kwargs())
 
 
-# What the gate fails on. No kernel spills today (every record of the gate: 0 bytes), and a spill in these loops
-# costs more than the tile saves, so the bound is 0. Shared memory: the most an H100 block can have.
+# What the gate fails on. A spill in these loops costs more than the tile saves, so the bound is 0, except for the
+# kernels below: until 2026-11-27 the gate read cuobjdump's LOCAL (always 0) instead of the stack frame that holds
+# spills, so these spills went unseen. Each is allowed up to the most it spilled then, under triton 3.6.0 or 3.8.0
+# over the gate's cases (a ratchet: more, or a spill anywhere else, fails); they are to be fixed, not raised.
 SPILL_BOUND = 0
+KNOWN_SPILLS = {  # (op, kernel): bytes
+    ("dwconv2d", "_fwd_nchw_kernel"): 272,
+    ("dwconv2d", "_grad_input_nchw_kernel"): 376,
+    ("dwconv2d", "_grad_weight_nchw_kernel"): 40,
+    ("involution2d", "_involution_fwd_kernel"): 8,
+    ("involution2d_fused", "_fused_grad_reduced_kernel"): 264,
+    ("involution2d_fused", "_fused_grad_span_kernel"): 16,
+}
+
+
+def spill_bound(op, kernel):
+    return KNOWN_SPILLS.get((op, kernel), SPILL_BOUND)
+
+
 SHARED_BOUND = H100["smem_per_block"]
 LAYOUTS = ("nchw", "channels_last")
+OP_LAYOUTS = {"dwconv2d": LAYOUTS, "involution2d": LAYOUTS, "involution2d_fused": LAYOUTS,
+              "dwconv1d": ("nchw",)}  # (N, C, L) contiguous: 1-D has no channels_last
 
 
 def gate_cases():
@@ -244,14 +293,15 @@ def gate_cases():
     2 CPU cores per Triton version: every tile config in fp32 (IEEE) on the headline shape of each op (and in
     bf16 for dwconv, whose bf16 kernels take another tensor-core path),
     every dtype mode with each launch's first config there, and fp32/bf16 first configs on the other shapes.
-    (The involution configs are the autotuner's candidates after pruning for the shape, what a GPU compiles.)"""
+    (The involution configs are the autotuner's candidates after pruning for the shape, what a GPU compiles;
+    dwconv1d has one config and one layout.)"""
     cases = []
     for op, shapes in (("dwconv2d", DWCONV_SHAPES), ("involution2d", INVOLUTION_SHAPES),
-                       ("involution2d_fused", FUSED_INVOLUTION_SHAPES)):
+                       ("involution2d_fused", FUSED_INVOLUTION_SHAPES), ("dwconv1d", DWCONV1D_SHAPES)):
         for i, shape in enumerate(shapes):
             modes = DTYPE_MODES if i == 0 else ("fp32-ieee", "bf16")
             for mode in modes:
-                for layout in LAYOUTS:
+                for layout in OP_LAYOUTS[op]:
                     for direction, launch in launches(op, shape, mode, layout).items():
                         if mode == "fp32-tf32" and "PRECISION" not in launch.meta:
                             continue  # no dot product: the same kernel as fp32-ieee
@@ -279,7 +329,8 @@ def run_gate(cases=None, out=print):
         try:
             k = compile_launch(launch, config)
             record.update(registers=k.registers, spills=k.spills, shared=k.shared, compile_s=round(k.compile_s, 2))
-            problems = [f"spills {k.spills} B > {SPILL_BOUND} B"] if k.spills > SPILL_BOUND else []
+            bound = spill_bound(op, record["kernel"])
+            problems = [f"spills {k.spills} B > {bound} B"] if k.spills > bound else []
             if k.shared > SHARED_BOUND:
                 problems.append(f"shared {k.shared} B > {SHARED_BOUND} B")
             record.update(ok=not problems, error="; ".join(problems))

@@ -9,6 +9,9 @@ and loops over the K taps with direct multiply-adds, accumulating in fp32 (fp64 
 - grad-weight: one program per (channel tile, tap) sums g[n, o, j] x[n, o // m, j*s + k*d - left] over n and j in a
   fixed order (deterministic, no atomics).
 Offsets of (n, c) rows are int64. Not tuned on a GPU yet (the tile sizes are a first guess).
+
+Each entry point plans its launch (kernels/dwconv.py's Launch) with `_plan_*(..., gpu=...)`, then runs it; tests run
+the GPU's plan under the interpreter and bench/sm90.py compiles it for sm_90.
 """
 import os
 
@@ -17,6 +20,8 @@ import triton
 import triton.language as tl
 
 from largeconv.arguments import conv_output_size
+
+from .dwconv import Launch
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -34,8 +39,14 @@ def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _blocks():
-    return (16, 32) if _INTERPRETED else (32, 128)  # (BLOCK_C, BLOCK_L)
+def _config(dtype, gpu=not _INTERPRETED):
+    """The (BLOCK_C channels x BLOCK_L positions) tile: the GPU's (gpu=True) or the interpreter's, whose small
+    tiles also exercise the tile edges in the tests. One config, no autotuning."""
+    if not gpu:
+        return triton.Config({"BLOCK_C": 16, "BLOCK_L": 32}, num_warps=4)
+    # fp64 doubles the registers of the accumulator tile: with 4 warps ptxas (sm_90) spills 64-80 B per thread in
+    # forward and grad-input at 255 registers; 8 warps halve the tile per thread (~183 registers, no spills).
+    return triton.Config({"BLOCK_C": 32, "BLOCK_L": 128}, num_warps=8 if dtype == torch.float64 else 4)
 
 
 @triton.jit
@@ -122,40 +133,64 @@ def _emulate_bf16(dtype):
     return _INTERPRETED and dtype == torch.bfloat16
 
 
-def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
+def _plan_forward(x, weight, bias, stride, padding, dilation, gpu=not _INTERPRETED):
+    """(output, Launch)."""
     N, C, L = x.shape
     Co, _, K = weight.shape
     Lo = conv_output_size(L, K, stride, padding[0] + padding[1], dilation)
     y = torch.empty((N, Co, Lo), dtype=x.dtype, device=x.device)
-    block_c, block_l = _blocks()
-    grid = (N, triton.cdiv(Co, block_c), triton.cdiv(Lo, block_l))
-    _forward_kernel[grid](x, weight, bias if bias is not None else weight, y, C, L, Co, Lo, K, stride, padding[0],
-                          dilation, Co // C, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
-                          EMULATE_BF16=_emulate_bf16(x.dtype), BLOCK_C=block_c, BLOCK_L=block_l)
-    return y
+    b = bias if bias is not None else weight  # never read when HAS_BIAS is False
+
+    def grid(meta):
+        return (N, triton.cdiv(Co, meta["BLOCK_C"]), triton.cdiv(Lo, meta["BLOCK_L"]))
+    meta = dict(HAS_BIAS=bias is not None, ACC=_acc(x.dtype), EMULATE_BF16=_emulate_bf16(x.dtype))
+    return y, Launch(_forward_kernel, grid, (x, weight, b, y, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C),
+                     meta, [_config(x.dtype, gpu)], y)
 
 
-def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, gpu=not _INTERPRETED):
+    """(grad input, Launch)."""
     N, C, L = input_shape
     Co, _, K = weight.shape
     Lo = grad_out.shape[2]
     gx = torch.empty((N, C, L), dtype=grad_out.dtype, device=grad_out.device)
-    block_c, block_l = _blocks()
-    grid = (N, triton.cdiv(C, block_c), triton.cdiv(L, block_l))
-    _grad_input_kernel[grid](grad_out, weight, gx, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C,
-                             ACC=_acc(grad_out.dtype), EMULATE_BF16=_emulate_bf16(grad_out.dtype),
-                             BLOCK_C=block_c, BLOCK_L=block_l)
+
+    def grid(meta):
+        return (N, triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(L, meta["BLOCK_L"]))
+    meta = dict(ACC=_acc(grad_out.dtype), EMULATE_BF16=_emulate_bf16(grad_out.dtype))
+    return gx, Launch(_grad_input_kernel, grid,
+                      (grad_out, weight, gx, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C),
+                      meta, [_config(gx.dtype, gpu)], gx)
+
+
+def _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gpu=not _INTERPRETED):
+    """(grad weight in the accumulator dtype, fp32 or fp64 for fp64; Launch): the caller casts it to x's dtype."""
+    N, C, L = x.shape
+    Co, _, K = weight_shape
+    Lo = grad_out.shape[2]
+    gw = torch.empty(weight_shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                     device=x.device)
+
+    def grid(meta):
+        return (triton.cdiv(Co, meta["BLOCK_C"]), K)
+    return gw, Launch(_grad_weight_kernel, grid,
+                      (grad_out, x, gw, N, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C),
+                      dict(ACC=_acc(x.dtype)), [_config(x.dtype, gpu)], gw)
+
+
+def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
+    y, launch = _plan_forward(x, weight, bias, stride, padding, dilation)
+    launch()
+    return y
+
+
+def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
+    gx, launch = _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation)
+    launch()
     return gx
 
 
 def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    N, C, L = x.shape
-    Co, _, K = weight_shape
-    Lo = grad_out.shape[2]
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    gw = torch.empty(weight_shape, dtype=acc_dtype, device=x.device)
-    block_c, block_l = _blocks()
-    grid = (triton.cdiv(Co, block_c), K)
-    _grad_weight_kernel[grid](grad_out, x, gw, N, C, L, Co, Lo, K, stride, padding[0], dilation, Co // C,
-                              ACC=_acc(x.dtype), BLOCK_C=block_c, BLOCK_L=block_l)
+    gw, launch = _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation)
+    launch()
     return gw.to(x.dtype)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from largeconv.kernels import dwconv as dw, involution as inv
+from largeconv.kernels import dwconv as dw, dwconv1d as dw1, involution as inv
 from numerics import assert_close, involution_unfold
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not dw._INTERPRETED,
@@ -71,6 +71,39 @@ def test_dwconv_gpu_configs(case, layout):
     assert launch.out.shape[0] > 1, "the reduction should be split"
     for config in run_each_config(launch):
         assert_close(finish(), ref_gw, what=f"grad weight {config}")
+
+
+# (N, C, multiplier, L, K, stride, padding (left, right), dilation). GPU tiles are 32 channels x 128 positions.
+DWCONV1D_CASES = {
+    # "same" with an even K (uneven padding); 2 length tiles, the second partly masked, and 3 of 32 channels
+    "k6-same-two-tiles": (2, 3, 1, 150, 6, 1, (2, 3), 1),
+    # 36 output channels: two channel blocks, the second partly masked; taps that skip odd input positions
+    "k5-stride2-dilation2-m2": (1, 18, 2, 37, 5, 2, (4, 4), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # fp64 has its own warp count
+@pytest.mark.parametrize("case", DWCONV1D_CASES)
+def test_dwconv1d_gpu_configs(case, dtype):
+    n, c, m, length, k, stride, padding, dilation = DWCONV1D_CASES[case]
+    x = torch.randn(n, c, length, dtype=dtype)
+    weight = torch.randn(c * m, 1, k, dtype=dtype)
+    bias = torch.randn(c * m, dtype=dtype)
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    ref = F.conv1d(F.pad(x64, padding), w64, bias.double(), stride, 0, dilation, groups=c)
+    grad_out = torch.randn(ref.shape, dtype=dtype)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad_out.double())
+
+    y, launch = dw1._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
+    assert launch.configs != [dw1._config(x.dtype, gpu=False)], "the GPU's tiles"
+    for config in run_each_config(launch):
+        assert_close(y, ref, what=f"forward {config}")
+    gx, launch = dw1._plan_grad_input(grad_out, weight, x.shape, stride, padding, dilation, gpu=True)
+    for config in run_each_config(launch):
+        assert_close(gx, ref_gx, what=f"grad input {config}")
+    gw, launch = dw1._plan_grad_weight(grad_out, x, weight.shape, stride, padding, dilation, gpu=True)
+    for config in run_each_config(launch):
+        assert_close(gw, ref_gw, what=f"grad weight {config}")
 
 
 # (B, C, G, H, W, K, stride, dilation)
