@@ -12,18 +12,39 @@
 #   env             GPU, driver, clocks, versions; makes largeconv importable (editable, system torch/triton)
 #   smoke-triton    every Triton kernel x direction x fp32/tf32/fp16/bf16/fp64 x NCHW/channels_last on RepLKNet,
 #                   SLaK and RedNet shapes at batch 1, and dwconv1d (Conformer K=31, stride-2 dilation-2), against
-#                   float64, outputs NaN-poisoned, one tile config each
+#                   float64, outputs NaN-poisoned, one tile config each; the fused involution too (see below)
 #   timings-triton  peaks; headline cases (bench/NOTES.md) fwd/bwd/fwdbwd vs PyTorch NCHW, channels_last (cuDNN,
 #                   cudnn.benchmark) and torch.compile of the involution reference (one case); dwconv1d K=31 at
-#                   (32,512,1000) and (8,1024,4000), fp32/bf16, fwd and fwdbwd vs F.conv1d and cuDNN channels_last
+#                   (32,512,1000) and (8,1024,4000), fp32/bf16, fwd and fwdbwd vs F.conv1d and cuDNN channels_last;
+#                   the fused involution's RedNet-50 layers (see below)
 #   wait-build      waits for the background build
 #   smoke-cuda, timings-cuda   the same for the cuda backend
-#   sanitizer       compute-sanitizer memcheck on bench/sanitizer_cases.py, racecheck on one case per op
+#   sanitizer       compute-sanitizer memcheck on bench/sanitizer_cases.py (last, the fused involution's Triton
+#                   kernels on one small case), racecheck on one case per op of the cuda backend
 #   auto            auto's choices and its ratio to the best of PyTorch on the weak-spot shapes
 #   model           bench/models.py: RepLKNet-31B, then RedNet-50, training step and inference, with and without
 #                   largeconv.convert
 #   pytest          `pytest -m gpu`, cheapest tests first, with the time left
 #   summary         the table: stage, status, seconds; then headline case, backend, dtype, ms, x PyTorch, % roof
+# The fused involution (largeconv.involution2d_fused, Involution2d(fused=True); Triton kernels only, so in the
+# Triton stages): smoke-triton checks its output and its four grads (x, reduced, span weight, span bias) on RedNet-50
+# stage-1 (1,64,56,56) and stage-2 stride-2 (1,128,56,56) layers, K=7, G=C/16, Cr=C/4, fp32/fp16/bf16 x NCHW/
+# channels_last, against its torch backend in float64 (the kit's bounds, outputs NaN-poisoned; 60 results).
+# timings-triton times Involution2d(fused=True) against fused=False (same parameters, both on triton, then both on
+# auto), forward+backward of the whole layer, batch 64: (64,64,56,56) fp32/bf16, the stride-2 (64,128,56,56)
+# fp32/bf16, (64,256,14,14) fp32; suite "fused_involution", the ratio in the summary's own table against the
+# target fused >= 2x (bench/results/cpu/fused_involution.md's bytes model predicts 2.0x at stride 1, 1.33x at
+# stride 2); the fused output and grad x are checked against the unfused layer's. It runs after the dwconv1d timings, its prewarm (each config of the
+# fused kernels, 5 layer-dtypes x 4 config jobs over the workers) in the stage's prewarm, and it starts no layer
+# after 30 s (FUSED_CAP_S; rows "skipped"). sanitizer: bench/sanitizer_cases.py ends its memcheck run with one
+# small fused case (fp32, NCHW, first tile configs), only while 8 s of memcheck's 33 are left.
+# Added GPU time, estimated from sm_90 compiles here (bench/sm90.py, triton 3.8, 2026-11-27: 0.76 s CPU per fused
+# kernel, 2.2-3.9 s for the four kernels of one shape-dtype-layout, 8-11.5 s for all 12 configs of one shape-dtype)
+# and the kit's timing rules: smoke-triton +7-9 s (its slowest worker, fp32 NCHW, compiles 8 more kernels: 6.3 s),
+# timings-triton +17-26 s (prewarm: ~60 s of CPU with duplicates, at most 2 jobs of 4 compiles per worker, +5-8 s;
+# in the process ~2-3 s per layer-dtype of autotuning, sanity and peak-memory calls and 4 do_bench runs of 60 ms,
+# 12-18 s), sanitizer +4-6 s. timings-triton already overruns its budget (bench/NOTES.md), so its seconds come off
+# the end of its plan (the lowest-value headline rows), not off the total.
 # Every stage appends rows to $OUT/results.csv (bench/roofline.py's columns) and its output to $OUT/log as it
 # goes, so a call cut at its limit still brings back what was measured. Files in $OUT (the device tool brings back
 # at most 8): results.csv, log, stages.csv, environment.txt, peaks.json, build.log, summary.txt.

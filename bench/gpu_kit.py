@@ -85,7 +85,15 @@ def autotuners():
     """Every autotuned Triton kernel of the package (kernels/*.py)."""
     from triton.runtime.autotuner import Autotuner
     from largeconv.kernels import dwconv, involution
-    return [obj for module in (dwconv, involution) for obj in vars(module).values() if isinstance(obj, Autotuner)]
+    return [obj for module in (dwconv, involution) for obj in vars(module).values() if isinstance(obj, Autotuner)] \
+        + fused_autotuners()
+
+
+def fused_autotuners():
+    """The fused involution's autotuned kernels (kernels/involution_fused.py builds them into a dict at import, on a
+    GPU only; its grad-span kernel has one config and no autotuner)."""
+    from largeconv.kernels import involution_fused
+    return list(involution_fused._AUTOTUNED.values())
 
 
 def restrict_autotune(index, count):
@@ -454,6 +462,225 @@ def conv1d_timings(args, backends):
     return measured
 
 
+# ---- the fused involution (largeconv.involution2d_fused, Triton only): smoke rows and whole-layer timings ---------
+
+FUSED_DTYPES = ("fp32", "fp16", "bf16")
+FUSED_RESULTS = ("forward", "grad_input", "grad_reduced", "grad_span_weight", "grad_span_bias")
+FUSED_K, FUSED_GROUP_CHANNELS, FUSED_REDUCTION = 7, 16, 4  # RedNet-50 (bench/fused_involution.py)
+
+
+def fused_smoke_cases(rehearse):
+    """(name, n, c, h, w, k, stride, group channels, reduced channels Cr): the public op's arguments."""
+    if rehearse:
+        return [("smoke-fused-k3", 1, 8, 7, 6, 3, 1, 4, 5), ("smoke-fused-k7-s2", 1, 16, 9, 10, 7, 2, 16, 4)]
+    return [("smoke-fused-rednet50-s1", 1, 64, 56, 56, 7, 1, 16, 16),
+            ("smoke-fused-rednet50-s2-stride2", 1, 128, 56, 56, 7, 2, 16, 32)]
+
+
+def fused_smoke_one(case, dtype_name, layout, backend, device):
+    """Rows for the output and the four gradients (x, reduced, span weight, span bias) of involution2d_fused on
+    `backend`, against the torch backend in float64; fp16/bf16 within 2x the torch backend's own error in that
+    dtype (the kit's rule), results NaN-poisoned."""
+    import torch
+    import numerics
+    import largeconv
+    name, n, c, h, w, k, stride, group_channels, cr = case
+    dtype = torch_dtype(dtype_name)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    groups, pad = c // group_channels, (k - 1) // 2
+    ho, wo = ((size + 2 * pad - k) // stride + 1 for size in (h, w))
+    base = dict(suite="smoke", case=name, op="involution2d_fused", backend=backend, dtype=dtype_name, layout=layout,
+                n=n, c=c, h=h, w=w, kh=k, kw=k, stride=stride, dilation=1, groups=groups, out_h=ho, out_w=wo)
+    gen = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(4), "little"))
+    randn = lambda *shape, scale=1.0: (torch.randn(shape, generator=gen, device=device, dtype=torch.float64)  # noqa
+                                       * scale).to(dtype)
+    inputs = (randn(n, c, h, w).contiguous(memory_format=fmt), randn(n, cr, ho, wo).contiguous(memory_format=fmt),
+              randn(groups * k * k, cr, 1, 1, scale=cr ** -0.5), randn(groups * k * k))
+    g = randn(n, c, ho, wo).contiguous(memory_format=fmt)
+
+    def five(backend_name, tensors, grad):
+        tensors = [t.detach().requires_grad_() for t in tensors]
+        out = largeconv.involution2d_fused(*tensors, k, stride, pad, 1, backend=backend_name)
+        return (out.detach(), *torch.autograd.grad(out, tensors, grad))
+
+    start = time.perf_counter()
+    set_tf32(False)
+    try:
+        with numerics.poisoned_allocations():
+            got = five(backend, inputs, g)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        ref = five("torch", [t.double() for t in inputs], g.double())
+        low = five("torch", inputs, g) if dtype in numerics.LOWP_FLOOR else (None,) * 5
+    except Exception as error:  # noqa: BLE001 - recorded, the next case runs
+        return [dict(base, direction=d, status="error", reason=f"{type(error).__name__}: {str(error)[:200]}")
+                for d in FUSED_RESULTS]
+    rows = []
+    for direction, out, want, want_low, like in zip(FUSED_RESULTS, got, ref, low, (g, *inputs)):
+        err = numerics.rel_error(out, want)
+        if dtype in numerics.LOWP_FLOOR:
+            bound = max(2 * numerics.rel_error(want_low, want), numerics.LOWP_FLOOR[dtype])
+        else:
+            bound = numerics.FP32_RTOL
+        layout_ok = like.dim() != 4 or direction == "grad_span_weight" or out.is_contiguous(memory_format=fmt)
+        ok = (not torch.isnan(out).any().item() and err <= bound and out.shape == like.shape and out.dtype == dtype
+              and layout_ok)
+        rows.append(dict(base, direction=direction, status="ok", rel_err=err, check="ok" if ok else "FAIL",
+                         reason=f"bound {bound:.2g}; {seconds * 1e3:.0f} ms for the output and 4 grads, compile "
+                                "included"))
+    return rows
+
+
+# Whole RedNet-50 involution layers (Involution2d(C, 7, stride, group_channels=16, reduction_ratio=4)), forward +
+# backward, fused=True against fused=False with the same parameters: ((case, batch, C, H = W, stride), dtypes) in
+# order of value. The unfused layers' involution shapes are headline cases (rednet50-s1, -s2-stride2, -s3 in these
+# dtypes), so the prewarm has their kernels; stage 3 in bf16 is left out (33 more involution compiles).
+FUSED_TIMED = [(("rednet50-s1-layer", 64, 64, 56, 1), ("fp32", "bf16")),
+               (("rednet50-s2-stride2-layer", 64, 128, 56, 2), ("fp32", "bf16")),
+               (("rednet50-s3-layer", 64, 256, 14, 1), ("fp32",))]
+FUSED_TARGET = 2.0  # issue 15: fused >= 2x the unfused layer's forward+backward on a GPU
+FUSED_CAP_S = 30  # the fused timings stop starting layers after this long (estimate 12-18 s; bench/gpu_check.sh)
+
+
+def fused_plan(rehearse):
+    if rehearse:
+        return [(("tiny-layer-s2", 1, 16, 8, 2), ("fp32",))]
+    return FUSED_TIMED
+
+
+def fused_layers(channels, stride, dtype, device):
+    """(unfused, fused) Involution2d with the same parameters."""
+    import torch
+    import largeconv
+    torch.manual_seed(0)
+    make = lambda fused: largeconv.Involution2d(  # noqa: E731
+        channels, FUSED_K, stride, FUSED_GROUP_CHANNELS, FUSED_REDUCTION, device=device, dtype=dtype, fused=fused)
+    plain, fused = make(False), make(True)
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+def fused_prewarm(layer, dtype_name, device):
+    """One forward+backward of the fused layer on the triton backend (compiles the configs the autotuners hold)."""
+    import torch
+    _, batch, c, hw, stride = layer
+    _, fused = fused_layers(c, stride, torch_dtype(dtype_name), device)
+    fused.backend = "triton"
+    x = torch.randn(batch, c, hw, hw, device=device, dtype=torch_dtype(dtype_name), requires_grad=True)
+    out = fused(x)
+    torch.autograd.grad(out, [x, *fused.parameters()], torch.randn_like(out))
+
+
+def fused_pair(args, layer, dtype_name, backend, row):
+    """The unfused and the fused row of one layer, dtype and backend (both variants on `backend`)."""
+    import torch
+    import numerics
+    from bench import roofline
+    from bench.fused_involution import bytes_model
+    device = device_for(args)
+    _, batch, c, hw, stride = layer
+    dtype = torch_dtype(dtype_name)
+    plain, fused = fused_layers(c, stride, dtype, device)
+    plain.backend = fused.backend = backend
+    gen = torch.Generator(device=device).manual_seed(0)
+    sets = [(torch.randn(batch, c, hw, hw, generator=gen, device=device).to(dtype).requires_grad_(),
+             torch.randn(batch, c, row["out_h"], row["out_w"], generator=gen, device=device).to(dtype))
+            for _ in range(2)]
+    # the sanity check: output and grad x of the fused layer against the unfused one's (run first: compiles and
+    # autotunes, and auto picks its backends)
+    x, g = sets[0]
+    results = []
+    for module in (plain, fused):
+        out = module(x)
+        results.append((out.detach(), torch.autograd.grad(out, x, g)[0]))
+    err = max(numerics.rel_error(a, b) for a, b in zip(results[1], results[0]))
+    bound = numerics.FP32_RTOL if dtype == torch.float32 else 3e-2
+    del results, out
+    model = bytes_model(batch, c, hw, stride, elem=x.element_size())
+    rows = []
+    for variant, module in (("unfused", plain), ("fused", fused)):
+        def prepare(i, module=module):
+            x, g = sets[i]
+            wanted = [x, *module.parameters()]
+            return lambda: torch.autograd.grad(module(x), wanted, g)
+
+        seconds, repeats, n_sets, _ = roofline.time_calls(prepare, len(sets), device,
+                                                          0.01 if args.rehearse else 0.06,
+                                                          min_reps=2 if args.rehearse else 3)
+        min_bytes = sum(model[variant]) * 1e6  # bench/fused_involution.py: the minimum traffic of the layer
+        r = dict(row, op="involution2d_fused" if variant == "fused" else "involution2d", backend=backend,
+                 status="ok", time_ms=seconds * 1e3, repeats=repeats, input_sets=n_sets, min_bytes=min_bytes,
+                 gbs=min_bytes / seconds / 1e9, reason=f"Involution2d(fused={variant == 'fused'})",
+                 peak_mem_mb=roofline.peak_memory_mb(prepare(0), device) if device.type == "cuda" else "")
+        if variant == "fused":
+            ratio = rows[0]["time_ms"] / r["time_ms"]
+            r.update(rel_err=err, check="ok" if err <= bound else "FAIL",
+                     reason=f"Involution2d(fused=True): x{ratio:.2f} the unfused layer (target >= {FUSED_TARGET:g}x: "
+                            f"{'met' if ratio >= FUSED_TARGET else 'not met'}); output and grad x vs the unfused "
+                            f"layer's: bound {bound:g}")
+        rows.append(r)
+    return rows
+
+
+def fused_timings(args, backends, cap_s=None):
+    """Involution2d(fused=True) vs fused=False, forward+backward of the whole layer (grads of x and of every
+    parameter), on each of `backends` (both variants on the same one), NCHW: rows of suite "fused_involution", op
+    involution2d (unfused) or involution2d_fused, the fused row's reason giving the ratio; its check: the fused
+    layer's output and grad x against the unfused layer's in the same dtype (a sanity check; the smoke checks
+    accuracy). Layers not started within `cap_s` get rows "skipped". Returns the rows."""
+    import torch
+    cap_s = FUSED_CAP_S * (4 if args.rehearse else 1) if cap_s is None else cap_s
+    device = device_for(args)
+    torch.backends.cudnn.benchmark = True  # the layers' convolutions (conv1, the unfused span conv) at their best
+    env = env_columns(device, "fused_involution")
+    deadline = time.perf_counter() + cap_s
+    measured = []
+    for layer, dtypes in fused_plan(args.rehearse):
+        name, batch, c, hw, stride = layer
+        out_hw = (hw + 2 * (FUSED_K // 2) - FUSED_K) // stride + 1
+        for dtype_name in dtypes:
+            row = dict(env, suite="fused_involution", case=name, dtype=dtype_name, direction="fwdbwd",
+                       layout="nchw", n=batch, c=c, h=hw, w=hw, kh=FUSED_K, kw=FUSED_K, stride=stride, dilation=1,
+                       groups=c // FUSED_GROUP_CHANNELS, out_h=out_hw, out_w=out_hw, check="")
+            rows = []
+            for backend in backends:
+                if time.perf_counter() > deadline:
+                    rows += [dict(row, op=op, backend=backend, status="skipped",
+                                  reason=f"the fused timings' cap of {cap_s:g} s was spent")
+                             for op in ("involution2d", "involution2d_fused")]
+                    continue
+                set_tf32(False)
+                try:
+                    rows += fused_pair(args, layer, dtype_name, backend, row)
+                except Exception as error:  # noqa: BLE001 - recorded, the next one runs
+                    rows += [dict(row, op=op, backend=backend, status="error",
+                                  reason=f"{type(error).__name__}: {str(error)[:200]}")
+                             for op in ("involution2d", "involution2d_fused")]
+            append_rows(args.out, rows)
+            measured += rows
+            for r in rows:
+                text = f"{r['time_ms']:9.3f} ms  {r['reason']}" if r["status"] == "ok" else \
+                    f"{r['status']}: {r['reason']}"
+                print(f"{r['case']:<26} {r['op']:<18} {r['backend']:<7} {r['dtype']:<5} {text} {r['check']}",
+                      flush=True)
+    return measured
+
+
+def fused_ratios(rows):
+    """{(case, dtype, backend): (unfused ms, fused ms)} of the pairs timed in `rows` (results.csv rows)."""
+    pairs = {}
+    for r in rows:
+        if r["suite"] == "fused_involution" and r["status"] == "ok":
+            variant = "fused" if r["op"] == "involution2d_fused" else "unfused"
+            pairs.setdefault((r["case"], r["dtype"], r["backend"]), {})[variant] = float(r["time_ms"])
+    return {key: (p["unfused"], p["fused"]) for key, p in pairs.items() if len(p) == 2}
+
+
+def fused_smoked(backend, dtype_name):
+    return backend == "triton" and dtype_name in FUSED_DTYPES
+
+
 def smoke_worker(task):
     """One worker: its (dtype, layout) pairs x every case; one fixed tile config per autotuned kernel."""
     backend, pairs, index, out, rehearse = task
@@ -466,9 +693,16 @@ def smoke_worker(task):
     for dtype_name, layout in pairs:
         # Conv1d has one layout: its cases run with the first one
         conv1d = [("1d", case) for case in conv1d_smoke_cases(rehearse)] if layout == LAYOUTS[0] else []
-        for kind, case in [("2d", case) for case in smoke_cases(rehearse)] + conv1d:
-            one = conv1d_smoke_one(case, dtype_name, backend, device) if kind == "1d" else \
-                smoke_one(case, dtype_name, layout, backend, device)
+        # the fused involution: Triton only (no cuda kernels), fp32/fp16/bf16
+        fused = [("fused", case) for case in fused_smoke_cases(rehearse)] if fused_smoked(backend, dtype_name) \
+            else []
+        for kind, case in [("2d", case) for case in smoke_cases(rehearse)] + conv1d + fused:
+            if kind == "fused":
+                one = fused_smoke_one(case, dtype_name, layout, backend, device)
+            elif kind == "1d":
+                one = conv1d_smoke_one(case, dtype_name, backend, device)
+            else:
+                one = smoke_one(case, dtype_name, layout, backend, device)
             rows = [dict(env, **row) for row in one]
             append_rows(out, rows)
             for row in rows:
@@ -497,10 +731,13 @@ def stage_smoke(args):
     results = in_workers(smoke_worker, tasks, workers)
     total = {k: sum(r[k] for r in results) for k in results[0]}
     status = "ok" if total["FAIL"] == 0 and total["error"] == 0 else "FAIL"
+    fused_dtypes = sum(fused_smoked(args.backend, d) for d in dtypes)
+    fused = (f" + fused involution {fused_dtypes} dtypes x 2 layouts x {len(fused_smoke_cases(args.rehearse))} "
+             f"shapes x {len(FUSED_RESULTS)} results") if fused_dtypes else ""
     kit_row(args.out, f"smoke-{args.backend}", status,
             f"{total['checked']} results checked ({len(dtypes)} dtypes x (2 layouts x {len(smoke_cases(args.rehearse))}"
-            f" shapes + {len(conv1d_smoke_cases(args.rehearse))} Conv1d shapes) x 3 directions): {total['FAIL']} FAIL, "
-            f"{total['error']} errors; {workers} workers")
+            f" shapes + {len(conv1d_smoke_cases(args.rehearse))} Conv1d shapes) x 3 directions{fused}): "
+            f"{total['FAIL']} FAIL, {total['error']} errors; {workers} workers")
 
 
 # ---- timings ----------------------------------------------------------------------------------------------------
@@ -584,8 +821,9 @@ def measure(args, plan, backends, suite, directions="fwd,bwd,fwdbwd", compile=Fa
 def prewarm_worker(task):
     """Compile (and autotune among) configs[index::count] of every Triton kernel for the planned shapes, NCHW,
     into the shared on-disk Triton cache; the timing process then finds every config compiled."""
-    index, count, plan_names, rehearse = task
+    index, count, plan_names, rehearse, fused_jobs = task
     import torch
+    fused_configs = {tuner: list(tuner.configs) for tuner in fused_autotuners()}
     restrict_autotune(index, count)
     quick_autotune()
     plan = [(case, dtypes) for case, dtypes in headline(rehearse) + weak_plan(rehearse) if case.name in plan_names]
@@ -601,17 +839,31 @@ def prewarm_worker(task):
                 done += 1
             except Exception as error:  # noqa: BLE001 - the timing process compiles what is missing
                 print(f"prewarm {index}: {case.name} {dtype_name}: {type(error).__name__}: {error}", flush=True)
+    for layer, dtype_name, config in fused_jobs:  # config j of every fused autotuner (a job per config: they have
+        for tuner, configs in fused_configs.items():  # 3-4 configs, fewer than the workers)
+            tuner.configs = [configs[config % len(configs)]]
+        try:
+            fused_prewarm(layer, dtype_name, device)
+            done += 1
+        except Exception as error:  # noqa: BLE001 - the timing process compiles what is missing
+            print(f"prewarm {index}: fused {layer[0]} {dtype_name} config {config}: {type(error).__name__}: {error}",
+                  flush=True)
     return done
 
 
-def prewarm(args, plan):
+def prewarm(args, plan, fused=()):
+    """Compile the Triton kernels of `plan` ((case, dtypes)) and of the fused layers `fused` ((layer, dtypes),
+    FUSED_TIMED) in parallel workers."""
     if args.rehearse:  # nothing to compile under the interpreter; still run the code once, in this process
         workers = 1
     else:
         workers = args.workers or max(1, cores() - 4)  # leave cores to the CUDA build
     start = time.perf_counter()
     names = [case.name for case, _ in plan]
-    done = in_workers(prewarm_worker, [(i, workers, names, args.rehearse) for i in range(workers)], workers)
+    configs = max([len(tuner.configs) for tuner in fused_autotuners()] or [1])
+    jobs = [(layer, dtype, j) for layer, dtypes in fused for dtype in dtypes for j in range(configs)]
+    done = in_workers(prewarm_worker, [(i, workers, names, args.rehearse, jobs[i::workers]) for i in range(workers)],
+                      workers)
     print(f"prewarm: {sum(done)} case-dtypes compiled by {workers} workers in {time.perf_counter() - start:.1f} s",
           flush=True)
 
@@ -625,7 +877,7 @@ def stage_timings(args):
         return kit_row(args.out, f"timings-{args.backend}", "skipped", reason)
     plan = headline(args.rehearse)
     if args.backend == "triton":
-        prewarm(args, plan)
+        prewarm(args, plan, fused_plan(args.rehearse))
         quick_autotune()
         mine = "torch,torch_cl,triton,cpu" if args.rehearse else "torch,torch_cl,triton"  # CPU: triton is skipped
         # torch.compile of the involution reference: one case (inductor compiles per shape and direction), right
@@ -635,6 +887,10 @@ def stage_timings(args):
         rows += measure(args, [(plan[first_inv][0], ("fp32",))], "torch_compile", "headline",
                         compile=not args.rehearse)
         rows += conv1d_timings(args, ["triton", "cpu"] if args.rehearse else ["triton"])  # a few seconds
+        # the fused involution's layers (12-18 s, at most FUSED_CAP_S); the unfused involution autotuned here is
+        # reused by the headline RedNet cases below (the same shapes)
+        fused = fused_timings(args, ["triton", "auto"])
+        rows += fused
         rows += measure(args, plan[first_inv + 1:], mine, "headline")
     else:  # the most valuable 2-D case, then Conv1d (no compile: a few seconds), then the rest
         rows = measure(args, plan[:1], args.backend, "headline")
@@ -642,8 +898,13 @@ def stage_timings(args):
         rows += measure(args, plan[1:], args.backend, "headline")
     ok = [r for r in rows if r["status"] == "ok"]
     fails = sum(r["check"] == "FAIL" for r in ok)
-    kit_row(args.out, f"timings-{args.backend}", "ok" if not fails else "FAIL",
-            f"{len(ok)} timed, {sum(r['status'] == 'error' for r in rows)} errors, {fails} failed checks")
+    note = f"{len(ok)} timed, {sum(r['status'] == 'error' for r in rows)} errors, {fails} failed checks"
+    if args.backend == "triton":
+        ratios = [u / f for u, f in fused_ratios(fused).values()]
+        note += (f"; fused involution: {len(ratios)} layer pairs, x{min(ratios):.2f}-x{max(ratios):.2f} the unfused "
+                 f"layer, target >= {FUSED_TARGET:g}x met by {sum(r >= FUSED_TARGET for r in ratios)}"
+                 if ratios else "; fused involution: no pair timed")
+    kit_row(args.out, f"timings-{args.backend}", "ok" if not fails else "FAIL", note)
 
 
 # ---- auto -------------------------------------------------------------------------------------------------------
@@ -693,8 +954,9 @@ def sanitize(out, tool, extra, seconds):
     print(f"$ {' '.join(cmd)}\n{text[-6000:]}", flush=True)
     summary = re.findall(r"ERROR SUMMARY: (\d+) error", text)
     matched = re.findall(r"(\d+)/(\d+) kernel results match", text)
+    fused = " (the fused involution case not run: no time left)" if "involution2d_fused: not run" in text else ""
     note = (f"{tool or 'no tool'}: exit {code}, {summary[-1] if summary else '?'} errors, "
-            f"{'/'.join(matched[-1]) if matched else '?'} results match, {time.perf_counter() - start:.0f} s")
+            f"{'/'.join(matched[-1]) if matched else '?'} results match{fused}, {time.perf_counter() - start:.0f} s")
     append_rows(out, [dict(suite="sanitizer", case=tool or "none", backend="cuda", status="ok" if code == 0 else
                            "error", reason=note, check="ok" if code == 0 else "FAIL")])
     return code, note
@@ -709,7 +971,9 @@ def stage_sanitizer(args):
         return kit_row(args.out, "sanitizer", "skipped", "the CUDA extension is not built")
     # memcheck of every case first, then racecheck (slow) on one small case per op; a cut memcheck leaves racecheck
     # its time
-    results = [sanitize(args.out, "memcheck", [], 33), sanitize(args.out, "racecheck", ["--quick"], 12)]
+    # (memcheck's run ends with the fused involution's Triton kernels, started only while 8 s of its 33 are left)
+    results = [sanitize(args.out, "memcheck", ["--fused-by", "25"], 33),
+               sanitize(args.out, "racecheck", ["--quick"], 12)]
     kit_row(args.out, "sanitizer", "ok" if all(code == 0 for code, _ in results) else "FAIL",
             "; ".join(note for _, note in results))
 
@@ -781,6 +1045,31 @@ def stage_pytest(args):
 
 # ---- summary ----------------------------------------------------------------------------------------------------
 
+def fused_summary(rows):
+    """The fused involution's table: per layer, dtype and backend, unfused and fused ms (forward+backward) and the
+    ratio against the target; pairs not timed say why."""
+    fused = [r for r in rows if r["suite"] == "fused_involution"]
+    if not fused:
+        return []
+    lines = ["", f"{'fused involution layer':<26} {'dtype':<5} {'backend':<7} {'unfused ms':>10} {'fused ms':>9} "
+             f"{'x unfused':>9}  target >= {FUSED_TARGET:g}x"]
+    timed = fused_ratios(fused)
+    for key in dict.fromkeys((r["case"], r["dtype"], r["backend"]) for r in fused):
+        case, dtype, backend = key
+        if key in timed:
+            unfused, fast = timed[key]
+            check = next(r["check"] for r in fused if (r["case"], r["dtype"], r["backend"]) == key
+                         and r["op"] == "involution2d_fused")
+            lines.append(f"{case:<26} {dtype:<5} {backend:<7} {unfused:>10.3f} {fast:>9.3f} {unfused / fast:>9.2f}  "
+                         f"{'met' if unfused / fast >= FUSED_TARGET else 'not met'}"
+                         f"{'' if check == 'ok' else f' (check {check}: fused and unfused outputs differ)'}")
+        else:
+            why = next((f"{r['status']}: {r['reason']}" for r in fused if (r["case"], r["dtype"], r["backend"]) == key
+                        and r["status"] != "ok"), "incomplete")
+            lines.append(f"{case:<26} {dtype:<5} {backend:<7} {'-':>10} {'-':>9} {'-':>9}  not timed ({why[:80]})")
+    return lines
+
+
 def stage_summary(args):
     from bench.roofline import num
     out = Path(args.out)
@@ -797,6 +1086,7 @@ def stage_summary(args):
                   f"{'x best':>7}"]
         lines += [f"{r['case']:<24} {r['backend']:<8} {r['dtype']:<5} {r['direction']:<7} {num(r['time_ms']):>9.3f} "
                   f"{num(r['speedup_vs_torch']):>10.2f} {num(r['speedup_vs_best_torch']):>7.2f}" for r in conv1d]
+    lines += fused_summary(read_rows(out))
     rows = [r for r in read_rows(out) if r["suite"] in ("headline", "weak") and r["status"] == "ok"]
     lines += ["", f"{'headline case':<24} {'backend':<8} {'dtype':<5} {'dir':<7} {'ms':>9} {'x PyTorch':>9} "
               f"{'x best':>7} {'% roof':>7}"]

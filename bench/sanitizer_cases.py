@@ -6,13 +6,21 @@
 Covers fp32 / fp16 / bf16, NCHW and channels_last, stride 2 with odd sizes, dilation, rectangular and even kernels,
 channel multipliers, involution groups wider than one channel chunk, and sizes that force the one-thread-per-output
 fallback kernels (dilations whose tiles cannot fit in shared memory). Outputs are NaN-poisoned before each call.
+Then, in the full run only, the fused involution (largeconv.involution2d_fused), whose only GPU kernels are Triton's
+(kernels/involution_fused.py): one small case, fp32, NCHW, each autotuned kernel at its first tile config (no
+autotuning under the tool; compiling its four kernels costs ~3 s of CPU, bench/gpu_check.sh); `--fused-by S`: only
+if the run is less than S seconds old by then (bench/gpu_kit.py passes its limit less 8 s, so a slow run of the
+cuda cases is not cut by it), else it prints "involution2d_fused: not run".
 Exit status 1 on any mismatch, 2 when the extension or a GPU is missing.
 """
+import contextlib
 import math
 import sys
+import time
 from pathlib import Path
 
-import torch
+START = time.monotonic()
+import torch  # noqa: E402
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +48,9 @@ INV_CASES = [
     (1, 40, 8, 9, 3, 2, 1, 1, 1),  # 20 channels per group: two chunks in grad-weight
     (1, 4, 6, 6, 15, 1, 1, 112, 16),  # fallback kernels
 ]
+# (b, c, h, w, k, groups, stride, reduced channels): odd sizes, stride 2 (grad-x phase classes), partial pixel tiles,
+# 16 channels per group, Cr = 8 (one masked reduced-channel block)
+FUSED_CASES = [(2, 32, 11, 9, 7, 2, 2, 8)]
 
 
 def rel_error(got, want):
@@ -91,8 +102,57 @@ def involution_case(case, dtype, layout):
     return {"forward": (out, ref), "grad_input": (grad_x, ref_x), "grad_weight": (grad_w, ref_w)}
 
 
+@contextlib.contextmanager
+def fused_kernel_settings():
+    """While the Triton fused kernels run: torch.empty NaN-filled (they allocate their outputs and grad-span
+    partials with it), and fp32 dots in IEEE fp32 (they use TF32 where cuDNN convs may, PyTorch's default)."""
+    original, tf32 = torch.empty, torch.backends.cudnn.allow_tf32
+
+    def empty(*args, **kwargs):
+        t = original(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-1234567)
+    torch.empty, torch.backends.cudnn.allow_tf32 = empty, False
+    try:
+        yield
+    finally:
+        torch.empty, torch.backends.cudnn.allow_tf32 = original, tf32
+
+
+def fused_involution_case(case, dtype, layout, device="cuda"):
+    """The Triton backend's involution2d_fused forward and backward (x, reduced, span weight, span bias) against
+    the float64 unfused definition on CPU (F.conv2d 1x1, then unfold-multiply-sum). `device` "cpu" runs the same
+    under TRITON_INTERPRET=1 (tests/test_gpu_kit.py)."""
+    from largeconv import kernels as triton_backend
+    from largeconv.kernels import involution_fused
+    for tuner in involution_fused._AUTOTUNED.values():  # first config: no timing loop under the tool
+        tuner.configs = tuner.configs[:1]
+    b, c, h, w, k, groups, s, cr = case
+    p = (k - 1) // 2
+    fmt = LAYOUTS[layout]
+    ho, wo = ((size + 2 * p - k) // s + 1 for size in (h, w))
+    x = torch.randn(b, c, h, w, device=device).to(dtype).contiguous(memory_format=fmt)
+    reduced = torch.randn(b, cr, ho, wo, device=device).to(dtype).contiguous(memory_format=fmt)
+    span_weight = (torch.randn(groups * k * k, cr, device=device) / math.sqrt(cr)).to(dtype)
+    span_bias = torch.randn(groups * k * k, device=device).to(dtype)
+    grad = torch.randn(b, c, ho, wo, device=device).to(dtype).contiguous(memory_format=fmt)
+    with fused_kernel_settings():
+        out = triton_backend.involution2d_fused_forward(x, reduced, span_weight, span_bias, k, s, p, 1)
+        grads = triton_backend.involution2d_fused_backward(grad, x, reduced, span_weight, span_bias, k, s, p, 1)
+
+    inputs64 = [t.detach().cpu().double().requires_grad_() for t in (x, reduced, span_weight, span_bias)]
+    x64, r64, w64, b64 = inputs64
+    kernel = F.conv2d(r64, w64.view(groups * k * k, cr, 1, 1), b64)
+    cols = F.unfold(x64, k, 1, p, s).view(b, groups, c // groups, k * k, ho, wo)
+    ref = (cols * kernel.view(b, groups, 1, k * k, ho, wo)).sum(3).view(b, c, ho, wo)
+    refs = torch.autograd.grad(ref, inputs64, grad.cpu().double())
+    names = ("forward", "grad_input", "grad_reduced", "grad_span_weight", "grad_span_bias")
+    return {name: pair for name, pair in zip(names, zip((out, *grads), (ref, *refs)))}
+
+
 def main(argv=None):
-    quick = "--quick" in (sys.argv[1:] if argv is None else argv)  # the slow tools (racecheck): one case per op
+    argv = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in argv  # the slow tools (racecheck): one case per op
+    fused_by = float(argv[argv.index("--fused-by") + 1]) if "--fused-by" in argv else math.inf
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 2
@@ -116,6 +176,19 @@ def main(argv=None):
                         if not err <= TOLERANCE[dtype]:
                             failures += 1
                             print(f"FAIL {op} {direction} {dtype} {layout} {case}: relative error {err:.3g}")
+    for case in [] if quick else FUSED_CASES:  # after the cuda kernels, and only with time left for it
+        if time.monotonic() - START > fused_by:
+            print(f"involution2d_fused: not run, {time.monotonic() - START:.0f} s into the run (--fused-by "
+                  f"{fused_by:g})")
+            continue
+        results = fused_involution_case(case, torch.float32, "nchw")
+        torch.cuda.synchronize()
+        for direction, (got, want) in results.items():
+            runs += 1
+            err = rel_error(got, want)
+            if not err <= TOLERANCE[torch.float32]:
+                failures += 1
+                print(f"FAIL involution2d_fused (triton) {direction} fp32 nchw {case}: relative error {err:.3g}")
     print(f"{runs - failures}/{runs} kernel results match the float64 reference")
     return 1 if failures else 0
 

@@ -62,13 +62,26 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert list(rows[0]) == COLUMNS
     kit = {r["case"]: r for r in rows if r["suite"] == "kit"}
     assert {"env", "smoke-triton", "timings-triton", "sanitizer", "auto", "model", "pytest"} <= set(kit)
-    smoke = [r for r in rows if r["suite"] == "smoke" and r["op"] != "dwconv1d"]
+    smoke = [r for r in rows if r["suite"] == "smoke" and r["op"] in ("dwconv2d", "involution2d")]
     combos = {(r["case"], r["dtype"], r["layout"], r["direction"]) for r in smoke}
     assert len(combos) == len(smoke) == 5 * 2 * 2 * 3  # dtypes x layouts x shapes x directions, each once
     smoke1d = [r for r in rows if r["suite"] == "smoke" and r["op"] == "dwconv1d"]
     combos1d = {(r["case"], r["dtype"], r["direction"]) for r in smoke1d}
     assert len(combos1d) == len(smoke1d) == 5 * 2 * 3  # dtypes x Conv1d shapes x directions, each once
-    assert all(r["check"] == "ok" and float(r["rel_err"]) >= 0 for r in smoke + smoke1d)
+    fused = [r for r in rows if r["suite"] == "smoke" and r["op"] == "involution2d_fused"]
+    combos_fused = {(r["case"], r["dtype"], r["layout"], r["direction"]) for r in fused}
+    assert {r["backend"] for r in fused} == {"triton"}  # the cuda backend has no fused involution
+    assert len(combos_fused) == len(fused) == 3 * 2 * 2 * 5  # fp32/fp16/bf16 x layouts x shapes x 5 results
+    assert {r["stride"] for r in fused} == {"1", "2"}
+    assert all(r["check"] == "ok" and float(r["rel_err"]) >= 0 for r in smoke + smoke1d + fused)
+    timed_fused = [r for r in rows if r["suite"] == "fused_involution"]
+    assert {(r["backend"], r["op"], r["status"]) for r in timed_fused} == {
+        (b, op, "ok") for b in ("triton", "auto") for op in ("involution2d", "involution2d_fused")}
+    assert all(float(r["time_ms"]) > 0 for r in timed_fused)
+    assert [r["check"] for r in timed_fused if r["op"] == "involution2d_fused"] == ["ok", "ok"]
+    assert "fused involution: 2 layer pairs" in kit["timings-triton"]["reason"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert re.search(r"tiny-layer-s2 +fp32 +triton +[\d.]+ +[\d.]+ +[\d.]+  (met|not met)\n", summary), summary
     conv1d = [r for r in rows if r["suite"] == "conv1d" and r["status"] == "ok"]
     assert {"torch", "torch_cl", "triton", "cpu"} <= {r["backend"] for r in conv1d}
     assert all(float(r["time_ms"]) > 0 for r in conv1d)
@@ -120,3 +133,87 @@ def test_smoke_flags_a_wrong_or_an_unwritten_output(monkeypatch):
         partial.view(-1)[1:] = out.reshape(-1)[1:]
         return partial
     check(unwritten)
+
+
+# ---- the fused involution ---------------------------------------------------------------------------------------
+
+def test_fused_smoke_flags_a_wrong_or_an_unwritten_result(monkeypatch):
+    """The fused smoke's checks fail: a forward 1e-4 off (10x the fp32 bound) fails the output only; a grad of
+    reduced with one element left unwritten (a fresh, poisoned allocation) fails that grad only."""
+    import torch
+    import largeconv.kernels as triton_backend
+    case = gpu_kit.fused_smoke_cases(rehearse=True)[1]  # K7, stride 2
+    forward, backward = triton_backend.involution2d_fused_forward, triton_backend.involution2d_fused_backward
+
+    def check(dtype, layout, failing):
+        rows = {r["direction"]: r["check"] for r in gpu_kit.fused_smoke_one(case, dtype, layout, "triton",
+                                                                            torch.device("cpu"))}
+        assert rows == {d: "FAIL" if d == failing else "ok" for d in gpu_kit.FUSED_RESULTS}
+
+    monkeypatch.setattr(triton_backend, "involution2d_fused_forward", lambda *args: forward(*args) * (1 + 1e-4))
+    check("fp32", "nchw", "forward")
+    monkeypatch.setattr(triton_backend, "involution2d_fused_forward", forward)
+
+    def unwritten(*args):
+        grads = list(backward(*args))
+        partial = torch.empty_like(grads[1])  # channels_last, as reduced: its memory order is N, H, W, C
+        partial.permute(0, 2, 3, 1).view(-1)[1:] = grads[1].permute(0, 2, 3, 1).reshape(-1)[1:]
+        grads[1] = partial
+        return tuple(grads)
+    monkeypatch.setattr(triton_backend, "involution2d_fused_backward", unwritten)
+    check("bf16", "channels_last", "grad_reduced")
+
+
+def test_fused_timings_check_and_cap(monkeypatch, tmp_path):
+    """The timing rows' sanity check fails when the fused layer's output is off; with the cap spent, every pair is
+    recorded as skipped and the summary says so (no ratio, no "met")."""
+    import argparse
+    import largeconv.kernels as triton_backend
+    forward = triton_backend.involution2d_fused_forward
+    monkeypatch.setattr(triton_backend, "involution2d_fused_forward", lambda *args: forward(*args) * (1 + 1e-3))
+    args = argparse.Namespace(rehearse=True, out=str(tmp_path))
+    rows = gpu_kit.fused_timings(args, ["triton"])
+    assert [(r["op"], r["status"], r["check"]) for r in rows] == [("involution2d", "ok", ""),
+                                                                   ("involution2d_fused", "ok", "FAIL")]
+    assert "check FAIL" in "\n".join(gpu_kit.fused_summary(gpu_kit.read_rows(tmp_path)))
+
+    skipped = tmp_path / "skipped"
+    skipped.mkdir()
+    args.out = str(skipped)
+    rows = gpu_kit.fused_timings(args, ["triton", "auto"], cap_s=0)
+    assert len(rows) == 4 and all(r["status"] == "skipped" and "cap" in r["reason"] for r in rows)
+    lines = gpu_kit.fused_summary(gpu_kit.read_rows(skipped))
+    assert len(lines) == 4 and all("not timed (skipped: " in line for line in lines[2:]), lines
+
+
+def test_fused_autotuners_are_restricted(monkeypatch):
+    """The smoke and the prewarm restrict the fused kernels' autotuners too (built on a GPU only, in a dict)."""
+    import triton
+    from largeconv.kernels import involution_fused
+    configs = [triton.Config({"BLOCK_P": p}, num_warps=4) for p in (16, 32, 64, 128)]
+    tuner = triton.autotune(configs, key=["NPIX"])(involution_fused._fused_fwd_kernel)
+    monkeypatch.setattr(involution_fused, "_AUTOTUNED", {"_fused_fwd_kernel": tuner})
+    assert tuner in gpu_kit.autotuners()
+    for each in gpu_kit.autotuners():  # restored after the test: restrict_autotune changes them in place
+        monkeypatch.setattr(each, "configs", list(each.configs))
+    gpu_kit.restrict_autotune(1, 1 << 30)
+    assert tuner.configs == [configs[1]]
+
+
+def test_sanitizer_fused_case_runs_and_can_fail(monkeypatch):
+    """bench/sanitizer_cases.py's fused involution case (interpreter, CPU): every result matches float64; a wrong
+    grad of the span bias is caught."""
+    import torch
+    import largeconv.kernels as triton_backend
+    from bench import sanitizer_cases
+
+    def errors():
+        results = sanitizer_cases.fused_involution_case(sanitizer_cases.FUSED_CASES[0], torch.float32, "nchw", "cpu")
+        return {name: sanitizer_cases.rel_error(got, want) <= sanitizer_cases.TOLERANCE[torch.float32]
+                for name, (got, want) in results.items()}
+
+    assert errors() == dict.fromkeys(gpu_kit.FUSED_RESULTS, True)
+    backward = triton_backend.involution2d_fused_backward
+    monkeypatch.setattr(triton_backend, "involution2d_fused_backward",
+                        lambda *args: (*backward(*args)[:3], backward(*args)[3] * 1.01))
+    assert errors() == dict(dict.fromkeys(gpu_kit.FUSED_RESULTS, True), grad_span_bias=False)
