@@ -90,17 +90,43 @@ def _cudnn_conv_allows_tf32():
 # Tile configs. Each helper takes `gpu`: the GPU's choice (True) or the interpreter's (False); the kernels use the
 # one matching how they run. Tests run the GPU's under the interpreter too, and bench/sm90.py compiles them.
 
-def _toeplitz_configs(gpu=not _INTERPRETED):
-    """The autotune candidates of the NCHW forward and grad-input kernels."""
+def _toeplitz_configs(gpu=not _INTERPRETED, wide=False):
+    """The autotune candidates of the NCHW forward and grad-input kernels; `wide`: fp32/fp64 operands."""
     if not gpu:  # the interpreter would run every config; the smallest tiles also exercise the tile edges
         return [triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=1)]
     # BLOCK_W + (Kw - 1) close to BLOCK_J keeps the zeros of the band low: 32/64 suits Kw ~ 31, 16/32 Kw <= 17.
+    if wide:
+        # fp32 and fp64 dots hold twice the registers of fp16/bf16 ones: with 4 warps the 64x32 tile (and the
+        # 128-row ones) sit at 255 registers and spill 8-376 B (sm_90, bench/sm90.py); the same tile on 8 warps
+        # uses 176-199 registers and does not spill, in fp32 (IEEE and TF32) and fp64.
+        return [
+            triton.Config({"BLOCK_H": 64, "BLOCK_W": 32, "BLOCK_J": 64}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_H": 64, "BLOCK_W": 16, "BLOCK_J": 32}, num_warps=4, num_stages=3),
+        ]
     return [
         triton.Config({"BLOCK_H": 64, "BLOCK_W": 32, "BLOCK_J": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_H": 128, "BLOCK_W": 32, "BLOCK_J": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_H": 64, "BLOCK_W": 16, "BLOCK_J": 32}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_H": 128, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=4, num_stages=3),
     ]
+
+
+def _config_key(config):
+    return tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages
+
+
+def _all_toeplitz_configs():
+    """Both lists, for the autotuner; _prune_toeplitz keeps the one matching the call's dtype."""
+    configs = _toeplitz_configs(wide=False)
+    keys = {_config_key(c) for c in configs}
+    return configs + [c for c in _toeplitz_configs(wide=True) if _config_key(c) not in keys]
+
+
+def _prune_toeplitz(configs, named_args, **kwargs):
+    wide = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size() >= 4
+    keep = {_config_key(c) for c in _toeplitz_configs(gpu=True, wide=wide)}  # only GPUs autotune among several
+    # the GPU run kit may have cut the autotuner's list to a few configs (bench/gpu_kit.py): then run those
+    return [c for c in configs if _config_key(c) in keep] or configs
 
 
 _TOEPLITZ_KEY = ["Ho", "Wo", "H", "W", "Kh", "Kw", "sh", "sw", "dh", "dw"]
@@ -162,7 +188,8 @@ class Launch(NamedTuple):
 # NCHW kernels (Toeplitz tl.dot)
 
 
-@triton.autotune(configs=_toeplitz_configs(), key=_TOEPLITZ_KEY)
+@triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
+                 prune_configs_by={"early_config_prune": _prune_toeplitz})
 @triton.jit
 def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                      C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
@@ -217,7 +244,8 @@ def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
              _cast_out(acc, y_ptr.dtype.element_ty, EMULATE_BF16), mask=y_ok)
 
 
-@triton.autotune(configs=_toeplitz_configs(), key=_TOEPLITZ_KEY)
+@triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
+                 prune_configs_by={"early_config_prune": _prune_toeplitz})
 @triton.jit
 def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
                             C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
@@ -479,7 +507,7 @@ def _plan_forward(x, weight, bias, stride, padding, dilation, gpu=not _INTERPRET
     def grid(meta):
         return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
     return y, Launch(_fwd_nchw_kernel, grid, (x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
-                     dict(meta, PRECISION=_dot_precision(x.dtype)), _toeplitz_configs(gpu), y)
+                     dict(meta, PRECISION=_dot_precision(x.dtype)), _toeplitz_configs(gpu, x.element_size() >= 4), y)
 
 
 def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, gpu=not _INTERPRETED):
@@ -504,7 +532,8 @@ def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, g
         return (N * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
     return gx, Launch(_grad_input_nchw_kernel, grid,
                       (grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
-                      dict(meta, PRECISION=_dot_precision(gx.dtype)), _toeplitz_configs(gpu), gx)
+                      dict(meta, PRECISION=_dot_precision(gx.dtype)), _toeplitz_configs(gpu, gx.element_size() >= 4),
+                      gx)
 
 
 def _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gpu=not _INTERPRETED, splits=None):

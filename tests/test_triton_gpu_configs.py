@@ -137,3 +137,23 @@ def test_involution_gpu_configs(case, layout):
     gw, launch = inv._plan_grad_weight(grad_out, x, weight.shape, k, stride, pad, dilation, gpu=True)
     for config in run_each_config(launch):
         assert_close(gw, ref_gw, what=f"grad weight {config}")
+
+
+def test_toeplitz_tiles_follow_the_dtype_and_never_prune_to_nothing():
+    """fp32/fp64 get the 8-warp tiles that do not spill (bench/sm90.py), fp16/bf16 the 4-warp ones; when the GPU run
+    kit has cut the autotuner's list to configs of the other kind, those still run (an empty list would raise)."""
+    every = dw._all_toeplitz_configs() if not dw._INTERPRETED else None
+    wide, narrow = dw._toeplitz_configs(gpu=True, wide=True), dw._toeplitz_configs(gpu=True, wide=False)
+    key = dw._config_key
+    assert {key(c) for c in wide} != {key(c) for c in narrow}
+    for dtype, expected in ((torch.float32, wide), (torch.float64, wide), (torch.bfloat16, narrow),
+                            (torch.float16, narrow)):
+        args = {"x_ptr": torch.empty(1, dtype=dtype), "C": 3}
+        both = wide + [c for c in narrow if key(c) not in {key(w) for w in wide}]  # as the autotuner holds them
+        kept = dw._prune_toeplitz(both, args)
+        assert sorted(key(c) for c in kept) == sorted(key(c) for c in expected), dtype
+        other = narrow if expected is wide else wide
+        only_other = [c for c in other if key(c) not in {key(e) for e in expected}]
+        assert dw._prune_toeplitz(only_other, args) == only_other, dtype
+    if every is not None:  # on a GPU the autotuner holds both lists
+        assert {key(c) for c in every} == {key(c) for c in wide + narrow}
