@@ -112,18 +112,13 @@ def _involution_fwd_kernel(
     tl.store(y_base + y_offs, acc.to(y_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
 
 
-@_autotune
 @triton.jit
-def _involution_grad_input_kernel(
-    dy_ptr, w_ptr, dx_ptr,
-    H, W, Ho, Wo, Ws, NPIX, G, CPG,
-    sdyb, sdyc, sdyh, sdyw, swb, swc, swh, sww, sdxb, sdxc, sdxh, sdxw,
-    PAD, DIL,
-    K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-):
-    # dx[h, w] = sum over taps (kh, kw) with (h + PAD - kh*DIL) % STRIDE == 0 (same for w) of
-    #            weight[tap, oi, oj] * dy[oi, oj], oi = (h + PAD - kh*DIL) // STRIDE, 0 <= oi < Ho.
+def _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_P: tl.constexpr):
+    """What a grad-input program owns (here and in involution_fused.py): image b, group g, a block of the group's
+    channels (first channel c0, lanes cl / cmask) and BLOCK_P input pixels of one stride phase (rh, rw): h, w, pmask,
+    and (u, v), their place on the phase's grid.
+    Programs walk channel blocks, then pixel tiles, then the STRIDE*STRIDE phases, then (b, g)."""
     n_cblk = tl.cdiv(CPG, BLOCK_C)
     n_tiles = tl.cdiv(NPIX, BLOCK_P)
     pid = tl.program_id(0)
@@ -138,8 +133,7 @@ def _involution_grad_input_kernel(
     g = bg % G
     b = (bg // G).to(tl.int64)
     c0 = (g * CPG + cblk * BLOCK_C).to(tl.int64)
-
-    # This program's pixels: h = rh + STRIDE*u, w = rw + STRIDE*v, with (u, v) on a grid NPIX / Ws wide x Ws.
+    # pixels h = rh + STRIDE*u, w = rw + STRIDE*v, with (u, v) on a grid NPIX / Ws wide x Ws
     q = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     u = q // Ws
     v = q % Ws
@@ -148,6 +142,23 @@ def _involution_grad_input_kernel(
     pmask = (q < NPIX) & (h < H) & (w < W)
     cl = tl.arange(0, BLOCK_C)
     cmask = cblk * BLOCK_C + cl < CPG
+    return b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask
+
+
+@_autotune
+@triton.jit
+def _involution_grad_input_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    H, W, Ho, Wo, Ws, NPIX, G, CPG,
+    sdyb, sdyc, sdyh, sdyw, swb, swc, swh, sww, sdxb, sdxc, sdxh, sdxw,
+    PAD, DIL,
+    K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    # dx[h, w] = sum over taps (kh, kw) with (h + PAD - kh*DIL) % STRIDE == 0 (same for w) of
+    #            weight[tap, oi, oj] * dy[oi, oj], oi = (h + PAD - kh*DIL) // STRIDE, 0 <= oi < Ho.
+    b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask = _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE,
+                                                                         BLOCK_C, BLOCK_P)
 
     dy_base = dy_ptr + b * sdyb + c0 * sdyc
     w_base = w_ptr + b * swb + (g * K * K).to(tl.int64) * swc

@@ -29,7 +29,7 @@ import triton.language as tl
 from largeconv.arguments import memory_format_of
 
 from .dwconv import Launch, _cast_out, _dot_precision, _emulate_bf16
-from .involution import _INT32_SPAN, _INTERPRET
+from .involution import _INT32_SPAN, _INTERPRET, _grad_input_program
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Reduced channels per dot step: the [P, R] and [R, T] operands stay small, a loop covers any Cr.
@@ -224,29 +224,8 @@ def _fused_grad_input_kernel(
     # dx[h, w] = sum over taps (kh, kw) with (h + PAD - kh*DIL) % STRIDE == 0 (same for w) of
     #            kernel[tap, oi, oj] * dy[oi, oj], oi = (h + PAD - kh*DIL) // STRIDE; the kernel value recomputed
     #            as reduced[:, oi, oj] . span_weight[g*K*K + tap, :] (+ bias). Layout as kernels/involution.py.
-    n_cblk = tl.cdiv(CPG, BLOCK_C)
-    n_tiles = tl.cdiv(NPIX, BLOCK_P)
-    pid = tl.program_id(0)
-    cblk = pid % n_cblk
-    rest = pid // n_cblk
-    tile = rest % n_tiles
-    rest = rest // n_tiles
-    phase = rest % (STRIDE * STRIDE)
-    bg = rest // (STRIDE * STRIDE)
-    rh = phase // STRIDE
-    rw = phase % STRIDE
-    g = bg % G
-    b = (bg // G).to(tl.int64)
-    c0 = (g * CPG + cblk * BLOCK_C).to(tl.int64)
-
-    q = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    u = q // Ws
-    v = q % Ws
-    h = rh + STRIDE * u
-    w = rw + STRIDE * v
-    pmask = (q < NPIX) & (h < H) & (w < W)
-    cl = tl.arange(0, BLOCK_C)
-    cmask = cblk * BLOCK_C + cl < CPG
+    b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask = _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE,
+                                                                         BLOCK_C, BLOCK_P)
     rl = tl.arange(0, BLOCK_R)
 
     dy_base = dy_ptr + b * sdyb + c0 * sdyc
