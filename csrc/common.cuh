@@ -113,4 +113,17 @@ inline unsigned grid_size(int64_t blocks) {
 
 constexpr size_t kDefaultSmem = 48 * 1024;  // above this a kernel must opt in (the launcher does)
 
+// The second step of a deterministic split reduction (the weight gradients): out[i] = sum over the splits of
+// partial[split][i], in split order, so the result does not depend on how blocks were scheduled. 256 threads.
+template <typename T>
+__global__ void __launch_bounds__(256) split_sum_kernel(const float* __restrict__ partial, T* out, int64_t count,
+                                                        int64_t splits) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < count;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int64_t sp = 0; sp < splits; ++sp) s += partial[sp * count + idx];
+    out[idx] = from_float<T>(s);
+  }
+}
+
 }  // namespace largeconv

@@ -435,17 +435,6 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) wgrad_reduce_kernel(const float* __restrict__ partial, T* out,
-                                                                int64_t count, int64_t splits) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < count;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float s = 0.f;
-    for (int64_t sp = 0; sp < splits; ++sp) s += partial[sp * count + idx];  // fixed order: deterministic
-    out[idx] = from_float<T>(s);
-  }
-}
-
 // Fallback: one block per (channel, tap), a fixed-shape tree reduction (deterministic). Needs kThreads floats.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) wgrad_naive_kernel(WGrad p) {
@@ -563,7 +552,7 @@ void run_grad_weight(Launch& launch, const Dw1dArgs& a, const DeviceLimits& lim)
     launch(wgrad_tile_kernel<T, false>, grid_size(t.blocks()), t.threads, t.smem, p, t);
   }
   const int64_t count = a.co * a.k;
-  launch(wgrad_reduce_kernel<T>, naive_grid(count), kThreads, 0, static_cast<const float*>(p.partial),
+  launch(split_sum_kernel<T>, naive_grid(count), kThreads, 0, static_cast<const float*>(p.partial),
          static_cast<T*>(a.out), count, t.splits);
 }
 
