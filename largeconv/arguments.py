@@ -158,15 +158,21 @@ def involution2d_arguments(x, weight, kernel_size, stride, padding, dilation):
                          f"the {x.shape[1]} channels of x")
     if weight.shape[0] != x.shape[0]:
         raise ValueError(f"{op}: weight batch {weight.shape[0]} does not match x batch {x.shape[0]}")
+    out_hw = _involution_output_hw(x, weight, "weight", kernel_size, stride, padding, dilation, op)
+    return stride, padding, dilation, groups, out_hw
+
+
+def _involution_output_hw(x, per_pixel, name, kernel_size, stride, padding, dilation, op):
+    """(Ho, Wo) of an involution of x; `per_pixel` (the kernel, or the features it is made from) must have it."""
     out_h, out_w = (conv_output_size(n, kernel_size, stride, 2 * padding, dilation) for n in x.shape[2:])
     if out_h < 1 or out_w < 1:
         raise ValueError(f"{op}: the (dilated) kernel {kernel_size} is larger than the padded input; "
                          f"output would be {out_h}x{out_w}")
-    if tuple(weight.shape[2:]) != (out_h, out_w):
-        raise ValueError(f"{op}: weight spatial size {tuple(weight.shape[2:])} does not match the output size "
+    if tuple(per_pixel.shape[2:]) != (out_h, out_w):
+        raise ValueError(f"{op}: {name} spatial size {tuple(per_pixel.shape[2:])} does not match the output size "
                          f"{(out_h, out_w)} (Ho, Wo) for input {tuple(x.shape[2:])}, kernel_size {kernel_size}, "
                          f"stride {stride}, padding {padding}, dilation {dilation}")
-    return stride, padding, dilation, groups, (out_h, out_w)
+    return out_h, out_w
 
 
 def involution2d_fused_arguments(x, reduced, span_weight, span_bias, kernel_size, stride, padding, dilation):
@@ -206,14 +212,7 @@ def involution2d_fused_arguments(x, reduced, span_weight, span_bias, kernel_size
             raise ValueError(f"{op}: span_bias must have shape ({spans},), got {tuple(span_bias.shape)}")
     if reduced.shape[0] != x.shape[0]:
         raise ValueError(f"{op}: reduced batch {reduced.shape[0]} does not match x batch {x.shape[0]}")
-    out_h, out_w = (conv_output_size(n, kernel_size, stride, 2 * padding, dilation) for n in x.shape[2:])
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"{op}: the (dilated) kernel {kernel_size} is larger than the padded input; "
-                         f"output would be {out_h}x{out_w}")
-    if tuple(reduced.shape[2:]) != (out_h, out_w):
-        raise ValueError(f"{op}: reduced spatial size {tuple(reduced.shape[2:])} does not match the output size "
-                         f"{(out_h, out_w)} (Ho, Wo) for input {tuple(x.shape[2:])}, kernel_size {kernel_size}, "
-                         f"stride {stride}, padding {padding}, dilation {dilation}")
+    _involution_output_hw(x, reduced, "reduced", kernel_size, stride, padding, dilation, op)
     return span_weight, kernel_size, stride, padding, dilation, groups
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from . import dispatch, reference
 from .arguments import _check_same, _check_tensor, conv_output_size, is_int
+from .modules import DepthwiseAttributes
 from .ops import _autocast, _composite_needed, bias_grad, register_bilinear_double_backward
 
 OP = "dwconv1d"
@@ -188,7 +189,7 @@ def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
 
 # ---- module ------------------------------------------------------------------------------------------------------
 
-class LargeDWConv1d(nn.Conv1d):
+class LargeDWConv1d(DepthwiseAttributes, nn.Conv1d):
     """Depthwise Conv1d, a drop-in for nn.Conv1d(channels, channels * channel_multiplier, kernel_size,
     groups=channels, ...): it *is* an nn.Conv1d (every attribute and the state_dict are nn.Conv1d's); its forward
     runs largeconv.dwconv1d. padding defaults to dilation * (kernel_size - 1) // 2; int, 1-tuple, "same", "valid"
@@ -210,17 +211,6 @@ class LargeDWConv1d(nn.Conv1d):
         super().__init__(channels, channels * channel_multiplier, kernel_size, stride, padding, dilation,
                          groups=channels, bias=bias, padding_mode="zeros", device=device, dtype=dtype)
         self.backend = backend
-
-    @property
-    def channels(self) -> int:
-        return self.in_channels
-
-    @property
-    def channel_multiplier(self) -> int:
-        return self.out_channels // self.in_channels
-
-    def forward(self, x):
-        return self._conv_forward(x, self.weight, self.bias)
 
     def _conv_forward(self, x, weight, bias):
         if self.padding_mode != "zeros":

@@ -13,7 +13,20 @@ from .fused_involution import involution2d_fused
 from .ops import dwconv2d, involution2d
 
 
-class LargeDWConv2d(nn.Conv2d):
+class DepthwiseAttributes:
+    """What LargeDWConv2d and LargeDWConv1d add to nn.Conv2d / nn.Conv1d's attributes. (Their forward is
+    nn.ConvNd's, which calls the _conv_forward they override.)"""
+
+    @property
+    def channels(self) -> int:
+        return self.in_channels
+
+    @property
+    def channel_multiplier(self) -> int:
+        return self.out_channels // self.in_channels
+
+
+class LargeDWConv2d(DepthwiseAttributes, nn.Conv2d):
     """Depthwise conv, a drop-in for nn.Conv2d(channels, channels * channel_multiplier, kernel_size,
     groups=channels, ...). It *is* an nn.Conv2d (isinstance holds; in_channels, out_channels, kernel_size, stride,
     padding, dilation, groups, padding_mode, weight, bias, ... are nn.Conv2d's), so code written for nn.Conv2d
@@ -38,17 +51,6 @@ class LargeDWConv2d(nn.Conv2d):
         super().__init__(channels, channels * channel_multiplier, kernel_size, stride, padding, dilation,
                          groups=channels, bias=bias, padding_mode="zeros", device=device, dtype=dtype)
         self.backend = backend
-
-    @property
-    def channels(self) -> int:
-        return self.in_channels
-
-    @property
-    def channel_multiplier(self) -> int:
-        return self.out_channels // self.in_channels
-
-    def forward(self, x):
-        return self._conv_forward(x, self.weight, self.bias)
 
     def _conv_forward(self, x, weight, bias):
         # nn.Conv2d code paths that pass their own weight (weight standardisation, ...) come through here too
