@@ -83,7 +83,9 @@ def check(x, weight, bias, stride, padding, dilation):
         assert got.dtype == x.dtype, f"{name}: dtype {got.dtype}"
         assert_close(got, ref, low, name)
     assert out.is_contiguous(memory_format=fmt), "output must keep the input's memory format"
-    assert grad_x.is_contiguous(memory_format=fmt), "grad input must keep grad_out's memory format"
+    # the contract: grad input in grad_out's format as is_channels_last reads it (a 1x1 output is both, read NCHW)
+    grad_fmt = torch.channels_last if is_channels_last(grad_out) else torch.contiguous_format
+    assert grad_x.is_contiguous(memory_format=grad_fmt), "grad input must keep grad_out's memory format"
     assert grad_w.is_contiguous()
 
 
