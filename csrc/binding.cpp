@@ -11,6 +11,8 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "api.h"
 
@@ -19,12 +21,31 @@ namespace {
 
 constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
 
+// Error messages are built as one std::string with std::to_string, never by streaming numbers: a toolchain that links
+// libstdc++ statically into this library (the GPU box's g++ 13 wrapper, 2026-11-27) segfaults when TORCH_CHECK's
+// c10::str streams an integer (it ran through this library's own, uninitialised locale). A single std::string
+// argument goes to c10::Error as it is. tests/test_cuda_build.py keeps TORCH_CHECK out of this file.
+inline std::string text(const char* s) { return s; }
+inline std::string text(const std::string& s) { return s; }
+inline std::string text(const c10::Device& device) { return device.str(); }
+inline std::string text(at::ScalarType type) { return c10::toString(type); }
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+std::string text(T v) { return std::to_string(v); }
+inline std::string text(at::IntArrayRef values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+template <typename... Parts>
+std::string message(const Parts&... parts) { return (std::string() + ... + text(parts)); }
+#define CHECK_ARG(cond, ...) TORCH_CHECK(cond, ::largeconv::message(__VA_ARGS__))
+
 DType dtype_of(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {
     case at::kFloat: return DType::kFloat32;
     case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, op, ": dtype ", t.scalar_type(), " is not supported (float32, float16, bfloat16)");
+    default: CHECK_ARG(false, op, ": dtype ", t.scalar_type(), " is not supported (float32, float16, bfloat16)");
   }
   return DType::kFloat32;  // unreachable
 }
@@ -34,12 +55,12 @@ void check_tensors(const char* op, std::initializer_list<std::pair<const char*, 
                    int64_t dim = 4) {
   const at::Tensor& first = *tensors.begin()->second;
   for (const auto& [name, t] : tensors) {
-    TORCH_CHECK(t->is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t->device());
-    TORCH_CHECK(t->device() == first.device(), op, ": ", name, " is on ", t->device(), ", expected ", first.device());
-    TORCH_CHECK(t->scalar_type() == first.scalar_type(), op, ": ", name, " has dtype ", t->scalar_type(),
+    CHECK_ARG(t->is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t->device());
+    CHECK_ARG(t->device() == first.device(), op, ": ", name, " is on ", t->device(), ", expected ", first.device());
+    CHECK_ARG(t->scalar_type() == first.scalar_type(), op, ": ", name, " has dtype ", t->scalar_type(),
                 ", expected ", first.scalar_type());
-    TORCH_CHECK(t->dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t->dim(), "-D");
-    for (int64_t s : t->sizes()) TORCH_CHECK(s >= 1 && s <= kMaxDim, op, ": ", name, " has a bad size ", t->sizes());
+    CHECK_ARG(t->dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t->dim(), "-D");
+    for (int64_t s : t->sizes()) CHECK_ARG(s >= 1 && s <= kMaxDim, op, ": ", name, " has a bad size ", t->sizes());
   }
 }
 
@@ -53,14 +74,14 @@ bool channels_last_layout(const char* op, std::initializer_list<const at::Tensor
   }
   const bool channels_last = decided == 1;
   for (const at::Tensor* t : tensors) {
-    TORCH_CHECK(channels_last ? t->is_contiguous(at::MemoryFormat::ChannelsLast) : t->is_contiguous(), op,
+    CHECK_ARG(channels_last ? t->is_contiguous(at::MemoryFormat::ChannelsLast) : t->is_contiguous(), op,
                 ": all tensors must be contiguous in one memory format (NCHW or channels_last)");
   }
   return channels_last;
 }
 
 int to_int(int64_t v, const char* op, const char* what, int64_t lo) {
-  TORCH_CHECK(v >= lo && v <= kMaxDim, op, ": ", what, " = ", v, " is out of range");
+  CHECK_ARG(v >= lo && v <= kMaxDim, op, ": ", what, " = ", v, " is out of range");
   return static_cast<int>(v);
 }
 
@@ -74,14 +95,14 @@ void run(F&& f) {
   try {
     f();
   } catch (const std::runtime_error& e) {
-    TORCH_CHECK(false, e.what());
+    CHECK_ARG(false, e.what());
   }
 }
 
 // ---- depthwise conv ------------------------------------------------------------------------------------------
 DwArgs dw_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t kh, int64_t kw, const at::Tensor& y_like,
                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool channels_last) {
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 4 && dilation.size() == 2, op,
+  CHECK_ARG(stride.size() == 2 && padding.size() == 4 && dilation.size() == 2, op,
               ": expected stride[2], padding[4] (top, bottom, left, right), dilation[2]");
   DwArgs a;
   a.dtype = dtype_of(x_like, op);
@@ -99,18 +120,18 @@ DwArgs dw_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t kh,
   to_int(padding[1], op, "padding", 0);
   to_int(padding[3], op, "padding", 0);
   a.channels_last = channels_last;
-  TORCH_CHECK(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
-  TORCH_CHECK(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
-  TORCH_CHECK(a.ho == conv_out(a.h, padding[0] + padding[1], kh, a.sh, a.dh) &&
+  CHECK_ARG(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
+  CHECK_ARG(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
+  CHECK_ARG(a.ho == conv_out(a.h, padding[0] + padding[1], kh, a.sh, a.dh) &&
                   a.wo == conv_out(a.w, padding[2] + padding[3], kw, a.sw, a.dw),
               op, ": output size ", y_like.sizes(), " does not match input ", x_like.sizes(), " and the arguments");
   return a;
 }
 
 void check_dw_weight(const char* op, const at::Tensor& weight, const at::Tensor& ref) {
-  TORCH_CHECK(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
+  CHECK_ARG(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
               ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.is_contiguous(), op,
+  CHECK_ARG(weight.dim() == 4 && weight.size(1) == 1 && weight.is_contiguous(), op,
               ": weight must be a contiguous (C*m, 1, Kh, Kw) tensor, got ", weight.sizes());
 }
 
@@ -123,7 +144,7 @@ void dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::
                      channels_last_layout(op, {&out, &x}));
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
-    TORCH_CHECK(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
+    CHECK_ARG(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
                     b.size(0) == a.co && b.is_contiguous(),
                 op, ": bias must be a contiguous (", a.co, ",) tensor like x");
     a.bias = b.const_data_ptr();
@@ -172,9 +193,9 @@ void dwconv2d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, at::I
 // x-like (N, C, L), y-like (N, C*m, Lo), all contiguous (there is no channels_last in 1-D).
 Dw1dArgs dw1d_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t k, const at::Tensor& y_like,
                    int64_t stride, at::IntArrayRef padding, int64_t dilation) {
-  TORCH_CHECK(padding.size() == 2, op, ": expected padding[2] (left, right), got ", padding.size(), " values");
+  CHECK_ARG(padding.size() == 2, op, ": expected padding[2] (left, right), got ", padding.size(), " values");
   for (const at::Tensor* t : {&x_like, &y_like}) {
-    TORCH_CHECK(t->is_contiguous(), op, ": tensors must be contiguous (N, C, L), got strides ", t->strides());
+    CHECK_ARG(t->is_contiguous(), op, ": tensors must be contiguous (N, C, L), got strides ", t->strides());
   }
   Dw1dArgs a;
   a.dtype = dtype_of(x_like, op);
@@ -186,17 +207,17 @@ Dw1dArgs dw1d_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t
   a.d = to_int(dilation, op, "dilation", 1);
   a.left = to_int(padding[0], op, "padding", 0);
   to_int(padding[1], op, "padding", 0);
-  TORCH_CHECK(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
-  TORCH_CHECK(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
-  TORCH_CHECK(a.lo == conv_out(a.l, padding[0] + padding[1], k, a.s, a.d), op, ": output size ", y_like.sizes(),
+  CHECK_ARG(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
+  CHECK_ARG(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
+  CHECK_ARG(a.lo == conv_out(a.l, padding[0] + padding[1], k, a.s, a.d), op, ": output size ", y_like.sizes(),
               " does not match input ", x_like.sizes(), " and the arguments");
   return a;
 }
 
 void check_dw1d_weight(const char* op, const at::Tensor& weight, const at::Tensor& ref) {
-  TORCH_CHECK(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
+  CHECK_ARG(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
               ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
-  TORCH_CHECK(weight.dim() == 3 && weight.size(1) == 1 && weight.size(2) >= 1 && weight.is_contiguous(), op,
+  CHECK_ARG(weight.dim() == 3 && weight.size(1) == 1 && weight.size(2) >= 1 && weight.is_contiguous(), op,
               ": weight must be a contiguous (C*m, 1, K) tensor, got ", weight.sizes());
 }
 
@@ -208,7 +229,7 @@ void dwconv1d_forward(const at::Tensor& x, const at::Tensor& weight, const std::
   Dw1dArgs a = dw1d_args(op, x, weight.size(0), weight.size(2), out, stride, padding, dilation);
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
-    TORCH_CHECK(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
+    CHECK_ARG(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
                     b.size(0) == a.co && b.is_contiguous(),
                 op, ": bias must be a contiguous (", a.co, ",) tensor like x");
     a.bias = b.const_data_ptr();
@@ -265,11 +286,11 @@ InvArgs inv_args(const char* op, const at::Tensor& x_like, const at::Tensor& y_l
   a.d = to_int(d, op, "dilation", 1);
   a.channels_last = channels_last;
   const int64_t taps = k * k;
-  TORCH_CHECK(w_like.size(1) % taps == 0, op, ": weight has ", w_like.size(1), " channels, not a multiple of K*K");
+  CHECK_ARG(w_like.size(1) % taps == 0, op, ": weight has ", w_like.size(1), " channels, not a multiple of K*K");
   a.groups = to_int(w_like.size(1) / taps, op, "groups", 1);
-  TORCH_CHECK(a.c % a.groups == 0, op, ": ", a.groups, " groups do not divide ", a.c, " channels");
-  TORCH_CHECK(y_like.size(0) == a.b && y_like.size(1) == a.c && w_like.size(0) == a.b, op, ": batch or channel mismatch");
-  TORCH_CHECK(a.ho == conv_out(a.h, 2 * p, k, s, d) && a.wo == conv_out(a.w, 2 * p, k, s, d) &&
+  CHECK_ARG(a.c % a.groups == 0, op, ": ", a.groups, " groups do not divide ", a.c, " channels");
+  CHECK_ARG(y_like.size(0) == a.b && y_like.size(1) == a.c && w_like.size(0) == a.b, op, ": batch or channel mismatch");
+  CHECK_ARG(a.ho == conv_out(a.h, 2 * p, k, s, d) && a.wo == conv_out(a.w, 2 * p, k, s, d) &&
                   w_like.size(2) == a.ho && w_like.size(3) == a.wo,
               op, ": sizes of x ", x_like.sizes(), ", output ", y_like.sizes(), " and weight ", w_like.sizes(),
               " do not match the arguments");

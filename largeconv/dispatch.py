@@ -45,8 +45,11 @@ WORKSPACE_RATIO_LIMIT = 16
 # What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
 # (ops.dwconv2d) uses once torch wins every direction: a fused candidate must beat torch by this much. CPU: measured
 # 2026-11-27 (2-core Xeon, tiny shapes: fwd+bwd through the custom ops ~1.1 ms above a direct F.conv2d, three
-# directions). CUDA: a prediction (Python dispatch costs about the same in absolute terms, minus the slower CPU).
-CUSTOM_OP_OVERHEAD_S = {"cpu": 3e-4, "cuda": 1e-4}
+# directions). CUDA: measured 2026-11-27 on the H100 box (bench/results/h100, bench/gpu_probe.py profile): fwd+bwd of
+# (1,1024,7,7) K=13 through the custom ops with backend "torch" cost 1.1-1.2 ms of host time per call against 0.17 ms
+# for F.conv2d's own, ~0.3 ms per direction; with the 0.1 ms first guessed, auto took that path for a 12 us weight
+# gradient and its fwd+bwd ran 4-7x slower than PyTorch's on small layers (the kit's auto stage).
+CUSTOM_OP_OVERHEAD_S = {"cpu": 3e-4, "cuda": 3e-4}
 # A candidate whose calls add up to less than this is timed up to three times and its fastest call counts (cheap,
 # and robust to a busy machine); slower ones once (the first call stays cheap).
 _REPEAT_BELOW_S = 0.02
