@@ -3,8 +3,6 @@
     python3 bench/gpu_probe.py profile     per backend (torch, cuda, triton, auto) on small layers: GPU ms of fwd and
                                            fwd+bwd (do_bench) next to host ms per fwd+bwd call, and the profiler's
                                            top ops by self CPU time for auto and cuda (the kit saw a ~1 ms floor)
-    python3 bench/gpu_probe.py auto        small layers: fwd+bwd of F.conv2d against largeconv.dwconv2d's auto, and what
-                                           auto picked (the kit's weak-spot rows, quickly)
     python3 bench/gpu_probe.py throws      every largeconv_C op called with a bad argument, each in its own process:
                                            "RuntimeError: ..." or "crashed (signal N)" (the kit's pytest segfaulted)
     python3 bench/gpu_probe.py throw NAME  one of them, in this process (for cuda-gdb's backtrace)
@@ -113,26 +111,6 @@ def profile():
     print("auto picked:", dispatch.auto_choices(), flush=True)
 
 
-def auto():
-    import triton.testing
-    import torch.nn.functional as F
-    import largeconv
-    import largeconv.dispatch as dispatch
-    for n, c, h, w, k in [(1, 1024, 7, 7, 13), (8, 1024, 7, 7, 13), (1, 128, 56, 56, 31), (8, 128, 56, 56, 31)]:
-        x = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
-        weight = torch.randn(c, 1, k, k, device="cuda", requires_grad=True)
-        bias = torch.randn(c, device="cuda", requires_grad=True)
-        grad = torch.randn(n, c, h, w, device="cuda")
-        ms = {}
-        for name, fn in (("F.conv2d", lambda: F.conv2d(x, weight, bias, padding=k // 2, groups=c)),
-                         ("auto", lambda: largeconv.dwconv2d(x, weight, bias, padding=k // 2))):
-            ms[name] = triton.testing.do_bench(lambda: torch.autograd.grad(fn(), (x, weight, bias), grad),
-                                               warmup=20, rep=60)
-        print(f"({n},{c},{h},{w}) K={k} fwd+bwd: F.conv2d {ms['F.conv2d']:.3f} ms, auto {ms['auto']:.3f} ms "
-              f"(x{ms['F.conv2d'] / ms['auto']:.2f})", flush=True)
-    print("auto picked:", {k[1:2] + k[5:6]: v for k, v in dispatch.auto_choices().items()}, flush=True)
-
-
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "profile"
-    {"profile": profile, "throws": throws, "auto": auto}.get(what, lambda: throw(sys.argv[2]))()
+    {"profile": profile, "throws": throws}.get(what, lambda: throw(sys.argv[2]))()
