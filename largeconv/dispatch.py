@@ -43,7 +43,8 @@ _CPU_CANDIDATES = ("cpu", "torch")
 # picked PyTorch for every bf16 call it could have run 4-6x faster (conv1d (32,512,1000), measured 2026-11-27).
 WORKSPACE_RATIO_LIMIT = 16
 # What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
-# (ops.dwconv2d) uses once torch wins every direction: a fused candidate must beat torch by this much. CPU: measured
+# (ops.dwconv2d) uses once torch wins every direction; `settle` charges it to every direction of a dwconv2d call
+# that is not all torch (one fused direction puts the whole call on the custom ops). CPU: measured
 # 2026-11-27 (2-core Xeon, tiny shapes: fwd+bwd through the custom ops ~1.1 ms above a direct F.conv2d, three
 # directions). CUDA: measured 2026-11-27 on the H100 box (bench/results/h100, bench/gpu_probe.py profile): fwd+bwd of
 # (1,1024,7,7) K=13 through the custom ops with backend "torch" cost 1.1-1.2 ms of host time per call against 0.17 ms
@@ -60,6 +61,7 @@ _MAX_ROUNDS = 10
 _local = threading.local()
 _auto_cache: dict[tuple, str] = {}
 _loaded_keys: set[tuple] = set()
+_auto_times: dict[tuple, dict[str, float]] = {}  # key -> each timed candidate's best seconds, for `settle`
 
 
 def check_backend_name(name, argument="backend"):
@@ -134,7 +136,7 @@ def run(op: str, direction: str, backend: str, x: torch.Tensor, kernel_size, run
     if len(kept) == 1:
         _auto_cache[key] = kept[0]
         return _call(kept[0], op, direction, run_args)
-    _auto_cache[key], result = _fastest(op, direction, kept, run_args, on_gpu)
+    _auto_cache[key], result, _auto_times[key] = _fastest(op, direction, kept, run_args, on_gpu)
     return result
 
 
@@ -162,6 +164,24 @@ def cache_key(op, direction, x, kernel_size, geometry, shape=None) -> tuple:
 
 def _plain(value):
     return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
+def settle(keys) -> None:
+    """For a dwconv2d call whose directions have the auto-cache `keys`: once every one of them was measured against
+    torch, and unless all chose torch, compare the two ways the call can run: PyTorch's own op for every direction
+    (ops.dwconv2d's fast path) against the chosen backends through the custom ops, which then cost
+    CUSTOM_OP_OVERHEAD_S in every direction; if PyTorch is no slower, choose torch for all the keys. (A key shared
+    with another kind of call, e.g. the forward of inference-only calls, follows this call's choice.)"""
+    times = [_auto_times.get(key) for key in keys]
+    if any(t is None or "torch" not in t or key in _loaded_keys for t, key in zip(times, keys)):
+        return  # not all measured against torch yet, or loaded choices (used as they are)
+    chosen = [_auto_cache.get(key) for key in keys]
+    if None in chosen or all(name == "torch" for name in chosen) or by_table():
+        return  # (None: the cache was cleared since; measured again first)
+    overhead = CUSTOM_OP_OVERHEAD_S["cpu" if keys[0][2] == "cpu" else "cuda"]  # key[2]: the device
+    fused = sum(t.get(name, math.inf) for t, name in zip(times, chosen)) + overhead * len(keys)
+    if sum(t["torch"] for t in times) <= fused:
+        _auto_cache.update(dict.fromkeys(keys, "torch"))
 
 
 def auto_still_picks(keys, name: str) -> bool:
@@ -249,7 +269,7 @@ def _within_memory(names, op, direction, x, kernel_size, run_args):
 
 
 def _fastest(op, direction, candidates, run_args, on_gpu):
-    """(winner, its result): each candidate timed once, or, when its calls are short, in rounds that alternate
+    """(winner, its result, {candidate: seconds}): each candidate timed once, or, when its calls are short, in rounds that alternate
     between the candidates (so a busy moment of the machine does not hit one candidate only) with each one's fastest
     call counting: on CPU until its calls add up to _REPEAT_BELOW_S (at most _MAX_ROUNDS), on GPU three rounds after
     a warm-up call (Triton compiles and autotunes on it)."""
@@ -263,10 +283,9 @@ def _fastest(op, direction, candidates, run_args, on_gpu):
             if round_ == 0 or on_gpu or sum(times[name]) < _REPEAT_BELOW_S:
                 elapsed, results[name] = _timed(fn, run_args, on_gpu)
                 times[name].append(elapsed)
-    overhead = CUSTOM_OP_OVERHEAD_S[run_args[0].device.type]
-    timings = {name: min(t) + (0 if name == "torch" else overhead) for name, t in times.items()}
+    timings = {name: min(t) for name, t in times.items()}
     winner = min(timings, key=timings.get)
-    return winner, results[winner]
+    return winner, results[winner], timings
 
 
 def _timed(fn, args, on_gpu):

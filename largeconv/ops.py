@@ -242,6 +242,7 @@ def _auto_torch_keys(x, weight, stride, padding, dilation):
             keys.append(dispatch.cache_key("dwconv2d", "grad_input", x, kernel, geometry, out_shape))
         if weight.requires_grad:
             keys.append(dispatch.cache_key("dwconv2d", "grad_weight", x, kernel, geometry))
+    dispatch.settle(keys)
     return tuple(keys) if dispatch.all_cached_as(keys, "torch") else None
 
 

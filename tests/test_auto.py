@@ -18,6 +18,7 @@ def fresh_auto(monkeypatch):
     monkeypatch.delenv("LARGECONV_AUTO", raising=False)
     monkeypatch.setattr(dispatch, "_auto_cache", {})
     monkeypatch.setattr(dispatch, "_loaded_keys", set())
+    monkeypatch.setattr(dispatch, "_auto_times", {})
 
 
 def _record(monkeypatch, op="dwconv2d", delay_s=None):
@@ -158,6 +159,30 @@ def test_calls_where_auto_picked_torch_skip_the_custom_op(monkeypatch):
     ref.backward(torch.ones_like(ref))
     for got, expected in ((out, ref), (grad_x, xr.grad), (grad_w, wr.grad)):
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("grads, cpu_ms, settled", [(True, 0.9, "torch"), (True, 0.5, "cpu"),
+                                                     (False, 0.8, "torch"), (False, 0.6, "cpu")])
+def test_a_fused_direction_pays_for_the_whole_call(monkeypatch, grads, cpu_ms, settled):
+    """One direction on the custom ops puts every direction of the call there (at CUSTOM_OP_OVERHEAD_S each), so auto
+    keeps a faster backend only if the call's total with that cost beats PyTorch's own op for all of it: each of
+    the three directions here is faster on "cpu" (0.5 or 0.9 ms against 1 ms) but 3 x 0.9 + 3 x 0.3 > 3 x 1."""
+    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", 3e-4)
+    seconds = {"largeconv.reference": 1e-3, "largeconv.cpu": cpu_ms * 1e-3}
+    monkeypatch.setattr(dispatch, "_timed", lambda fn, args, on_gpu: (seconds[fn.__module__], fn(*args)))
+    x, w = torch.randn(1, 3, 9, 9, requires_grad=grads), torch.randn(3, 1, 3, 3, requires_grad=grads)
+    for _ in range(2):  # the first call measures every direction; the second settles the call
+        out = largeconv.dwconv2d(x, w)
+        if grads:
+            out.backward(torch.ones_like(out))
+    assert len(dispatch.auto_choices()) == (3 if grads else 1)
+    assert set(dispatch.auto_choices().values()) == {settled}
+    ops_called = []
+    original_op = torch.ops.largeconv.dwconv2d
+    monkeypatch.setattr(torch.ops.largeconv, "dwconv2d", lambda *a: ops_called.append(a) or original_op(*a))
+    out = largeconv.dwconv2d(x, w)
+    assert (ops_called == []) == (settled == "torch")  # settled on torch: PyTorch's own op, no custom op
+    assert torch.allclose(out, F.conv2d(x, w, None, 1, "same", 1, 3), atol=1e-5)
 
 
 @pytest.mark.parametrize("change", ["cache cleared", "LARGECONV_BACKEND", "deterministic", "requires_grad",
