@@ -10,7 +10,8 @@ NCHW (one (n, c) plane per program, a BLOCK_H x BLOCK_W tile of outputs):
   torch.backends.cudnn.allow_tf32 allows it; otherwise fp32 uses IEEE precision). T is gathered from the filter row
   with indices hoisted out of the kh loop. grad-input is the same product with the transposed band (a gather,
   no atomics). grad-weight is the product gy-rows-shifted-by-kh [BLOCK_KH, q] @ x-columns-shifted-by-kw
-  [q, BLOCK_KW] reduced over q = (n, input row, output column).
+  [q, BLOCK_KW] reduced over q = (n, input row, output column). A tile whose product came out NaN or Inf is summed
+  again without tl.dot, whose zeros would spread a NaN/Inf operand (see "Non-finite values" below).
 channels_last (a tile of BLOCK_P pixels x BLOCK_C channels, loads contiguous along C): direct loops over the taps
   (channels are independent, so there is no matrix product to form).
 
@@ -53,6 +54,28 @@ def _cast_out(v, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         v = bits.to(tl.float32, bitcast=True)
     return v.to(dtype)
+
+
+@triton.jit
+def _has_non_finite(v):
+    return tl.min((tl.abs(v) < float("inf")).to(tl.int32)) == 0  # NaN compares false
+
+
+@triton.jit
+def _accumulate(acc, a, a_ok, b, b_ok, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, DIRECT: tl.constexpr):
+    """acc + a @ b, the NCHW kernels' matrix product; a_ok / b_ok: where a and b hold real operands (elsewhere
+    the zeros of masked loads and of the band).
+    DIRECT: the products of real operands only, added in acc's dtype, so that a zero never multiplies a NaN or Inf
+    (PyTorch's CUDA depthwise kernels likewise skip padded taps). Slow: only to redo a tile whose tl.dot sum came
+    out non-finite (see "Non-finite values" below)."""
+    if DIRECT:  # a is M x 1 and b 1 x N: one rank-1 update
+        acc += tl.where(a_ok & b_ok, a.to(acc.dtype) * b.to(acc.dtype), 0.0)
+    else:
+        if EMULATE_BF16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
 
 
 def _memory_format(channels_last):
@@ -186,27 +209,19 @@ class Launch(NamedTuple):
 
 # ----------------------------------------------------------------------------------------------------------------
 # NCHW kernels (Toeplitz tl.dot)
+#
+# Non-finite values: in tl.dot a NaN or Inf operand times a zero of the band (or of a masked load) gives NaN, which
+# would reach outputs that never read that operand. So each kernel checks its tile's sum (on the device, no host
+# sync; once per program, outside the loops) and, where any element came out NaN or Inf, sums the tile again
+# without tl.dot (_accumulate's DIRECT mode). A finite tile is right as it is: a non-finite operand makes every
+# element of its row (or column) of the product non-finite, so it cannot hide.
 
 
-@triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
-                 prune_configs_by={"early_config_prune": _prune_toeplitz})
 @triton.jit
-def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
-                     C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
-                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                     EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    pid = tl.program_id(0)
-    tiles_w = tl.cdiv(Wo, BLOCK_W)
-    tiles = tl.cdiv(Ho, BLOCK_H) * tiles_w
-    plane = pid // tiles  # n * Co + o; the tiles of one plane are neighbours in the grid (L2 reuse)
-    tile = pid % tiles
-    n = plane // Co
-    o = plane % Co
-    oh0 = (tile // tiles_w) * BLOCK_H
-    ow0 = (tile % tiles_w) * BLOCK_W
-    x_plane = x_ptr + (n * C + o // m).to(tl.int64) * H * W
-    w_row0 = w_ptr + o * Kh * Kw
-
+def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw,
+                  ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, DIRECT: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The tile's outputs (bias not added), strip chunk by strip chunk."""
     rows = oh0 + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_W)
     jj = tl.arange(0, BLOCK_J)
@@ -230,37 +245,49 @@ def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             x_ok = ((ih >= 0) & (ih < H))[:, None] & j_ok[None, :]
             xs = tl.load(x_plane + ih[:, None] * W + (iw0 + j)[None, :], mask=x_ok, other=0.0)
             band = tl.load(w_row0 + kh * Kw + t_off, mask=t_ok, other=0.0)
-            if EMULATE_BF16:
-                xs = xs.to(tl.float32)
-                band = band.to(tl.float32)
-            acc = tl.dot(xs, band, acc, input_precision=PRECISION, out_dtype=ACC)
+            acc = _accumulate(acc, xs, x_ok, band, t_ok, PRECISION, EMULATE_BF16, DIRECT)
+    return acc
+
+
+@triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
+                 prune_configs_by={"early_config_prune": _prune_toeplitz})
+@triton.jit
+def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                     C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                     EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(Wo, BLOCK_W)
+    tiles = tl.cdiv(Ho, BLOCK_H) * tiles_w
+    plane = pid // tiles  # n * Co + o; the tiles of one plane are neighbours in the grid (L2 reuse)
+    tile = pid % tiles
+    n = plane // Co
+    o = plane % Co
+    oh0 = (tile // tiles_w) * BLOCK_H
+    ow0 = (tile % tiles_w) * BLOCK_W
+    x_plane = x_ptr + (n * C + o // m).to(tl.int64) * H * W
+    w_row0 = w_ptr + o * Kh * Kw
+
+    args = (x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw)
+    acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, BLOCK_H, BLOCK_W, BLOCK_J)
+    if _has_non_finite(acc):  # redo without tl.dot (see above), one strip column at a time
+        acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, BLOCK_H, BLOCK_W, 1)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + o).to(ACC)
-    out_cols = ow0 + cols
+    rows = oh0 + tl.arange(0, BLOCK_H)
+    out_cols = ow0 + tl.arange(0, BLOCK_W)
     y_ok = (rows < Ho)[:, None] & (out_cols < Wo)[None, :]
     y_plane = y_ptr + plane.to(tl.int64) * Ho * Wo
     tl.store(y_plane + rows[:, None] * Wo + out_cols[None, :],
              _cast_out(acc, y_ptr.dtype.element_ty, EMULATE_BF16), mask=y_ok)
 
 
-@triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
-                 prune_configs_by={"early_config_prune": _prune_toeplitz})
 @triton.jit
-def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
-                            C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
-                            ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    pid = tl.program_id(0)
-    tiles_w = tl.cdiv(W, BLOCK_W)
-    tiles = tl.cdiv(H, BLOCK_H) * tiles_w
-    plane = pid // tiles  # n * C + c
-    tile = pid % tiles
-    n = plane // C
-    c = plane % C
-    h0 = (tile // tiles_w) * BLOCK_H
-    w0 = (tile % tiles_w) * BLOCK_W
-
+def _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                         ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                         DIRECT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The tile's input gradients, chunk of output columns by chunk."""
     rows = h0 + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_W)
     jj = tl.arange(0, BLOCK_J)
@@ -289,16 +316,72 @@ def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
                 g_ok = ((t >= 0) & (t % sh == 0) & (oh < Ho))[:, None] & ow_ok[None, :]
                 g = tl.load(gy_plane + oh[:, None] * Wo + ow[None, :], mask=g_ok, other=0.0)
                 band = tl.load(w_row0 + kh * Kw + t_off, mask=t_ok, other=0.0)
-                if EMULATE_BF16:
-                    g = g.to(tl.float32)
-                    band = band.to(tl.float32)
-                acc = tl.dot(g, band, acc, input_precision=PRECISION, out_dtype=ACC)
+                acc = _accumulate(acc, g, g_ok, band, t_ok, PRECISION, EMULATE_BF16, DIRECT)
+    return acc
 
-    in_cols = w0 + cols
+
+@triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
+                 prune_configs_by={"early_config_prune": _prune_toeplitz})
+@triton.jit
+def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
+                            C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                            ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    tiles = tl.cdiv(H, BLOCK_H) * tiles_w
+    plane = pid // tiles  # n * C + c
+    tile = pid % tiles
+    n = plane // C
+    c = plane % C
+    h0 = (tile // tiles_w) * BLOCK_H
+    w0 = (tile % tiles_w) * BLOCK_W
+
+    args = (gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m)
+    acc = _grad_input_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, BLOCK_H, BLOCK_W, BLOCK_J)
+    if _has_non_finite(acc):  # redo without tl.dot (see above), one output column at a time
+        acc = _grad_input_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, BLOCK_H, BLOCK_W, 1)
+
+    rows = h0 + tl.arange(0, BLOCK_H)
+    in_cols = w0 + tl.arange(0, BLOCK_W)
     gx_ok = (rows < H)[:, None] & (in_cols < W)[None, :]
     gx_plane = gx_ptr + plane.to(tl.int64) * H * W
     tl.store(gx_plane + rows[:, None] * W + in_cols[None, :],
              _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=gx_ok)
+
+
+@triton.jit
+def _grad_weight_nchw_sum(gy_ptr, x_ptr, o, c, kh, kw, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw,
+                          r_start, r_end, ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                          DIRECT: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_KW: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """The tap tile's sum over the reduction rows [r_start, r_end), in chunks of BLOCK_R rows x BLOCK_Q columns."""
+    kh_ok = kh < Kh
+    kw_ok = kw < Kw
+    q = tl.arange(0, BLOCK_R * BLOCK_Q)
+    q_row = q // BLOCK_Q
+    q_col = q % BLOCK_Q
+    acc = tl.zeros([BLOCK_KH, BLOCK_KW], dtype=ACC)
+    for row0 in range(r_start, r_end, BLOCK_R):
+        row = row0 + q_row  # n * H + ih
+        row_ok = row < r_end
+        n = row // H
+        ih = row - n * H
+        x_row = (n * C + c).to(tl.int64) * H * W + ih * W
+        gy_plane = (n * Co + o).to(tl.int64) * Ho * Wo
+        t = ih[None, :] + top - kh[:, None] * dh  # = oh * sh where gy row oh meets input row ih at tap kh
+        oh = t // sh
+        a_ok = (t >= 0) & (t % sh == 0) & (oh < Ho) & kh_ok[:, None] & row_ok[None, :]
+        a_row = gy_plane[None, :] + oh * Wo
+        for col0 in range(0, Wo, BLOCK_Q):
+            ow = col0 + q_col
+            ow_ok = ow < Wo
+            a = tl.load(gy_ptr + a_row + ow[None, :], mask=a_ok & ow_ok[None, :], other=0.0)
+            iw = ow[:, None] * sw - left + kw[None, :] * dw
+            b_ok = (row_ok & ow_ok)[:, None] & (iw >= 0) & (iw < W) & kw_ok[None, :]
+            b = tl.load(x_ptr + x_row[:, None] + iw, mask=b_ok, other=0.0)
+            acc = _accumulate(acc, a, a_ok & ow_ok[None, :], b, b_ok, PRECISION, EMULATE_BF16, DIRECT)
+    return acc
 
 
 @triton.jit
@@ -321,41 +404,16 @@ def _grad_weight_nchw_kernel(gy_ptr, x_ptr, part_ptr,
     c = o // m
     kh = (tap // kw_tiles) * BLOCK_KH + tl.arange(0, BLOCK_KH)
     kw = (tap % kw_tiles) * BLOCK_KW + tl.arange(0, BLOCK_KW)
-    kh_ok = kh < Kh
-    kw_ok = kw < Kw
-
-    q = tl.arange(0, BLOCK_R * BLOCK_Q)
-    q_row = q // BLOCK_Q
-    q_col = q % BLOCK_Q
     r_start = split * rows_per_split
     r_end = tl.minimum(total_rows, r_start + rows_per_split)
 
-    acc = tl.zeros([BLOCK_KH, BLOCK_KW], dtype=ACC)
-    for row0 in range(r_start, r_end, BLOCK_R):
-        row = row0 + q_row  # n * H + ih
-        row_ok = row < r_end
-        n = row // H
-        ih = row - n * H
-        x_row = (n * C + c).to(tl.int64) * H * W + ih * W
-        gy_plane = (n * Co + o).to(tl.int64) * Ho * Wo
-        t = ih[None, :] + top - kh[:, None] * dh  # = oh * sh where gy row oh meets input row ih at tap kh
-        oh = t // sh
-        a_ok = (t >= 0) & (t % sh == 0) & (oh < Ho) & kh_ok[:, None] & row_ok[None, :]
-        a_row = gy_plane[None, :] + oh * Wo
-        for col0 in range(0, Wo, BLOCK_Q):
-            ow = col0 + q_col
-            ow_ok = ow < Wo
-            a = tl.load(gy_ptr + a_row + ow[None, :], mask=a_ok & ow_ok[None, :], other=0.0)
-            iw = ow[:, None] * sw - left + kw[None, :] * dw
-            b_ok = (row_ok & ow_ok)[:, None] & (iw >= 0) & (iw < W) & kw_ok[None, :]
-            b = tl.load(x_ptr + x_row[:, None] + iw, mask=b_ok, other=0.0)
-            if EMULATE_BF16:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
+    args = (gy_ptr, x_ptr, o, c, kh, kw, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, r_start, r_end)
+    acc = _grad_weight_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, BLOCK_KH, BLOCK_KW, BLOCK_R, BLOCK_Q)
+    if _has_non_finite(acc):  # redo without tl.dot (see above), one product at a time
+        acc = _grad_weight_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, BLOCK_KH, BLOCK_KW, 1, 1)
 
     part = part_ptr + ((split * Co + o) * Kh + kh[:, None]) * Kw + kw[None, :]
-    tl.store(part, acc, mask=kh_ok[:, None] & kw_ok[None, :])
+    tl.store(part, acc, mask=(kh < Kh)[:, None] & (kw < Kw)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from largeconv.arguments import is_channels_last
+from largeconv.arguments import dwconv2d_output_hw, is_channels_last
 from largeconv.kernels import dwconv as dw
 from numerics import assert_close, poisoned_allocations
 
@@ -136,3 +136,139 @@ def test_tf32_follows_cudnn_setting(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert dw._dot_precision(torch.float32) == "tf32"
     assert dw._dot_precision(torch.float64) == "ieee"
+
+
+# Non-finite values. (N, C, multiplier, H, W, (Kh, Kw), stride, padding, dilation, bias); symmetric padding, so that
+# F.conv2d pads by itself as it does in a model.
+NONFINITE_CASES = {
+    "5x5": (1, 2, 1, 12, 12, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), True),
+    "stride2": (2, 2, 1, 11, 13, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), False),
+    "dilation2": (1, 2, 1, 12, 11, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), True),
+    "rect-7x3-m2": (1, 2, 2, 10, 9, (7, 3), (1, 2), (3, 3, 1, 1), (1, 1), True),
+    # C == 1 is NCHW in either layout: several 16x16 output tiles and strip chunks; a NaN in one tile
+    "nchw-multi-tile": (1, 1, 1, 20, 40, (3, 19), (1, 1), (1, 1, 9, 9), (1, 1), True),
+}
+
+
+def spoil(t, count=3):
+    """t with NaN, +Inf and -Inf (cycled) at `count` random elements."""
+    t = t.clone()
+    flat = t.view(-1) if t.is_contiguous() else t.permute(0, 2, 3, 1).view(-1)  # channels_last storage order
+    for i, where in enumerate(torch.randperm(t.numel(), device=t.device)[:count].tolist()):
+        flat[where] = (float("nan"), float("inf"), -float("inf"))[i % 3]
+    return t
+
+
+def value_class(t):
+    """0 finite, 1 NaN, 2 +Inf, 3 -Inf, elementwise."""
+    return torch.where(t.isnan(), 1, torch.where(t == float("inf"), 2, torch.where(t == -float("inf"), 3, 0)))
+
+
+def reference_skipping_padding(x, weight, bias, stride, padding, dilation, grad_out):
+    """Output and gradients (float64) of the convolution in which a tap over padding adds nothing, rather than
+    the padding's zero times the tap (0 * Inf = NaN): PyTorch's CUDA depthwise kernels compute it so."""
+    (n, c, _, _), (co, _, kh, kw) = x.shape, weight.shape
+    x = x.detach().double().requires_grad_()
+    weight = weight.detach().double().requires_grad_()
+    cols = F.unfold(x, (kh, kw), dilation, padding, stride).view(n, c, 1, kh * kw, -1)
+    inside = F.unfold(torch.ones_like(x[:1, :1]), (kh, kw), dilation, padding, stride).view(1, 1, 1, kh * kw, -1)
+    out = torch.where(inside > 0, cols * weight.view(1, c, co // c, kh * kw, 1), 0.0).sum(3)
+    out = out.reshape(grad_out.shape) + (0 if bias is None else bias.double().view(-1, 1, 1))
+    return (out.detach(), *torch.autograd.grad(out, (x, weight), grad_out.double()))
+
+
+def nonfinite_references(x, weight, bias, stride, padding, dilation, grad_out):
+    """(output, grad input, grad weight) as F.conv2d has them in each of its three ways with a NaN/Inf where a
+    filter tap (or grad_out, for grad-weight) meets padding: on CPU float64 multiplies the padding's zeros (NaN),
+    fp32 does so in some directions, PyTorch's CUDA kernels skip the padded tap. Elsewhere the three agree."""
+    top, bottom, left, right = padding
+    assert (top, left) == (bottom, right), "F.conv2d pads symmetrically"
+    refs = [reference_skipping_padding(x, weight, bias, stride, (top, left), dilation, grad_out)]
+    for dtype in (torch.float64, x.dtype):
+        x_, w_ = x.detach().to(dtype).requires_grad_(), weight.detach().to(dtype).requires_grad_()
+        ref = F.conv2d(x_, w_, None if bias is None else bias.to(dtype), stride, (top, left), dilation,
+                       groups=x.shape[1])
+        refs.append((ref.detach(), *torch.autograd.grad(ref, (x_, w_), grad_out.to(dtype))))
+    return list(zip(*refs))
+
+
+def assert_nonfinite_like(got, refs, name):
+    """Every element NaN, +Inf, -Inf or finite as in one of F.conv2d's ways (`refs`); the finite ones within the
+    usual bounds."""
+    got_class = value_class(got)
+    wrong = torch.stack([got_class != value_class(r) for r in refs]).all(0)
+    assert not wrong.any(), (f"{name}: {int(wrong.sum())} of {got.numel()} elements NaN/Inf/finite unlike F.conv2d "
+                             f"(NaN {int(got.isnan().sum())} vs {int(refs[0].isnan().sum())}, Inf "
+                             f"{int(got.isinf().sum())} vs {int(refs[0].isinf().sum())})")
+    finite = (got_class == 0) & (value_class(refs[0]) == 0)
+    if finite.any():
+        assert_close(got[finite], refs[0][finite], what=f"{name} (finite elements)")
+
+
+def check_nonfinite(x, weight, bias, stride, padding, dilation, grad_out,
+                    directions=("output", "grad input", "grad weight")):
+    with poisoned_allocations():
+        out = dw.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
+        grad_x = dw.dwconv2d_grad_input(grad_out, weight, x.shape, stride, padding, dilation)
+        grad_w = dw.dwconv2d_grad_weight(grad_out, x, weight.shape, stride, padding, dilation)
+    refs = nonfinite_references(x, weight, bias, stride, padding, dilation, grad_out)
+    for name, got, ref in zip(("output", "grad input", "grad weight"), (out, grad_x, grad_w), refs):
+        if name in directions:
+            assert_nonfinite_like(got, ref, name)
+
+
+def nonfinite_case(case, channels_last):
+    """A case's inputs and a grad_out, all finite."""
+    x, weight, bias, stride, padding, dilation = make(NONFINITE_CASES[case], torch.float32, channels_last)
+    ho, wo = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
+    grad_out = torch.randn(x.shape[0], weight.shape[0], ho, wo, device=DEVICE).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x, weight, bias, stride, padding, dilation, grad_out
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", NONFINITE_CASES)
+def test_nonfinite_inputs_stay_local(case, channels_last):
+    """NaN/Inf in x and in grad_out reach only the outputs that read them (the Toeplitz band's zeros must not
+    multiply them)."""
+    if channels_last and case.startswith("nchw-"):
+        pytest.skip("one channel: NCHW in either layout")
+    x, weight, bias, stride, padding, dilation, grad_out = nonfinite_case(case, channels_last)
+    check_nonfinite(spoil(x), weight, bias, stride, padding, dilation, spoil(grad_out))
+
+
+CL_GRAD_INPUT_INF_TAP = ("channels_last grad-input adds a zero times the tap for taps that reach no output "
+                         "(NaN for an Inf tap); skipping them (tl.where) spills 24 B in fp32 under triton 3.8")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", pytest.param(
+    "channels_last-grad-input", marks=pytest.mark.xfail(strict=True, reason=CL_GRAD_INPUT_INF_TAP))])
+@pytest.mark.parametrize("case", ["5x5", "stride2", "rect-7x3-m2"])
+def test_nonfinite_weight_tap(case, layout):
+    """A NaN or Inf filter tap: every output reading a pixel through it is NaN/Inf, the others stay as F.conv2d
+    has them."""
+    x, weight, bias, stride, padding, dilation, grad_out = nonfinite_case(case, layout != "nchw")
+    directions = {"nchw": ("output", "grad input", "grad weight"), "channels_last": ("output", "grad weight"),
+                  "channels_last-grad-input": ("grad input",)}[layout]
+    weight = spoil(weight, count=2)
+    weight[-1, 0, 0, -1] = -float("inf")  # and a corner tap, which some pixels never meet
+    check_nonfinite(x, weight, bias, stride, padding, dilation, grad_out, directions)
+
+
+@pytest.mark.skipif(not dw._INTERPRETED, reason="the GPU's tiles run on a GPU through the entry points")
+def test_nonfinite_gpu_tiles():
+    """The GPU's NCHW tiles (each autotune candidate, a split grad-weight reduction) keep NaN/Inf local too."""
+    x, weight, bias, stride, padding, dilation, grad_out = nonfinite_case("stride2", False)
+    x, grad_out = spoil(x), spoil(grad_out)
+    refs = nonfinite_references(x, weight, bias, stride, padding, dilation, grad_out)
+    y, forward = dw._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
+    gx, grad_input = dw._plan_grad_input(grad_out, weight, x.shape, stride, padding, dilation, gpu=True)
+    grad_weight, finish = dw._plan_grad_weight(grad_out, x, weight.shape, stride, padding, dilation, gpu=True,
+                                               splits=3)
+    assert grad_weight.out.shape[0] > 1, "the reduction should be split"
+    for name, launch, result, ref in zip(("output", "grad input", "grad weight"), (forward, grad_input, grad_weight),
+                                         (lambda: y, lambda: gx, finish), refs):
+        for config in launch.configs:
+            launch.out.fill_(float("nan"))
+            launch.run(config)
+            assert_nonfinite_like(result(), ref, f"{name} {config}")
