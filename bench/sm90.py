@@ -128,9 +128,28 @@ def compile_for_sm90(kernel, args, **meta):
 # ----------------------------------------------------------------------------------------------------------------
 # The CI gate (tests/test_sm90_compile.py): every Triton kernel of largeconv compiled for sm_90.
 
-# fp32 runs the tensor-core kernels in TF32 or IEEE (cuDNN's setting); the other dtypes have one mode.
+# fp32 runs the tensor-core kernels in TF32 where cuDNN's setting allows it ("fp32-tf32"), else at fp32's accuracy
+# ("fp32-ieee", named when every such dot was IEEE: now 3xTF32 in dwconv2d's NCHW forward and grad-input, IEEE
+# elsewhere); the other dtypes have one mode. launches() plans under the mode's setting, so the gate compiles what
+# runs.
 DTYPE_MODES = {"fp32-ieee": ("float32", "ieee"), "fp32-tf32": ("float32", "tf32"), "fp16": ("float16", None),
                "bf16": ("bfloat16", None), "fp64": ("float64", None)}
+
+
+@contextlib.contextmanager
+def cudnn_conv_tf32(allowed):
+    """cuDNN's convolution TF32 setting, which the kernels follow, set for the duration."""
+    import torch
+    conv = getattr(torch.backends.cudnn, "conv", None)  # the per-op API, where torch has it
+    owner, name = (conv, "fp32_precision") if conv is not None else (torch.backends.cudnn, "allow_tf32")
+    previous = getattr(owner, name)
+    setattr(owner, name, ("tf32" if allowed else "ieee") if conv is not None else allowed)
+    try:
+        yield
+    finally:
+        setattr(owner, name, previous)
+
+
 # Representative shapes, (N, C, H, W, (Kh, Kw), stride, multiplier): a RepLKNet-31B stage-3 layer, K13 at 7x7
 # after stride 2, SLaK's 51x5, a 3x3 with wide channels (channels_last BLOCK_C 64) and multiplier 2.
 DWCONV_SHAPES = {
@@ -228,23 +247,21 @@ def _dwconv1d_launches(shape, dtype):
 
 
 def launches(op, shape_name, dtype_mode, layout):
-    """{direction: Launch} of one op on one representative shape, planned with the GPU's tile configs; fp32's
-    dot precision set by the mode."""
+    """{direction: Launch} of one op on one representative shape, planned with the GPU's tile configs under the
+    mode's TF32 setting."""
     import torch
     dtype_name, precision = DTYPE_MODES[dtype_mode]
     dtype = getattr(torch, dtype_name)
     cl = layout == "channels_last"
-    if op == "dwconv2d":
-        planned = _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
-    elif op == "dwconv1d":
-        assert layout in OP_LAYOUTS[op], f"dwconv1d has no {layout} layout"
-        planned = _dwconv1d_launches(DWCONV1D_SHAPES[shape_name], dtype)
-    elif op == "involution2d_fused":
-        planned = _fused_involution_launches(FUSED_INVOLUTION_SHAPES[shape_name], dtype, cl)
-    else:
-        planned = _involution_launches(INVOLUTION_SHAPES[shape_name], dtype, cl)
-    return {d: l._replace(meta=dict(l.meta, PRECISION=precision)) if "PRECISION" in l.meta and precision else l
-            for d, l in planned.items()}
+    with cudnn_conv_tf32(precision == "tf32"):
+        if op == "dwconv2d":
+            return _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
+        if op == "dwconv1d":
+            assert layout in OP_LAYOUTS[op], f"dwconv1d has no {layout} layout"
+            return _dwconv1d_launches(DWCONV1D_SHAPES[shape_name], dtype)
+        if op == "involution2d_fused":
+            return _fused_involution_launches(FUSED_INVOLUTION_SHAPES[shape_name], dtype, cl)
+        return _involution_launches(INVOLUTION_SHAPES[shape_name], dtype, cl)
 
 
 def kernel_name(launch):
@@ -289,7 +306,7 @@ OP_LAYOUTS = {"dwconv2d": LAYOUTS, "involution2d": LAYOUTS, "involution2d_fused"
 
 def gate_cases():
     """(op, shape, dtype mode, layout, direction, config index) the gate compiles, chosen to fit ~2 minutes of
-    2 CPU cores per Triton version: every tile config in fp32 (IEEE) on the headline shape of each op (and in
+    2 CPU cores per Triton version: every tile config in fp32 (TF32 off) on the headline shape of each op (and in
     bf16 for dwconv, whose bf16 kernels take another tensor-core path),
     every dtype mode with each launch's first config there, and fp32/bf16 first configs on the other shapes.
     (The involution configs are the autotuner's candidates after pruning for the shape, what a GPU compiles;

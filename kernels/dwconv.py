@@ -6,12 +6,13 @@ channel o reads input channel o // m. Arithmetic accumulates in fp32 (fp64 for f
 NCHW (one (n, c) plane per program, a BLOCK_H x BLOCK_W tile of outputs):
   For each kernel row kh, the 1-D convolution of a strip of input rows with the filter row is a matrix product
   X[BLOCK_H, BLOCK_J] @ T[BLOCK_J, BLOCK_W] where T is the banded Toeplitz matrix of the filter row,
-  T[j, w] = weight[kh, kw] for j = w*sw + kw*dw. tl.dot runs it on tensor cores for fp16/bf16 (and TF32 when
-  torch.backends.cudnn.allow_tf32 allows it; otherwise fp32 uses IEEE precision). T is gathered from the filter row
-  with indices hoisted out of the kh loop. grad-input is the same product with the transposed band (a gather,
-  no atomics). grad-weight is the product gy-rows-shifted-by-kh [BLOCK_KH, q] @ x-columns-shifted-by-kw
-  [q, BLOCK_KW] reduced over q = (n, input row, output column). A tile whose product came out NaN or Inf is summed
-  again without tl.dot, whose zeros would spread a NaN/Inf operand (see "Non-finite values" below).
+  T[j, w] = weight[kh, kw] for j = w*sw + kw*dw. tl.dot runs it on tensor cores: fp16/bf16, and fp32 as TF32 when
+  torch.backends.cudnn.allow_tf32 allows it, else as 3xTF32 (about fp32's accuracy); fp64 in IEEE precision. T is
+  gathered from the filter row with indices hoisted out of the kh loop. grad-input is the same product with the
+  transposed band (a gather, no atomics). grad-weight is the product gy-rows-shifted-by-kh [BLOCK_KH, q] @
+  x-columns-shifted-by-kw [q, BLOCK_KW] reduced over q = (n, input row, output column), fp32 in IEEE precision
+  unless TF32 is allowed. A tile whose product came out NaN or Inf is summed again without tl.dot, whose zeros
+  would spread a NaN/Inf operand (see "Non-finite values" below).
 channels_last (a tile of BLOCK_P pixels x BLOCK_C channels, loads contiguous along C): direct loops over the taps
   (channels are independent, so there is no matrix product to form).
 
@@ -98,6 +99,16 @@ def _dot_precision(dtype):
     return "tf32"
 
 
+def _toeplitz_precision(dtype):
+    """The NCHW forward's and grad-input's: fp32 without TF32 as 3xTF32 (each operand split into two TF32 parts,
+    three tensor-core products: about fp32's accuracy), since IEEE fp32 dots run as FMA loops (17.5 ms, 4.7% of the
+    FMA roof, for RepLKNet-31B's K31 stage-1 forward on an H100). grad-weight stays IEEE: its tile spills 72-296 B
+    under 3xTF32 (sm_90). The interpreter computes every dot exactly, so only a GPU run checks 3xTF32's accuracy
+    (the GPU kit's smoke stage: fp32 with TF32 off, 1e-5)."""
+    precision = _dot_precision(dtype)
+    return "tf32x3" if dtype == torch.float32 and precision == "ieee" else precision
+
+
 def _cudnn_conv_allows_tf32():
     """torch.backends.cudnn.allow_tf32, read through the per-op API where torch has it (reading the legacy flag
     raises once the two APIs were mixed): the conv setting, else cuDNN's, else the global one; "none" defers."""
@@ -113,15 +124,24 @@ def _cudnn_conv_allows_tf32():
 # Tile configs. Each helper takes `gpu`: the GPU's choice (True) or the interpreter's (False); the kernels use the
 # one matching how they run. Tests run the GPU's under the interpreter too, and bench/sm90.py compiles them.
 
-def _toeplitz_configs(gpu=not _INTERPRETED, wide=False):
-    """The autotune candidates of the NCHW forward and grad-input kernels; `wide`: fp32/fp64 operands."""
+def _toeplitz_configs(gpu=not _INTERPRETED, wide=False, precision=None):
+    """The autotune candidates of the NCHW forward and grad-input kernels; `wide`: fp32/fp64 operands;
+    `precision`: their dots' (_toeplitz_precision)."""
     if not gpu:  # the interpreter would run every config; the smallest tiles also exercise the tile edges
         return [triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=1)]
     # BLOCK_W + (Kw - 1) close to BLOCK_J keeps the zeros of the band low: 32/64 suits Kw ~ 31, 16/32 Kw <= 17.
+    if precision == "tf32x3":
+        # 3xTF32 holds each operand twice (high and low part): the 8-warp 64x32x64 tile below reaches 255
+        # registers and spills 24-32 B under triton 3.8 (sm_90, bench/sm90.py); these two stay at 205-240
+        # registers without spills under 3.6 and 3.8. A K31 strip (BLOCK_W + 30 columns) is 2 chunks of 32.
+        return [
+            triton.Config({"BLOCK_H": 64, "BLOCK_W": 32, "BLOCK_J": 32}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_H": 64, "BLOCK_W": 16, "BLOCK_J": 32}, num_warps=4, num_stages=3),
+        ]
     if wide:
         # fp32 and fp64 dots hold twice the registers of fp16/bf16 ones: with 4 warps the 64x32 tile (and the
         # 128-row ones) sit at 255 registers and spill 8-376 B (sm_90, bench/sm90.py); the same tile on 8 warps
-        # uses 176-199 registers and does not spill, in fp32 (IEEE and TF32) and fp64.
+        # uses 164-199 registers and does not spill, in TF32 and fp64 (and IEEE fp32, which no longer runs here).
         return [
             triton.Config({"BLOCK_H": 64, "BLOCK_W": 32, "BLOCK_J": 64}, num_warps=8, num_stages=3),
             triton.Config({"BLOCK_H": 64, "BLOCK_W": 16, "BLOCK_J": 32}, num_warps=4, num_stages=3),
@@ -139,20 +159,26 @@ def _config_key(config):
 
 
 def _all_toeplitz_configs():
-    """Both lists, for the autotuner; _prune_toeplitz keeps the one matching the call's dtype."""
-    configs = _toeplitz_configs(wide=False)
-    keys = {_config_key(c) for c in configs}
-    return configs + [c for c in _toeplitz_configs(wide=True) if _config_key(c) not in keys]
+    """The three lists, for the autotuner; _prune_toeplitz keeps the one matching the call's dtype and precision."""
+    configs, keys = [], set()
+    for wide, precision in ((False, None), (True, None), (True, "tf32x3")):
+        for c in _toeplitz_configs(wide=wide, precision=precision):
+            if _config_key(c) not in keys:
+                configs.append(c)
+                keys.add(_config_key(c))
+    return configs
 
 
 def _prune_toeplitz(configs, named_args, **kwargs):
     wide = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size() >= 4
-    keep = {_config_key(c) for c in _toeplitz_configs(gpu=True, wide=wide)}  # only GPUs autotune among several
+    # only GPUs autotune among several
+    keep = {_config_key(c) for c in _toeplitz_configs(gpu=True, wide=wide, precision=kwargs.get("PRECISION"))}
     # the GPU run kit may have cut the autotuner's list to a few configs (bench/gpu_kit.py): then run those
     return [c for c in configs if _config_key(c) in keep] or configs
 
 
-_TOEPLITZ_KEY = ["Ho", "Wo", "H", "W", "Kh", "Kw", "sh", "sw", "dh", "dw"]
+# PRECISION too: cuDNN's TF32 setting may change between calls, and each precision has its own candidates
+_TOEPLITZ_KEY = ["Ho", "Wo", "H", "W", "Kh", "Kw", "sh", "sw", "dh", "dw", "PRECISION"]
 
 
 def _cl_config(channels, gpu=not _INTERPRETED):
@@ -564,8 +590,9 @@ def _plan_forward(x, weight, bias, stride, padding, dilation, gpu=not _INTERPRET
 
     def grid(meta):
         return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
+    precision = _toeplitz_precision(x.dtype)
     return y, Launch(_fwd_nchw_kernel, grid, (x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
-                     dict(meta, PRECISION=_dot_precision(x.dtype)), _toeplitz_configs(gpu, x.element_size() >= 4), y)
+                     dict(meta, PRECISION=precision), _toeplitz_configs(gpu, x.element_size() >= 4, precision), y)
 
 
 def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, gpu=not _INTERPRETED):
@@ -588,10 +615,10 @@ def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, g
 
     def grid(meta):
         return (N * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
+    precision = _toeplitz_precision(gx.dtype)
     return gx, Launch(_grad_input_nchw_kernel, grid,
                       (grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
-                      dict(meta, PRECISION=_dot_precision(gx.dtype)), _toeplitz_configs(gpu, gx.element_size() >= 4),
-                      gx)
+                      dict(meta, PRECISION=precision), _toeplitz_configs(gpu, gx.element_size() >= 4, precision), gx)
 
 
 def _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gpu=not _INTERPRETED, splits=None):

@@ -132,10 +132,36 @@ def test_unsupported_reason():
 
 
 def test_tf32_follows_cudnn_setting(monkeypatch):
+    """fp32 without TF32: IEEE dots, 3xTF32 in the NCHW forward and grad-input (the interpreter computes every dot
+    exactly, so the fp32 tests here cannot check 3xTF32's accuracy: the GPU kit's smoke stage does, at 1e-5)."""
     assert dw._dot_precision(torch.float32) == "ieee"
+    assert dw._toeplitz_precision(torch.float32) == "tf32x3"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert dw._dot_precision(torch.float32) == "tf32"
-    assert dw._dot_precision(torch.float64) == "ieee"
+    assert dw._dot_precision(torch.float32) == dw._toeplitz_precision(torch.float32) == "tf32"
+    assert dw._dot_precision(torch.float64) == dw._toeplitz_precision(torch.float64) == "ieee"
+    x, weight, bias, stride, padding, dilation = make("3x3", torch.float32, False)
+    for tf32, precision in ((True, "tf32"), (False, "tf32x3")):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        _, launch = dw._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
+        assert launch.meta["PRECISION"] == precision
+        assert launch.configs == dw._toeplitz_configs(gpu=True, wide=True, precision=precision)
+
+
+def test_toeplitz_configs_follow_the_precision():
+    """3xTF32 gets its own (non-spilling) tiles: the autotuner prunes by PRECISION as well as by element size, and
+    never to nothing (a list the GPU kit cut to other configs still runs)."""
+    key = dw._config_key
+    tf32x3 = dw._toeplitz_configs(gpu=True, wide=True, precision="tf32x3")
+    wide = dw._toeplitz_configs(gpu=True, wide=True, precision="tf32")
+    assert {key(c) for c in tf32x3} != {key(c) for c in wide}
+    every = wide + dw._toeplitz_configs(gpu=True, wide=False) + tf32x3
+    args = {"x_ptr": torch.empty(1, dtype=torch.float32)}
+    for precision, expected in (("tf32x3", tf32x3), ("tf32", wide), ("ieee", wide)):
+        kept = dw._prune_toeplitz(every, args, PRECISION=precision)
+        assert {key(c) for c in kept} == {key(c) for c in expected}, precision
+    others = [c for c in wide if key(c) not in {key(t) for t in tf32x3}]
+    assert dw._prune_toeplitz(others, args, PRECISION="tf32x3") == others
+    assert "PRECISION" in dw._TOEPLITZ_KEY  # the autotuner's choice per precision (cuDNN's setting may change)
 
 
 # Non-finite values. (N, C, multiplier, H, W, (Kh, Kw), stride, padding, dilation, bias); symmetric padding, so that

@@ -88,3 +88,13 @@ def test_every_kernel_compiles_for_sm90(version, tmp_path):
             seen = {s["config_index"] for s in records if all(s[k] == r[k] for k in
                                                               ("op", "shape", "dtype", "layout", "direction"))}
             assert seen == set(range(r["configs"])), f"not every config of {r['kernel']} {r['layout']} compiled"
+
+
+def test_gate_plans_the_precision_that_runs():
+    """The gate compiles fp32 as it runs: with TF32 off ("fp32-ieee") 3xTF32 in dwconv2d's NCHW Toeplitz dots and
+    IEEE in grad-weight's; with TF32 allowed, TF32."""
+    shape = next(iter(sm90.DWCONV_SHAPES))
+    for mode, expected in (("fp32-ieee", {"forward": "tf32x3", "grad-input": "tf32x3", "grad-weight": "ieee"}),
+                           ("fp32-tf32", dict.fromkeys(("forward", "grad-input", "grad-weight"), "tf32"))):
+        planned = sm90.launches("dwconv2d", shape, mode, "nchw")
+        assert {d: launch.meta["PRECISION"] for d, launch in planned.items()} == expected, mode
