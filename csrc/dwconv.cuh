@@ -470,9 +470,13 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
       for (int r = 0; r < kRB; ++r) acc[r] = 0.f;
       for (int u = set; u < units; u += t.sets) {
         const int i = u / chunks, jb = (u % chunks) * kCols;
+        // Outputs past grad_out's edge are staged as g = 0, but 0 times an Inf of x is NaN, which F.conv2d never
+        // adds: skip them (whole rows and chunks here; the last chunk of a row takes the scalar path below).
+        const int64_t cols = p.wo - (j0 + jb);
+        if (i0 + i >= p.ho || cols <= 0) continue;
         const float* xr = xb + i * p.sh * t.rs;
         const float* gr = gb + i * t.tw + jb;
-        if constexpr (kUnit) {  // 16-byte aligned: rs, ps multiples of 4; tw, jb, kg * kRB multiples of 8
+        if (kUnit && cols >= kCols) {  // 16-byte aligned: rs, ps multiples of 4; tw, jb, kg * kRB multiples of 8
           float xv[kCols + kRB];  // the last value only pads the 16-byte loads
 #pragma unroll
           for (int q = 0; q < (kCols + kRB) / 4; ++q) {
@@ -492,6 +496,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
         } else {
 #pragma unroll
           for (int uu = 0; uu < kCols; ++uu) {
+            if (uu >= cols) break;
             const float gv = gr[uu];
             const float* xc = xr + (jb + uu) * p.sw;
 #pragma unroll

@@ -51,6 +51,18 @@ void fill_random(Buffer<T>& b, std::vector<double>& vals) {
   }
 }
 
+// Non-finite cases: a NaN at 1/3 of b and an Inf of `sign` at 2/3; NaN/Inf must stay in the outputs that read them
+// (F.conv2d's rule), which compare() checks by class.
+template <typename T>
+void plant_non_finite(Buffer<T>& b, std::vector<double>& vals, double sign) {
+  const double planted[2] = {NAN, sign * INFINITY};
+  for (int i = 0; i < 2; ++i) {
+    const size_t at = b.n * (i + 1) / 3;
+    b.p[at] = from_float<T>(static_cast<float>(planted[i]));
+    vals[at] = planted[i];
+  }
+}
+
 template <typename T>
 void poison(Buffer<T>& b) {
   for (size_t i = 0; i < b.n; ++i) b.p[i] = from_float<T>(NAN);
@@ -70,16 +82,20 @@ double subnormal_spacing() {  // fp16's subnormals are coarse (2^-24); bf16 and 
 
 // out vs ref element by element: |out - ref| <= 1e-5 * sum|terms| + 1.01 * roundoff(T) * |ref| + half a
 // subnormal step (+ tiny): fp32 accumulation, then one rounding to T.
+// A non-finite reference element must be matched exactly (NaN by NaN, Inf by the same Inf); `alt`, where given, is a
+// second reference the element may match instead (below: padding's zeros multiplied, as F.conv2d does on CPU).
 template <typename T>
 bool compare(const char* what, const Buffer<T>& out, const std::vector<double>& ref, const std::vector<double>& mag,
-             std::string* msg) {
+             std::string* msg, const std::vector<double>* alt = nullptr) {
   size_t bad = 0, first_bad = 0;
   for (size_t i = 0; i < out.n; ++i) {
     const double v = to_float(out.p[i]);
     const double tol =
         1e-5 * mag[i] + 1.01 * unit_roundoff<T>() * std::fabs(ref[i]) + 0.51 * subnormal_spacing<T>() + 1e-30;
-    const double err = std::fabs(v - ref[i]);
-    if (!(err <= tol)) {  // NaN fails too
+    auto matches = [&](double want) {
+      return std::isfinite(want) ? std::fabs(v - want) <= tol : std::isnan(want) ? std::isnan(v) : v == want;
+    };
+    if (!matches(ref[i]) && !(alt && matches((*alt)[i]))) {  // a NaN where a finite value is due fails too
       if (!bad) first_bad = i;
       ++bad;
     }
@@ -103,6 +119,7 @@ const char* dtype_name(DType d) { return d == DType::kFloat32 ? "f32" : d == DTy
 struct DwCase {
   int n, c, h, w, mult, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr;
   bool roomy_only = false;  // big kernels: the fallback's one block per tap is slow to emulate
+  bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
 };
 
 template <typename T>
@@ -120,8 +137,14 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
   fill_random(wt, wv);
   fill_random(bias, bv);
   fill_random(g, gv);
+  if (k.non_finite) {
+    plant_non_finite(x, xv, 1.0);
+    plant_non_finite(g, gv, -1.0);
+  }
 
+  // dw_padded: the weight gradient with padding's zeros multiplied in (0 * Inf = NaN), F.conv2d's way on CPU
   std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
+  std::vector<double> dw_padded(wt.n, 0);
   for (int64_t n = 0; n < a.n; ++n)
     for (int64_t o = 0; o < a.co; ++o)
       for (int64_t i = 0; i < a.ho; ++i)
@@ -132,8 +155,11 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
           for (int ka = 0; ka < k.kh; ++ka)
             for (int kb = 0; kb < k.kw; ++kb) {
               const int64_t hh = i * k.sh + ka * k.dh - k.pt, ww = j * k.sw + kb * k.dw - k.pl;
-              if (hh < 0 || hh >= a.h || ww < 0 || ww >= a.w) continue;
-              const size_t xi = idx4(cl, n, o / k.mult, hh, ww, a.c, a.h, a.w), wi = o * taps + ka * k.kw + kb;
+              const size_t wi = o * taps + ka * k.kw + kb;
+              const bool inside = hh >= 0 && hh < a.h && ww >= 0 && ww < a.w;
+              const size_t xi = inside ? idx4(cl, n, o / k.mult, hh, ww, a.c, a.h, a.w) : 0;
+              dw_padded[wi] += gv[yi] * (inside ? xv[xi] : 0.0);
+              if (!inside) continue;
               y[yi] += wv[wi] * xv[xi];
               ymag[yi] += std::fabs(wv[wi] * xv[xi]);
               dx[xi] += gv[yi] * wv[wi];
@@ -172,7 +198,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
     f.workspace = bytes ? ws.p : nullptr;
     dw::run_grad_weight<T>(launch, f, lim);
     // Weight-gradient sums are long: allow for fp32 accumulation over all of N*Ho*Wo.
-    ok &= compare("grad_weight", out, dwr, dwmag, msg);
+    ok &= compare("grad_weight", out, dwr, dwmag, msg, &dw_padded);
   }
   return ok;
 }
@@ -180,6 +206,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
 // ---- depthwise conv 1-D ----------------------------------------------------------------------------------------
 struct Dw1Case {
   int n, c, l, mult, k, s, d, pl, pr;
+  bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
 };
 
 template <typename T>
@@ -194,8 +221,13 @@ bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
   fill_random(wt, wv);
   fill_random(bias, bv);
   fill_random(g, gv);
+  if (k.non_finite) {
+    plant_non_finite(x, xv, 1.0);
+    plant_non_finite(g, gv, -1.0);
+  }
 
   std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
+  std::vector<double> dw_padded(wt.n, 0);  // as in run_dw
   for (int64_t n = 0; n < a.n; ++n)
     for (int64_t o = 0; o < a.co; ++o)
       for (int64_t j = 0; j < a.lo; ++j) {
@@ -204,8 +236,11 @@ bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
         ymag[yi] = std::fabs(bv[o]);
         for (int t = 0; t < k.k; ++t) {
           const int64_t pos = j * k.s + t * k.d - k.pl;
-          if (pos < 0 || pos >= a.l) continue;
-          const size_t xi = (n * a.c + o / k.mult) * a.l + pos, wi = o * k.k + t;
+          const size_t wi = o * k.k + t;
+          const bool inside = pos >= 0 && pos < a.l;
+          const size_t xi = inside ? (n * a.c + o / k.mult) * a.l + pos : 0;
+          dw_padded[wi] += gv[yi] * (inside ? xv[xi] : 0.0);
+          if (!inside) continue;
           y[yi] += wv[wi] * xv[xi];
           ymag[yi] += std::fabs(wv[wi] * xv[xi]);
           dx[xi] += gv[yi] * wv[wi];
@@ -243,7 +278,7 @@ bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
     poison(ws);
     f.workspace = bytes ? ws.p : nullptr;
     dw1d::run_grad_weight<T>(launch, f, lim);
-    ok &= compare("grad_weight", out, dwr, dwmag, msg);
+    ok &= compare("grad_weight", out, dwr, dwmag, msg, &dw_padded);
   }
   return ok;
 }
@@ -366,6 +401,9 @@ int main(int argc, char** argv) {
       {1, 1, 9, 10, 1, 63, 63, 1, 1, 1, 1, 31, 31, 31, 31, true},  // 63x63
       {1, 2, 10, 10, 1, 3, 5, 3, 1, 3, 1, 3, 2, 4, 4},       // stride 3 rows, dilation 3 rows, unit columns
       {1, 5, 6, 7, 3, 2, 3, 1, 2, 1, 2, 0, 1, 1, 1},         // multiplier 3, stride 2 columns
+      {1, 3, 12, 10, 1, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3, false, true},     // NaN / Inf in x and grad_out
+      {2, 3, 13, 15, 2, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, false, true},     // the same, stride 2, multiplier 2
+      {1, 2, 16, 20, 1, 31, 31, 1, 1, 1, 1, 15, 15, 15, 15, true, true},  // the same, 31x31
   };
   //                   b  c   h   w  G  k  s  p  d
   const InvCase inv_cases[] = {
@@ -405,6 +443,8 @@ int main(int argc, char** argv) {
       {1, 2, 9, 1, 3, 1, 1, 5, 6},         // padding beyond the kernel's reach
       {1, 2, 40, 1, 31, 2, 2, 31, 30},     // stride 2, dilation 2: every tap phase of the gather
       {1, 2, 33, 2, 33, 1, 1, 16, 16},     // K=33: a full 32-tap step, then one tap
+      {2, 3, 100, 1, 31, 1, 1, 15, 15, true},  // NaN / Inf in x and grad_out
+      {1, 3, 61, 2, 15, 2, 2, 7, 13, true},    // the same, stride 2, dilation 2, multiplier 2
   };
   const Lim limits1d[] = {{"roomy", roomy}, {"small", {1024, 1}}, {"naive", {0, 1}}};
 
@@ -415,8 +455,8 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < sizeof(dw1_cases) / sizeof(dw1_cases[0]); ++i) {
         const Dw1Case& k = dw1_cases[i];
         char name[256];
-        std::snprintf(name, sizeof name, "dwconv1d[%zu] %s %s n%d c%d l%d m%d k%d s%d d%d p%d,%d", i, l.name,
-                      dtype_name(d), k.n, k.c, k.l, k.mult, k.k, k.s, k.d, k.pl, k.pr);
+        std::snprintf(name, sizeof name, "dwconv1d[%zu] %s %s n%d c%d l%d m%d k%d s%d d%d p%d,%d%s", i, l.name,
+                      dtype_name(d), k.n, k.c, k.l, k.mult, k.k, k.s, k.d, k.pl, k.pr, k.non_finite ? " nan/inf" : "");
         if (!std::strstr(name, filter)) continue;
         std::string msg;
         const auto start = std::chrono::steady_clock::now();
@@ -437,9 +477,9 @@ int main(int argc, char** argv) {
           const DwCase& k = dw_cases[i];
           if (k.roomy_only && std::strcmp(l.name, "roomy") != 0) continue;
           char name[256];
-          std::snprintf(name, sizeof name, "dwconv[%zu] %s %s %s n%d c%d %dx%d m%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d",
+          std::snprintf(name, sizeof name, "dwconv[%zu] %s %s %s n%d c%d %dx%d m%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d%s",
                         i, l.name, dtype_name(d), cl ? "NHWC" : "NCHW", k.n, k.c, k.h, k.w, k.mult, k.kh, k.kw, k.sh,
-                        k.sw, k.dh, k.dw, k.pt, k.pb, k.pl, k.pr);
+                        k.sw, k.dh, k.dw, k.pt, k.pb, k.pl, k.pr, k.non_finite ? " nan/inf" : "");
           if (!std::strstr(name, filter)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
