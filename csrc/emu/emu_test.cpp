@@ -286,6 +286,7 @@ bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
 // ---- involution --------------------------------------------------------------------------------------------
 struct InvCase {
   int b, c, h, w, groups, k, s, p, d;
+  bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
 };
 
 template <typename T>
@@ -301,8 +302,13 @@ bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* ms
   fill_random(x, xv);
   fill_random(wt, wv);
   fill_random(g, gv);
+  if (q.non_finite) {
+    plant_non_finite(x, xv, 1.0);
+    plant_non_finite(g, gv, -1.0);
+  }
 
   std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
+  std::vector<double> dw_padded(wt.n, 0);  // as in run_dw
   for (int64_t b = 0; b < a.b; ++b)
     for (int64_t c = 0; c < a.c; ++c)
       for (int64_t i = 0; i < a.ho; ++i)
@@ -311,9 +317,11 @@ bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* ms
           for (int kh = 0; kh < q.k; ++kh)
             for (int kw = 0; kw < q.k; ++kw) {
               const int64_t hh = i * q.s + kh * q.d - q.p, ww = j * q.s + kw * q.d - q.p;
-              if (hh < 0 || hh >= a.h || ww < 0 || ww >= a.w) continue;
-              const size_t xi = idx4(cl, b, c, hh, ww, a.c, a.h, a.w);
               const size_t wi = idx4(cl, b, (c / cg) * kk + kh * q.k + kw, i, j, wc, a.ho, a.wo);
+              const bool inside = hh >= 0 && hh < a.h && ww >= 0 && ww < a.w;
+              const size_t xi = inside ? idx4(cl, b, c, hh, ww, a.c, a.h, a.w) : 0;
+              dw_padded[wi] += gv[yi] * (inside ? xv[xi] : 0.0);
+              if (!inside) continue;
               y[yi] += wv[wi] * xv[xi];
               ymag[yi] += std::fabs(wv[wi] * xv[xi]);
               dx[xi] += gv[yi] * wv[wi];
@@ -351,7 +359,7 @@ bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* ms
     poison(ws);
     f.workspace = bytes ? ws.p : nullptr;
     inv::run_grad_weight<T>(launch, f, lim);
-    ok &= compare("grad_weight", out, dwr, dwmag, msg);
+    ok &= compare("grad_weight", out, dwr, dwmag, msg, &dw_padded);
   }
   return ok;
 }
@@ -418,6 +426,8 @@ int main(int argc, char** argv) {
       {1, 3, 6, 7, 3, 3, 1, 1, 1},      // one channel per group
       {1, 16, 5, 100, 1, 3, 1, 1, 1},   // wide map: several column tiles
       {1, 34, 9, 8, 1, 3, 2, 1, 1},     // three chunks, stride 2
+      {1, 32, 12, 11, 2, 7, 1, 3, 1, true},  // NaN / Inf in x and grad_out
+      {2, 16, 13, 11, 1, 7, 2, 3, 1, true},  // the same, stride 2
   };
 
   // 1-D: K = 3, 7, 15, 31 have compile-time kernels, the others the run-time-K one; stride / dilation != 1 the
@@ -492,8 +502,9 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < sizeof(inv_cases) / sizeof(inv_cases[0]); ++i) {
           const InvCase& q = inv_cases[i];
           char name[256];
-          std::snprintf(name, sizeof name, "involution[%zu] %s %s %s b%d c%d %dx%d G%d k%d s%d p%d d%d", i, l.name,
-                        dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d);
+          std::snprintf(name, sizeof name, "involution[%zu] %s %s %s b%d c%d %dx%d G%d k%d s%d p%d d%d%s", i, l.name,
+                        dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d,
+                        q.non_finite ? " nan/inf" : "");
           if (!std::strstr(name, filter)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
