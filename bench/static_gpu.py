@@ -2,23 +2,52 @@
 (bench/sm90.py), its registers, spills, shared memory, occupancy and inner-loop instruction mix from the SASS; the
 CUDA C++ kernels' resource usage from nvcc; and a predicted time per headline case from the model below.
 
-    .venv/bin/python bench/static_gpu.py        # writes bench/results/static-sm90/report.md and predicted.csv
+    .venv-triton36/bin/python bench/static_gpu.py   # writes bench/results/static-sm90/report.md and predicted.csv
+    .venv/bin/python bench/static_gpu.py --compare bench/results/h100/results.csv   # a GPU run vs predicted.csv
+
+Run it under the Triton version the GPU runs (3.6.0 on the H100 box, .venv-triton36): versions lay out the same
+load differently (the NCHW involution loads: coalesced under 3.8.0, 16 lines per warp load under 3.6.0).
 
 Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction per clock each, 1.98 GHz boost,
 3.35 TB/s DRAM, tensor cores 494.7 TFLOP/s TF32 and 989.4 bf16, dense):
+- dtypes: fp32 as the GPU kit times it, with cuDNN's TF32 off (the NCHW dwconv dots then run as the kernels choose:
+  IEEE, which Triton lowers to FFMA from shared memory, or 3xTF32, three tensor-core products per dot); tf32
+  (PyTorch's default for convolutions) for the kernels with a dot; bf16. Planned under that setting, as they run.
 - executed MACs: what the kernel's tiles compute, padding lanes and the zeros of the Toeplitz band included
   (formulas in `executed_macs`).
-- issue time = executed MACs x (warp instructions per MAC in the hot loop, from the SASS) / (132 x 4 x clock),
+- passes of the hot loop (per warp): executed MACs / the MACs of the tile's dot x warps for the NCHW dwconv kernels
+  (one dot per pass), else executed MACs / the multiply-adds of one pass in the SASS.
+- issue time = passes x warp instructions of the hot loop (from the SASS) / (132 x 4 x clock),
   divided by the occupancy efficiency min(1, resident warps per scheduler / 4) (fewer warps cannot hide the
   load latency) and by the wave efficiency (last partial wave of programs). Instructions outside the hot loop
   are ignored (prologue, epilogue, the torch sum of grad-weight's partial sums).
-- tensor time = 2 x executed MACs / tensor-core peak (HGMMA kernels only).
+- L1 time = passes of the hot loop x its wavefronts / (132 x clock), divided by the wave efficiency: the L1/shared
+  data pipe of an SM moves one 128-byte wavefront per clock. A global load instruction costs the 128-byte lines
+  its warp touches (coalescing: the kernel's own addresses, from one program run by Triton's interpreter, read
+  with the thread layout Triton chose, from its GPU IR); a shared load 32 lanes x its width / 128 bytes, times the
+  bank conflicts of an FMA dot's operand reads (the most distinct words one bank serves, from the shared and
+  register layouts); an LDSM 4.
+- tensor time = 2 x executed MACs x products per dot (3 for tf32x3) / tensor-core peak (HGMMA/HMMA kernels).
 - memory time = minimum bytes (bench/counts.py conventions: every tensor read or written once) / 3.35 TB/s; L2 is
   assumed to serve the re-reads of halos and of x per kernel row.
-- predicted = max(issue, tensor, memory) + 4 us launch; bound = memory when the memory time is the largest,
-  else compute. floor = max(useful FLOPs / the peak of the unit the kernel runs on, minimum bytes / bandwidth).
+- predicted = max(issue, L1, tensor, memory) + 4 us launch; bound = the largest (compute: issue or tensor).
+  floor = max(useful FLOPs / the peak of the unit the kernel runs on, minimum bytes / bandwidth).
 - grad-weight's programs: its tiles times the reduction splits the kernel picks on 132 SMs.
 - the autotuned kernels: the candidate with the smallest predicted time (what autotuning should find).
+
+Changed after the first H100 run (2026-11-27; bench/results/h100/measured_vs_predicted.md has every row before and
+after), where the model was off by more than 2x:
+(1) fp32 was compiled with TF32, but the kit times fp32 with TF32 off: the NCHW dwconv dots then run on FFMA, and
+    RepLKNet-31B s1 fp32 was predicted 5-7x too fast (forward 2.49 ms, measured 17.5; now 9.24).
+(2) the L1 time. Under triton 3.6.0 a warp of the NCHW involution loads spans 16 channels x 2 pixels (the GPU IR's
+    layout: threadsPerWarp [16, 2], order [0, 1]; 3.8.0 lays it along the pixels), so each load touches 16 lines,
+    at one 128-byte wavefront per clock. RedNet-50 s1 was predicted 6-12x too fast (forward 0.107 ms,
+    measured 1.29; now 1.33), and bf16 takes as long as fp32 (the same lines). The FMA dot's operand reads add the
+    bank conflicts of its unswizzled, K-contiguous B tile (16 lanes on one bank group).
+(3) an HFMA2 of -RZ and RZ (ptxas's move of a constant) counted 64 multiply-adds; it counts none.
+(4) the kernels measured ran IEEE fp32 dots; since 6db7e3f the NCHW forward and grad-input run them as 3xTF32,
+    whose SASS computes a dot in 3 or more tensor-core products: the passes of the dot kernels now come from the
+    tile's dot, not from the loop's multiply-adds, and the tensor time counts the 3 products.
 """
 from __future__ import annotations
 
@@ -33,6 +62,8 @@ import sys
 import time
 from collections import Counter
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -45,12 +76,17 @@ CLOCK = 1.98e9
 ISSUE_PER_SM = 4
 BANDWIDTH = 3.35e12
 FFMA_PEAK = 66.9e12
-TENSOR_PEAK = {"fp32": 494.7e12, "bf16": 989.4e12}  # fp32 = TF32 (the default: cuDNN's allow_tf32 is True)
+TENSOR_PEAK = {"float32": 494.7e12, "bfloat16": 989.4e12}  # by operand dtype: fp32 operands run as TF32
+PRODUCTS = {"tf32x3": 3}  # tensor-core products per dot, by its input precision (1 otherwise)
+L1_LINE = 128  # bytes: the L1/shared data pipe moves one 128-byte wavefront per clock per SM
 LAUNCH_S = 4e-6
 HEADLINE = [c for c in suites.replknet31b() if c.name.endswith(("s1", "s2", "s3", "s4"))] + \
     [c for c in suites.slak() if c.name == "slak-s1-51x5"] + \
     [c for c in suites.rednet50() if c.name in ("rednet50-s1", "rednet50-s2", "rednet50-s2-stride2")]
-DTYPES = {"fp32": "fp32-tf32", "bf16": "bf16"}
+CASES = {c.name: c for c in HEADLINE}
+# fp32 is what the GPU kit times (TF32 off: tl.dot in IEEE precision, which Triton lowers to FFMA, no tensor cores);
+# tf32 (PyTorch's default for convolutions) only for the launches with a dot, the others being the fp32 ones.
+DTYPES = {"fp32": "fp32-ieee", "tf32": "fp32-tf32", "bf16": "bf16"}
 DIRECTIONS = ("forward", "grad-input", "grad-weight")
 OUT = os.path.join(ROOT, "bench", "results", "static-sm90")
 
@@ -67,13 +103,14 @@ def parse_sass(text):
     return out
 
 
-def mac_per_instruction(op):
-    """Multiply-adds one warp's issue of the instruction performs."""
+def mac_per_instruction(op, args=""):
+    """Multiply-adds one warp's issue of the instruction performs (an HFMA2 of -RZ and RZ is ptxas's way to
+    move a constant into a register: none)."""
     name = op.split(".")[0]
     if name in ("FFMA", "DFMA"):
         return 32
     if name == "HFMA2":
-        return 64
+        return 0 if re.match(r"\s*\w+, -?RZ, -?RZ,", args) else 64
     if name == "HMMA":
         m, n, k = (int(v) for v in re.match(r"HMMA\.(\d\d)(\d)(\d+)", op).groups())
         return m * n * k
@@ -115,7 +152,7 @@ def hot_loop(instructions):
     best, best_macs = None, 0
     for lo, hi in inner:
         body = [i for i in instructions if lo <= i[0] <= hi]
-        macs = sum(mac_per_instruction(op) for _, op, _ in body)
+        macs = sum(mac_per_instruction(op, args) for _, op, args in body)
         if macs > best_macs:
             best, best_macs = body, macs
     return best if best is not None else instructions
@@ -124,8 +161,201 @@ def hot_loop(instructions):
 def loop_mix(text):
     body = hot_loop(parse_sass(text))
     mix = Counter(classify(op) for _, op, _ in body)
-    macs = sum(mac_per_instruction(op) for _, op, _ in body)
+    macs = sum(mac_per_instruction(op, args) for _, op, args in body)
     return dict(instructions=len(body), macs=macs, mix=mix)
+
+
+def l1_wavefronts(mix, lines_per_access, bank_conflicts):
+    """128-byte wavefronts of the L1/shared data pipe per pass of the hot loop, per warp: a global load (LDG,
+    LDGSTS) touches `lines_per_access` lines (coalescing, from the address probe), a shared load moves 32 lanes x its
+    width times `bank_conflicts` (modelled for the operands of FMA dots only), a shared store 32 lanes x its width,
+    an LDSM four wavefronts."""
+    total = 0.0
+    for name, count in mix.items():
+        kind, _, bits = name.partition(".")
+        if kind in ("LDG", "LDGSTS"):
+            total += count * lines_per_access
+        elif kind in ("LDS", "STS"):
+            total += count * max(1.0, 32 * int(bits) / 8 / L1_LINE) * (bank_conflicts if kind == "LDS" else 1.0)
+        elif kind == "LDSM":
+            total += count * 4
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# coalescing: the 128-byte lines a warp's global load touches, from the kernel's own addresses and Triton's layout
+
+
+def probe_loads(case_name, mode, layout, direction, config_index, limit=64):
+    """The first `limit` global loads of the middle program of one planned launch, run by Triton's interpreter
+    (call this in a process started with TRITON_INTERPRET=1): [(file name, line, addresses, mask)], numpy arrays of
+    the loaded block's shape; an address is the tensor's rank among the launch's tensors << 48 + the byte offset."""
+    from triton.runtime import interpreter
+    launch = plan(CASES[case_name], mode, layout)[direction]
+    tensors = [a for a in launch.args if isinstance(a, torch.Tensor)]
+    for t in tensors:
+        t.zero_()  # finite data: the kernels' path for non-finite tiles (a redo) would change the loads
+    # addresses as (tensor, offset from its start): a GPU allocation starts on a line, a CPU one need not
+    starts = np.array(sorted(t.data_ptr() for t in tensors), dtype=np.int64)
+    builder, records = interpreter.interpreter_builder, []
+    triton_dir = os.path.dirname(triton.__file__)
+    masked_load = interpreter.InterpreterBuilder.create_masked_load
+
+    class Enough(Exception):
+        pass
+
+    def recording_load(self, ptrs, mask, *args):
+        frame = sys._getframe(1)
+        while frame.f_code.co_filename.startswith(triton_dir):  # up to the kernel's line
+            frame = frame.f_back
+        addresses = ptrs.data.astype(np.int64)
+        tensor = np.maximum(np.searchsorted(starts, addresses, side="right") - 1, 0)  # masked lanes may be outside
+        records.append((os.path.basename(frame.f_code.co_filename), frame.f_lineno,
+                        (tensor << 48) + addresses - starts[tensor], mask.data.copy()))
+        if len(records) >= limit:
+            raise Enough
+        return masked_load(self, ptrs, mask, *args)
+
+    interpreter.InterpreterBuilder.create_masked_load = recording_load
+    builder.set_grid_idx = lambda *_: setattr(builder, "grid_idx", tuple(n // 2 for n in builder.grid_dim))
+    try:
+        launch.run(launch.configs[config_index])  # the middle program, again and again until `limit` loads
+    except Exception:  # Enough, wrapped by the interpreter
+        if len(records) < limit:
+            raise
+    finally:
+        interpreter.InterpreterBuilder.create_masked_load = masked_load
+        del builder.set_grid_idx
+    return records
+
+
+BLOCKED = re.compile(r"^(#\w+) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\], threadsPerWarp = \[([\d, ]+)\], "
+                     r"warpsPerCTA = \[([\d, ]+)\], order = \[([\d, ]+)\]", re.M)
+
+
+def blocked_layouts(ttgir):
+    """{name: (sizePerThread, threadsPerWarp, warpsPerCTA, order)} of the blocked layouts of Triton's GPU IR."""
+    return {m.group(1): tuple([int(v) for v in g.split(",")] for g in m.groups()[1:])
+            for m in BLOCKED.finditer(ttgir)}
+
+
+def global_load_layouts(ttgir):
+    """{(file name, line): (block shape, blocked layout (sizePerThread, threadsPerWarp, warpsPerCTA, order))} of the
+    global loads (tt.load, cp.async) in Triton's GPU IR; a slice layout as its parent with the sliced dim of size 1."""
+    blocked = blocked_layouts(ttgir)
+    locs = dict(re.findall(r"^(#loc\d*) = loc\((.*)\)$", ttgir, re.M))
+
+    def source(loc):  # a loc, or the first one it refers to (a name, an inlined call), down to "file":line
+        m = re.match(r'"([^"]+)":(\d+)', locs.get(loc, ""))
+        if m:  # the file's name: Triton's cache may hold the IR of the same source compiled from another path
+            return os.path.basename(m.group(1)), int(m.group(2))
+        ref = re.search(r"#loc\d*", locs.get(loc, ""))
+        return source(ref.group(0)) if ref else None
+
+    out = {}
+    for m in re.finditer(r"(?:tt\.load|ttg\.async_copy_global_to_local) [^\n]*?: tensor<((?:\d+x)+)!tt\.ptr<\w+>, "
+                         r"(?:#ttg\.slice<\{dim = (\d+), parent = (#\w+)\}>|(#\w+))>[^\n]*loc\((#loc\d*)\)", ttgir):
+        shape = [int(v) for v in m.group(1).rstrip("x").split("x")]
+        if m.group(2) is not None:
+            shape.insert(int(m.group(2)), 1)
+        layout = blocked.get(m.group(3) or m.group(4))
+        where = source(m.group(5))
+        if layout and where and len(shape) == len(layout[0]):
+            out.setdefault(where, (shape, layout))
+    return out
+
+
+def warp_accesses(shape, layout, num_warps):
+    """Flat element index [instructions, 32 lanes] of a blocked layout: an instruction is one register of each lane
+    of one warp (elements wrap around a dim smaller than the layout's tile, as in Triton)."""
+    spt, tpw, wpc, order = layout
+    rank = len(shape)
+
+    def split(ids, sizes):  # thread or warp id -> index along each dim, the dims taken fastest first (`order`)
+        out = [None] * rank
+        for d in order:
+            out[d], ids = ids % sizes[d], ids // sizes[d]
+        return out
+    lane, warp = split(np.arange(32), tpw), split(np.arange(num_warps), wpc)
+    regs = [min(spt[d], shape[d]) * max(1, shape[d] // (spt[d] * tpw[d] * wpc[d])) for d in range(rank)]
+    reg = np.indices(regs).reshape(rank, -1)
+    flat = 0
+    for d in range(rank):
+        tile = spt[d] * tpw[d] * wpc[d]
+        coord = (reg[d] // spt[d] * tile)[None, :, None] + (warp[d] * spt[d] * tpw[d])[:, None, None] + \
+            (lane[d] * spt[d])[None, None, :] + (reg[d] % spt[d])[None, :, None]
+        flat = flat * shape[d] + coord % shape[d]
+    return flat.reshape(-1, 32)
+
+
+def lines_per_access(records, ttgir, num_warps):
+    """Mean 128-byte lines a warp's global load instruction touches, over the probed loads whose layout the IR gives;
+    1 when there are none. Per load site (source line): the mean over its instructions with a lane on (masked-off
+    lanes touch nothing; an instruction with none on is mostly the image border of an edge program, rare in the
+    whole grid); the sites weighted by the instructions they issue."""
+    layouts = global_load_layouts(ttgir)
+    sites = {}  # (file, line): [lines, instructions with a lane on, instructions issued]
+    for file, line, addresses, mask in records:
+        shape, layout = layouts.get((file, line), (None, None))
+        if shape is None or math.prod(shape) != addresses.size:  # no layout, or another load of that line
+            continue
+        index = warp_accesses(shape, layout, num_warps)
+        touched = np.where(mask.reshape(-1)[index], addresses.reshape(-1)[index] // L1_LINE, -1)
+        touched.sort(axis=1)
+        site = sites.setdefault((file, line), [0, 0, 0])
+        site[0] += int((touched[:, 0] >= 0).sum() + (touched[:, 1:] != touched[:, :-1]).sum())
+        site[1] += int((touched[:, -1] >= 0).sum())
+        site[2] += len(index)
+    weighted = [(issued * lines / on, issued) for lines, on, issued in sites.values() if on]
+    return sum(w for w, _ in weighted) / sum(n for _, n in weighted) if weighted else 1.0
+
+
+def bank_wavefronts(addresses, width):
+    """Shared-memory wavefronts of one warp instruction: lanes reading `width` bytes at these byte addresses
+    cost the most distinct 4-byte words any one of the 32 banks must serve (a broadcast is free)."""
+    words = np.unique((addresses[:, None] // 4 + np.arange(width // 4)).ravel())
+    return int(np.bincount(words % 32).max())
+
+
+def dot_operand_conflicts(ttgir, num_warps):
+    """Bank-conflict factor of the shared-memory reads that feed an FMA dot (tl.dot without tensor cores: fp32 in
+    IEEE precision, fp64): wavefronts over their conflict-free count (32 lanes x bytes / 128), for the operand loads
+    (ttg.local_load into a dot_op layout with a blocked parent); 1 when the kernel has none. Each thread reads the
+    K values of its rows (A) or columns (B), vectorised along K when K is the operand's contiguous dim in shared
+    memory (swizzled_shared layout)."""
+    blocked = blocked_layouts(ttgir)
+    shared = {m.group(1): tuple(int(v) for v in m.groups()[1:4]) + ([int(v) for v in m.group(5).split(",")],)
+              for m in re.finditer(r"^(#\w+) = #ttg\.swizzled_shared<\{vec = (\d+), perPhase = (\d+), "
+                                   r"maxPhase = (\d+), order = \[([\d, ]+)\]", ttgir, re.M)}
+    wavefronts = ideal = 0
+    for m in re.finditer(r"ttg\.local_load [^\n]*memdesc<(\d+)x(\d+)x([a-z]+)(\d+), (#\w+)[^\n]*-> tensor<[^\n]*"
+                         r"#ttg\.dot_op<\{opIdx = (\d), parent = (#\w+)\}>", ttgir):
+        rows, cols, bytes_ = int(m.group(1)), int(m.group(2)), int(m.group(4)) // 8
+        (vec, per_phase, max_phase, order), operand = shared[m.group(5)], int(m.group(6))
+        k_dim = 1 - operand  # A is [M, K], B is [K, N]
+        shape = (rows, cols)
+        # the M (A) or N (B) index each lane holds, per register: the parent layout with K folded to size 1
+        lanes = warp_accesses([rows, 1] if operand == 0 else [1, cols], blocked[m.group(7)], num_warps)
+        step = (min(vec, 16 // bytes_) if max_phase > 1 else 16 // bytes_) if order[0] == k_dim else 1
+        for k in range(0, shape[k_dim], step):
+            index = (lanes, k) if operand == 0 else (k, lanes)
+            fast, slow = index[order[0]], index[order[1]]
+            phase = (slow // per_phase) % max_phase
+            offset = slow * shape[order[0]] + ((fast // vec) ^ phase) * vec + fast % vec
+            for lane_offsets in offset:
+                wavefronts += bank_wavefronts(lane_offsets * bytes_, step * bytes_)
+                ideal += max(1.0, 32 * step * bytes_ / L1_LINE)
+    return wavefronts / ideal if ideal else 1.0
+
+
+def probe_pool():
+    """One worker process running Triton's interpreter, for probe_loads."""
+    import multiprocessing
+    os.environ["TRITON_INTERPRET"] = "1"  # inherited by the spawned worker only: this process has imported triton
+    try:
+        return multiprocessing.get_context("spawn").Pool(1)
+    finally:
+        del os.environ["TRITON_INTERPRET"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,6 +438,17 @@ def executed_macs(case, direction, layout, config, kind):
     return progs * bkw * bc * n * cdiv(ho * wo, bp) * bp, progs * splits
 
 
+def dot_macs(case, direction, layout, config):
+    """Multiply-adds of the tile's tl.dot in the NCHW dwconv kernels (one per pass of their hot loop); None for the
+    kernels without a dot."""
+    if case.op != "dwconv2d" or layout != "nchw":
+        return None
+    t = config.kwargs
+    if direction == "grad-weight":
+        return t["BLOCK_KH"] * t["BLOCK_KW"] * t["BLOCK_R"] * t["BLOCK_Q"]
+    return t["BLOCK_H"] * t["BLOCK_W"] * t["BLOCK_J"]
+
+
 def useful(case, direction, itemsize):
     """(useful FLOPs, minimum bytes) of one direction (bench/counts.py conventions)."""
     n, c, h, w = case.shape
@@ -230,66 +471,78 @@ def useful(case, direction, itemsize):
 
 
 def plan(case, dtype_mode, layout):
-    """{direction: Launch} for a headline case, with the GPU's tiles (tensors are never read: empty is fine)."""
+    """{direction: Launch} for a headline case, with the GPU's tiles, planned under the mode's cuDNN TF32 setting
+    as the kernels would run (tensors are never read: empty is fine)."""
     from largeconv.kernels import dwconv as dw, involution as inv
-    dtype = getattr(torch, sm90.DTYPE_MODES[dtype_mode][0])
+    dtype_name, precision = sm90.DTYPE_MODES[dtype_mode]
+    dtype = getattr(torch, dtype_name)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     n, c, h, w = case.shape
     x = torch.empty(n, c, h, w, dtype=dtype).contiguous(memory_format=fmt)
-    if case.op == "dwconv2d":
-        kh, kw = case.kernel
-        weight = torch.empty(c, 1, kh, kw, dtype=dtype)
-        geometry = ((case.stride,) * 2, (kh // 2, kh // 2, kw // 2, kw // 2), (case.dilation,) * 2)
-        y, fwd = dw._plan_forward(x, weight, None, *geometry, gpu=True)
-        grad = torch.empty(y.shape, dtype=dtype).contiguous(memory_format=fmt)
-        _, gi = dw._plan_grad_input(grad, weight, x.shape, *geometry, gpu=True)
-        gw, _ = dw._plan_grad_weight(grad, x, weight.shape, *geometry, gpu=True, splits=4)
-    else:
-        k, s = case.kernel[0], case.stride
-        pad = case.dilation * (k - 1) // 2
-        ho, wo = ((size + 2 * pad - case.dilation * (k - 1) - 1) // s + 1 for size in (h, w))
-        weight = torch.empty(n, case.groups * k * k, ho, wo, dtype=dtype).contiguous(memory_format=fmt)
-        grad = torch.empty(n, c, ho, wo, dtype=dtype).contiguous(memory_format=fmt)
-        _, fwd = inv._plan_forward(x, weight, k, s, pad, case.dilation, gpu=True)
-        _, gi = inv._plan_grad_input(grad, weight, x.shape, k, s, pad, case.dilation, gpu=True)
-        _, gw = inv._plan_grad_weight(grad, x, weight.shape, k, s, pad, case.dilation, gpu=True)
-    precision = sm90.DTYPE_MODES[dtype_mode][1]
-    out = {"forward": fwd, "grad-input": gi, "grad-weight": gw}
-    return {d: l._replace(meta=dict(l.meta, PRECISION=precision)) if "PRECISION" in l.meta and precision else l
-            for d, l in out.items()}
+    with sm90.cudnn_conv_tf32(precision == "tf32"):
+        if case.op == "dwconv2d":
+            kh, kw = case.kernel
+            weight = torch.empty(c, 1, kh, kw, dtype=dtype)
+            geometry = ((case.stride,) * 2, (kh // 2, kh // 2, kw // 2, kw // 2), (case.dilation,) * 2)
+            y, fwd = dw._plan_forward(x, weight, None, *geometry, gpu=True)
+            grad = torch.empty(y.shape, dtype=dtype).contiguous(memory_format=fmt)
+            _, gi = dw._plan_grad_input(grad, weight, x.shape, *geometry, gpu=True)
+            gw, _ = dw._plan_grad_weight(grad, x, weight.shape, *geometry, gpu=True, splits=4)
+        else:
+            k, s = case.kernel[0], case.stride
+            pad = case.dilation * (k - 1) // 2
+            ho, wo = ((size + 2 * pad - case.dilation * (k - 1) - 1) // s + 1 for size in (h, w))
+            weight = torch.empty(n, case.groups * k * k, ho, wo, dtype=dtype).contiguous(memory_format=fmt)
+            grad = torch.empty(n, c, ho, wo, dtype=dtype).contiguous(memory_format=fmt)
+            _, fwd = inv._plan_forward(x, weight, k, s, pad, case.dilation, gpu=True)
+            _, gi = inv._plan_grad_input(grad, weight, x.shape, k, s, pad, case.dilation, gpu=True)
+            _, gw = inv._plan_grad_weight(grad, x, weight.shape, k, s, pad, case.dilation, gpu=True)
+    return {"forward": fwd, "grad-input": gi, "grad-weight": gw}
 
 
-def predict(case, dtype, layout, direction, launch, compiled_cache, rows):
-    """Predicted ms of the best candidate config; appends one per-config row to `rows`."""
-    itemsize = 4 if dtype == "fp32" else 2
+def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, probes):
+    """Predicted ms of the best candidate config; appends one per-config row to `rows`. `probes`: a pool running
+    probe_loads."""
+    dtype_name = sm90.DTYPE_MODES[mode][0]
+    itemsize = torch.empty(0, dtype=getattr(torch, dtype_name)).element_size()
+    products = PRODUCTS.get(launch.meta.get("PRECISION"), 1)
     flops, min_bytes = useful(case, direction, itemsize)
     best = None
-    for config in launch.configs:
+    for index, config in enumerate(launch.configs):
         # compiled once per kernel, layout (the stride-1 arguments it specialises on), dtype and config; the
         # other shape specialisations (sizes divisible by 16) are taken from the first case that needs it
-        key = (sm90.kernel_name(launch), dtype, sm90.config_name(config), layout, str(launch.meta))
+        key = (sm90.kernel_name(launch), itemsize, sm90.config_name(config), layout, str(launch.meta))
         if key not in compiled_cache:
             k = sm90.compile_launch(launch, config)
-            compiled_cache[key] = (k, loop_mix(sm90.sass(k.asm)))
-        k, mix = compiled_cache[key]
+            compiled_cache[key] = (k, loop_mix(sm90.sass(k.asm)), dot_operand_conflicts(k.asm["ttgir"], k.num_warps))
+        k, mix, conflicts = compiled_cache[key]
+        lines = lines_per_access(probes.apply(probe_loads, (case.name, mode, layout, direction, index)),
+                                 k.asm["ttgir"], k.num_warps)
         blocks, warps_per_sched = occupancy(k.registers, k.shared, k.num_warps)
         macs, progs = executed_macs(case, direction, layout, config, None)
         tensor = any(name.startswith(("HGMMA", "HMMA")) for name in mix["mix"])
-        issue = macs * mix["instructions"] / max(mix["macs"], 1) / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK)
+        # warp passes of the hot loop: one per dot of the tile where there is one (the SASS may split a dot into
+        # several tensor-core products, and compute some twice), else from the loop's multiply-adds
+        dot = dot_macs(case, direction, layout, config)
+        passes = macs / dot * k.num_warps if dot else macs / max(mix["macs"], 1)
         waves = progs / (sm90.H100["sms"] * max(blocks, 1))
-        eff = min(1.0, warps_per_sched / 4) * (waves / math.ceil(waves))
-        issue /= eff
-        tensor_s = 2 * macs / TENSOR_PEAK[dtype] if tensor else 0.0
+        wave_eff = waves / math.ceil(waves)
+        issue = passes * mix["instructions"] / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK)
+        issue /= min(1.0, warps_per_sched / 4) * wave_eff
+        l1 = passes * l1_wavefronts(mix["mix"], lines, conflicts) / (sm90.H100["sms"] * CLOCK) / wave_eff
+        peak = TENSOR_PEAK[dtype_name] / products if tensor else FFMA_PEAK
+        tensor_s = 2 * macs / peak if tensor else 0.0
         memory = min_bytes / BANDWIDTH
-        total = max(issue, tensor_s, memory) + LAUNCH_S
-        floor = max(flops / (TENSOR_PEAK[dtype] if tensor else FFMA_PEAK), memory)
+        total = max(issue, l1, tensor_s, memory) + LAUNCH_S
+        floor = max(flops / peak, memory)
+        bound = max((memory, "memory"), (l1, "l1"), (max(issue, tensor_s), "compute"))[1]
         row = dict(case=case.name, op=case.op, layout=layout, dtype=dtype, direction=direction,
                    kernel=key[0], config=key[2], registers=k.registers, spills=k.spills, shared=k.shared,
                    blocks_per_sm=blocks, warps_per_scheduler=warps_per_sched, loop_instr=mix["instructions"],
-                   loop_macs=mix["macs"], mix=mix["mix"], executed_vs_useful=2 * macs / flops,
-                   issue_ms=issue * 1e3, tensor_ms=tensor_s * 1e3, memory_ms=memory * 1e3,
-                   predicted_ms=total * 1e3, floor_ms=floor * 1e3,
-                   bound="memory" if memory >= max(issue, tensor_s) else "compute")
+                   loop_macs=mix["macs"], mix=mix["mix"], lines_per_access=lines, bank_conflicts=conflicts,
+                   executed_vs_useful=2 * macs / flops, issue_ms=issue * 1e3, l1_ms=l1 * 1e3,
+                   tensor_ms=tensor_s * 1e3, memory_ms=memory * 1e3, predicted_ms=total * 1e3,
+                   floor_ms=floor * 1e3, bound=bound)
         rows.append(row)
         if best is None or row["predicted_ms"] < best["predicted_ms"]:
             best = row
@@ -342,14 +595,22 @@ def demangle(name):
 # report
 
 
-MIX_COLUMNS = ["FFMA", "HGMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "LDG.16", "LDS.32", "LDS.64", "LDS.128",
+def source_version():
+    """The commit of the kernels compiled, with "+ uncommitted changes" when kernels/ differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" + uncommitted changes" if git("status", "--porcelain", "--", "kernels") else "")
+
+
+MIX_COLUMNS = ["FFMA", "HGMMA", "HMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "LDG.16", "LDS.32", "LDS.64", "LDS.128",
                "STS.32", "STS.64", "STS.128", "LDGSTS.32", "LDGSTS.64", "LDGSTS.128", "integer", "predicate",
                "convert", "other"]
 
 
-def write(rows, best_rows, cuda_rows, seconds):
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "predicted.csv"), "w", newline="") as f:
+def write(rows, best_rows, cuda_rows, seconds, out=OUT):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "predicted.csv"), "w", newline="") as f:
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
         writer = csv.DictWriter(f, cols)
         writer.writeheader()
@@ -360,21 +621,24 @@ def write(rows, best_rows, cuda_rows, seconds):
     lines = [
         "# Static sm_90 report (H100, no GPU used)",
         "",
-        f"Generated by `.venv/bin/python bench/static_gpu.py` on {time.strftime('%Y-%m-%d')} with triton "
-        f"{triton.__version__}, torch {torch.__version__} ({seconds:.0f} s). Every number here comes from the "
-        "compiler (ptxas via Triton, nvcc) or from the model in bench/static_gpu.py's docstring; nothing was "
-        "run on a GPU. The first GPU run checks the predictions (bench/NOTES.md, \"Static sm_90 report\").",
+        f"Generated by `{os.path.join(*sys.executable.split(os.sep)[-3:])} bench/static_gpu.py` on "
+        f"{time.strftime('%Y-%m-%d')} with triton {triton.__version__}, torch {torch.__version__} ({seconds:.0f} s), "
+        f"kernels of commit {source_version()}. Every number here comes from the compiler (ptxas via Triton, nvcc) "
+        "or from the model in bench/static_gpu.py's docstring; nothing was run on a GPU. GPU runs check the "
+        "predictions (bench/NOTES.md, \"Static sm_90 report\"; bench/results/h100/measured_vs_predicted.md).",
         "",
         "## Predicted H100 times (best candidate config per launch)",
         "",
         "| case | layout | dtype | direction | config | regs | spills | smem B | blocks/SM | warps/sched "
-        "| executed/useful | issue ms | tensor ms | memory ms | predicted ms | floor ms | bound |",
-        "|" + "---|" * 17,
+        "| executed/useful | issue ms | lines/access | bank conflicts | L1 ms | tensor ms | memory ms "
+        "| predicted ms | floor ms | bound |",
+        "|" + "---|" * 20,
     ]
     for r in best_rows:
         lines.append(f"| {r['case']} | {r['layout']} | {r['dtype']} | {r['direction']} | {r['config']} | "
                      f"{r['registers']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} | "
                      f"{r['warps_per_scheduler']:.1f} | {r['executed_vs_useful']:.2f} | {r['issue_ms']:.3f} | "
+                     f"{r['lines_per_access']:.2f} | {r['bank_conflicts']:.2f} | {r['l1_ms']:.3f} | "
                      f"{r['tensor_ms']:.3f} | {r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | "
                      f"{r['floor_ms']:.3f} | {r['bound']} |")
     lines += ["", "## Every kernel x config x dtype: resources, occupancy and hot-loop instruction mix", "",
@@ -399,29 +663,76 @@ def write(rows, best_rows, cuda_rows, seconds):
               "| file | kernel | registers | spill stores B | spill loads B | static smem B (dynamic is set at launch) | stack B |", "|---|---|---|---|---|---|---|"]
     for row in cuda_rows:
         lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    with open(os.path.join(OUT, "report.md"), "w") as f:
+    with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# measured vs predicted
+
+
+PARTS = {"fwd": ("forward",), "bwd": ("grad-input", "grad-weight"), "fwdbwd": DIRECTIONS}
+
+
+def compare(results_csv, predicted_csv, baseline_csv=None):
+    """Markdown table of every timed Triton row of a GPU run (bench/roofline.py's columns) against predicted.csv:
+    fwd = the forward's prediction, bwd = grad-input + grad-weight, fwdbwd = all three (the torch sum of
+    grad-weight's partial sums and autograd's own work are not predicted); with `baseline_csv`, an older
+    prediction's ratio too. Ratio = measured / predicted."""
+    def predictions(path):
+        return {(r["case"], r["backend"], r["dtype"], r["direction"]): float(r["predicted_ms"])
+                for r in csv.DictReader(open(path))} if path else {}
+    new, old = predictions(predicted_csv), predictions(baseline_csv)
+
+    def predicted(table, r):
+        keys = [(r["case"], f"triton-{r['layout']}", r["dtype"], d) for d in PARTS.get(r["direction"], ())]
+        return sum(table[k] for k in keys) if keys and all(k in table for k in keys) else None
+    lines = ["| suite | case | op | dtype | layout | direction | measured ms | predicted ms | ratio | off > 2x |"
+             + (" baseline predicted ms | baseline ratio | baseline off > 2x |" if old else ""),
+             "|" + "---|" * (13 if old else 10)]
+    for r in csv.DictReader(open(results_csv)):
+        if r["backend"] != "triton" or r["status"] != "ok" or not r["time_ms"]:
+            continue
+        measured = float(r["time_ms"])
+        cells = [r["suite"], r["case"], r["op"], r["dtype"], r["layout"], r["direction"], f"{measured:.3f}"]
+        for table in (new, old) if old else (new,):
+            p = predicted(table, r)
+            off = p is not None and not 0.5 <= measured / p <= 2
+            cells += [f"{p:.3f}", f"{measured / p:.2f}", "**yes**" if off else "no"] if p else ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-cuda", action="store_true", help="skip the nvcc resource usage of csrc/")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated headline cases (default: all)")
+    parser.add_argument("--out", default=OUT, help="folder for report.md and predicted.csv")
+    parser.add_argument("--compare", metavar="RESULTS_CSV", help="print a GPU run's Triton rows against "
+                        "OUT/predicted.csv (no compiling) and exit")
+    parser.add_argument("--baseline", metavar="PREDICTED_CSV", help="with --compare: an older prediction too")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare, os.path.join(args.out, "predicted.csv"), args.baseline))
+        return
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     start = time.perf_counter()
     rows, best_rows, cache = [], [], {}
-    for case in HEADLINE:
-        for dtype, mode in DTYPES.items():
-            for layout in sm90.LAYOUTS:
-                for direction, launch in plan(case, mode, layout).items():
-                    best = predict(case, dtype, layout, direction, launch, cache, rows)
-                    best_rows.append(best)
-                    print(f"{case.name} {dtype} {layout} {direction}: {best['predicted_ms']:.3f} ms "
-                          f"(floor {best['floor_ms']:.3f}, {best['bound']})", flush=True)
+    with probe_pool() as probes:
+        for case in (CASES[name] for name in args.cases.split(",")):
+            for dtype, mode in DTYPES.items():
+                for layout in sm90.LAYOUTS:
+                    for direction, launch in plan(case, mode, layout).items():
+                        if dtype == "tf32" and "PRECISION" not in launch.meta:
+                            continue  # no dot: the fp32 kernel
+                        best = predict(case, dtype, mode, layout, direction, launch, cache, rows, probes)
+                        best_rows.append(best)
+                        print(f"{case.name} {dtype} {layout} {direction}: {best['predicted_ms']:.3f} ms "
+                              f"(floor {best['floor_ms']:.3f}, {best['bound']})", flush=True)
     cuda_rows = [] if args.no_cuda else nvcc_resource_usage()
-    write(rows, best_rows, cuda_rows, time.perf_counter() - start)
-    print(f"wrote {OUT}/report.md and predicted.csv")
+    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out)
+    print(f"wrote {args.out}/report.md and predicted.csv")
 
 
 if __name__ == "__main__":
