@@ -58,7 +58,7 @@ void check_tensors(const char* op, std::initializer_list<std::pair<const char*, 
     CHECK_ARG(t->is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t->device());
     CHECK_ARG(t->device() == first.device(), op, ": ", name, " is on ", t->device(), ", expected ", first.device());
     CHECK_ARG(t->scalar_type() == first.scalar_type(), op, ": ", name, " has dtype ", t->scalar_type(),
-                ", expected ", first.scalar_type());
+              ", expected ", first.scalar_type());
     CHECK_ARG(t->dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t->dim(), "-D");
     for (int64_t s : t->sizes()) CHECK_ARG(s >= 1 && s <= kMaxDim, op, ": ", name, " has a bad size ", t->sizes());
   }
@@ -75,7 +75,7 @@ bool channels_last_layout(const char* op, std::initializer_list<const at::Tensor
   const bool channels_last = decided == 1;
   for (const at::Tensor* t : tensors) {
     CHECK_ARG(channels_last ? t->is_contiguous(at::MemoryFormat::ChannelsLast) : t->is_contiguous(), op,
-                ": all tensors must be contiguous in one memory format (NCHW or channels_last)");
+              ": all tensors must be contiguous in one memory format (NCHW or channels_last)");
   }
   return channels_last;
 }
@@ -103,7 +103,7 @@ void run(F&& f) {
 DwArgs dw_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t kh, int64_t kw, const at::Tensor& y_like,
                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool channels_last) {
   CHECK_ARG(stride.size() == 2 && padding.size() == 4 && dilation.size() == 2, op,
-              ": expected stride[2], padding[4] (top, bottom, left, right), dilation[2]");
+            ": expected stride[2], padding[4] (top, bottom, left, right), dilation[2]");
   DwArgs a;
   a.dtype = dtype_of(x_like, op);
   a.device = x_like.device().index();
@@ -123,16 +123,16 @@ DwArgs dw_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t kh,
   CHECK_ARG(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
   CHECK_ARG(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
   CHECK_ARG(a.ho == conv_out(a.h, padding[0] + padding[1], kh, a.sh, a.dh) &&
-                  a.wo == conv_out(a.w, padding[2] + padding[3], kw, a.sw, a.dw),
-              op, ": output size ", y_like.sizes(), " does not match input ", x_like.sizes(), " and the arguments");
+                a.wo == conv_out(a.w, padding[2] + padding[3], kw, a.sw, a.dw),
+            op, ": output size ", y_like.sizes(), " does not match input ", x_like.sizes(), " and the arguments");
   return a;
 }
 
 void check_dw_weight(const char* op, const at::Tensor& weight, const at::Tensor& ref) {
   CHECK_ARG(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
-              ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
+            ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
   CHECK_ARG(weight.dim() == 4 && weight.size(1) == 1 && weight.is_contiguous(), op,
-              ": weight must be a contiguous (C*m, 1, Kh, Kw) tensor, got ", weight.sizes());
+            ": weight must be a contiguous (C*m, 1, Kh, Kw) tensor, got ", weight.sizes());
 }
 
 void dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -145,8 +145,8 @@ void dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
     CHECK_ARG(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
-                    b.size(0) == a.co && b.is_contiguous(),
-                op, ": bias must be a contiguous (", a.co, ",) tensor like x");
+                  b.size(0) == a.co && b.is_contiguous(),
+              op, ": bias must be a contiguous (", a.co, ",) tensor like x");
     a.bias = b.const_data_ptr();
   }
   a.x = x.const_data_ptr();
@@ -210,15 +210,15 @@ Dw1dArgs dw1d_args(const char* op, const at::Tensor& x_like, int64_t co, int64_t
   CHECK_ARG(y_like.size(0) == a.n && y_like.size(1) == co, op, ": batch or channel mismatch");
   CHECK_ARG(co % a.c == 0, op, ": ", co, " output channels are not a multiple of the ", a.c, " input channels");
   CHECK_ARG(a.lo == conv_out(a.l, padding[0] + padding[1], k, a.s, a.d), op, ": output size ", y_like.sizes(),
-              " does not match input ", x_like.sizes(), " and the arguments");
+            " does not match input ", x_like.sizes(), " and the arguments");
   return a;
 }
 
 void check_dw1d_weight(const char* op, const at::Tensor& weight, const at::Tensor& ref) {
   CHECK_ARG(weight.is_cuda() && weight.device() == ref.device() && weight.scalar_type() == ref.scalar_type(), op,
-              ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
+            ": weight must be a CUDA tensor on ", ref.device(), " with dtype ", ref.scalar_type());
   CHECK_ARG(weight.dim() == 3 && weight.size(1) == 1 && weight.size(2) >= 1 && weight.is_contiguous(), op,
-              ": weight must be a contiguous (C*m, 1, K) tensor, got ", weight.sizes());
+            ": weight must be a contiguous (C*m, 1, K) tensor, got ", weight.sizes());
 }
 
 void dwconv1d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -230,8 +230,8 @@ void dwconv1d_forward(const at::Tensor& x, const at::Tensor& weight, const std::
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
     CHECK_ARG(b.is_cuda() && b.device() == x.device() && b.scalar_type() == x.scalar_type() && b.dim() == 1 &&
-                    b.size(0) == a.co && b.is_contiguous(),
-                op, ": bias must be a contiguous (", a.co, ",) tensor like x");
+                  b.size(0) == a.co && b.is_contiguous(),
+              op, ": bias must be a contiguous (", a.co, ",) tensor like x");
     a.bias = b.const_data_ptr();
   }
   a.x = x.const_data_ptr();
@@ -291,9 +291,9 @@ InvArgs inv_args(const char* op, const at::Tensor& x_like, const at::Tensor& y_l
   CHECK_ARG(a.c % a.groups == 0, op, ": ", a.groups, " groups do not divide ", a.c, " channels");
   CHECK_ARG(y_like.size(0) == a.b && y_like.size(1) == a.c && w_like.size(0) == a.b, op, ": batch or channel mismatch");
   CHECK_ARG(a.ho == conv_out(a.h, 2 * p, k, s, d) && a.wo == conv_out(a.w, 2 * p, k, s, d) &&
-                  w_like.size(2) == a.ho && w_like.size(3) == a.wo,
-              op, ": sizes of x ", x_like.sizes(), ", output ", y_like.sizes(), " and weight ", w_like.sizes(),
-              " do not match the arguments");
+                w_like.size(2) == a.ho && w_like.size(3) == a.wo,
+            op, ": sizes of x ", x_like.sizes(), ", output ", y_like.sizes(), " and weight ", w_like.sizes(),
+            " do not match the arguments");
   return a;
 }
 

@@ -178,7 +178,7 @@ def settle(keys) -> None:
     chosen = [_auto_cache.get(key) for key in keys]
     if None in chosen or all(name == "torch" for name in chosen) or by_table():
         return  # (None: the cache was cleared since; measured again first)
-    overhead = CUSTOM_OP_OVERHEAD_S["cpu" if keys[0][2] == "cpu" else "cuda"]  # key[2]: the device
+    overhead = CUSTOM_OP_OVERHEAD_S[torch.device(keys[0][2]).type]  # cache_key's third item: the device
     fused = sum(t.get(name, math.inf) for t, name in zip(times, chosen)) + overhead * len(keys)
     if sum(t["torch"] for t in times) <= fused:
         _auto_cache.update(dict.fromkeys(keys, "torch"))
@@ -269,10 +269,10 @@ def _within_memory(names, op, direction, x, kernel_size, run_args):
 
 
 def _fastest(op, direction, candidates, run_args, on_gpu):
-    """(winner, its result, {candidate: seconds}): each candidate timed once, or, when its calls are short, in rounds that alternate
-    between the candidates (so a busy moment of the machine does not hit one candidate only) with each one's fastest
-    call counting: on CPU until its calls add up to _REPEAT_BELOW_S (at most _MAX_ROUNDS), on GPU three rounds after
-    a warm-up call (Triton compiles and autotunes on it)."""
+    """(winner, its result, {candidate: seconds}): each candidate timed once, or, when its calls are short, in rounds
+    that alternate between the candidates (so a busy moment of the machine does not hit one candidate only) with
+    each one's fastest call counting: on CPU until its calls add up to _REPEAT_BELOW_S (at most _MAX_ROUNDS), on GPU
+    three rounds after a warm-up call (Triton compiles and autotunes on it)."""
     fns = {name: getattr(backend_module(name), f"{op}_{direction}") for name in candidates}
     if on_gpu:
         for fn in fns.values():
