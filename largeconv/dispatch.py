@@ -59,6 +59,8 @@ _REPEAT_BELOW_S = 0.02
 _MAX_ROUNDS = 10
 
 _local = threading.local()
+_pinning_contexts = 0  # use_backend contexts open in any thread: while 0, no thread-local stack needs reading
+_pinning_lock = threading.Lock()
 _auto_cache: dict[tuple, str] = {}
 _loaded_keys: set[tuple] = set()
 _auto_times: dict[tuple, dict[str, float]] = {}  # key -> each timed candidate's best seconds, for `settle`
@@ -72,13 +74,18 @@ def check_backend_name(name, argument="backend"):
 @contextlib.contextmanager
 def use_backend(name: str):
     """Run the enclosed calls on backend `name` unless a call or module pins its own."""
+    global _pinning_contexts
     check_backend_name(name)
     stack = _local.__dict__.setdefault("stack", [])
     stack.append(name)
+    with _pinning_lock:
+        _pinning_contexts += 1
     try:
         yield
     finally:
         stack.pop()
+        with _pinning_lock:
+            _pinning_contexts -= 1
 
 
 def requested_backend(*choices) -> str:
@@ -89,9 +96,20 @@ def requested_backend(*choices) -> str:
         if choice is not None and choice != "auto":
             check_backend_name(choice)
             return choice
-    env = os.environ.get("LARGECONV_BACKEND") or None
+    env = getenv("LARGECONV_BACKEND") or None
     check_backend_name(env, "LARGECONV_BACKEND")
     return env if env not in (None, "auto") else "auto"
+
+
+def getenv(name: str) -> str | None:
+    """os.environ.get(name) for largeconv's variables, read on every call: the lookup in os.environ's own dict
+    skips the key encoding and the method calls that made up a third of auto's per-call cost on tiny layers."""
+    raw = _environ_data.get(_ENVIRON_KEYS[name])
+    return None if raw is None else os.environ.decodevalue(raw)
+
+
+_environ_data = os.environ._data  # what os.environ reads and writes: setenv/putenv through it show here
+_ENVIRON_KEYS = {name: os.environ.encodekey(name) for name in ("LARGECONV_BACKEND", "LARGECONV_AUTO")}
 
 
 def backend_module(name: str):
@@ -109,7 +127,7 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor, kernel_size) -> s
 
 def by_table() -> bool:
     """True when "auto" must pick by the fixed rule (no timing): deterministic mode or LARGECONV_AUTO=table."""
-    mode = os.environ.get("LARGECONV_AUTO", "measure")
+    mode = getenv("LARGECONV_AUTO") or "measure"
     if mode not in ("measure", "table"):
         raise ValueError(f"LARGECONV_AUTO must be 'measure' or 'table', got {mode!r}")
     return mode == "table" or torch.are_deterministic_algorithms_enabled()
@@ -187,10 +205,11 @@ def settle(keys) -> None:
 def auto_still_picks(keys, name: str) -> bool:
     """For auto's fast path (ops.dwconv2d): nothing more specific than "auto" is requested (use_backend,
     LARGECONV_BACKEND; the slow path applies and checks those) and the cache still holds `name` for every key."""
-    stack = getattr(_local, "stack", None)
-    if stack and stack[-1] not in (None, "auto"):
-        return False
-    return os.environ.get("LARGECONV_BACKEND", "auto") in ("", "auto") and all_cached_as(keys, name)
+    if _pinning_contexts:
+        stack = getattr(_local, "stack", None)
+        if stack and stack[-1] not in (None, "auto"):
+            return False
+    return getenv("LARGECONV_BACKEND") in (None, "", "auto") and all_cached_as(keys, name)
 
 
 def all_cached_as(keys, name: str) -> bool:

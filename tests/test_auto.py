@@ -1,5 +1,6 @@
 """How "auto" chooses: reproducible by rule when asked, cheap and memory-safe when it measures, savable, and out of the
 way (no custom-op machinery) on calls where it chose PyTorch."""
+import threading
 import time
 
 import pytest
@@ -185,8 +186,9 @@ def test_a_fused_direction_pays_for_the_whole_call(monkeypatch, grads, cpu_ms, s
     assert torch.allclose(out, F.conv2d(x, w, None, 1, "same", 1, 3), atol=1e-5)
 
 
-@pytest.mark.parametrize("change", ["cache cleared", "LARGECONV_BACKEND", "deterministic", "requires_grad",
-                                    "layout", "list arguments"])
+@pytest.mark.parametrize("change", ["cache cleared", "LARGECONV_BACKEND", "LARGECONV_AUTO", "deterministic",
+                                    "use_backend", "use_backend elsewhere", "requires_grad", "layout",
+                                    "list arguments"])
 def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, change):
     """The fast path remembers calls where auto chose torch; whatever changes after that (the cache, the environment,
     deterministic mode, which inputs need grads, the layout, unhashable arguments) is seen on the next call, and
@@ -209,9 +211,40 @@ def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, chan
     elif change == "LARGECONV_BACKEND":
         monkeypatch.setenv("LARGECONV_BACKEND", "cpu")
         expected_calls, expected_ops = [("cpu", "forward")], ["cpu"]
+    elif change == "LARGECONV_AUTO":
+        monkeypatch.setenv("LARGECONV_AUTO", "table")
+        expected_calls, expected_ops = [("cpu", "forward")], ["auto"]
     elif change == "deterministic":
         monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
         expected_calls, expected_ops = [("cpu", "forward")], ["auto"]
+    elif change == "use_backend":
+        with largeconv.use_backend("cpu"):
+            out = largeconv.dwconv2d(x, w)
+        assert ops_called == ["cpu"] and calls == [("cpu", "forward")]
+        assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+        assert dispatch._pinning_contexts == 0
+        ops_called.clear(), calls.clear()
+        expected_calls, expected_ops = [("torch", "forward")], []  # the context closed: the fast path again
+    elif change == "use_backend elsewhere":  # another thread's context pins that thread only
+        entered, leave = threading.Event(), threading.Event()
+
+        def pinned_thread():
+            with largeconv.use_backend("cpu"):
+                entered.set()
+                leave.wait(10)
+
+        thread = threading.Thread(target=pinned_thread)
+        thread.start()
+        entered.wait(10)
+        try:
+            out = largeconv.dwconv2d(x, w)
+        finally:
+            leave.set()
+            thread.join()
+        assert set(calls) == {("torch", "forward")}
+        assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+        calls.clear(), ops_called.clear()
+        expected_calls, expected_ops = [("torch", "forward")], []
     elif change == "requires_grad":
         x = x.clone().requires_grad_()  # grad_input has no choice yet: through the custom op
         expected_ops = ["auto"]
