@@ -12,6 +12,7 @@ Rows (overhead.csv / overhead.md in --out):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import os
@@ -32,7 +33,10 @@ FIRST_CALL = {"cpu": [("involution2d", (8, 256, 56, 56), 7, 16), ("dwconv2d", (4
               "cuda": [("involution2d", (64, 256, 56, 56), 7, 16), ("dwconv2d", (64, 128, 56, 56), 31, None)]}
 
 
-def per_call_rows(device):
+def per_call_rows(device, choose_by="measure"):
+    """choose_by "table": auto's first calls pick by the fixed rule (LARGECONV_AUTO=table for them only) instead of
+    measuring, which on a GPU would compile the Triton candidates for these shapes (seconds the GPU kit cannot
+    spare); the timed calls then take the same fast path as after a measured choice of torch."""
     rows = []
     for n, c, h, w, k in TINY:
         x = torch.randn(n, c, h, w, device=device)
@@ -55,8 +59,10 @@ def per_call_rows(device):
         reference_module = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=c, device=device).requires_grad_(False)
         reference_module.load_state_dict(module.state_dict())
 
-        ours_fb()  # auto's measurement happens here, before timing
-        module(x)
+        with _environment(LARGECONV_AUTO="table" if choose_by == "table" else None):
+            ours_fb()  # auto's measurement (or the table's choice) happens here, before timing
+            ours()
+            module(x)
         for direction, mine, theirs in (("fwd", ours, direct), ("fwdbwd", ours_fb, direct_fb),
                                         ("module fwd", lambda: module(x), lambda: reference_module(x))):
             t_mine, t_theirs = interleaved_times(mine, theirs, device)
@@ -64,6 +70,21 @@ def per_call_rows(device):
                          "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
                          "target": "<= 1.3", "auto_choice": _choices(x, (k, k))})
     return rows
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    """Set (a str) or leave alone (None) each variable for the enclosed calls, restoring it after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def interleaved_times(mine, theirs, device, rounds=40, batch=20):

@@ -96,6 +96,9 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert {"torch", "torch_cl", "cpu"} <= {r["backend"] for r in timed}
     assert all(float(r["time_ms"]) > 0 for r in timed)
     assert any(r["suite"] == "weak" and r["backend"] == "auto" and r["reason"].startswith("auto picked") for r in rows)
+    per_call = [r for r in rows if r["suite"] == "per-call"]
+    assert len(per_call) == 9 and all(float(r["time_ms"]) > 0 and r["check"] in ("ok", "FAIL") for r in per_call)
+    assert "per-call cost at worst" in kit["auto"]["reason"]
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) <= 8  # what the device tool brings back
     assert "cuda extension: " in (tmp_path / "environment.txt").read_text()  # env's last line
     tail = proc.stdout.strip().splitlines()
