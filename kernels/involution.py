@@ -34,15 +34,15 @@ _INTERPRET = bool(triton.knobs.runtime.interpret)
 
 
 def _prune(configs, named_args, **kwargs):
-    """Configs with 2..16 tile elements per thread and no pixel block far beyond the pixel count (else the
-    one with the most elements per thread)."""
-    block_c, npix = kwargs["BLOCK_C"], named_args["NPIX"]
-    max_p = max(16, triton.next_power_of_2(npix))
+    """Configs whose pixel block holds whole tile rows (BLOCK_P >= BLOCK_W) with 2..16 tile elements per thread
+    and no pixel block far beyond the pixel count (else the one with the most elements per thread)."""
+    block_c, npix, block_w = kwargs["BLOCK_C"], named_args["NPIX"], kwargs["BLOCK_W"]
+    max_p = max(16, block_w, triton.next_power_of_2(npix))
 
     def per_thread(cfg):
         return block_c * cfg.kwargs["BLOCK_P"] / (32 * cfg.num_warps)
 
-    fits = [cfg for cfg in configs if cfg.kwargs["BLOCK_P"] <= max_p]
+    fits = [cfg for cfg in configs if block_w <= cfg.kwargs["BLOCK_P"] <= max_p]
     return [cfg for cfg in fits if 2 <= per_thread(cfg) <= 16] or [max(fits, key=per_thread)]
 
 
@@ -55,23 +55,52 @@ def _configs(gpu=not _INTERPRET):
 
 
 def _autotune(fn):
-    return triton.autotune(_configs(), key=["NPIX", "CPG", "K", "STRIDE", "BLOCK_C", "IDX"],
+    return triton.autotune(_configs(), key=["NPIX", "CPG", "K", "STRIDE", "BLOCK_C", "BLOCK_W", "IDX"],
                            prune_configs_by={"early_config_prune": _prune})(fn)
+
+
+def _block_w(cols):
+    """Tile width: the grid's width rounded up to a power of two, at most 32 (a warp's row of fp32 is a line)."""
+    return min(triton.next_power_of_2(cols), 32)
+
+
+@triton.jit
+def _pixel_tile(tile, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Pixels (i, j) of tile `tile` of a ROWS x COLS grid cut in tiles of BLOCK_P // BLOCK_W rows x BLOCK_W
+    columns, row-major, and their mask. BLOCK_W is a power of two, so Triton sees that each run of BLOCK_W pixels
+    is contiguous along a row of NCHW memory and lays a warp's threads along it; with a flat index split as
+    p // COLS, p % COLS it could not, and under triton 3.6 a warp's load spanned 16 channels (16 lines)."""
+    BLOCK_H: tl.constexpr = BLOCK_P // BLOCK_W
+    tiles_w = tl.cdiv(COLS, BLOCK_W)
+    q = tl.arange(0, BLOCK_P)
+    i = (tile // tiles_w) * BLOCK_H + q // BLOCK_W
+    j = (tile % tiles_w) * BLOCK_W + q % BLOCK_W
+    return i, j, (i < ROWS) & (j < COLS)
+
+
+@triton.jit
+def _pixel_tiles(ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    return tl.cdiv(ROWS, BLOCK_P // BLOCK_W) * tl.cdiv(COLS, BLOCK_W)
+
+
+def _tiles(rows, cols, meta):
+    """_pixel_tiles on the host, for the grids."""
+    return triton.cdiv(rows, meta["BLOCK_P"] // meta["BLOCK_W"]) * triton.cdiv(cols, meta["BLOCK_W"])
 
 
 @_autotune
 @triton.jit
 def _involution_fwd_kernel(
     x_ptr, w_ptr, y_ptr,
-    H, W, Wo, NPIX, G, CPG,
+    H, W, Ho, Wo, NPIX, G, CPG,
     sxb, sxc, sxh, sxw, swb, swc, swh, sww, syb, syc, syh, syw,
     PAD, DIL,
     K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # Channel block fastest, then pixel tile: neighbouring programs share weights and input halo in L2.
     n_cblk = tl.cdiv(CPG, BLOCK_C)
-    n_tiles = tl.cdiv(NPIX, BLOCK_P)
+    n_tiles = _pixel_tiles(Ho, Wo, BLOCK_P, BLOCK_W)
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     rest = pid // n_cblk
@@ -81,10 +110,7 @@ def _involution_fwd_kernel(
     b = (bg // G).to(tl.int64)
     c0 = (g * CPG + cblk * BLOCK_C).to(tl.int64)
 
-    p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < NPIX
-    i = p // Wo
-    j = p % Wo
+    i, j, pmask = _pixel_tile(tile, Ho, Wo, BLOCK_P, BLOCK_W)
     cl = tl.arange(0, BLOCK_C)
     cmask = cblk * BLOCK_C + cl < CPG
     hi0 = i * STRIDE - PAD
@@ -113,14 +139,14 @@ def _involution_fwd_kernel(
 
 
 @triton.jit
-def _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE: tl.constexpr, BLOCK_C: tl.constexpr,
-                        BLOCK_P: tl.constexpr):
+def _grad_input_program(H, W, Hs, Ws, G, CPG, STRIDE: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """What a grad-input program owns (here and in involution_fused.py): image b, group g, a block of the group's
     channels (first channel c0, lanes cl / cmask) and BLOCK_P input pixels of one stride phase (rh, rw): h, w, pmask,
     and (u, v), their place on the phase's grid.
     Programs walk channel blocks, then pixel tiles, then the STRIDE*STRIDE phases, then (b, g)."""
     n_cblk = tl.cdiv(CPG, BLOCK_C)
-    n_tiles = tl.cdiv(NPIX, BLOCK_P)
+    n_tiles = _pixel_tiles(Hs, Ws, BLOCK_P, BLOCK_W)
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     rest = pid // n_cblk
@@ -133,13 +159,11 @@ def _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE: tl.constexpr, BLOCK_C: t
     g = bg % G
     b = (bg // G).to(tl.int64)
     c0 = (g * CPG + cblk * BLOCK_C).to(tl.int64)
-    # pixels h = rh + STRIDE*u, w = rw + STRIDE*v, with (u, v) on a grid NPIX / Ws wide x Ws
-    q = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    u = q // Ws
-    v = q % Ws
+    # pixels h = rh + STRIDE*u, w = rw + STRIDE*v, with (u, v) on the phase's Hs x Ws grid
+    u, v, pmask = _pixel_tile(tile, Hs, Ws, BLOCK_P, BLOCK_W)
     h = rh + STRIDE * u
     w = rw + STRIDE * v
-    pmask = (q < NPIX) & (h < H) & (w < W)
+    pmask = pmask & (h < H) & (w < W)
     cl = tl.arange(0, BLOCK_C)
     cmask = cblk * BLOCK_C + cl < CPG
     return b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask
@@ -149,16 +173,16 @@ def _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE: tl.constexpr, BLOCK_C: t
 @triton.jit
 def _involution_grad_input_kernel(
     dy_ptr, w_ptr, dx_ptr,
-    H, W, Ho, Wo, Ws, NPIX, G, CPG,
+    H, W, Ho, Wo, Hs, Ws, NPIX, G, CPG,
     sdyb, sdyc, sdyh, sdyw, swb, swc, swh, sww, sdxb, sdxc, sdxh, sdxw,
     PAD, DIL,
     K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # dx[h, w] = sum over taps (kh, kw) with (h + PAD - kh*DIL) % STRIDE == 0 (same for w) of
     #            weight[tap, oi, oj] * dy[oi, oj], oi = (h + PAD - kh*DIL) // STRIDE, 0 <= oi < Ho.
-    b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask = _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE,
-                                                                         BLOCK_C, BLOCK_P)
+    b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask = _grad_input_program(H, W, Hs, Ws, G, CPG, STRIDE,
+                                                                         BLOCK_C, BLOCK_P, BLOCK_W)
 
     dy_base = dy_ptr + b * sdyb + c0 * sdyc
     w_base = w_ptr + b * swb + (g * K * K).to(tl.int64) * swc
@@ -190,14 +214,14 @@ def _involution_grad_input_kernel(
 @triton.jit
 def _involution_grad_weight_kernel(
     dy_ptr, x_ptr, dw_ptr,
-    H, W, Wo, NPIX, G, CPG,
+    H, W, Ho, Wo, NPIX, G, CPG,
     sdyb, sdyc, sdyh, sdyw, sxb, sxc, sxh, sxw, sdwb, sdwc, sdwh, sdww,
     PAD, DIL,
     K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ONE_CBLK: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, ONE_CBLK: tl.constexpr,
 ):
     # dw[tap, i, j] = sum over the group's channels c of dy[c, i, j] * x[c, i*STRIDE + kh*DIL - PAD, ...].
-    n_tiles = tl.cdiv(NPIX, BLOCK_P)
+    n_tiles = _pixel_tiles(Ho, Wo, BLOCK_P, BLOCK_W)
     pid = tl.program_id(0)
     tile = pid % n_tiles
     bg = pid // n_tiles
@@ -205,10 +229,7 @@ def _involution_grad_weight_kernel(
     b = (bg // G).to(tl.int64)
     c0 = (g * CPG).to(tl.int64)
 
-    p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < NPIX
-    i = p // Wo
-    j = p % Wo
+    i, j, pmask = _pixel_tile(tile, Ho, Wo, BLOCK_P, BLOCK_W)
     hi0 = i * STRIDE - PAD
     wi0 = j * STRIDE - PAD
     cl = tl.arange(0, BLOCK_C)
@@ -255,10 +276,11 @@ def _block_c(cpg, fmt):
     return min(triton.next_power_of_2(cpg), 64 if fmt == torch.channels_last else 16)
 
 
-def _consts(kernel_size, stride, block_c, *tensors):
-    """Constexprs shared by the kernels: K, stride, channel block, accumulator and tile-offset dtypes."""
+def _consts(kernel_size, stride, block_c, cols, *tensors):
+    """Constexprs shared by the kernels: K, stride, channel block, tile width (for a pixel grid `cols` wide),
+    accumulator and tile-offset dtypes."""
     image_span = max(sum((n - 1) * s for n, s in zip(a.shape[1:], a.stride()[1:])) + 1 for a in tensors)
-    return dict(K=kernel_size, STRIDE=stride, BLOCK_C=block_c,
+    return dict(K=kernel_size, STRIDE=stride, BLOCK_C=block_c, BLOCK_W=_block_w(cols),
                 ACC=tl.float64 if tensors[0].dtype == torch.float64 else tl.float32,
                 IDX=tl.int64 if image_span >= _INT32_SPAN else tl.int32)
 
@@ -282,9 +304,10 @@ def _plan_forward(x, weight, kernel_size, stride, padding, dilation, gpu=not _IN
     y = torch.empty((B, C, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=fmt)
     block_c = _block_c(CPG, fmt)
     n_cblk = triton.cdiv(CPG, block_c)
-    grid = lambda meta: (B * G * n_cblk * triton.cdiv(Ho * Wo, meta["BLOCK_P"]),)
-    args = (x, weight, y, H, W, Wo, Ho * Wo, G, CPG, *x.stride(), *weight.stride(), *y.stride(), padding, dilation)
-    consts = _consts(kernel_size, stride, block_c, x, weight, y)
+    grid = lambda meta: (B * G * n_cblk * _tiles(Ho, Wo, meta),)
+    args = (x, weight, y, H, W, Ho, Wo, Ho * Wo, G, CPG, *x.stride(), *weight.stride(), *y.stride(), padding,
+            dilation)
+    consts = _consts(kernel_size, stride, block_c, Wo, x, weight, y)
     return y, _launch(_involution_fwd_kernel, grid, args, consts, y, gpu, Ho * Wo)
 
 
@@ -298,10 +321,10 @@ def _plan_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding
     Hs, Ws = triton.cdiv(H, stride), triton.cdiv(W, stride)  # pixels per phase class, at most
     block_c = _block_c(CPG, fmt)
     n_cblk = triton.cdiv(CPG, block_c)
-    grid = lambda meta: (B * G * stride * stride * n_cblk * triton.cdiv(Hs * Ws, meta["BLOCK_P"]),)
-    args = (grad_out, weight, dx, H, W, Ho, Wo, Ws, Hs * Ws, G, CPG,
+    grid = lambda meta: (B * G * stride * stride * n_cblk * _tiles(Hs, Ws, meta),)
+    args = (grad_out, weight, dx, H, W, Ho, Wo, Hs, Ws, Hs * Ws, G, CPG,
             *grad_out.stride(), *weight.stride(), *dx.stride(), padding, dilation)
-    consts = _consts(kernel_size, stride, block_c, grad_out, weight, dx)
+    consts = _consts(kernel_size, stride, block_c, Ws, grad_out, weight, dx)
     return dx, _launch(_involution_grad_input_kernel, grid, args, consts, dx, gpu, Hs * Ws)
 
 
@@ -315,10 +338,10 @@ def _plan_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, d
     # Channels are the reduction axis: whole groups of up to 64 channels in one block, so grad_out is loaded
     # once for all K*K taps.
     block_c = min(triton.next_power_of_2(CPG), 64)
-    grid = lambda meta: (B * G * triton.cdiv(Ho * Wo, meta["BLOCK_P"]),)
-    args = (grad_out, x, dw, H, W, Wo, Ho * Wo, G, CPG,
+    grid = lambda meta: (B * G * _tiles(Ho, Wo, meta),)
+    args = (grad_out, x, dw, H, W, Ho, Wo, Ho * Wo, G, CPG,
             *grad_out.stride(), *x.stride(), *dw.stride(), padding, dilation)
-    consts = dict(_consts(kernel_size, stride, block_c, grad_out, x, dw), ONE_CBLK=CPG <= block_c)
+    consts = dict(_consts(kernel_size, stride, block_c, Wo, grad_out, x, dw), ONE_CBLK=CPG <= block_c)
     return dw, _launch(_involution_grad_weight_kernel, grid, args, consts, dw, gpu, Ho * Wo)
 
 

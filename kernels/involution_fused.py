@@ -29,7 +29,7 @@ import triton.language as tl
 from largeconv.arguments import memory_format_of
 
 from .dwconv import Launch, _cast_out, _dot_precision, _emulate_bf16
-from .involution import _INT32_SPAN, _INTERPRET, _grad_input_program
+from .involution import _INT32_SPAN, _INTERPRET, _block_w, _grad_input_program, _tiles
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Reduced channels per dot step: the [P, R] and [R, T] operands stay small, a loop covers any Cr.
@@ -215,17 +215,18 @@ def _fused_grad_span_kernel(
 @triton.jit
 def _fused_grad_input_kernel(
     dy_ptr, r_ptr, sw_ptr, sb_ptr, dx_ptr,
-    H, W, Ho, Wo, Ws, NPIX, G, CPG, CR,
+    H, W, Ho, Wo, Hs, Ws, NPIX, G, CPG, CR,
     sdyb, sdyc, sdyh, sdyw, srb, srr, srh, srw, sws0, sws1, sdxb, sdxc, sdxh, sdxw,
     PAD, DIL,
     K: tl.constexpr, STRIDE: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     # dx[h, w] = sum over taps (kh, kw) with (h + PAD - kh*DIL) % STRIDE == 0 (same for w) of
     #            kernel[tap, oi, oj] * dy[oi, oj], oi = (h + PAD - kh*DIL) // STRIDE; the kernel value recomputed
     #            as reduced[:, oi, oj] . span_weight[g*K*K + tap, :] (+ bias). Layout as kernels/involution.py.
-    b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask = _grad_input_program(H, W, Ws, NPIX, G, CPG, STRIDE,
-                                                                         BLOCK_C, BLOCK_P)
+    b, g, c0, cl, cmask, rh, rw, u, v, h, w, pmask = _grad_input_program(H, W, Hs, Ws, G, CPG, STRIDE,
+                                                                         BLOCK_C, BLOCK_P, BLOCK_W)
     rl = tl.arange(0, BLOCK_R)
 
     dy_base = dy_ptr + b * sdyb + c0 * sdyc
@@ -277,7 +278,7 @@ _GPU_CONFIGS = {  # kernel -> (BLOCK_P values, num_warps values)
     "_fused_grad_span_kernel": ((32,), (8,)),  # 8 warps: ~128 registers (4 warps: 185-245)
     "_fused_grad_input_kernel": ((32, 64, 128), (4,)),
 }
-_KEY = ["NPIX", "CPG", "CR", "K", "STRIDE", "IDX", "BLOCK_T"]
+_KEY = ["NPIX", "CPG", "CR", "K", "STRIDE", "IDX", "BLOCK_T", "BLOCK_W"]
 
 
 def _configs(name, gpu):
@@ -376,11 +377,13 @@ def _plan_backward(grad_out, x, reduced, span_weight, span_bias, kernel_size, st
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype, memory_format=fmt)
     block_c = min(triton.next_power_of_2(CPG), 64)  # the whole group where it fits: the recomputed kernel is shared
     n_cblk = triton.cdiv(CPG, block_c)
-    grid = lambda meta: (B * G * stride * stride * n_cblk * triton.cdiv(Hs * Ws, meta["BLOCK_P"]),)  # noqa: E731
-    args = (grad_out, reduced, span_weight, span_bias if has_bias else span_weight, dx, H, W, Ho, Wo, Ws, Hs * Ws,
-            G, CPG, cr, *grad_out.stride(), *reduced.stride(), *span_weight.stride(), *dx.stride(), padding,
+    # tiles of whole rows of the phase grid in every config (see kernels/involution.py's _pixel_tile)
+    block_w = min(_block_w(Ws), *(c.kwargs["BLOCK_P"] for c in _configs("_fused_grad_input_kernel", gpu)))
+    grid = lambda meta: (B * G * stride * stride * n_cblk * _tiles(Hs, Ws, meta),)  # noqa: E731
+    args = (grad_out, reduced, span_weight, span_bias if has_bias else span_weight, dx, H, W, Ho, Wo, Hs, Ws,
+            Hs * Ws, G, CPG, cr, *grad_out.stride(), *reduced.stride(), *span_weight.stride(), *dx.stride(), padding,
             dilation)
-    consts = dict(base, HAS_BIAS=has_bias, BLOCK_C=block_c)
+    consts = dict(base, HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_W=block_w)
     launches["grad-input"] = _launch(_fused_grad_input_kernel, gpu, grid, args, consts, dx)
 
     def finish():

@@ -110,6 +110,9 @@ def test_dwconv1d_gpu_configs(case, dtype):
 INVOLUTION_CASES = {
     "k3": (1, 32, 2, 5, 6, 3, 1, 1),
     "k5-stride2-dilation2": (1, 16, 1, 9, 10, 3, 2, 2),
+    # 37 and 35 columns: two pixel-tile columns of 32, the second mostly masked, and rows split over tiles
+    "wide-rows": (1, 4, 1, 3, 37, 3, 1, 1),
+    "wide-rows-stride2": (1, 4, 2, 5, 70, 3, 2, 1),
 }
 
 
