@@ -59,32 +59,47 @@ def _autotune(fn):
                            prune_configs_by={"early_config_prune": _prune})(fn)
 
 
-def _block_w(cols):
-    """Tile width: the grid's width rounded up to a power of two, at most 32 (a warp's row of fp32 is a line)."""
-    return min(triton.next_power_of_2(cols), 32)
+def _block_w(cols, fmt):
+    """Tile width for NCHW: the grid's width rounded up to a power of two, at most 32 (a warp's row of fp32 is a
+    line). 0 for channels_last, whose loads run along channels: flat pixel tiles, which keep fewer masks live
+    (row tiles made ptxas spill a predicate in the channels_last grad-weight)."""
+    return 0 if fmt == torch.channels_last else min(triton.next_power_of_2(cols), 32)
 
 
 @triton.jit
 def _pixel_tile(tile, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Pixels (i, j) of tile `tile` of a ROWS x COLS grid cut in tiles of BLOCK_P // BLOCK_W rows x BLOCK_W
-    columns, row-major, and their mask. BLOCK_W is a power of two, so Triton sees that each run of BLOCK_W pixels
-    is contiguous along a row of NCHW memory and lays a warp's threads along it; with a flat index split as
-    p // COLS, p % COLS it could not, and under triton 3.6 a warp's load spanned 16 channels (16 lines)."""
-    BLOCK_H: tl.constexpr = BLOCK_P // BLOCK_W
-    tiles_w = tl.cdiv(COLS, BLOCK_W)
+    """Pixels (i, j) of tile `tile` of a ROWS x COLS grid, and their mask. BLOCK_W > 0: tiles of
+    BLOCK_P // BLOCK_W rows x BLOCK_W columns, row-major; BLOCK_W is a power of two, so Triton sees that each run
+    of BLOCK_W pixels is contiguous along a row of NCHW memory and lays a warp's threads along it (with a flat
+    index split as p // COLS, p % COLS it could not: under triton 3.6 a warp's load spanned 16 channels, 16
+    lines). BLOCK_W == 0: BLOCK_P consecutive pixels of the flattened grid."""
     q = tl.arange(0, BLOCK_P)
-    i = (tile // tiles_w) * BLOCK_H + q // BLOCK_W
-    j = (tile % tiles_w) * BLOCK_W + q % BLOCK_W
-    return i, j, (i < ROWS) & (j < COLS)
+    if BLOCK_W == 0:
+        p = tile * BLOCK_P + q
+        i = p // COLS
+        j = p % COLS
+        mask = p < ROWS * COLS
+    else:
+        tiles_w = tl.cdiv(COLS, BLOCK_W)
+        i = (tile // tiles_w) * (BLOCK_P // BLOCK_W) + q // BLOCK_W
+        j = (tile % tiles_w) * BLOCK_W + q % BLOCK_W
+        mask = (i < ROWS) & (j < COLS)
+    return i, j, mask
 
 
 @triton.jit
 def _pixel_tiles(ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
-    return tl.cdiv(ROWS, BLOCK_P // BLOCK_W) * tl.cdiv(COLS, BLOCK_W)
+    if BLOCK_W == 0:
+        n = tl.cdiv(ROWS * COLS, BLOCK_P)
+    else:
+        n = tl.cdiv(ROWS, BLOCK_P // BLOCK_W) * tl.cdiv(COLS, BLOCK_W)
+    return n
 
 
 def _tiles(rows, cols, meta):
     """_pixel_tiles on the host, for the grids."""
+    if meta["BLOCK_W"] == 0:
+        return triton.cdiv(rows * cols, meta["BLOCK_P"])
     return triton.cdiv(rows, meta["BLOCK_P"] // meta["BLOCK_W"]) * triton.cdiv(cols, meta["BLOCK_W"])
 
 
@@ -277,10 +292,10 @@ def _block_c(cpg, fmt):
 
 
 def _consts(kernel_size, stride, block_c, cols, *tensors):
-    """Constexprs shared by the kernels: K, stride, channel block, tile width (for a pixel grid `cols` wide),
-    accumulator and tile-offset dtypes."""
+    """Constexprs shared by the kernels: K, stride, channel block, tile width (for a pixel grid `cols` wide, in the
+    first tensor's layout), accumulator and tile-offset dtypes."""
     image_span = max(sum((n - 1) * s for n, s in zip(a.shape[1:], a.stride()[1:])) + 1 for a in tensors)
-    return dict(K=kernel_size, STRIDE=stride, BLOCK_C=block_c, BLOCK_W=_block_w(cols),
+    return dict(K=kernel_size, STRIDE=stride, BLOCK_C=block_c, BLOCK_W=_block_w(cols, memory_format_of(tensors[0])),
                 ACC=tl.float64 if tensors[0].dtype == torch.float64 else tl.float32,
                 IDX=tl.int64 if image_span >= _INT32_SPAN else tl.int32)
 

@@ -378,7 +378,7 @@ def _plan_backward(grad_out, x, reduced, span_weight, span_bias, kernel_size, st
     block_c = min(triton.next_power_of_2(CPG), 64)  # the whole group where it fits: the recomputed kernel is shared
     n_cblk = triton.cdiv(CPG, block_c)
     # tiles of whole rows of the phase grid in every config (see kernels/involution.py's _pixel_tile)
-    block_w = min(_block_w(Ws), *(c.kwargs["BLOCK_P"] for c in _configs("_fused_grad_input_kernel", gpu)))
+    block_w = min(_block_w(Ws, fmt), *(c.kwargs["BLOCK_P"] for c in _configs("_fused_grad_input_kernel", gpu)))
     grid = lambda meta: (B * G * stride * stride * n_cblk * _tiles(Hs, Ws, meta),)  # noqa: E731
     args = (grad_out, reduced, span_weight, span_bias if has_bias else span_weight, dx, H, W, Ho, Wo, Hs, Ws,
             Hs * Ws, G, CPG, cr, *grad_out.stride(), *reduced.stride(), *span_weight.stride(), *dx.stride(), padding,
