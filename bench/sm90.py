@@ -248,20 +248,23 @@ def _dwconv1d_launches(shape, dtype):
 
 def launches(op, shape_name, dtype_mode, layout):
     """{direction: Launch} of one op on one representative shape, planned with the GPU's tile configs under the
-    mode's TF32 setting."""
+    mode's TF32 setting; a launch that always follows another (Launch.then) is the direction "<direction> then"."""
     import torch
     dtype_name, precision = DTYPE_MODES[dtype_mode]
     dtype = getattr(torch, dtype_name)
     cl = layout == "channels_last"
     with cudnn_conv_tf32(precision == "tf32"):
         if op == "dwconv2d":
-            return _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
-        if op == "dwconv1d":
+            planned = _dwconv_launches(DWCONV_SHAPES[shape_name], dtype, cl)
+        elif op == "dwconv1d":
             assert layout in OP_LAYOUTS[op], f"dwconv1d has no {layout} layout"
-            return _dwconv1d_launches(DWCONV1D_SHAPES[shape_name], dtype)
-        if op == "involution2d_fused":
-            return _fused_involution_launches(FUSED_INVOLUTION_SHAPES[shape_name], dtype, cl)
-        return _involution_launches(INVOLUTION_SHAPES[shape_name], dtype, cl)
+            planned = _dwconv1d_launches(DWCONV1D_SHAPES[shape_name], dtype)
+        elif op == "involution2d_fused":
+            planned = _fused_involution_launches(FUSED_INVOLUTION_SHAPES[shape_name], dtype, cl)
+        else:
+            planned = _involution_launches(INVOLUTION_SHAPES[shape_name], dtype, cl)
+    followers = {f"{d} then": launch.then for d, launch in planned.items() if getattr(launch, "then", None)}
+    return {**planned, **followers}
 
 
 def kernel_name(launch):

@@ -31,6 +31,8 @@ Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction p
 - memory time = minimum bytes (bench/counts.py conventions: every tensor read or written once) / 3.35 TB/s; L2 is
   assumed to serve the re-reads of halos and of x per kernel row.
 - predicted = max(issue, L1, tensor, memory) + 4 us launch; bound = the largest (compute: issue or tensor).
+  A launch that always follows (NCHW grad-input's non-finite redo, which on finite data only reads the gradient)
+  adds its memory time + 4 us.
   floor = max(useful FLOPs / the peak of the unit the kernel runs on, minimum bytes / bandwidth).
 - grad-weight's programs: its tiles times the reduction splits the kernel picks on 132 SMs.
 - the autotuned kernels: the candidate with the smallest predicted time (what autotuning should find).
@@ -500,6 +502,14 @@ def plan(case, dtype_mode, layout):
     return {"forward": fwd, "grad-input": gi, "grad-weight": gw}
 
 
+def follower_s(launch, itemsize):
+    """The launch that always follows this one (grad-input's non-finite redo): on finite data it reads what this
+    launch wrote, once: memory time + a launch."""
+    if launch.then is None:
+        return 0.0
+    return launch.then.out.numel() * itemsize / BANDWIDTH + LAUNCH_S
+
+
 def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, probes):
     """Predicted ms of the best candidate config; appends one per-config row to `rows`. `probes`: a pool running
     probe_loads."""
@@ -533,7 +543,7 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
         peak = TENSOR_PEAK[dtype_name] / products if tensor else FFMA_PEAK
         tensor_s = 2 * macs / peak if tensor else 0.0
         memory = min_bytes / BANDWIDTH
-        total = max(issue, l1, tensor_s, memory) + LAUNCH_S
+        total = max(issue, l1, tensor_s, memory) + LAUNCH_S + follower_s(launch, itemsize)
         floor = max(flops / peak, memory)
         bound = max((memory, "memory"), (l1, "l1"), (max(issue, tensor_s), "compute"))[1]
         row = dict(case=case.name, op=case.op, layout=layout, dtype=dtype, direction=direction,
