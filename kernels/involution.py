@@ -14,6 +14,10 @@ arguments, so it knows the contiguous axis of each tile and lays threads along i
   strided by s; the other classes' programs fill the gaps).
 - grad-weight: per output pixel and tap, a reduction over the group's channels of grad_out * shifted x.
 
+Tiles are [pixels, channels], pixels first: where neither axis of a load is contiguous (NCHW x at stride 2),
+triton 3.6.0 lays a warp along the first axis, so it reads 32 pixels 2 apart (2-3 lines) rather than 16 channels
+(16 lines); along a contiguous axis (NCHW pixel rows, channels_last channels) it lays the warp there anyway.
+
 Addressing: 64-bit scalar base per program (batch, first channel), tile offsets relative to it in IDX, which is
 int32 unless one image of some tensor spans 2**31 elements (int32 offsets need fewer registers in most
 configurations: ptxas for sm_90 reports up to 40% fewer). Tensors with more than 2**31 elements in total are fine
@@ -133,10 +137,10 @@ def _involution_fwd_kernel(
 
     x_base = x_ptr + b * sxb + c0 * sxc
     w_base = w_ptr + b * swb + (g * K * K).to(tl.int64) * swc
-    x_offs = (cl.to(IDX) * sxc)[:, None] + (hi0.to(IDX) * sxh + wi0.to(IDX) * sxw)[None, :]
+    x_offs = (hi0.to(IDX) * sxh + wi0.to(IDX) * sxw)[:, None] + (cl.to(IDX) * sxc)[None, :]
     w_offs = i.to(IDX) * swh + j.to(IDX) * sww
 
-    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for kh in range(K):
         hi = hi0 + kh * DIL
         hmask = pmask & (hi >= 0) & (hi < H)
@@ -145,12 +149,12 @@ def _involution_fwd_kernel(
             m = hmask & (wi >= 0) & (wi < W)
             wv = tl.load(w_base + tl.cast(kh * K + kw, IDX) * swc + w_offs, mask=pmask, other=0.0).to(ACC)
             tap = tl.cast(kh * DIL, IDX) * sxh + tl.cast(kw * DIL, IDX) * sxw
-            xv = tl.load(x_base + tap + x_offs, mask=cmask[:, None] & m[None, :], other=0.0).to(ACC)
-            acc += xv * wv[None, :]
+            xv = tl.load(x_base + tap + x_offs, mask=m[:, None] & cmask[None, :], other=0.0).to(ACC)
+            acc += xv * wv[:, None]
 
     y_base = y_ptr + b * syb + c0 * syc
-    y_offs = (cl.to(IDX) * syc)[:, None] + (i.to(IDX) * syh + j.to(IDX) * syw)[None, :]
-    tl.store(y_base + y_offs, acc.to(y_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
+    y_offs = (i.to(IDX) * syh + j.to(IDX) * syw)[:, None] + (cl.to(IDX) * syc)[None, :]
+    tl.store(y_base + y_offs, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -201,9 +205,9 @@ def _involution_grad_input_kernel(
 
     dy_base = dy_ptr + b * sdyb + c0 * sdyc
     w_base = w_ptr + b * swb + (g * K * K).to(tl.int64) * swc
-    dy_coffs = (cl.to(IDX) * sdyc)[:, None]
+    dy_coffs = (cl.to(IDX) * sdyc)[None, :]
 
-    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for kh in range(K):
         nh = rh + PAD - kh * DIL
         if nh % STRIDE == 0:  # the whole class uses this tap row, or none of it does
@@ -216,13 +220,13 @@ def _involution_grad_input_kernel(
                     m = hmask & (oj >= 0) & (oj < Wo)
                     w_offs = tl.cast(kh * K + kw, IDX) * swc + oi.to(IDX) * swh + oj.to(IDX) * sww
                     wv = tl.load(w_base + w_offs, mask=m, other=0.0).to(ACC)
-                    dy_offs = dy_coffs + (oi.to(IDX) * sdyh + oj.to(IDX) * sdyw)[None, :]
-                    dyv = tl.load(dy_base + dy_offs, mask=cmask[:, None] & m[None, :], other=0.0).to(ACC)
-                    acc += dyv * wv[None, :]
+                    dy_offs = dy_coffs + (oi.to(IDX) * sdyh + oj.to(IDX) * sdyw)[:, None]
+                    dyv = tl.load(dy_base + dy_offs, mask=m[:, None] & cmask[None, :], other=0.0).to(ACC)
+                    acc += dyv * wv[:, None]
 
     dx_base = dx_ptr + b * sdxb + c0 * sdxc
-    dx_offs = (cl.to(IDX) * sdxc)[:, None] + (h.to(IDX) * sdxh + w.to(IDX) * sdxw)[None, :]
-    tl.store(dx_base + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
+    dx_offs = (h.to(IDX) * sdxh + w.to(IDX) * sdxw)[:, None] + (cl.to(IDX) * sdxc)[None, :]
+    tl.store(dx_base + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
 
 
 @_autotune
@@ -252,13 +256,13 @@ def _involution_grad_weight_kernel(
     dy_base = dy_ptr + b * sdyb + c0 * sdyc
     x_base = x_ptr + b * sxb + c0 * sxc
     dw_base = dw_ptr + b * sdwb + (g * K * K).to(tl.int64) * sdwc
-    dy_poffs = (i.to(IDX) * sdyh + j.to(IDX) * sdyw)[None, :]
-    x_poffs = (hi0.to(IDX) * sxh + wi0.to(IDX) * sxw)[None, :]
+    dy_poffs = (i.to(IDX) * sdyh + j.to(IDX) * sdyw)[:, None]
+    x_poffs = (hi0.to(IDX) * sxh + wi0.to(IDX) * sxw)[:, None]
     dw_poffs = i.to(IDX) * sdwh + j.to(IDX) * sdww
 
     if ONE_CBLK:  # the whole group fits one block: load grad_out once and reuse it for all K*K taps
-        dyv = tl.load(dy_base + (cl.to(IDX) * sdyc)[:, None] + dy_poffs,
-                      mask=(cl < CPG)[:, None] & pmask[None, :], other=0.0).to(ACC)
+        dyv = tl.load(dy_base + dy_poffs + (cl.to(IDX) * sdyc)[None, :],
+                      mask=pmask[:, None] & (cl < CPG)[None, :], other=0.0).to(ACC)
     for kh in range(K):
         hi = hi0 + kh * DIL
         hmask = pmask & (hi >= 0) & (hi < H)
@@ -271,11 +275,11 @@ def _involution_grad_weight_kernel(
                 cg = cs + cl
                 cmask = cg < CPG
                 if not ONE_CBLK:
-                    dyv = tl.load(dy_base + (cg.to(IDX) * sdyc)[:, None] + dy_poffs,
-                                  mask=cmask[:, None] & pmask[None, :], other=0.0).to(ACC)
-                xv = tl.load(x_base + tap + (cg.to(IDX) * sxc)[:, None] + x_poffs,
-                             mask=cmask[:, None] & m[None, :], other=0.0).to(ACC)
-                acc += tl.sum(dyv * xv, axis=0)
+                    dyv = tl.load(dy_base + dy_poffs + (cg.to(IDX) * sdyc)[None, :],
+                                  mask=pmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+                xv = tl.load(x_base + tap + x_poffs + (cg.to(IDX) * sxc)[None, :],
+                             mask=m[:, None] & cmask[None, :], other=0.0).to(ACC)
+                acc += tl.sum(dyv * xv, axis=1)
             dw_offs = tl.cast(kh * K + kw, IDX) * sdwc + dw_poffs
             tl.store(dw_base + dw_offs, acc.to(dw_ptr.dtype.element_ty), mask=pmask)
 
