@@ -411,8 +411,9 @@ def test_torch_compile_inductor_first_call():
 
 @pytest.mark.skipif(torch.cuda.is_available() or not triton_fused._INTERPRET,
                     reason="runs the GPU configs under TRITON_INTERPRET=1 on CPU tensors")
-@pytest.mark.parametrize("case", [((1, 32, 2, 9, 10), 3, 20, 1, 1, True), ((1, 16, 1, 9, 8), 7, 70, 2, 1, False)],
-                         ids=["k3", "k7s2-cr70"])
+@pytest.mark.parametrize("case", [((1, 32, 2, 9, 10), 3, 20, 1, 1, True), ((1, 16, 1, 9, 8), 7, 70, 2, 1, False),
+                                  ((1, 4, 1, 3, 37), 3, 4, 1, 1, True)],  # two pixel-tile columns of 32
+                         ids=["k3", "k7s2-cr70", "wide-rows"])
 def test_triton_gpu_configs(case):
     """Every GPU tile config of every launch (grad-span with one tile per program, so several partials), output
     poisoned before each run: the code paths a GPU takes run here first."""
