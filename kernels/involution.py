@@ -15,8 +15,9 @@ arguments, so it knows the contiguous axis of each tile and lays threads along i
 - grad-weight: per output pixel and tap, a reduction over the group's channels of grad_out * shifted x.
 
 Tiles are [pixels, channels], pixels first: where neither axis of a load is contiguous (NCHW x at stride 2),
-triton 3.6.0 lays a warp along the first axis, so it reads 32 pixels 2 apart (2-3 lines) rather than 16 channels
-(16 lines); along a contiguous axis (NCHW pixel rows, channels_last channels) it lays the warp there anyway.
+triton 3.6.0 (the GPU box's) lays a warp along the first axis, so it reads 32 pixels 2 apart (2-3 lines) rather
+than 16 channels (16 lines); 3.8.0 breaks that tie towards the last axis. Along a contiguous axis (NCHW pixel rows,
+channels_last channels) both lay the warp there.
 
 Addressing: 64-bit scalar base per program (batch, first channel), tile offsets relative to it in IDX, which is
 int32 unless one image of some tensor spans 2**31 elements (int32 offsets need fewer registers in most
