@@ -63,6 +63,9 @@ _pinning_contexts = 0  # use_backend contexts open in any thread: while 0, no th
 _pinning_lock = threading.Lock()
 _auto_cache: dict[tuple, str] = {}
 _loaded_keys: set[tuple] = set()
+# The fixed rule's pick per key (a function of the key and the backends installed), kept so that repeated calls in
+# table mode skip the rule and, where it picked torch for a whole call, take ops.dwconv2d's fast path.
+_table_choices: dict[tuple, str] = {}
 _auto_times: dict[tuple, dict[str, float]] = {}  # key -> each timed candidate's best seconds, for `settle`
 
 
@@ -145,10 +148,13 @@ def run(op: str, direction: str, backend: str, x: torch.Tensor, kernel_size, run
     name = _auto_cache.get(key)
     if name is not None and (key in _loaded_keys or not by_table()):
         return _call(name, op, direction, run_args)
-    candidates = _candidates(op, x, kernel_size)
     on_gpu = x.device.type == "cuda"
     if by_table() or (on_gpu and torch.cuda.is_current_stream_capturing()):
-        return _call(table_choice(op, direction, x, kernel_size, candidates), op, direction, run_args)
+        name = _table_choices.get(key)
+        if name is None:
+            name = _table_choices[key] = table_choice(op, direction, x, kernel_size, _candidates(op, x, kernel_size))
+        return _call(name, op, direction, run_args)
+    candidates = _candidates(op, x, kernel_size)
     kept = [name for name in candidates if not known_to_lose(name, op, direction, x, kernel_size)]
     kept = _within_memory(kept, op, direction, x, kernel_size, run_args)
     if len(kept) == 1:
@@ -213,13 +219,14 @@ def auto_still_picks(keys, name: str) -> bool:
 
 
 def all_cached_as(keys, name: str) -> bool:
-    """True when "auto" has cached `name` for every key (choices it measured do not count when the table decides)."""
-    measured = False
+    """True when auto's choice for every key is `name`: a loaded choice in either mode; otherwise, under the fixed
+    rule, the rule's pick (once a call has made it), else the measured one."""
+    table = by_table()
     for key in keys:
-        if _auto_cache.get(key) != name:
+        chosen = _table_choices.get(key) if table and key not in _loaded_keys else _auto_cache.get(key)
+        if chosen != name:
             return False
-        measured = measured or key not in _loaded_keys
-    return not (measured and by_table())
+    return True
 
 
 # ---- the committed rule ------------------------------------------------------------------------------------------

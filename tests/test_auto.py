@@ -20,6 +20,7 @@ def fresh_auto(monkeypatch):
     monkeypatch.setattr(dispatch, "_auto_cache", {})
     monkeypatch.setattr(dispatch, "_loaded_keys", set())
     monkeypatch.setattr(dispatch, "_auto_times", {})
+    monkeypatch.setattr(dispatch, "_table_choices", {})
 
 
 def _record(monkeypatch, op="dwconv2d", delay_s=None):
@@ -259,6 +260,28 @@ def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, chan
     if expected_calls is not None:
         assert set(calls) == set(expected_calls)
     assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["deterministic", "env"])
+def test_the_fixed_rule_takes_the_fast_path_where_it_picks_torch(monkeypatch, how):
+    """Under the fixed rule a tiny layer whose every direction it gives to torch costs what it costs when measured:
+    after the first call, PyTorch's own op and autograd, no custom op (the rule is not run again either)."""
+    if how == "env":
+        monkeypatch.setenv("LARGECONV_AUTO", "table")
+    else:
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    x, w = torch.randn(1, 3, 8, 8, requires_grad=True), torch.randn(3, 1, 3, 3, requires_grad=True)
+    largeconv.dwconv2d(x, w).sum().backward()
+    assert set(dispatch._table_choices.values()) == {"torch"} and len(dispatch._table_choices) == 3
+    ops_called = []
+    original_op = torch.ops.largeconv.dwconv2d
+    monkeypatch.setattr(torch.ops.largeconv, "dwconv2d", lambda *a: ops_called.append(a[-1]) or original_op(*a))
+    monkeypatch.setattr(dispatch, "table_choice", lambda *a: pytest.fail("the rule ran again"))
+    out = largeconv.dwconv2d(x, w)
+    out.sum().backward()
+    assert ops_called == []
+    ref = F.conv2d(x.detach().double(), w.detach().double(), None, 1, 1, 1, 3)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
 
 
 def test_environment_is_read_only_when_nothing_more_specific_decides(monkeypatch):
