@@ -959,7 +959,8 @@ def stage_auto(args):
 
 def per_call_rows(args):
     """bench/overhead.py's per-call rows (design: auto on tiny layers where it picks torch costs <= 1.3x F.conv2d
-    per call), host time included; auto's first calls pick by the table (no Triton compile, a few seconds in all)."""
+    per call), host time included; auto picks by its fixed rule, which gives these tiny layers to torch (no Triton
+    compile, a few seconds in all)."""
     from bench import overhead
     rows = overhead.per_call_rows(device_for(args), choose_by="table")
     append_rows(args.out, [dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), suite="per-call", case=r["case"],

@@ -12,12 +12,12 @@ Rows (overhead.csv / overhead.md in --out):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import os
 import sys
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -34,57 +34,45 @@ FIRST_CALL = {"cpu": [("involution2d", (8, 256, 56, 56), 7, 16), ("dwconv2d", (4
 
 
 def per_call_rows(device, choose_by="measure"):
-    """choose_by "table": auto's first calls pick by the fixed rule (LARGECONV_AUTO=table for them only) instead of
-    measuring, which on a GPU would compile the Triton candidates for these shapes (seconds the GPU kit cannot
-    spare); the timed calls then take the same fast path as after a measured choice of torch."""
+    """choose_by "table": auto picks by its fixed rule (LARGECONV_AUTO=table, as under deterministic mode) instead
+    of measuring, which on a GPU would compile the Triton candidates for these shapes (seconds the GPU kit cannot
+    spare); where the rule gives torch every direction the calls take the same fast path as after a measured
+    choice."""
+    with mock.patch.dict(os.environ, {"LARGECONV_AUTO": "table"} if choose_by == "table" else {}):
+        return [row for n, c, h, w, k in TINY for row in _per_call_case(device, n, c, h, w, k)]
+
+
+def _per_call_case(device, n, c, h, w, k):
+    x = torch.randn(n, c, h, w, device=device)
+    weight = torch.randn(c, 1, k, k, device=device)
+    xg, wg = x.clone().requires_grad_(), weight.clone().requires_grad_()
+
+    def direct():
+        return F.conv2d(x, weight, None, 1, k // 2, 1, c)
+
+    def ours():
+        return largeconv.dwconv2d(x, weight)
+
+    def direct_fb():
+        F.conv2d(xg, wg, None, 1, k // 2, 1, c).sum().backward()
+
+    def ours_fb():
+        largeconv.dwconv2d(xg, wg).sum().backward()
+
+    module = largeconv.LargeDWConv2d(c, k, device=device).requires_grad_(False)
+    reference_module = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=c, device=device).requires_grad_(False)
+    reference_module.load_state_dict(module.state_dict())
+
+    ours_fb()  # auto's measurement (or the fixed rule's choice) happens here, before timing
+    module(x)
     rows = []
-    for n, c, h, w, k in TINY:
-        x = torch.randn(n, c, h, w, device=device)
-        weight = torch.randn(c, 1, k, k, device=device)
-        xg, wg = x.clone().requires_grad_(), weight.clone().requires_grad_()
-
-        def direct():
-            return F.conv2d(x, weight, None, 1, k // 2, 1, c)
-
-        def ours():
-            return largeconv.dwconv2d(x, weight)
-
-        def direct_fb():
-            F.conv2d(xg, wg, None, 1, k // 2, 1, c).sum().backward()
-
-        def ours_fb():
-            largeconv.dwconv2d(xg, wg).sum().backward()
-
-        module = largeconv.LargeDWConv2d(c, k, device=device).requires_grad_(False)
-        reference_module = torch.nn.Conv2d(c, c, k, padding=k // 2, groups=c, device=device).requires_grad_(False)
-        reference_module.load_state_dict(module.state_dict())
-
-        with _environment(LARGECONV_AUTO="table" if choose_by == "table" else None):
-            ours_fb()  # auto's measurement (or the table's choice) happens here, before timing
-            ours()
-            module(x)
-        for direction, mine, theirs in (("fwd", ours, direct), ("fwdbwd", ours_fb, direct_fb),
-                                        ("module fwd", lambda: module(x), lambda: reference_module(x))):
-            t_mine, t_theirs = interleaved_times(mine, theirs, device)
-            rows.append({"kind": "per-call", "case": f"({n},{c},{h}x{w}) K{k}", "direction": direction,
-                         "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
-                         "target": "<= 1.3", "auto_choice": _choices(x, (k, k))})
+    for direction, mine, theirs in (("fwd", ours, direct), ("fwdbwd", ours_fb, direct_fb),
+                                    ("module fwd", lambda: module(x), lambda: reference_module(x))):
+        t_mine, t_theirs = interleaved_times(mine, theirs, device)
+        rows.append({"kind": "per-call", "case": f"({n},{c},{h}x{w}) K{k}", "direction": direction,
+                     "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
+                     "target": "<= 1.3", "auto_choice": _choices(x, (k, k))})
     return rows
-
-
-@contextlib.contextmanager
-def _environment(**values):
-    """Set (a str) or leave alone (None) each variable for the enclosed calls, restoring it after."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update({name: value for name, value in values.items() if value is not None})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def interleaved_times(mine, theirs, device, rounds=40, batch=20):
@@ -106,7 +94,7 @@ def interleaved_times(mine, theirs, device, rounds=40, batch=20):
 
 
 def _choices(x, kernel):
-    picked = {key[1]: name for key, name in dispatch.auto_choices().items()
+    picked = {key[1]: name for key, name in {**dispatch._table_choices, **dispatch.auto_choices()}.items()
               if key[2] == str(x.device) and key[5] == tuple(dispatch._bucket(s) for s in x.shape)
               and key[6] == kernel}
     return " ".join(f"{d}={picked.get(d, '?')}" for d in ("forward", "grad_input", "grad_weight"))
