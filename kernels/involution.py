@@ -71,6 +71,13 @@ def _block_w(cols, fmt):
     return 0 if fmt == torch.channels_last else min(triton.next_power_of_2(cols), 32)
 
 
+@triton.constexpr_function
+def _tile_width(BLOCK_P, BLOCK_W):
+    """A tile's width: BLOCK_W, or the whole pixel block where a config's block is narrower (the autotuner prunes
+    such configs, but a single config is launched unpruned: the GPU kit's workers keep one per kernel)."""
+    return min(BLOCK_W, BLOCK_P)
+
+
 @triton.jit
 def _pixel_tile(tile, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """Pixels (i, j) of tile `tile` of a ROWS x COLS grid, and their mask. BLOCK_W > 0: tiles of
@@ -85,9 +92,10 @@ def _pixel_tile(tile, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
         j = p % COLS
         mask = p < ROWS * COLS
     else:
-        tiles_w = tl.cdiv(COLS, BLOCK_W)
-        i = (tile // tiles_w) * (BLOCK_P // BLOCK_W) + q // BLOCK_W
-        j = (tile % tiles_w) * BLOCK_W + q % BLOCK_W
+        TILE_W: tl.constexpr = _tile_width(BLOCK_P, BLOCK_W)
+        tiles_w = tl.cdiv(COLS, TILE_W)
+        i = (tile // tiles_w) * (BLOCK_P // TILE_W) + q // TILE_W
+        j = (tile % tiles_w) * TILE_W + q % TILE_W
         mask = (i < ROWS) & (j < COLS)
     return i, j, mask
 
@@ -97,7 +105,8 @@ def _pixel_tiles(ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     if BLOCK_W == 0:
         n = tl.cdiv(ROWS * COLS, BLOCK_P)
     else:
-        n = tl.cdiv(ROWS, BLOCK_P // BLOCK_W) * tl.cdiv(COLS, BLOCK_W)
+        TILE_W: tl.constexpr = _tile_width(BLOCK_P, BLOCK_W)
+        n = tl.cdiv(ROWS, BLOCK_P // TILE_W) * tl.cdiv(COLS, TILE_W)
     return n
 
 
@@ -105,7 +114,8 @@ def _tiles(rows, cols, meta):
     """_pixel_tiles on the host, for the grids."""
     if meta["BLOCK_W"] == 0:
         return triton.cdiv(rows * cols, meta["BLOCK_P"])
-    return triton.cdiv(rows, meta["BLOCK_P"] // meta["BLOCK_W"]) * triton.cdiv(cols, meta["BLOCK_W"])
+    tile_w = _tile_width(meta["BLOCK_P"], meta["BLOCK_W"])
+    return triton.cdiv(rows, meta["BLOCK_P"] // tile_w) * triton.cdiv(cols, tile_w)
 
 
 @_autotune

@@ -142,6 +142,30 @@ def test_involution_gpu_configs(case, layout):
         assert_close(gw, ref_gw, what=f"grad weight {config}")
 
 
+def test_involution_runs_a_config_the_prune_drops():
+    """A pixel block narrower than the tile width (BLOCK_P 16, 32-wide rows) is pruned when the autotuner has a
+    choice, but a single config runs unpruned (the GPU kit's workers keep one per kernel): it must still cover every
+    pixel. Its first GPU run divided by zero on RedNet's stride-2 layer."""
+    b, c, g, h, w, k, stride, dilation = INVOLUTION_CASES["wide-rows-stride2"]
+    pad = dilation * (k - 1) // 2
+    x = torch.randn(b, c, h, w)
+    ho, wo = ((size + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for size in (h, w))
+    weight = torch.randn(b, g * k * k, ho, wo)
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    ref = involution_unfold(x64, w64, k, stride, pad, dilation)
+    grad_out = torch.randn(ref.shape)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad_out.double())
+    narrow = next(cfg for cfg in inv._configs(gpu=True) if cfg.kwargs["BLOCK_P"] == 16)
+    plans = [(inv._plan_forward(x, weight, k, stride, pad, dilation, gpu=True), ref),
+             (inv._plan_grad_input(grad_out, weight, x.shape, k, stride, pad, dilation, gpu=True), ref_gx),
+             (inv._plan_grad_weight(grad_out, x, weight.shape, k, stride, pad, dilation, gpu=True), ref_gw)]
+    for (out, launch), expected in plans:
+        assert launch.meta["BLOCK_W"] == 32 and narrow not in launch.configs, "the case must hit a pruned config"
+        launch.out.fill_(float("nan"))
+        launch.run(narrow)
+        assert_close(out, expected, what=f"{launch.kernel.fn.__name__} {narrow}")
+
+
 def test_toeplitz_tiles_follow_the_dtype_and_never_prune_to_nothing():
     """fp32/fp64 get the 8-warp tiles that do not spill (bench/sm90.py), fp16/bf16 the 4-warp ones; when the GPU run
     kit has cut the autotuner's list to configs of the other kind, those still run (an empty list would raise)."""
