@@ -79,8 +79,8 @@ STAGES=$DEST/stages.csv
 echo "stage,status,seconds,budget" > "$STAGES"
 
 TOTAL=${GPU_KIT_TOTAL:-540}
-declare -A BUDGET=([build]=240 [env]=40 [smoke-triton]=65 [timings-triton]=140 [wait-build]=10 [smoke-cuda]=30
-                   [timings-cuda]=30 [sanitizer]=65 [auto]=90 [model]=40 [pytest]=rest [summary]=5)
+declare -A BUDGET=([build]=240 [env]=40 [smoke-triton]=65 [timings-triton]=185 [wait-build]=10 [smoke-cuda]=30
+                   [timings-cuda]=30 [sanitizer]=65 [auto]=100 [model]=40 [pytest]=rest [summary]=20)
 # A rehearsal checks the code, not the time: on a busy 2-core CPU its stages get GPU_KIT_REHEARSE_SCALE x the budgets.
 SCALE=1
 if [ $REHEARSE = 1 ]; then SCALE=${GPU_KIT_REHEARSE_SCALE:-4}; fi
