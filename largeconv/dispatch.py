@@ -236,17 +236,15 @@ def table_choice(op, direction, x, kernel_size, candidates) -> str:
 
     CPU rows are measured (2-core EPYC, 2026-11-22, bench/results/cpu): the FFT path wins from 13x13 on in forward and
     grad-input, the per-tap weight gradient from about 5x5, involution's shift-and-accumulate always (the unfold
-    reference is 9-25x slower). CUDA rows are a PREDICTION (bench/results/static-sm90): no GPU has measured them;
-    they prefer the fused kernels from 7x7 on and PyTorch (cuDNN / its depthwise kernel) below."""
+    reference is 9-25x slower). CUDA rows: `_cuda_order`."""
     taps = math.prod(kernel_size)
-    if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py); the CUDA row a prediction
+    if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py) and on an H100 (cuda 2.5-3.4x F.conv1d)
         fused = ("cpu",) if x.device.type == "cpu" else ("cuda", "triton")
         order = (*fused, "torch") if taps >= 31 else ("torch", *fused)
     elif op == "involution2d_fused":  # CPU measured (bench/results/cpu/fused_involution.md); CUDA a prediction
         order = ("cpu", "torch") if x.device.type == "cpu" else ("triton", "torch")
     elif x.device.type == "cuda":
-        fused = op == "involution2d" or taps >= 49
-        order = ("cuda", "triton", "torch") if fused else ("torch",)
+        order = _cuda_order(op, direction, x, taps)
     elif op == "involution2d":
         order = ("cpu", "torch")
     else:
@@ -256,6 +254,27 @@ def table_choice(op, direction, x, kernel_size, candidates) -> str:
         if name in candidates:
             return name
     return "torch"
+
+
+def _cuda_order(op, direction, x, taps):
+    """The fixed rule's preference on CUDA for dwconv2d and involution2d. Measured on one H100 (batch 64, 2026-11-27,
+    bench/results/h100/run2): cuda beats PyTorch in every direction timed from 13x13 on (fp32 and bf16, maps 7x7 to
+    90x180), except the forward on 7x7 maps (RepLKNet-31B s4, K13: PyTorch 0.124 ms, cuda 0.275); at 56x56, bf16
+    K31, triton beats cuda (forward 1.96 vs 2.12 ms, backward 3.68 vs 4.87; fp16 follows bf16, untimed), and the
+    NCHW involution on triton beats cuda 1.4-4.8x (stride 1 and 2, fp32 and bf16). Below 7x7 kernels, smaller maps
+    for the involution on triton and channels_last involution are not timed: the prediction of
+    bench/results/static-sm90 stands there (PyTorch below 7x7, cuda from it)."""
+    h, w = x.shape[-2:]
+    large_map = h >= 56 and w >= 56
+    if op == "involution2d":
+        return ("triton", "cuda", "torch") if large_map and not is_channels_last(x) else ("cuda", "triton", "torch")
+    if taps < 49:
+        return ("torch",)
+    if direction == "forward" and h * w <= 49:
+        return ("torch", "cuda", "triton")
+    if x.dtype in (torch.float16, torch.bfloat16) and large_map:
+        return ("triton", "cuda", "torch")
+    return ("cuda", "triton", "torch")
 
 
 def known_to_lose(name, op, direction, x, kernel_size) -> bool:

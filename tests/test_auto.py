@@ -1,5 +1,6 @@
 """How "auto" chooses: reproducible by rule when asked, cheap and memory-safe when it measures, savable, and out of the
 way (no custom-op machinery) on calls where it chose PyTorch."""
+import math
 import threading
 import time
 
@@ -45,6 +46,31 @@ def _fwd_bwd(x, w):
     out = largeconv.dwconv2d(x, w)
     out.backward(torch.ones_like(out))
     return out.detach(), x.grad, w.grad
+
+
+# (op, direction, (N, C, H, W), dtype, channels_last, kernel size) -> the first choice: the H100 rows the CUDA rule
+# follows (bench/results/h100/run2), and the unmeasured rows keeping the prediction
+CUDA_RULE = [
+    (("dwconv2d", "forward", (64, 1024, 7, 7), torch.float32, False, (13, 13)), "torch"),  # 0.124 vs cuda 0.275 ms
+    (("dwconv2d", "grad_input", (64, 1024, 7, 7), torch.float32, False, (13, 13)), "cuda"),  # bwd 0.73 vs 2.40
+    (("dwconv2d", "forward", (64, 128, 56, 56), torch.float32, False, (31, 31)), "cuda"),  # 1.90 vs triton 8.18
+    (("dwconv2d", "forward", (64, 128, 56, 56), torch.bfloat16, False, (31, 31)), "triton"),  # 1.96 vs cuda 2.12
+    (("dwconv2d", "grad_weight", (64, 128, 56, 56), torch.bfloat16, False, (31, 31)), "triton"),
+    (("dwconv2d", "grad_weight", (64, 1024, 7, 7), torch.bfloat16, False, (13, 13)), "cuda"),  # 0.80 vs triton 1.41
+    (("dwconv2d", "forward", (64, 128, 56, 56), torch.float32, False, (5, 5)), "torch"),
+    (("involution2d", "forward", (64, 64, 56, 56), torch.float32, False, (7, 7)), "triton"),  # 0.32 vs cuda 0.45
+    (("involution2d", "forward", (64, 64, 56, 56), torch.float32, True, (7, 7)), "cuda"),
+    (("involution2d", "forward", (64, 256, 14, 14), torch.float32, False, (7, 7)), "cuda"),
+]
+
+
+@pytest.mark.parametrize("call, first", CUDA_RULE, ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_the_cuda_rule_follows_the_h100_measurements(call, first):
+    op, direction, shape, dtype, channels_last, kernel_size = call
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert dispatch._cuda_order(op, direction, x, math.prod(kernel_size))[0] == first
 
 
 @pytest.mark.parametrize("how", ["deterministic", "env"])
