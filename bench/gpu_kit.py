@@ -46,7 +46,7 @@ def append_rows(out, rows):
 
 
 def read_rows(out):
-    from bench.roofline import read_csv
+    from bench.rows import read_csv
     path = Path(out) / "results.csv"
     return read_csv(path) if path.exists() else []
 
@@ -1146,7 +1146,7 @@ def fused_summary(rows):
 
 
 def stage_summary(args):
-    from bench.roofline import num
+    from bench.rows import num
     out = Path(args.out)
     lines = [f"{'stage':<16} {'status':<9} {'seconds':>8} {'budget':>7}  note"]
     notes = {r["case"]: (r["status"], r["reason"]) for r in read_rows(out) if r["suite"] == "kit"}

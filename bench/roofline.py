@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # `bench` from the source tree; an installed largeconv still wins
 
 from bench import counts, peaks as peaks_mod, suites  # noqa: E402
+from bench.rows import num, read_csv  # noqa: E402,F401  (read_csv: for users of this module)
 import largeconv  # noqa: E402
 from largeconv import dispatch  # noqa: E402
 from largeconv.reference import involution2d_reference  # noqa: E402
@@ -473,18 +474,6 @@ def fmt_csv(value):
     if isinstance(value, float):
         return "" if value != value else f"{value:.6g}"
     return value
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def num(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def fmt(value, spec):
