@@ -71,13 +71,6 @@ def _block_w(cols, fmt):
     return 0 if fmt == torch.channels_last else min(triton.next_power_of_2(cols), 32)
 
 
-@triton.constexpr_function
-def _tile_width(BLOCK_P, BLOCK_W):
-    """A tile's width: BLOCK_W, or the whole pixel block where a config's block is narrower (the autotuner prunes
-    such configs, but a single config is launched unpruned: the GPU kit's workers keep one per kernel)."""
-    return min(BLOCK_W, BLOCK_P)
-
-
 @triton.jit
 def _pixel_tile(tile, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """Pixels (i, j) of tile `tile` of a ROWS x COLS grid, and their mask. BLOCK_W > 0: tiles of
@@ -92,7 +85,9 @@ def _pixel_tile(tile, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
         j = p % COLS
         mask = p < ROWS * COLS
     else:
-        TILE_W: tl.constexpr = _tile_width(BLOCK_P, BLOCK_W)
+        # BLOCK_W wide, or the whole pixel block where a config's block is narrower (the autotuner prunes such
+        # configs, but launches a single config unpruned: the GPU kit's workers keep one per kernel)
+        TILE_W: tl.constexpr = BLOCK_W if BLOCK_W <= BLOCK_P else BLOCK_P
         tiles_w = tl.cdiv(COLS, TILE_W)
         i = (tile // tiles_w) * (BLOCK_P // TILE_W) + q // TILE_W
         j = (tile % tiles_w) * TILE_W + q % TILE_W
@@ -105,7 +100,7 @@ def _pixel_tiles(ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     if BLOCK_W == 0:
         n = tl.cdiv(ROWS * COLS, BLOCK_P)
     else:
-        TILE_W: tl.constexpr = _tile_width(BLOCK_P, BLOCK_W)
+        TILE_W: tl.constexpr = BLOCK_W if BLOCK_W <= BLOCK_P else BLOCK_P  # as _pixel_tile
         n = tl.cdiv(ROWS, BLOCK_P // TILE_W) * tl.cdiv(COLS, TILE_W)
     return n
 
@@ -114,7 +109,7 @@ def _tiles(rows, cols, meta):
     """_pixel_tiles on the host, for the grids."""
     if meta["BLOCK_W"] == 0:
         return triton.cdiv(rows * cols, meta["BLOCK_P"])
-    tile_w = _tile_width(meta["BLOCK_P"], meta["BLOCK_W"])
+    tile_w = min(meta["BLOCK_W"], meta["BLOCK_P"])  # as _pixel_tile
     return triton.cdiv(rows, meta["BLOCK_P"] // tile_w) * triton.cdiv(cols, tile_w)
 
 
