@@ -30,7 +30,18 @@ Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction p
 - tensor time = 2 x executed MACs x products per dot (3 for tf32x3) / tensor-core peak (HGMMA/HMMA kernels).
 - memory time = minimum bytes (bench/counts.py conventions: every tensor read or written once) / 3.35 TB/s; L2 is
   assumed to serve the re-reads of halos and of x per kernel row.
-- predicted = max(issue, L1, tensor, memory) + 4 us launch; bound = the largest (compute: issue or tensor).
+- memory-latency time = passes of the hot loop x its memory rounds x 500 ns / (132 x resident warps per SM),
+  divided by the wave efficiency. Why: a kernel can be bound by neither a pipe nor DRAM bandwidth but by waiting:
+  a warp that must have a load's data before it issues the next load waits a round trip each time, and only the
+  other resident warps fill that time (Little's law: bytes in flight = bandwidth x latency; the report gives the
+  DRAM bytes this leaves in flight per SM, where 3.35 TB/s x ~700 ns needs ~18 KB). Rounds per pass come from the
+  SASS (`load_batches`): walking the loop in order, a stall on an LDG's register costs a round when that LDG was
+  issued after the previous stall (ptxas often reuses a few registers for a tile's loads, so a 17-load pass waits
+  4 times); a cp.async loop waits once per pass with num_stages - 1 passes prefetched. 500 ns is an effective
+  round trip (L1, L2 and DRAM latencies mixed), fitted on one measured row, RedNet-50 s1 fp32 NCHW forward
+  (H100 run 2, bench/results/h100/run2/model_correction.md); the model has no cache simulation to split it.
+- predicted = max(issue, L1, tensor, memory, memory latency) + 4 us launch; bound = the largest (compute: issue or
+  tensor; latency: the memory-latency time).
   A launch that always follows (NCHW grad-input's non-finite redo, which on finite data only reads the gradient)
   adds its memory time + 4 us.
   floor = max(useful FLOPs / the peak of the unit the kernel runs on, minimum bytes / bandwidth).
@@ -50,6 +61,12 @@ after), where the model was off by more than 2x:
 (4) the kernels measured ran IEEE fp32 dots; since 6db7e3f the NCHW forward and grad-input run them as 3xTF32,
     whose SASS computes a dot in 3 or more tensor-core products: the passes of the dot kernels now come from the
     tile's dot, not from the loop's multiply-adds, and the tensor time counts the 3 products.
+Changed after the second H100 run (2026-11-27, bench/results/h100/run2/model_correction.md): the NCHW involution
+rows were predicted 1.6-2.3x too fast (RedNet-50 s1 forward 0.142 ms, measured 0.323, 27% of the DRAM roof). The
+memory-latency term: the tap loop's SASS waits on its loads 1-4 times per tap, with num_stages=1 and 6-16 warps
+per SM to overlap them. Every autotuner candidate was timed on the GPU and none beat 0.32 ms, so the term must
+bind for all of them; counting a pass as one wait (all its loads in flight at once) does not (a candidate whose
+kw loop ptxas unrolls, P32-w4, would be predicted 0.17 ms), counting rounds does.
 """
 from __future__ import annotations
 
@@ -82,6 +99,8 @@ TENSOR_PEAK = {"float32": 494.7e12, "bfloat16": 989.4e12}  # by operand dtype: f
 PRODUCTS = {"tf32x3": 3}  # tensor-core products per dot, by its input precision (1 otherwise)
 L1_LINE = 128  # bytes: the L1/shared data pipe moves one 128-byte wavefront per clock per SM
 LAUNCH_S = 4e-6
+# one round trip of a warp's global loads, effective (docstring: memory latency): fitted on one H100 row
+MEMORY_LATENCY_S = 500e-9
 HEADLINE = [c for c in suites.replknet31b() if c.name.endswith(("s1", "s2", "s3", "s4"))] + \
     [c for c in suites.slak() if c.name == "slak-s1-51x5"] + \
     [c for c in suites.rednet50() if c.name in ("rednet50-s1", "rednet50-s2", "rednet50-s2-stride2")]
@@ -160,11 +179,66 @@ def hot_loop(instructions):
     return best if best is not None else instructions
 
 
+def registers(operands):
+    """General registers an operand list names (R4.64 is R4 and R5, R4.128 R4 to R7; RZ none)."""
+    out = []
+    for m in re.finditer(r"\bR(\d+)(?:\.(64|128))?\b", operands):
+        out += [int(m.group(1)) + i for i in range({"64": 2, "128": 4}.get(m.group(2), 1))]
+    return out
+
+
+# opcodes whose first operand is not a register they write (an address, a barrier, a branch target)
+NO_DESTINATION = ("ST", "STG", "STS", "STL", "RED", "BRA", "BAR", "EXIT", "DEPBAR", "LDGDEPBAR", "WARPSYNC", "NOP",
+                  "CALL", "RET", "MEMBAR", "ERRBAR", "CCTL", "LDGSTS", "UTMALDG", "UBLKCP", "SYNCS", "ARRIVES")
+
+
+def load_batches(body):
+    """How the hot loop waits on global memory, from its SASS (one warp, one pass): `loads` = its global load
+    instructions (LDG into registers, LDGSTS = cp.async into shared memory); `before_wait` = the LDGs issued before
+    the first instruction that reads a register an LDG of the pass loads (the warp's loads in flight at once);
+    `rounds` = the memory round trips a pass waits for in turn: an instruction reading a pending LDG's register
+    stalls the warp, and costs a round when that LDG was issued after the previous stall (one issued before it
+    has had that stall's time to arrive; loads are taken to complete in issue order). A cp.async loop waits once
+    per pass (DEPBAR.LE SB0, N), with N of its commit groups (LDGDEPBAR) still in flight: 1 / (1 + N / groups
+    per pass) rounds. 0 when the loop has no global load."""
+    pending = {}  # register -> body index of the LDG loading it, until a stall covers it
+    loads = before = groups = rounds = 0
+    last_stall, depbar = -1, None
+    for index, (_, op, args) in enumerate(body):
+        name = op.split(".")[0]
+        parts = args.split(",")
+        if name in NO_DESTINATION:
+            reads, writes = registers(args), []
+        else:
+            reads, writes = registers(",".join(parts[1:])), registers(parts[0])
+        waits = [pending[r] for r in reads if r in pending]
+        if waits:
+            rounds += max(waits) > last_stall
+            last_stall = index
+            pending.clear()  # in-order completion: every load issued so far has arrived
+        for r in writes:
+            pending.pop(r, None)
+        if name == "LDG":
+            loads += 1
+            before += last_stall < 0
+            pending.update((r, index) for r in writes)
+        elif name == "LDGSTS":
+            loads += 1
+        elif name == "LDGDEPBAR":
+            groups += 1
+        elif name == "DEPBAR":
+            m = re.search(r"SB0,\s*(0x[0-9a-f]+|\d+)", args)
+            depbar = int(m.group(1), 0) if m else 0
+    if not rounds and loads and groups and depbar is not None:
+        rounds = 1 / (1 + depbar / groups)
+    return dict(loads=loads, before_wait=before, rounds=rounds)
+
+
 def loop_mix(text):
     body = hot_loop(parse_sass(text))
     mix = Counter(classify(op) for _, op, _ in body)
     macs = sum(mac_per_instruction(op, args) for _, op, args in body)
-    return dict(instructions=len(body), macs=macs, mix=mix)
+    return dict(instructions=len(body), macs=macs, mix=mix, **load_batches(body))
 
 
 def l1_wavefronts(mix, lines_per_access, bank_conflicts):
@@ -543,15 +617,22 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
         peak = TENSOR_PEAK[dtype_name] / products if tensor else FFMA_PEAK
         tensor_s = 2 * macs / peak if tensor else 0.0
         memory = min_bytes / BANDWIDTH
-        total = max(issue, l1, tensor_s, memory) + LAUNCH_S + follower_s(launch, itemsize)
+        # memory latency: a pass waits `rounds` round trips in turn; only the SM's resident warps overlap them
+        warps_per_sm = max(blocks, 1) * k.num_warps
+        latency = passes * mix["rounds"] * MEMORY_LATENCY_S / (sm90.H100["sms"] * warps_per_sm) / wave_eff
+        # the same bound as Little's law: minimum (DRAM) bytes per round trip of a warp x the SM's warps
+        in_flight_bytes = min_bytes / (passes * mix["rounds"]) * warps_per_sm if mix["rounds"] else 0.0
+        total = max(issue, l1, tensor_s, memory, latency) + LAUNCH_S + follower_s(launch, itemsize)
         floor = max(flops / peak, memory)
-        bound = max((memory, "memory"), (l1, "l1"), (max(issue, tensor_s), "compute"))[1]
+        bound = max((memory, "memory"), (latency, "latency"), (l1, "l1"), (max(issue, tensor_s), "compute"))[1]
         row = dict(case=case.name, op=case.op, layout=layout, dtype=dtype, direction=direction,
                    kernel=key[0], config=key[2], registers=k.registers, spills=k.spills, shared=k.shared,
                    blocks_per_sm=blocks, warps_per_scheduler=warps_per_sched, loop_instr=mix["instructions"],
                    loop_macs=mix["macs"], mix=mix["mix"], lines_per_access=lines, bank_conflicts=conflicts,
                    executed_vs_useful=2 * macs / flops, issue_ms=issue * 1e3, l1_ms=l1 * 1e3,
-                   tensor_ms=tensor_s * 1e3, memory_ms=memory * 1e3, predicted_ms=total * 1e3,
+                   tensor_ms=tensor_s * 1e3, memory_ms=memory * 1e3, loads=mix["loads"],
+                   loads_before_wait=mix["before_wait"], rounds=mix["rounds"],
+                   in_flight_bytes=in_flight_bytes, latency_ms=latency * 1e3, predicted_ms=total * 1e3,
                    floor_ms=floor * 1e3, bound=bound)
         rows.append(row)
         if best is None or row["predicted_ms"] < best["predicted_ms"]:
@@ -639,17 +720,25 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT):
         "",
         "## Predicted H100 times (best candidate config per launch)",
         "",
+        "All times are predictions of the model (bench/static_gpu.py's docstring); latency = the memory-latency "
+        "term (rounds/pass: memory round trips a warp waits for in turn per pass of the hot loop, from the SASS; "
+        f"{MEMORY_LATENCY_S * 1e9:.0f} ns each, an effective latency fitted on one H100 row: "
+        "bench/results/h100/run2/model_correction.md).",
+        "",
         "| case | layout | dtype | direction | config | regs | spills | smem B | blocks/SM | warps/sched "
         "| executed/useful | issue ms | lines/access | bank conflicts | L1 ms | tensor ms | memory ms "
+        "| loads/pass | before 1st wait | rounds/pass | DRAM KB in flight/SM | latency ms "
         "| predicted ms | floor ms | bound |",
-        "|" + "---|" * 20,
+        "|" + "---|" * 25,
     ]
     for r in best_rows:
         lines.append(f"| {r['case']} | {r['layout']} | {r['dtype']} | {r['direction']} | {r['config']} | "
                      f"{r['registers']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} | "
                      f"{r['warps_per_scheduler']:.1f} | {r['executed_vs_useful']:.2f} | {r['issue_ms']:.3f} | "
                      f"{r['lines_per_access']:.2f} | {r['bank_conflicts']:.2f} | {r['l1_ms']:.3f} | "
-                     f"{r['tensor_ms']:.3f} | {r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | "
+                     f"{r['tensor_ms']:.3f} | {r['memory_ms']:.3f} | {r['loads']} | {r['loads_before_wait']} | "
+                     f"{r['rounds']:.2g} | {r['in_flight_bytes'] / 1024:.1f} | {r['latency_ms']:.3f} | "
+                     f"{r['predicted_ms']:.3f} | "
                      f"{r['floor_ms']:.3f} | {r['bound']} |")
     lines += ["", "## Every kernel x config x dtype: resources, occupancy and hot-loop instruction mix", "",
               "Hot loop = the innermost loop of the SASS with the most multiply-adds; counts are warp instructions "
