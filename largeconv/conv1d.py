@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from . import dispatch, reference
 from .arguments import _check_same, _check_tensor, conv_output_size, is_int
 from .modules import DepthwiseAttributes
-from .ops import _autocast, _composite_needed, bias_grad, register_bilinear_double_backward
+from .ops import (_autocast, _composite_needed, _grad_op, bias_grad, dispatcher_needed, eager_function,
+                  register_bilinear_double_backward)
 
 OP = "dwconv1d"
 # convert() swaps a depthwise nn.Conv1d from this kernel size on: measured 2026-11-27 (2-thread Xeon @ 2.80GHz,
@@ -97,9 +98,8 @@ def _out_length(length, kernel, stride, padding, dilation):
 
 # ---- custom ops --------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("largeconv::dwconv1d", mutates_args=())
-def _dwconv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: list[int], dilation: int,
-              backend: str) -> Tensor:
+def _dwconv1d_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: list[int],
+                   dilation: int, backend: str) -> Tensor:
     x, weight = x.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     length = _out_length(x.shape[2], weight.shape[2], stride, padding, dilation)
@@ -109,15 +109,17 @@ def _dwconv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, pa
     return dispatch.run(OP, "forward", backend, x, (weight.shape[2],), args).contiguous()
 
 
+_dwconv1d = torch.library.custom_op("largeconv::dwconv1d", _dwconv1d_impl, mutates_args=())
+
+
 @_dwconv1d.register_fake
 def _(x, weight, bias, stride, padding, dilation, backend):
     return x.new_empty((x.shape[0], weight.shape[0], _out_length(x.shape[2], weight.shape[2], stride, padding,
                                                                  dilation)))
 
 
-@torch.library.custom_op("largeconv::dwconv1d_grad_input", mutates_args=())
-def _dwconv1d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int], stride: int,
-                         padding: list[int], dilation: int, backend: str) -> Tensor:
+def _dwconv1d_grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: list[int], stride: int,
+                              padding: list[int], dilation: int, backend: str) -> Tensor:
     grad_out, weight = grad_out.contiguous(), weight.contiguous()
     if grad_out.numel() == 0 or weight.numel() == 0:
         return grad_out.new_zeros(input_shape)
@@ -125,19 +127,26 @@ def _dwconv1d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int
     return dispatch.run(OP, "grad_input", backend, grad_out, (weight.shape[2],), args).contiguous()
 
 
+_dwconv1d_grad_input = torch.library.custom_op("largeconv::dwconv1d_grad_input", _dwconv1d_grad_input_impl,
+                                               mutates_args=())
+
+
 @_dwconv1d_grad_input.register_fake
 def _(grad_out, weight, input_shape, stride, padding, dilation, backend):
     return grad_out.new_empty(input_shape)
 
 
-@torch.library.custom_op("largeconv::dwconv1d_grad_weight", mutates_args=())
-def _dwconv1d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[int], stride: int, padding: list[int],
-                          dilation: int, backend: str) -> Tensor:
+def _dwconv1d_grad_weight_impl(grad_out: Tensor, x: Tensor, weight_shape: list[int], stride: int,
+                               padding: list[int], dilation: int, backend: str) -> Tensor:
     grad_out, x = grad_out.contiguous(), x.contiguous()
     if grad_out.numel() == 0:
         return x.new_zeros(weight_shape)
     args = (grad_out, x, tuple(weight_shape), stride, tuple(padding), dilation)
     return dispatch.run(OP, "grad_weight", backend, x, (weight_shape[2],), args).contiguous()
+
+
+_dwconv1d_grad_weight = torch.library.custom_op("largeconv::dwconv1d_grad_weight", _dwconv1d_grad_weight_impl,
+                                                mutates_args=())
 
 
 @_dwconv1d_grad_weight.register_fake
@@ -162,15 +171,18 @@ def _backward(ctx, grad):
     grad = grad.contiguous()
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.largeconv.dwconv1d_grad_input(grad, weight, list(x.shape), *ctx.params)
+        grad_input = _grad_op(torch.ops.largeconv.dwconv1d_grad_input, _dwconv1d_grad_input_impl, grad)
+        grad_x = grad_input(grad, weight, list(x.shape), *ctx.params)
     if ctx.needs_input_grad[1]:
-        grad_w = torch.ops.largeconv.dwconv1d_grad_weight(grad, x, list(weight.shape), *ctx.params)
+        grad_weight = _grad_op(torch.ops.largeconv.dwconv1d_grad_weight, _dwconv1d_grad_weight_impl, grad)
+        grad_w = grad_weight(grad, x, list(weight.shape), *ctx.params)
     if ctx.needs_input_grad[2]:
         grad_b = bias_grad(grad)
     return grad_x, grad_w, grad_b, None, None, None, None
 
 
 _dwconv1d.register_autograd(_backward, setup_context=_setup_context)
+_dwconv1d_eager = eager_function(_dwconv1d_impl, _setup_context, _backward)
 
 
 def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend=None):
@@ -184,7 +196,8 @@ def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     if _composite_needed():
         return reference.dwconv1d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
-    return torch.ops.largeconv.dwconv1d(x, weight, bias, stride, list(padding), dilation, backend)
+    op = torch.ops.largeconv.dwconv1d if dispatcher_needed(x, weight, bias) else _dwconv1d_eager
+    return op(x, weight, bias, stride, list(padding), dilation, backend)
 
 
 # ---- module ------------------------------------------------------------------------------------------------------

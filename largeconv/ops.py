@@ -3,7 +3,9 @@
 Each op is three custom ops in the namespace `largeconv` (forward, grad-input, grad-weight) with fake kernels
 (torch.compile, meta tensors) and autograd. The ops take the backend name as an argument and ask
 `dispatch.run` to run each direction on its backend, at run time, so "auto" measures on real tensors in
-eager and compiled code alike.
+eager and compiled code alike. Plain eager calls run the same implementations and the same autograd functions
+without the dispatcher (`eager_function`, `dispatcher_needed`): its custom-op path cost more than a small layer's
+kernel on a GPU.
 """
 from __future__ import annotations
 
@@ -52,11 +54,45 @@ def _composite_needed() -> bool:
     return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
+def eager_function(impl, setup_context, backward):
+    """A custom op's implementation under a torch.autograd.Function with the op's own autograd (the functions given
+    to register_autograd), for eager calls: they skip the dispatcher's custom-op path, which costs ~20 us a call
+    without grad and ~45 us with it on a 2-core EPYC (bench/NOTES.md), several times a small layer's kernel on a GPU.
+    The backward is the op's, calling its grad custom ops, so double backward works as through the op."""
+    class EagerOp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            output = impl(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    return EagerOp.apply
+
+
+def dispatcher_needed(*tensors) -> bool:
+    """True where a call must go through the custom op itself: under torch.compile or export, the JIT tracer
+    (torch.onnx.export(dynamo=False)), a dispatch or function mode (make_fx, FakeTensorMode, a torch.device
+    context), and for tensor subclasses or devices other than CPU and CUDA (meta tensors take the fake kernels)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or bool(torch._C._len_torch_dispatch_stack())
+            or torch._C._is_torch_function_mode_enabled()
+            or any(t is not None and (type(t) not in _PLAIN_TENSORS or t.device.type not in ("cpu", "cuda"))
+                   for t in tensors))
+
+
+def _grad_op(op, impl, grad):
+    """In a backward: the grad custom op `op` where autograd records it (create_graph: double backward) or something
+    traces the backward, else its implementation `impl` (no dispatcher: ~20 us less per direction)."""
+    return op if torch.is_grad_enabled() or dispatcher_needed(grad) else impl
+
+
 # ---- depthwise convolution -------------------------------------------------------------------------------------
 
-@torch.library.custom_op("largeconv::dwconv2d", mutates_args=())
-def _dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
-              dilation: list[int], backend: str) -> Tensor:
+def _dwconv2d_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
+                   dilation: list[int], backend: str) -> Tensor:
     layout = memory_format_of(x)
     x, weight = x.contiguous(memory_format=layout), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -68,15 +104,17 @@ def _dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[in
     return out.contiguous(memory_format=layout)
 
 
+_dwconv2d = torch.library.custom_op("largeconv::dwconv2d", _dwconv2d_impl, mutates_args=())
+
+
 @_dwconv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation, backend):
     out_hw = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
     return _empty((x.shape[0], weight.shape[0], *out_hw), x, memory_format_of(x))
 
 
-@torch.library.custom_op("largeconv::dwconv2d_grad_input", mutates_args=())
-def _dwconv2d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int], stride: list[int],
-                         padding: list[int], dilation: list[int], backend: str) -> Tensor:
+def _dwconv2d_grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: list[int], stride: list[int],
+                              padding: list[int], dilation: list[int], backend: str) -> Tensor:
     layout = memory_format_of(grad_out)
     grad_out, weight = grad_out.contiguous(memory_format=layout), weight.contiguous()
     if grad_out.numel() == 0 or weight.numel() == 0:
@@ -86,20 +124,27 @@ def _dwconv2d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int
     return grad_in.contiguous(memory_format=layout)
 
 
+_dwconv2d_grad_input = torch.library.custom_op("largeconv::dwconv2d_grad_input", _dwconv2d_grad_input_impl,
+                                               mutates_args=())
+
+
 @_dwconv2d_grad_input.register_fake
 def _(grad_out, weight, input_shape, stride, padding, dilation, backend):
     return _empty(input_shape, grad_out, memory_format_of(grad_out))
 
 
-@torch.library.custom_op("largeconv::dwconv2d_grad_weight", mutates_args=())
-def _dwconv2d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[int], stride: list[int],
-                          padding: list[int], dilation: list[int], backend: str) -> Tensor:
+def _dwconv2d_grad_weight_impl(grad_out: Tensor, x: Tensor, weight_shape: list[int], stride: list[int],
+                               padding: list[int], dilation: list[int], backend: str) -> Tensor:
     layout = memory_format_of(x)
     grad_out, x = grad_out.contiguous(memory_format=layout), x.contiguous(memory_format=layout)
     if grad_out.numel() == 0:
         return x.new_zeros(weight_shape)
     args = (grad_out, x, tuple(weight_shape), tuple(stride), tuple(padding), tuple(dilation))
     return dispatch.run("dwconv2d", "grad_weight", backend, x, weight_shape[2:], args).contiguous()
+
+
+_dwconv2d_grad_weight = torch.library.custom_op("largeconv::dwconv2d_grad_weight", _dwconv2d_grad_weight_impl,
+                                                mutates_args=())
 
 
 @_dwconv2d_grad_weight.register_fake
@@ -161,18 +206,20 @@ def _dwconv2d_backward(ctx, grad):
     x, weight = ctx.saved_tensors
     grad = grad.contiguous(memory_format=memory_format_of(x))
     grad_x = grad_w = grad_b = None
+    grad_input = _grad_op(torch.ops.largeconv.dwconv2d_grad_input, _dwconv2d_grad_input_impl, grad)
+    grad_weight = _grad_op(torch.ops.largeconv.dwconv2d_grad_weight, _dwconv2d_grad_weight_impl, grad)
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.largeconv.dwconv2d_grad_input(grad, weight, list(x.shape), *ctx.params)
+        grad_x = grad_input(grad, weight, list(x.shape), *ctx.params)
         grad_x = grad_x.contiguous(memory_format=memory_format_of(x))  # a 1x1 grad is both layouts: take x's
     if ctx.needs_input_grad[1]:
-        grad_w = _weight_layout(
-            torch.ops.largeconv.dwconv2d_grad_weight(grad, x, list(weight.shape), *ctx.params), weight)
+        grad_w = _weight_layout(grad_weight(grad, x, list(weight.shape), *ctx.params), weight)
     if ctx.needs_input_grad[2]:
         grad_b = bias_grad(grad)
     return grad_x, grad_w, grad_b, None, None, None, None
 
 
 _dwconv2d.register_autograd(_dwconv2d_backward, setup_context=_dwconv2d_setup_context)
+_dwconv2d_eager = eager_function(_dwconv2d_impl, _dwconv2d_setup_context, _dwconv2d_backward)
 
 
 def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend=None):
@@ -203,7 +250,8 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
                 _torch_calls.clear()
             _torch_calls[signature] = ((stride, padding, dilation), keys)
         return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
-    return torch.ops.largeconv.dwconv2d(x, weight, bias, list(stride), list(padding), list(dilation), backend)
+    op = torch.ops.largeconv.dwconv2d if dispatcher_needed(x, weight, bias) else _dwconv2d_eager
+    return op(x, weight, bias, list(stride), list(padding), list(dilation), backend)
 
 
 # Signatures of calls where auto chose torch in every direction -> ((stride, padding, dilation), auto-cache keys).
@@ -248,9 +296,8 @@ def _auto_torch_keys(x, weight, stride, padding, dilation):
 
 # ---- involution ------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("largeconv::involution2d", mutates_args=())
-def _involution2d(x: Tensor, weight: Tensor, kernel_size: int, stride: int, padding: int, dilation: int,
-                  backend: str) -> Tensor:
+def _involution2d_impl(x: Tensor, weight: Tensor, kernel_size: int, stride: int, padding: int, dilation: int,
+                       backend: str) -> Tensor:
     layout = memory_format_of(x)
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
     if x.numel() == 0:
@@ -260,14 +307,16 @@ def _involution2d(x: Tensor, weight: Tensor, kernel_size: int, stride: int, padd
     return out.contiguous(memory_format=layout)
 
 
+_involution2d = torch.library.custom_op("largeconv::involution2d", _involution2d_impl, mutates_args=())
+
+
 @_involution2d.register_fake
 def _(x, weight, kernel_size, stride, padding, dilation, backend):
     return _empty((x.shape[0], x.shape[1], *weight.shape[2:]), x, memory_format_of(x))
 
 
-@torch.library.custom_op("largeconv::involution2d_grad_input", mutates_args=())
-def _involution2d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list[int], kernel_size: int,
-                             stride: int, padding: int, dilation: int, backend: str) -> Tensor:
+def _involution2d_grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: list[int], kernel_size: int,
+                                  stride: int, padding: int, dilation: int, backend: str) -> Tensor:
     layout = memory_format_of(grad_out)
     grad_out, weight = grad_out.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
     if grad_out.numel() == 0:
@@ -277,14 +326,17 @@ def _involution2d_grad_input(grad_out: Tensor, weight: Tensor, input_shape: list
     return grad_in.contiguous(memory_format=layout)
 
 
+_involution2d_grad_input = torch.library.custom_op("largeconv::involution2d_grad_input", _involution2d_grad_input_impl,
+                                                   mutates_args=())
+
+
 @_involution2d_grad_input.register_fake
 def _(grad_out, weight, input_shape, kernel_size, stride, padding, dilation, backend):
     return _empty(input_shape, grad_out, memory_format_of(grad_out))
 
 
-@torch.library.custom_op("largeconv::involution2d_grad_weight", mutates_args=())
-def _involution2d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[int], kernel_size: int,
-                              stride: int, padding: int, dilation: int, backend: str) -> Tensor:
+def _involution2d_grad_weight_impl(grad_out: Tensor, x: Tensor, weight_shape: list[int], kernel_size: int,
+                                   stride: int, padding: int, dilation: int, backend: str) -> Tensor:
     layout = memory_format_of(x)
     grad_out, x = grad_out.contiguous(memory_format=layout), x.contiguous(memory_format=layout)
     if x.numel() == 0:
@@ -292,6 +344,10 @@ def _involution2d_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[in
     args = (grad_out, x, tuple(weight_shape), kernel_size, stride, padding, dilation)
     grad_w = dispatch.run("involution2d", "grad_weight", backend, x, (kernel_size, kernel_size), args)
     return grad_w.contiguous(memory_format=layout)
+
+
+_involution2d_grad_weight = torch.library.custom_op("largeconv::involution2d_grad_weight",
+                                                    _involution2d_grad_weight_impl, mutates_args=())
 
 
 @_involution2d_grad_weight.register_fake
@@ -315,15 +371,18 @@ def _involution2d_backward(ctx, grad):
     x, weight = ctx.saved_tensors
     grad = grad.contiguous(memory_format=memory_format_of(x))
     grad_x = grad_w = None
+    grad_input = _grad_op(torch.ops.largeconv.involution2d_grad_input, _involution2d_grad_input_impl, grad)
+    grad_weight = _grad_op(torch.ops.largeconv.involution2d_grad_weight, _involution2d_grad_weight_impl, grad)
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.largeconv.involution2d_grad_input(grad, weight, list(x.shape), *ctx.params)
+        grad_x = grad_input(grad, weight, list(x.shape), *ctx.params)
         grad_x = grad_x.contiguous(memory_format=memory_format_of(x))  # a 1x1 grad is both layouts: take x's
     if ctx.needs_input_grad[1]:
-        grad_w = torch.ops.largeconv.involution2d_grad_weight(grad, x, list(weight.shape), *ctx.params)
+        grad_w = grad_weight(grad, x, list(weight.shape), *ctx.params)
     return grad_x, grad_w, None, None, None, None, None
 
 
 _involution2d.register_autograd(_involution2d_backward, setup_context=_involution2d_setup_context)
+_involution2d_eager = eager_function(_involution2d_impl, _involution2d_setup_context, _involution2d_backward)
 
 
 def involution2d(x, weight, kernel_size, stride=1, padding=None, dilation=1, backend=None):
@@ -339,4 +398,5 @@ def involution2d(x, weight, kernel_size, stride=1, padding=None, dilation=1, bac
     backend = dispatch.requested_backend(backend)
     layout = memory_format_of(x)
     x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
-    return torch.ops.largeconv.involution2d(x, weight, kernel_size, stride, padding, dilation, backend)
+    op = torch.ops.largeconv.involution2d if dispatcher_needed(x, weight) else _involution2d_eager
+    return op(x, weight, kernel_size, stride, padding, dilation, backend)

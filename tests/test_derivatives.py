@@ -1,5 +1,7 @@
 """Every derivative F.conv2d has: double backward, forward-mode AD (forward_ad, torch.func.jvp), torch.func.grad,
 jacrev, vmap; checked in float64 against PyTorch's own ops differentiated the same way. Never zeros."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,49 @@ def test_numpy_integers_are_accepted():
     out = largeconv.involution2d(torch.randn(1, 2, 9, 9), weight, np.int64(3), stride=np.int64(2))
     assert out.shape == (1, 2, 5, 5)
     assert backend_module("torch") is largeconv.reference
+
+
+EAGER_OPS = {  # a call of the public function, the module of its custom ops, argument shapes (float64)
+    "dwconv2d": (lambda x, w: largeconv.dwconv2d(x, w, backend="cpu"), "ops", (2, 3, 9, 8), (3, 1, 5, 5)),
+    "dwconv1d": (lambda x, w: largeconv.dwconv1d(x, w, backend="cpu"), "conv1d", (2, 3, 40), (3, 1, 9)),
+    "involution2d": (lambda x, w: largeconv.involution2d(x, w, 3, backend="cpu"), "ops", (2, 4, 7, 6), (2, 9, 7, 6)),
+}
+
+
+@pytest.mark.parametrize("name", EAGER_OPS)
+def test_eager_calls_skip_the_dispatcher_and_give_the_same_derivatives(monkeypatch, name):
+    """Eager forward and backward run the custom ops' implementations without the dispatcher (largeconv.ops.
+    eager_function); double backward records the grad custom ops; meta tensors still take the fake kernels. Each
+    result against PyTorch's own op differentiated the same way, in float64."""
+    call, module_name, x_shape, w_shape = EAGER_OPS[name]
+    module = importlib.import_module(f"largeconv.{module_name}")
+    direct = []  # grad implementations called directly (eager backward), not through their custom ops
+    for direction in ("grad_input", "grad_weight"):
+        impl = getattr(module, f"_{name}_{direction}_impl")
+        monkeypatch.setattr(module, f"_{name}_{direction}_impl",
+                            lambda *a, _d=direction, _impl=impl: direct.append(_d) or _impl(*a))
+    x, w = torch.randn(x_shape, **F64, requires_grad=True), torch.randn(w_shape, **F64, requires_grad=True)
+    reference = {"dwconv2d": lambda x, w: F.conv2d(x, w, None, 1, "same", 1, x.shape[1]),
+                 "dwconv1d": lambda x, w: F.conv1d(x, w, None, 1, "same", 1, x.shape[1]),
+                 "involution2d": lambda x, w: _unfold_involution(x, w, 3, 1, 1, 1)}[name]
+    out, expected = call(x, w), reference(x, w)
+    assert type(out.grad_fn).__name__ == "EagerOpBackward"  # the custom op's node would be named after the op
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w), grad_out)
+    assert direct == ["grad_input", "grad_weight"]
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grads, torch.autograd.grad(expected, (x, w), grad_out))
+
+    def second_order(fn):  # the gradient of <grads, v> with respect to (x, w), an unused input as zeros
+        grads = torch.autograd.grad(fn(x, w), (x, w), grad_out, create_graph=True)
+        second = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, directions)), (x, w),
+                                     allow_unused=True)
+        return [torch.zeros_like(t) if s is None else s for s, t in zip(second, (x, w))]
+    directions = [torch.randn_like(x), torch.randn_like(w)]
+    direct.clear()
+    ours = second_order(call)
+    assert direct == []  # create_graph: the grad custom ops, which autograd records
+    torch.testing.assert_close(ours, second_order(reference))
+    assert all(s.abs().sum() > 0 for s in ours)
+    meta = call(torch.empty(x_shape, device="meta"), torch.empty(w_shape, device="meta"))
+    assert meta.device.type == "meta" and meta.shape == out.shape
