@@ -150,7 +150,9 @@ def _involution_fwd_kernel(
     for kh in range(K):
         hi = hi0 + kh * DIL
         hmask = pmask & (hi >= 0) & (hi < H)
-        for kw in range(K):
+        # unrolled: ptxas then issues a row's loads ahead of their FMAs (rolled, a warp waited on a just-issued
+        # load 4 times per tap: memory-latency-bound at 27% of the HBM roof on an H100, bench/NOTES.md)
+        for kw in tl.static_range(K):
             wi = wi0 + kw * DIL
             m = hmask & (wi >= 0) & (wi < W)
             wv = tl.load(w_base + tl.cast(kh * K + kw, IDX) * swc + w_offs, mask=pmask, other=0.0).to(ACC)
