@@ -31,6 +31,7 @@ import time
 import torch
 
 from .arguments import is_channels_last
+from .cpu import FFT_MIN_TAPS
 
 BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 _MODULES = {"torch": "largeconv.reference", "cpu": "largeconv.cpu", "triton": "largeconv.kernels",
@@ -234,9 +235,8 @@ def all_cached_as(keys, name: str) -> bool:
 def table_choice(op, direction, x, kernel_size, candidates) -> str:
     """The backend the fixed rule picks among `candidates`: the first of the table's preference order that can run.
 
-    CPU rows are measured (2-core EPYC, 2026-11-22, bench/results/cpu): the FFT path wins from 13x13 on in forward and
-    grad-input, the per-tap weight gradient from about 5x5, involution's shift-and-accumulate always (the unfold
-    reference is 9-25x slower). CUDA rows: `_cuda_order`."""
+    CPU rows: `_cpu_order` for dwconv2d; involution's shift-and-accumulate always (the unfold reference is 9-25x
+    slower). CUDA rows: `_cuda_order`."""
     taps = math.prod(kernel_size)
     if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py) and on an H100 (cuda 2.5-3.4x F.conv1d)
         fused = ("cpu",) if x.device.type == "cpu" else ("cuda", "triton")
@@ -248,8 +248,7 @@ def table_choice(op, direction, x, kernel_size, candidates) -> str:
     elif op == "involution2d":
         order = ("cpu", "torch")
     else:
-        min_taps = {"forward": 169, "grad_input": 169, "grad_weight": 25}[direction]
-        order = ("cpu", "torch") if taps >= min_taps else ("torch", "cpu")
+        order = ("cpu", "torch") if _cpu_wins(direction, x, kernel_size) else ("torch", "cpu")
     for name in order:
         if name in candidates:
             return name
@@ -277,15 +276,49 @@ def _cuda_order(op, direction, x, taps):
     return ("cuda", "triton", "torch")
 
 
+# PyTorch's depthwise conv on CPU is another program on another SIMD class: measured on a 2-core AVX2 EPYC
+# (2026-11-22, bench/results/cpu) its NCHW forward took 5-28x the FFT path's from 13x13, on a 2-core AVX-512 Xeon
+# (2026-11-27, bench/NOTES.md) 2-25x less at 13x13 and up to 14 kernel columns. The rule follows the class it runs on.
+_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _cpu_wins(direction, x, kernel_size) -> bool:
+    """Where the cpu backend beats PyTorch's depthwise conv on CPU, fp32 NCHW. AVX2 (EPYC): from 13x13 in forward and
+    grad-input, from 5x5 in grad-weight. AVX-512 (Xeon; torch 2.14.1, batch 1-32, maps 7x7 to 112x112): PyTorch's
+    forward is fast up to 14 kernel columns (13x13: 2-25x the FFT path's speed; 51x5: 10x) and slow from 15 (3x15
+    to 31x31: 3-17x slower); its input gradient is fast at every size but the largest (K31 at 56x56: 1.4x slower);
+    its weight gradient is slow from 7x7: the FFT wins from 13x13 at any map and from 7x7 at 28x28 and up
+    (1.35-4.4x), not on smaller maps (0.5-1.1x), and below FFT_MIN_TAPS the cpu backend's per-tap weight gradient
+    is 4-6x slower than PyTorch's."""
+    taps, (h, w) = math.prod(kernel_size), x.shape[-2:]
+    if not _AVX512:
+        return taps >= {"forward": 169, "grad_input": 169, "grad_weight": 25}[direction]
+    if direction == "forward":
+        return kernel_size[1] >= 15
+    if direction == "grad_input":
+        return taps >= 961 and h * w >= 56 * 56
+    return taps >= 169 or taps >= FFT_MIN_TAPS and h * w >= 28 * 28
+
+
 def known_to_lose(name, op, direction, x, kernel_size) -> bool:
     """Candidates never worth timing: on CPU, involution's unfold reference (9-25x slower and K*K times the memory)
-    and PyTorch's NCHW depthwise conv from 13x13 on (5-28x slower than the FFT path, and its single call is what made
-    the first call cost seconds)."""
+    and PyTorch's NCHW depthwise conv where it is far slower than the cpu backend (`_cpu_wins`; a single call of it
+    made auto's first call cost seconds): on AVX2 from 13x13 (5-28x); on AVX-512, on maps of 14x14 and up, its
+    forward from 15 kernel columns and its weight gradient from 13x13 (3-42x), not its input gradient, which wins
+    on all but the largest maps."""
     if name != "torch" or x.device.type != "cpu" or op == "dwconv1d":
         return False
     if op in ("involution2d", "involution2d_fused"):  # the fused op's reference is the unfold one too
         return True
-    return not is_channels_last(x) and math.prod(kernel_size) >= 169
+    if is_channels_last(x):
+        return False
+    if not _AVX512:
+        return math.prod(kernel_size) >= 169
+    if x.shape[-2] * x.shape[-1] < 14 * 14:
+        return False
+    if direction == "forward":
+        return kernel_size[1] >= 15
+    return direction == "grad_weight" and math.prod(kernel_size) >= 169
 
 
 # ---- measurement -------------------------------------------------------------------------------------------------

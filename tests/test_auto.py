@@ -80,12 +80,12 @@ def test_table_mode_picks_by_rule_without_timing(monkeypatch, how):
         monkeypatch.setenv("LARGECONV_AUTO", "table")
     else:
         monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    x, w = torch.randn(1, 3, 9, 9), torch.randn(3, 1, 13, 13)
+    x, w = torch.randn(1, 3, 56, 56), torch.randn(3, 1, 31, 31)
     calls = _record(monkeypatch, delay_s={"cpu": 0.1})  # measurement would pick torch for every direction
     _fwd_bwd(x, w)
-    expected = [(dispatch.table_choice("dwconv2d", d, x, (13, 13), ["cpu", "torch"]), d) for d in DIRECTIONS]
+    expected = [(dispatch.table_choice("dwconv2d", d, x, (31, 31), ["cpu", "torch"]), d) for d in DIRECTIONS]
     assert sorted(calls) == sorted(expected)
-    assert {name for name, _ in calls} == {"cpu"}  # the rule's CPU choice from 13x13 on
+    assert {name for name, _ in calls} == {"cpu"}  # the rule's CPU choice for K31 at 56x56, every direction
     assert dispatch.auto_choices() == {}
 
 
@@ -137,15 +137,51 @@ def test_first_call_runs_each_candidate_once_and_returns_the_winners_result(monk
     assert torch.allclose(out, F.conv2d(x, w, None, 1, "same", 1, 3), atol=1e-5)
 
 
+@pytest.mark.parametrize("avx512", [True, False])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_known_losers_are_never_run(monkeypatch, layout):
-    """On CPU, PyTorch's NCHW depthwise conv from 13x13 on (5-28x slower; its one call made auto's first call cost
-    seconds) is not timed; on channels_last (oneDNN) it is a real candidate and is timed."""
+def test_known_losers_are_never_run(monkeypatch, layout, avx512):
+    """On CPU, PyTorch's NCHW depthwise conv where it is far slower (its one call made auto's first call cost
+    seconds) is not timed: on AVX2 from 13x13; on AVX-512 its forward from 15 kernel columns and its weight gradient
+    from 13x13, not its input gradient, nor its forward at 13x13 (it wins there). On channels_last (oneDNN) every
+    direction is timed."""
+    monkeypatch.setattr(dispatch, "_AVX512", avx512)
     calls = _record(monkeypatch)
-    x = torch.randn(1, 3, 16, 16).contiguous(memory_format=layout)
-    largeconv.dwconv2d(x, torch.randn(3, 1, 13, 13))
-    ran = {name for name, _ in calls}
-    assert ran == ({"cpu"} if layout == torch.contiguous_format else {"cpu", "torch"})
+    nchw = layout == torch.contiguous_format
+    x = torch.randn(1, 3, 16, 16).contiguous(memory_format=layout).requires_grad_()
+    largeconv.dwconv2d(x, torch.randn(3, 1, 15, 15, requires_grad=True)).sum().backward()
+    for direction in DIRECTIONS:
+        ran = {name for name, d in calls if d == direction}
+        torch_skipped = nchw and (direction != "grad_input" or not avx512)
+        assert ran == ({"cpu"} if torch_skipped else {"cpu", "torch"}), direction
+    calls.clear()
+    largeconv.dwconv2d(x.detach(), torch.randn(3, 1, 13, 13))
+    assert {name for name, _ in calls} == ({"cpu"} if nchw and not avx512 else {"cpu", "torch"})
+
+
+# (direction, (N, C, H, W), kernel size) -> the cpu backend wins on an AVX-512 CPU: rows measured on a 2-core Xeon
+# (torch 2.14.1, 2026-11-27, bench/NOTES.md) that the rule follows
+CPU_RULE_AVX512 = [
+    (("forward", (8, 512, 7, 7), (13, 13)), False),  # PyTorch 0.40 ms, cpu 9.7
+    (("forward", (2, 128, 14, 14), (15, 15)), True),  # 5.20 vs 1.48
+    (("forward", (2, 128, 28, 28), (51, 5)), False),  # 0.67 vs 6.61
+    (("forward", (2, 128, 28, 28), (5, 51)), True),  # 17.3 vs 5.35
+    (("grad_input", (2, 128, 56, 56), (31, 31)), True),  # 19.2 vs 13.5
+    (("grad_input", (2, 128, 14, 14), (31, 31)), False),  # 0.51 vs 2.13
+    (("grad_weight", (1, 64, 14, 14), (7, 7)), False),  # 0.30 vs 0.56
+    (("grad_weight", (1, 64, 28, 28), (7, 7)), True),  # 1.70 vs 0.54
+    (("grad_weight", (1, 64, 7, 7), (13, 13)), True),  # 0.36 vs 0.35
+    (("grad_weight", (8, 128, 56, 56), (5, 5)), False),  # 35 vs 166 (the per-tap path)
+]
+
+
+@pytest.mark.parametrize("call, cpu_wins", CPU_RULE_AVX512, ids=str)
+def test_the_cpu_rule_follows_the_measurements(monkeypatch, call, cpu_wins):
+    direction, shape, kernel_size = call
+    monkeypatch.setattr(dispatch, "_AVX512", True)
+    assert dispatch._cpu_wins(direction, torch.empty(shape, device="meta"), kernel_size) == cpu_wins
+    monkeypatch.setattr(dispatch, "_AVX512", False)  # the AVX2 rows, by kernel size alone
+    expected = math.prod(kernel_size) >= {"forward": 169, "grad_input": 169, "grad_weight": 25}[direction]
+    assert dispatch._cpu_wins(direction, torch.empty(shape, device="meta"), kernel_size) == expected
 
 
 def test_involution_unfold_reference_is_never_run_by_auto(monkeypatch):
@@ -219,9 +255,9 @@ def test_a_fused_direction_pays_for_the_whole_call(monkeypatch, grads, cpu_ms, s
 def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, change):
     """The fast path remembers calls where auto chose torch; whatever changes after that (the cache, the environment,
     deterministic mode, which inputs need grads, the layout, unhashable arguments) is seen on the next call, and
-    the numbers equal F.conv2d's. K=13 channels_last: the table would pick cpu, the (slowed) measurement torch."""
+    the numbers equal F.conv2d's. K=15 channels_last: the table would pick cpu, the (slowed) measurement torch."""
     calls = _record(monkeypatch, delay_s={"cpu": 0.05})
-    x, w = torch.randn(1, 3, 9, 9).contiguous(memory_format=torch.channels_last), torch.randn(3, 1, 13, 13)
+    x, w = torch.randn(1, 3, 14, 14).contiguous(memory_format=torch.channels_last), torch.randn(3, 1, 15, 15)
     largeconv.dwconv2d(x, w)
     largeconv.dwconv2d(x, w)  # remembered now
     calls.clear()
@@ -248,7 +284,7 @@ def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, chan
         with largeconv.use_backend("cpu"):
             out = largeconv.dwconv2d(x, w)
         assert ops_called == ["cpu"] and calls == [("cpu", "forward")]
-        assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+        assert torch.allclose(out, F.conv2d(x, w, None, 1, 7, 1, 3), atol=1e-5)
         assert dispatch._pinning_contexts == 0
         ops_called.clear(), calls.clear()
         expected_calls, expected_ops = [("torch", "forward")], []  # the context closed: the fast path again
@@ -269,23 +305,23 @@ def test_the_fast_path_follows_every_change_after_it_was_taken(monkeypatch, chan
             leave.set()
             thread.join()
         assert set(calls) == {("torch", "forward")}
-        assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+        assert torch.allclose(out, F.conv2d(x, w, None, 1, 7, 1, 3), atol=1e-5)
         calls.clear(), ops_called.clear()
         expected_calls, expected_ops = [("torch", "forward")], []
     elif change == "requires_grad":
         x = x.clone().requires_grad_()  # grad_input has no choice yet: through the custom op
         expected_ops = ["auto"]
     elif change == "layout":
-        x = x.contiguous()  # another cache key, where torch is known to lose from 13x13 on
+        x = x.contiguous()  # another cache key, where torch's forward is known to lose from 15 columns on
         expected_calls, expected_ops = [("cpu", "forward")], ["auto"]
     else:
-        kwargs = dict(stride=[1, 1], padding=[6, 6], dilation=[1, 1])  # the same call, not hashable
+        kwargs = dict(stride=[1, 1], padding=[7, 7], dilation=[1, 1])  # the same call, not hashable
         expected_calls, expected_ops = [("torch", "forward")], []
     out = largeconv.dwconv2d(x, w, **kwargs)
     assert ops_called == expected_ops
     if expected_calls is not None:
         assert set(calls) == set(expected_calls)
-    assert torch.allclose(out, F.conv2d(x, w, None, 1, 6, 1, 3), atol=1e-5)
+    assert torch.allclose(out, F.conv2d(x, w, None, 1, 7, 1, 3), atol=1e-5)
 
 
 @pytest.mark.parametrize("how", ["deterministic", "env"])
