@@ -50,7 +50,8 @@
 # the end of its plan (the lowest-value headline rows), not off the total.
 # Every stage appends rows to $OUT/results.csv (bench/roofline.py's columns) and its output to $OUT/log as it
 # goes, so a call cut at its limit still brings back what was measured. Files in $OUT (the device tool brings back
-# at most 8): results.csv, log, stages.csv, environment.txt, peaks.json, build.log, summary.txt.
+# at most 8): results.csv, log, stages.csv, environment.txt, peaks.json, build.log, summary.txt, autotune.json (the
+# tile config each autotuned Triton kernel picked per key).
 # Knobs: OUT (default bench/out/gpu_check, or bench/out/gpu_rehearsal), PYTHON (default python3; .venv/bin/python
 # when rehearsing), GPU_KIT_TOTAL (540), GPU_KIT_BUDGET_<STAGE> (e.g. GPU_KIT_BUDGET_SMOKE_TRITON=60),
 # GPU_KIT_REHEARSE_SCALE (4: a rehearsal's budgets and total are 4x the GPU's), GPU_KIT_STAGES (comma-separated
@@ -73,7 +74,7 @@ else
 fi
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # no network on the GPU box: fail fast
 mkdir -p "$DEST"
-rm -f "$DEST"/{results.csv,log,stages.csv,environment.txt,peaks.json,build.log,summary.txt}
+rm -f "$DEST"/{results.csv,log,stages.csv,environment.txt,peaks.json,build.log,summary.txt,autotune.json}
 LOG=$DEST/log
 STAGES=$DEST/stages.csv
 echo "stage,status,seconds,budget" > "$STAGES"

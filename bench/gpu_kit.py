@@ -96,6 +96,19 @@ def fused_autotuners():
     return list(involution_fused._AUTOTUNED.values())
 
 
+def save_autotune_picks(out):
+    """OUT/autotune.json: the tile config each autotuned kernel picked, per autotune key, rewritten after every timed
+    case (a stage cut at its budget keeps what it had), so a timed row can be set beside the static model's
+    prediction for the config that ran (bench/static_gpu.py predicts the best candidate; the GPU may pick another)."""
+    picks = {}
+    for tuner in autotuners():
+        for key, config in getattr(tuner, "cache", {}).items():
+            picks.setdefault(tuner.fn.__name__, []).append({"key": [str(k) for k in key], "config": str(config)})
+    path = Path(out) / "autotune.json"
+    path.with_suffix(".tmp").write_text(json.dumps(picks, indent=1))
+    path.with_suffix(".tmp").replace(path)  # whole or not at all, if the stage is killed while writing
+
+
 def restrict_autotune(index, count):
     """Keep configs[index::count] of every autotuned kernel (one config when count >= the number of configs), so
     compile time is bounded and parallel workers compile disjoint configs into the shared Triton cache."""
@@ -467,6 +480,7 @@ def conv1d_timings(args, backends):
                          and r["backend"] in ("torch", "torch_cl")]
             roofline.add_speedups(baselines + rows)
             append_rows(args.out, rows)
+            save_autotune_picks(args.out)
             measured += rows
             for r in rows:
                 if r["status"] == "ok":
@@ -676,6 +690,7 @@ def fused_timings(args, backends, cap_s=None):
                                   reason=f"{type(error).__name__}: {str(error)[:200]}")
                              for op in ("involution2d", "involution2d_fused")]
             append_rows(args.out, rows)
+            save_autotune_picks(args.out)
             measured += rows
             for r in rows:
                 text = f"{r['time_ms']:9.3f} ms  {r['reason']}" if r["status"] == "ok" else \
@@ -823,6 +838,7 @@ def measure(args, plan, backends, suite, directions="fwd,bwd,fwdbwd", compile=Fa
                 if text and row["backend"] == "auto" and row["status"] == "ok":
                     row["reason"] = text
             append_rows(args.out, rows)
+            save_autotune_picks(args.out)
             measured += rows
             for r in rows:
                 if r["status"] == "ok":

@@ -301,3 +301,22 @@ def test_sanitizer_fused_case_runs_and_can_fail(monkeypatch):
     monkeypatch.setattr(triton_backend, "involution2d_fused_backward",
                         lambda *args: (*backward(*args)[:3], backward(*args)[3] * 1.01))
     assert errors() == dict(dict.fromkeys(gpu_kit.FUSED_RESULTS, True), grad_span_bias=False)
+
+
+def test_autotune_picks_are_saved_per_kernel_and_key(tmp_path, monkeypatch):
+    """autotune.json names the config each autotuned kernel picked for each key, and is replaced whole."""
+    import json
+    import types
+
+    import triton
+    picked = triton.Config({"BLOCK_P": 32}, num_warps=4, num_stages=1)
+    tuner = types.SimpleNamespace(fn=types.SimpleNamespace(__name__="_involution_fwd_kernel"),
+                                  cache={(3136, 16, 7, 1): picked})
+    untuned = types.SimpleNamespace(fn=types.SimpleNamespace(__name__="_fwd_nchw_kernel"), cache={})
+    monkeypatch.setattr(gpu_kit, "autotuners", lambda: [tuner, untuned])
+    (tmp_path / "autotune.json").write_text("stale")
+    gpu_kit.save_autotune_picks(tmp_path)
+    picks = json.loads((tmp_path / "autotune.json").read_text())
+    assert picks == {"_involution_fwd_kernel": [{"key": ["3136", "16", "7", "1"], "config": str(picked)}]}
+    assert "BLOCK_P: 32" in picks["_involution_fwd_kernel"][0]["config"]
+    assert not (tmp_path / "autotune.tmp").exists()
