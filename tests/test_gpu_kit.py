@@ -97,7 +97,9 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert all(float(r["time_ms"]) > 0 for r in timed)
     assert any(r["suite"] == "weak" and r["backend"] == "auto" and r["reason"].startswith("auto picked") for r in rows)
     per_call = [r for r in rows if r["suite"] == "per-call"]
-    assert len(per_call) == 9 and all(float(r["time_ms"]) > 0 and r["check"] in ("ok", "FAIL") for r in per_call)
+    judged = [r for r in per_call if r["backend"] == "auto"]  # and one custom-op path row per case (information)
+    assert len(judged) == 9 and all(float(r["time_ms"]) > 0 and r["check"] in ("ok", "FAIL") for r in judged)
+    assert len(per_call) == 12 and all("per direction" in r["reason"] for r in per_call if r not in judged)
     assert "per-call cost at worst" in kit["auto"]["reason"]
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) <= 8  # what the device tool brings back
     assert "cuda extension: " in (tmp_path / "environment.txt").read_text()  # env's last line
@@ -320,3 +322,23 @@ def test_autotune_picks_are_saved_per_kernel_and_key(tmp_path, monkeypatch):
     assert picks == {"_involution_fwd_kernel": [{"key": ["3136", "16", "7", "1"], "config": str(picked)}]}
     assert "BLOCK_P: 32" in picks["_involution_fwd_kernel"][0]["config"]
     assert not (tmp_path / "autotune.tmp").exists()
+
+
+def test_per_call_rows_judge_only_the_targeted_rows(tmp_path, monkeypatch):
+    """The kit's per-call rows: auto's rows are checked against 1.3x; the custom-op path's row is information (the
+    per-direction cost auto charges), recorded without a check and left out of the worst ratio."""
+    import argparse
+
+    from bench import overhead
+    rows = [{"kind": "per-call", "case": "c", "direction": "fwd", "auto_ms": 0.012, "reference_ms": 0.010,
+             "ratio": 1.2, "target": "<= 1.3", "auto_choice": "forward=torch"},
+            {"kind": "per-call", "case": "c", "direction": "fwdbwd", "auto_ms": 0.15, "reference_ms": 0.10,
+             "ratio": 1.5, "target": "<= 1.3", "auto_choice": "forward=torch"},
+            {"kind": "custom-op path", "case": "c", "direction": "fwdbwd", "auto_ms": 0.40, "reference_ms": 0.10,
+             "ratio": 4.0, "target": "none: 0.100 ms per direction", "auto_choice": "torch backend"}]
+    monkeypatch.setattr(overhead, "per_call_rows", lambda device, choose_by: rows)
+    worst = gpu_kit.per_call_rows(argparse.Namespace(out=str(tmp_path), rehearse=True))
+    assert worst == 1.5
+    written = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [r["check"] for r in written] == ["ok", "FAIL", ""]
+    assert written[2]["backend"] == "torch" and "0.100 ms per direction" in written[2]["reason"]
