@@ -235,7 +235,7 @@ def all_cached_as(keys, name: str) -> bool:
 def table_choice(op, direction, x, kernel_size, candidates) -> str:
     """The backend the fixed rule picks among `candidates`: the first of the table's preference order that can run.
 
-    CPU rows: `_cpu_order` for dwconv2d; involution's shift-and-accumulate always (the unfold reference is 9-25x
+    CPU rows: `_cpu_wins` for dwconv2d; involution's shift-and-accumulate always (the unfold reference is 9-25x
     slower). CUDA rows: `_cuda_order`."""
     taps = math.prod(kernel_size)
     if op == "dwconv1d":  # K = 31 measured on CPU (largeconv/conv1d.py) and on an H100 (cuda 2.5-3.4x F.conv1d)

@@ -58,7 +58,8 @@ def eager_function(impl, setup_context, backward):
     """A custom op's implementation under a torch.autograd.Function with the op's own autograd (the functions given
     to register_autograd), for eager calls: they skip the dispatcher's custom-op path, which costs ~20 us a call
     without grad and ~45 us with it on a 2-core Xeon (bench/NOTES.md), several times a small layer's kernel on a GPU.
-    The backward is the op's, calling its grad custom ops, so double backward works as through the op."""
+    The backward is the op's: it calls the grad custom ops where autograd records them (double backward) and their
+    implementations otherwise (`_grad_op`)."""
     class EagerOp(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *args):
