@@ -7,6 +7,8 @@ inputs are converted) and the weight gradient as one multiply-reduce per tap. fp
 An FFT's error is spread over the whole plane in proportion to the plane's rms, so planes with outliers are redone
 in float64 and planes holding NaN/Inf (or with a non-finite weight) by F.conv2d in float64 (see _plane_tiers).
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -533,23 +535,24 @@ def _geometry2d(stride, padding, dilation):
     return (1, stride), (0, 0, *padding), (1, dilation)
 
 
-# The CPU path for stride 1 and one output per channel. Per channel c, a block of B consecutive outputs of the 1-D
-# correlation out[j] = sum_k w[c, k] xp[j + k*d] is the sum over q = 0..Q of (input block b+q) @ (band q of the
-# (Q+1)B x B Toeplitz matrix T_c[t, i] = w[c, k] at t = i + k*d), Q = ceil(d(K-1) / B). One sample at a time, so that
-# the matrices are sample n's own (C, blocks, B) rows (legal BLAS strides, nothing transposed) and the product lands
-# in F.conv1d's layout; batched over channels (bmm). ~2x the multiply-adds of the direct sum at K = 31, B = 32, at
-# matmul speed. Other calls use the 2-D "cpu" backend on the free (N, C, 1, L) view with a (1, K) kernel.
-CONV1D_BLOCK = 32
+# The CPU path for stride 1 and one output per channel. Cut the output of the 1-D correlation
+# out[j] = sum_k w[c, k] x[j + k*d - left] and the input into blocks of B: output block b is the sum over q of
+# (input block b + q) @ band_q, where band_q[t, i] = w[c, k] for t + qB = i + k*d - left (a B x B piece of the
+# Toeplitz matrix). Only the rows of a band that hold taps are multiplied (B + span multiply-adds per output: 2x the
+# direct sum at K = 31, B = 32, at matmul speed), and zero padding is the blocks left out at the ends, so x is used
+# where it lies (no padded copy) when B divides its length. One sample at a time, so that the matrices are sample n's
+# own (C, blocks, B) rows (legal BLAS strides) and the product lands in F.conv1d's layout; batched over channels.
+# The weight gradient is the same map read backwards: Gram matrices x_{b+q}^T g_b summed over samples and blocks,
+# gathered at the places the band scattered the taps to. Other calls use the 2-D "cpu" backend on the free
+# (N, C, 1, L) view with a (1, K) kernel.
+CONV1D_BLOCKS = (32, 24, 20, 16, 25, 40, 48, 64)
 
 
 def _conv1d_block(length):
-    """The block length B for `length` outputs: a multiple of 8 (SIMD-friendly matmuls) dividing it, near
-    CONV1D_BLOCK, when there is one, so that each sample's (C, length) output or gradient is exactly (C, blocks, B)
-    and needs no copy."""
-    for block in (CONV1D_BLOCK, 40, 24, 48, 16, 56, 64):
-        if length % block == 0:
-            return block
-    return CONV1D_BLOCK
+    """The block length B for an input of `length`: the first of CONV1D_BLOCKS dividing it, so that each sample's
+    (C, length) rows are (C, blocks, B) as they lie. Small blocks multiply fewer band zeros (B + span multiply-adds
+    per output), large ones run the matmuls faster: measured fastest at B = 16-32 (notes: bench/NOTES.md)."""
+    return next((block for block in CONV1D_BLOCKS if length % block == 0), CONV1D_BLOCKS[0])
 
 
 def _banded_fits(weight_shape, channels, stride, *tensors):
@@ -560,46 +563,82 @@ def _banded_fits(weight_shape, channels, stride, *tensors):
         bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()) for t in tensors)
 
 
-def _bands(weight, dilation, block, dtype):
-    """(Q+1, C, B, B): band q holds rows [qB, (q+1)B) of T_c[t, i] = weight[c, 0, k] at t = i + k*d."""
-    channels, _, kernel = weight.shape
-    span = dilation * (kernel - 1)
-    count = span // block + 1 + (span % block > 0)
-    rows = torch.arange(block) + dilation * torch.arange(kernel)[:, None]  # (K, B): t = i + k*d
-    flat = (rows * block + torch.arange(block)).reshape(1, -1).expand(channels, -1)
-    values = weight.to(dtype)[:, 0, :, None].expand(channels, kernel, block).reshape(channels, -1)
-    band = torch.zeros(channels, count * block * block, dtype=dtype).scatter_(1, flat, values)
-    return band.view(channels, count, block, block).transpose(0, 1).contiguous()
+class _Band(NamedTuple):
+    q: int       # input block b + q feeds output block b
+    rows: slice  # the band's rows (positions in the input block) that hold taps
 
 
-def _padded_rows(x, n, left, rows):
-    """Sample n of x (C, L) shifted right by `left` (left < 0 drops samples) into `rows` (C, R), whose other
-    columns are zero (each sample writes the same columns, so zeroing `rows` once is enough)."""
-    length = x.shape[2]
-    start, end = max(left, 0), min(left + length, rows.shape[1])
-    if end > start:
-        rows[:, start:end] = x[n, :, start - left:end - left]
-    return rows
+def _band_layout(kernel, dilation, left, block):
+    """Where tap k for output column i lands: input position i + k*d - left of the output block's frame, i.e. block
+    q = floor(that / B), row t = that mod B. Returns the bands that hold taps and the flat index into the
+    (len(bands), B, B) stack of each (k, i)."""
+    i = torch.arange(block)
+    position = i + dilation * torch.arange(kernel)[:, None] - left  # (K, B)
+    q, t = position.div(block, rounding_mode="floor"), position.remainder(block)
+    bands, index = [], torch.empty_like(position)
+    for slot, value in enumerate(torch.unique(q).tolist()):
+        taps = q == value
+        held = t[taps]
+        bands.append(_Band(value, slice(int(held.min()), int(held.max()) + 1)))
+        index[taps] = (slot * block * block + t * block + i.expand_as(t))[taps]
+    return bands, index
+
+
+def _blocks_of(t, n, block, blocks, dtype):
+    """Sample n of t (N, C, L) as (C, blocks, B) in `dtype`: the rows as they lie when B divides L, else copied into
+    zeros."""
+    sample = t[n].to(dtype)
+    length = sample.shape[1]
+    if length == blocks * block:
+        return sample.contiguous().view(sample.shape[0], blocks, block)
+    padded = sample.new_zeros(sample.shape[0], blocks * block)
+    padded[:, :length] = sample
+    return padded.view(sample.shape[0], blocks, block)
+
+
+def _block_range(q, out_blocks, in_blocks):
+    """Output blocks b whose input block b + q exists."""
+    return max(0, -q), min(out_blocks, in_blocks - q)
 
 
 def _banded_correlate(x, weight, bias, left, out_len, dilation):
-    """out[n, c, j] = bias[c] + sum_k weight[c, 0, k] xs[n, c, j + k*d] for j < out_len, xs = x shifted right by
-    `left`, in the compute dtype."""
-    block, dtype = _conv1d_block(out_len), _compute_dtype(x.dtype)
-    bands = _bands(weight, dilation, block, dtype)
-    channels, blocks = x.shape[1], -(-out_len // block)
-    out = torch.empty(x.shape[0], channels, blocks * block, dtype=dtype)
-    rows = torch.zeros(channels, (blocks + len(bands)) * block, dtype=dtype)
-    start = None if bias is None else bias.to(dtype)[:, None, None].expand(channels, blocks, block)
+    """out[n, c, j] = bias[c] + sum_k weight[c, 0, k] x[n, c, j + k*d - left] (zero outside x) for j < out_len, in
+    the compute dtype."""
+    channels, _, kernel = weight.shape
+    block, dtype = _conv1d_block(x.shape[2]), _compute_dtype(x.dtype)
+    in_blocks, out_blocks = -(-x.shape[2] // block), -(-out_len // block)
+    layout, index = _band_layout(kernel, dilation, left, block)
+    flat = index.reshape(1, -1).expand(channels, -1)
+    values = weight.to(dtype)[:, 0, :, None].expand(channels, kernel, block).reshape(channels, -1)
+    bands = torch.zeros(channels, len(layout) * block * block, dtype=dtype).scatter_(1, flat, values)
+    bands = bands.view(channels, len(layout), block, block).transpose(0, 1)
+    # the band reaching every output block first, written with bmm (no zero fill); the rest are added to it
+    reaches_all = [_block_range(q, out_blocks, in_blocks) == (0, out_blocks) for q, _ in layout]
+    order = sorted(range(len(layout)), key=lambda slot: not reaches_all[slot])
+    covers_all = reaches_all[order[0]]
+    out = torch.empty(x.shape[0], channels, out_blocks * block, dtype=dtype)
+    partial = torch.empty(channels * out_blocks * block, dtype=dtype)  # see below
+    bias_column = None if bias is None else bias.to(dtype)[:, None, None]
     for n in range(x.shape[0]):
-        inputs = _padded_rows(x, n, left, rows).view(channels, -1, block)
-        result = out[n].view(channels, blocks, block)
-        if start is None:
-            torch.bmm(inputs[:, :blocks], bands[0], out=result)
-        else:
-            torch.baddbmm(start, inputs[:, :blocks], bands[0], out=result)
-        for q in range(1, len(bands)):
-            result.baddbmm_(inputs[:, q:q + blocks], bands[q])
+        inputs = _blocks_of(x, n, block, in_blocks, dtype)
+        result = out[n].view(channels, out_blocks, block)
+        if not covers_all:
+            result.zero_()
+        for rank, slot in enumerate(order):
+            q, rows = layout[slot]
+            lo, hi = _block_range(q, out_blocks, in_blocks)
+            if hi <= lo:
+                continue
+            products = (inputs[:, lo + q:hi + q, rows], bands[slot][:, rows])
+            if rank == 0 and covers_all:
+                torch.bmm(*products, out=result)
+            elif (lo, hi) == (0, out_blocks):
+                result.baddbmm_(*products)
+            else:  # baddbmm_ into a slice of the blocks runs one small matmul per channel: ~6x slower
+                result[:, lo:hi].add_(torch.bmm(*products, out=partial[:channels * (hi - lo) * block].view(
+                    channels, hi - lo, block)))
+        if bias_column is not None:
+            result.add_(bias_column)
     return out[:, :, :out_len]
 
 
@@ -629,25 +668,23 @@ def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
         grad = dwconv2d_grad_weight(grad_out.unsqueeze(2), x.unsqueeze(2), shape,
                                     *_geometry2d(stride, padding, dilation))
         return grad.reshape(weight_shape)
-    # gw[c, k] = sum over n, j of g[n, c, j] xp[n, c, j + k*d]. Per block, G_b^T @ X_{b+q} summed over samples and
-    # blocks gives M_q (C, B, B); side by side they are M[i, t] = sum g[bB + i] xp[bB + t], and gw[k] = sum_i
-    # M[i, i + k*d]. Padding g to whole blocks with zeros makes the straddling block add nothing.
+    # gw[c, k] = sum over n, j of g[n, c, j] x[n, c, j + k*d - left]: per band q, M_q = sum over samples and output
+    # blocks b of x_{b+q}^T g_b (the band's rows only), and gw[c, k] = M at the places _band_layout puts tap k.
     channels, kernel, out_len = x.shape[1], weight_shape[2], grad_out.shape[2]
-    block, dtype = _conv1d_block(out_len), _compute_dtype(x.dtype)
-    span = dilation * (kernel - 1)
-    blocks, count = -(-out_len // block), span // block + 1 + (span % block > 0)
-    rows = torch.zeros(channels, (blocks + count) * block, dtype=dtype)
-    whole = out_len == blocks * block and grad_out.dtype == dtype  # grad_out's rows are the blocks as they are
-    grads = None if whole else torch.zeros(channels, blocks * block, dtype=dtype)
-    gram = torch.zeros(count, channels, block, block, dtype=dtype)
+    block, dtype = _conv1d_block(x.shape[2]), _compute_dtype(x.dtype)
+    in_blocks, out_blocks = -(-x.shape[2] // block), -(-out_len // block)
+    layout, index = _band_layout(kernel, dilation, padding[0], block)
+    # each band's own rows (accumulating into a slice of a larger tensor runs one small matmul per channel)
+    grams = [torch.zeros(channels, rows.stop - rows.start, block, dtype=dtype) for _, rows in layout]
     for n in range(x.shape[0]):
-        inputs = _padded_rows(x, n, padding[0], rows).view(channels, -1, block)
-        if not whole:
-            grads[:, :out_len] = grad_out[n]
-        g_blocks = (grad_out[n] if whole else grads).view(channels, blocks, block).transpose(1, 2)
-        for q in range(count):
-            gram[q].baddbmm_(g_blocks, inputs[:, q:q + blocks])
-    side_by_side = gram.permute(1, 2, 0, 3).reshape(channels, block, count * block)
-    i = torch.arange(block)[:, None]
-    grad = side_by_side[:, i, i + dilation * torch.arange(kernel)].sum(1)
+        inputs = _blocks_of(x, n, block, in_blocks, dtype)
+        grads = _blocks_of(grad_out, n, block, out_blocks, dtype)
+        for (q, rows), gram in zip(layout, grams):
+            lo, hi = _block_range(q, out_blocks, in_blocks)
+            if hi > lo:
+                gram.baddbmm_(inputs[:, lo + q:hi + q, rows].transpose(1, 2), grads[:, lo:hi])
+    stack = torch.zeros(channels, len(layout), block, block, dtype=dtype)
+    for slot, ((_, rows), gram) in enumerate(zip(layout, grams)):
+        stack[:, slot, rows] = gram
+    grad = stack.view(channels, -1)[:, index.reshape(-1)].view(channels, kernel, block).sum(2)
     return grad.to(x.dtype).reshape(weight_shape)

@@ -1,10 +1,12 @@
 """largeconv.dwconv1d and LargeDWConv1d against F.conv1d in float64 (issue #15 part 2)."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 import torch.nn.functional as F
 from torch import nn
 
 import largeconv
+from largeconv import cpu
 from largeconv.conv1d import LargeDWConv1d, dwconv1d
 
 from numerics import assert_close, poisoned_allocations
@@ -25,6 +27,8 @@ CASES = [
     (1, 3, 10, 1, 3, 1, 4, 1, True),
     (1, 4, 70, 1, 31, 1, "same", 2, True),  # the cpu path's band spans 3 blocks of 32
     (1, 2, 100, 1, 65, 1, "same", 1, False),  # span 64: exactly 2 blocks past the first
+    (2, 3, 64, 1, 31, 1, "same", 1, True),  # the cpu path reads x where it lies (blocks of 32), three bands
+    (1, 2, 48, 1, 9, 1, 20, 1, True),  # padding past the span: output blocks no input block reaches
 ]
 
 
@@ -58,6 +62,27 @@ def test_matches_conv1d_float64(backend, case):
     ref, ref_grads = _reference(x, w, b, stride, padding, dilation, torch.float64)
     assert_close(out, ref)
     for name, got, want in zip(("grad x", "grad weight", "grad bias"), grads, ref_grads):
+        assert_close(got, want, what=name)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(length=st.integers(1, 90), kernel=st.integers(1, 40), dilation=st.integers(1, 3),
+       pads=st.tuples(st.integers(0, 50), st.integers(0, 50)), block=st.sampled_from([4, 5, 8, 16]))
+def test_cpu_banded_path_every_geometry(monkeypatch, length, kernel, dilation, pads, block):
+    """The "cpu" backend's blocked Toeplitz products (stride 1) for any length, kernel, dilation and padding, with
+    blocks short enough that a kernel spans many bands; x used where it lies when the block divides its length."""
+    span = dilation * (kernel - 1)
+    if length + sum(pads) <= span:
+        return
+    monkeypatch.setattr(cpu, "CONV1D_BLOCKS", (block,))
+    x, w, b = _inputs(2, 3, length, 1, kernel, True, torch.float64)
+    op = torch.ops.largeconv.dwconv1d  # the op takes (left, right) padding, as "same" makes for even spans
+    out, grads = _run(lambda x, w, b: op(x, w, b, 1, list(pads), dilation, "cpu"), x, w, b)
+    ref, ref_grads = _reference(F.pad(x, pads), w, b, 1, 0, dilation, torch.float64)
+    assert_close(out, ref)
+    assert_close(grads[0], ref_grads[0][:, :, pads[0]:pads[0] + length], what="grad x")
+    for name, got, want in zip(("grad weight", "grad bias"), grads[1:], ref_grads[1:]):
         assert_close(got, want, what=name)
 
 
