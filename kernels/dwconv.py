@@ -253,8 +253,10 @@ class Launch(NamedTuple):
 @triton.jit
 def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw,
                   ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, DIRECT: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    """The tile's outputs (bias not added), strip chunk by strip chunk."""
+                  ALIGN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The tile's outputs (bias not added), strip chunk by strip chunk. ALIGN (stride 1, W a multiple of it; see
+    _strip_align): the strip starts ALIGN-aligned and its column mask is constant over runs of ALIGN, so the x loads
+    are vectorised; the band shifts by the columns the strip starts early."""
     rows = oh0 + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_W)
     jj = tl.arange(0, BLOCK_J)
@@ -262,15 +264,25 @@ def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh
     kh_lo = tl.cdiv(tl.maximum(top - (oh0 + BLOCK_H - 1) * sh, 0), dh)
     kh_hi = tl.minimum(Kh, (tl.maximum(H - 1 + top - oh0 * sh, -1) + dh) // dh)
     iw0 = ow0 * sw - left
+    span = (BLOCK_W - 1) * sw + (Kw - 1) * dw + 1  # strip columns the band reaches
+    if ALIGN > 1:  # (tl.multiple_of does not reach arguments and loop counters: these products tell the compiler)
+        W = W // ALIGN * ALIGN
+        shift = (iw0 % ALIGN + ALIGN) % ALIGN
+        iw0 = tl.multiple_of(iw0 - shift, ALIGN)
+        span = tl.cdiv(span + shift, ALIGN) * ALIGN  # the extra columns meet zeros of the band
+    else:
+        shift = 0
     j_lo = tl.maximum(-iw0, 0)
-    j_hi = tl.minimum((BLOCK_W - 1) * sw + (Kw - 1) * dw + 1, W - iw0)
+    j_hi = tl.minimum(span, W - iw0)
 
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     for j0 in range(j_lo, j_hi, BLOCK_J):
+        if ALIGN > 1:
+            j0 = j0 // ALIGN * ALIGN
         j = j0 + jj
         j_ok = j < j_hi
-        # Toeplitz band: strip column j feeds output column w through tap kw when j = w*sw + kw*dw.
-        d = j[:, None] - cols[None, :] * sw
+        # Toeplitz band: strip column j feeds output column w through tap kw when j = w*sw + kw*dw + shift.
+        d = j[:, None] - cols[None, :] * sw - shift
         t_ok = (d >= 0) & (d < Kw * dw) & (d % dw == 0)
         t_off = d // dw
         for kh in range(kh_lo, kh_hi):
@@ -288,7 +300,8 @@ def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh
 def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                      C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
                      HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                     EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+                     EMULATE_BF16: tl.constexpr, ALIGN: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(Wo, BLOCK_W)
     tiles = tl.cdiv(Ho, BLOCK_H) * tiles_w
@@ -298,13 +311,16 @@ def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     o = plane % Co
     oh0 = (tile // tiles_w) * BLOCK_H
     ow0 = (tile % tiles_w) * BLOCK_W
-    x_plane = x_ptr + (n * C + o // m).to(tl.int64) * H * W
+    plane_start = (n * C + o // m).to(tl.int64) * H * W
+    if ALIGN > 1:
+        plane_start = tl.multiple_of(plane_start, ALIGN)
+    x_plane = x_ptr + plane_start
     w_row0 = w_ptr + o * Kh * Kw
 
     args = (x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw)
-    acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, BLOCK_H, BLOCK_W, BLOCK_J)
+    acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, ALIGN, BLOCK_H, BLOCK_W, BLOCK_J)
     if _has_non_finite(acc):  # redo without tl.dot (see above), one strip column at a time
-        acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, BLOCK_H, BLOCK_W, 1)
+        acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, 1, BLOCK_H, BLOCK_W, 1)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + o).to(ACC)
@@ -319,8 +335,10 @@ def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 @triton.jit
 def _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
                          ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                         DIRECT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    """The tile's input gradients, chunk of output columns by chunk."""
+                         DIRECT: tl.constexpr, ALIGN: tl.constexpr,
+                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The tile's input gradients, chunk of output columns by chunk. ALIGN: as in _fwd_nchw_sum, for gy's rows (the
+    extra output columns the aligned chunks take in meet zeros of the band)."""
     rows = h0 + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_W)
     jj = tl.arange(0, BLOCK_J)
@@ -330,9 +348,15 @@ def _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, K
     kh_hi = tl.minimum(Kh, (h0 + BLOCK_H - 1 + top) // dh + 1)
     ow_lo = tl.cdiv(tl.maximum(w0 + left - (Kw - 1) * dw, 0), sw)
     ow_hi = tl.minimum(Wo, (w0 + BLOCK_W - 1 + left) // sw + 1)
+    if ALIGN > 1:  # products, not tl.multiple_of, which does not reach arguments and loop counters
+        Wo = Wo // ALIGN * ALIGN
+        ow_lo = ow_lo // ALIGN * ALIGN
+        ow_hi = tl.minimum(Wo, tl.cdiv(ow_hi, ALIGN) * ALIGN)
 
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     for j0 in range(ow_lo, ow_hi, BLOCK_J):
+        if ALIGN > 1:
+            j0 = j0 // ALIGN * ALIGN
         ow = j0 + jj
         ow_ok = ow < ow_hi
         # Transposed band: output column ow feeds input column w0 + w through tap kw when the gap is kw*dw.
@@ -341,7 +365,7 @@ def _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, K
         t_off = d // dw
         for r in range(m):
             o = c * m + r
-            gy_plane = gy_ptr + (n * Co + o).to(tl.int64) * Ho * Wo
+            gy_plane = gy_ptr + (n * Co + o).to(tl.int64) * Ho * Wo  # Wo: a multiple of ALIGN, as above
             w_row0 = w_ptr + o * Kh * Kw
             for kh in range(kh_lo, kh_hi):
                 t = rows + top - kh * dh  # = oh * sh when this row is reached
@@ -376,10 +400,10 @@ def _grad_input_nchw_tile(C, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr)
 def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
                             C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
                             ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+                            ALIGN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
     n, c, h0, w0, offsets, gx_ok = _grad_input_nchw_tile(C, H, W, BLOCK_H, BLOCK_W)
     acc = _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
-                               ACC, PRECISION, EMULATE_BF16, False, BLOCK_H, BLOCK_W, BLOCK_J)
+                               ACC, PRECISION, EMULATE_BF16, False, ALIGN, BLOCK_H, BLOCK_W, BLOCK_J)
     tl.store(gx_ptr + offsets, _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=gx_ok)
 
 
@@ -393,7 +417,7 @@ def _grad_input_nchw_redo_kernel(gy_ptr, w_ptr, gx_ptr,
     n, c, h0, w0, offsets, gx_ok = _grad_input_nchw_tile(C, H, W, BLOCK_H, BLOCK_W)
     if _has_non_finite(tl.load(gx_ptr + offsets, mask=gx_ok, other=0.0).to(tl.float32)):
         acc = _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh,
-                                   dw, m, ACC, "ieee", EMULATE_BF16, True, BLOCK_H, BLOCK_W, 1)  # no dot
+                                   dw, m, ACC, "ieee", EMULATE_BF16, True, 1, BLOCK_H, BLOCK_W, 1)  # no dot
         tl.store(gx_ptr + offsets, _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=gx_ok)
 
 
@@ -613,7 +637,20 @@ def _plan_forward(x, weight, bias, stride, padding, dilation, gpu=not _INTERPRET
         return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
     precision = _toeplitz_precision(x.dtype)
     return y, Launch(_fwd_nchw_kernel, grid, (x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
-                     dict(meta, PRECISION=precision), _toeplitz_configs(gpu, x.element_size() >= 4, precision), y)
+                     dict(meta, PRECISION=precision, ALIGN=_strip_align(x, stride[1])),
+                     _toeplitz_configs(gpu, x.element_size() >= 4, precision), y)
+
+
+def _strip_align(t, stride_w):
+    """Columns per 16-byte run that an NCHW kernel may load as one vector from t's rows: the largest power of two
+    up to 16 bytes dividing the row length (and t's start), at stride 1 (a strided strip is not contiguous); 1 =
+    scalar loads. The tiles' BLOCK_W are multiples of 16, so tile starts keep the alignment."""
+    if stride_w != 1:
+        return 1
+    align = 16 // t.element_size()
+    while align > 1 and (t.shape[-1] % align or t.data_ptr() % (align * t.element_size())):
+        align //= 2
+    return align
 
 
 def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, gpu=not _INTERPRETED):
@@ -640,7 +677,8 @@ def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, g
     args = (grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C)
     redo = Launch(_grad_input_nchw_redo_kernel, grid, args, meta, [_REDO_CONFIG if gpu else _REDO_CONFIG_INTERPRETED],
                   gx)
-    return gx, Launch(_grad_input_nchw_kernel, grid, args, dict(meta, PRECISION=precision),
+    return gx, Launch(_grad_input_nchw_kernel, grid, args,
+                      dict(meta, PRECISION=precision, ALIGN=_strip_align(grad_out, stride[1])),
                       _toeplitz_configs(gpu, gx.element_size() >= 4, precision), gx, redo)
 
 
