@@ -445,6 +445,8 @@ int main(int argc, char** argv) {
       {2, 2, 10, 1, 31, 1, 1, 15, 15},     // L < K
       {1, 2, 4, 1, 7, 1, 1, 3, 3},         // tiny L < K = 7
       {1, 2, 1700, 1, 31, 1, 1, 15, 15},   // long row: two tiles
+      {2, 3, 96, 1, 31, 1, 1, 15, 15},     // rows of whole 16-byte vectors in every dtype: vector staging
+      {1, 2, 64, 2, 31, 1, 1, 20, 10},     // the same, multiplier 2, asymmetric padding
       {1, 3, 61, 2, 15, 2, 2, 7, 13},      // stride 2, dilation 2, multiplier 2, asymmetric
       {2, 4, 33, 1, 15, 1, 1, 7, 7},       // K=15, L not a multiple of the tile
       {1, 2, 20, 1, 4, 1, 1, 1, 2},        // even kernel, asymmetric "same" (run-time K)
