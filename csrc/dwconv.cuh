@@ -29,6 +29,29 @@ constexpr int kTaps = 16;      // forward, unit W: taps per unrolled step
 constexpr int kCols = 8;       // grad-weight: output columns per unrolled step
 constexpr size_t kSoftSmem = 64 * 1024;  // plans shrink tiles above this to keep several blocks per SM
 
+// NCHW staging: dst[zz * plane_stride + row * row_stride + c] = the input at column col0 + c of row row_base(zz, row)
+// (as float), for zz < planes, row < rows, c < cols; zero where that column is outside [0, width) or row_base gives
+// null (a row outside the input, a plane past the channels). Teams of up to 32 consecutive threads take a row each,
+// lanes along the columns: coalesced loads and no division per element (the generic loop, one (plane, row, column)
+// split per element, spent ~75 instructions on each: sm_90 SASS, 2026-11-27). A partial last warp sits out.
+template <typename T, typename RowBase>
+LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
+                     int64_t width, RowBase row_base, int tid, int nthreads) {
+  const int team = nthreads < 32 ? nthreads : 32;
+  const int teams = nthreads / team, member = tid % team, which = tid / team;
+  if (which >= teams) return;
+  for (int pr = which; pr < planes * rows; pr += teams) {
+    const int zz = pr / rows, row = pr % rows;
+    const T* src = row_base(zz, row);
+    float* d = dst + zz * plane_stride + row * row_stride;
+#pragma unroll 4
+    for (int c = member; c < cols; c += team) {
+      const int64_t gc = col0 + c;
+      d[c] = src != nullptr && gc >= 0 && gc < width ? to_float(src[gc]) : 0.f;
+    }
+  }
+}
+
 // ================================================================================================================
 // Correlation: out[n, o, i, j] = sum_{r < reps} sum_{a, b} f_q[a, b] * in[n, q / in_div, i*sh + a*dh - off_h,
 //                                                                         j*sw + b*dw - off_w],   q = o*reps + r,
@@ -112,7 +135,15 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
     }
 
     // Input tile, zero outside the image. Consecutive threads take consecutive addresses of either layout.
-    const int tile_elems = t.bz * t.ih * t.iw;
+    if (!p.channels_last) {
+      stage_rows<T>(xs, t.ps, t.rs, t.bz, t.ih, t.iw, col0, p.in_w, [&](int zz, int row) -> const T* {
+        const int64_t gr = row0 + row;
+        if (o0 + zz >= out_c || gr < 0 || gr >= p.in_h) return nullptr;
+        const int64_t ci = ((o0 + zz) * p.reps + rep) / p.in_div;
+        return in + ((n * p.in_c + ci) * p.in_h + gr) * p.in_w;
+      }, tid, nthreads);
+    }
+    const int tile_elems = p.channels_last ? t.bz * t.ih * t.iw : 0;
     for (int e = tid; e < tile_elems; e += nthreads) {
       int zz, row, col;
       if (p.channels_last) {
@@ -421,7 +452,18 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
     const int64_t row0 = i0 * p.sh - p.pt, col0 = j0 * p.sw - p.pl;
     __syncthreads();  // the previous item's tiles (and the zeroed accumulators) are no longer being read
 
-    const int g_elems = t.bz * t.th * t.tw;
+    if (!p.channels_last) {
+      stage_rows<T>(gs, t.th * t.tw, t.tw, t.bz, t.th, t.tw, j0, p.wo, [&](int zz, int i) -> const T* {
+        const int64_t gi = i0 + i;
+        return o0 + zz < co && gi < p.ho ? g + ((n * p.co + o0 + zz) * p.ho + gi) * p.wo : nullptr;
+      }, tid, t.threads);
+      stage_rows<T>(xs, t.ps, t.rs, t.bz, t.ih, t.iw, col0, p.w, [&](int zz, int row) -> const T* {
+        const int64_t gr = row0 + row;
+        if (o0 + zz >= co || gr < 0 || gr >= p.h) return nullptr;
+        return x + ((n * p.c + (o0 + zz) / p.mult) * p.h + gr) * p.w;
+      }, tid, t.threads);
+    }
+    const int g_elems = p.channels_last ? t.bz * t.th * t.tw : 0;  // channels_last: consecutive threads, channels
     for (int e = tid; e < g_elems; e += t.threads) {
       int zz, i, j;
       if (p.channels_last) {
@@ -439,7 +481,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
       if (o < co && gi < p.ho && gj < p.wo) v = to_float(g[offset4(p.channels_last, n, o, gi, gj, p.co, p.ho, p.wo)]);
       gs[(zz * t.th + i) * t.tw + j] = v;
     }
-    const int x_elems = t.bz * t.ih * t.iw;
+    const int x_elems = p.channels_last ? t.bz * t.ih * t.iw : 0;
     for (int e = tid; e < x_elems; e += t.threads) {
       int zz, row, col;
       if (p.channels_last) {
