@@ -54,10 +54,17 @@ LC_HD int64_t weight_offset(const Inv& p, int64_t b, int64_t ch, int64_t i, int6
 }
 
 // Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem,
-// zero outside. Consecutive threads take consecutive addresses in either layout.
+// zero outside. NCHW row by row (stage_rows); channels_last with consecutive threads on consecutive channels.
 template <typename T>
 LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b, int64_t ch0,
                        int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
+  if (!p.channels_last) {
+    stage_rows<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, [&](int cc, int row) -> const T* {
+      const int64_t gr = row0 + row;
+      return gr >= 0 && gr < src_h ? src + ((b * p.c + ch0 + cc) * src_h + gr) * src_w : nullptr;
+    }, threadIdx.x, t.threads());
+    return;
+  }
   const int elems = nc * t.ih * t.iw;
   for (int e = threadIdx.x; e < elems; e += t.threads()) {
     int cc, row, col;
@@ -98,12 +105,19 @@ LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) 
 }
 
 // ---- forward ---------------------------------------------------------------------------------------------------
-template <typename T, bool kUnit>  // kUnit: s == d == 1
+// kRedNet: K = 7 and whole chunks of kCB channels (RedNet's layers), known at compile time, so that the tap and
+// channel loops unroll without run-time bounds: the run-time version's hot loop spent 313 of 821 instructions on
+// predicates (sm_90 SASS, 2026-11-27).
+constexpr int kRedNetK = 7;
+inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg % kCB == 0; }
+
+template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);
-  const int c0 = static_cast<int>(pos.chunk) * kCB, nc = imin(kCB, p.cg - c0);
+  const int K = kRedNet ? kRedNetK : p.k;
+  const int c0 = static_cast<int>(pos.chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
   const int64_t ch0 = pos.g * p.cg + c0;
   stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
                pos.j0 * p.s - p.p);
@@ -114,10 +128,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   bool valid[kRB];
 #pragma unroll
   for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
-  const int64_t wch0 = pos.g * p.k * p.k;
+  // The weights of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wbase[r].
+  const int64_t wch0 = pos.g * K * K, wstep = p.channels_last ? 1 : p.ho * p.wo;
+  int64_t wbase[kRB];
+#pragma unroll
+  for (int r = 0; r < kRB; ++r) wbase[r] = valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0;
 
   float acc[kCB][kRB] = {};
-  for (int kh = 0; kh < p.k; ++kh) {
+#pragma unroll 1
+  for (int kh = 0; kh < K; ++kh) {
     const float* xr = xs + (ty * p.s + kh * p.d) * t.rs + tx * kRB * p.s;
     float win[kCB][kRB];  // kUnit: win[c][r] = x of pixel r at the current tap
     if constexpr (kUnit) {
@@ -128,20 +147,19 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
         }
     }
-    for (int kw0 = 0; kw0 < p.k; kw0 += kKW) {
+    for (int kw0 = 0; kw0 < K; kw0 += kKW) {
       float wv[kKW][kRB];
 #pragma unroll
       for (int u = 0; u < kKW; ++u) {
 #pragma unroll
         for (int r = 0; r < kRB; ++r) {
-          wv[u][r] = valid[r] && kw0 + u < p.k
-                         ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * p.k + kw0 + u, i, j + r)]) : 0.f;
+          wv[u][r] = valid[r] && kw0 + u < K ? to_float(wt[wbase[r] + (kh * K + kw0 + u) * wstep]) : 0.f;
         }
       }
 #pragma unroll
       for (int u = 0; u < kKW; ++u) {
         const int kw = kw0 + u;
-        if (kw >= p.k) break;
+        if (kw >= K) break;
 #pragma unroll
         for (int c = 0; c < kCB; ++c) {
           if (c >= nc) continue;
@@ -174,14 +192,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
 // ---- grad-input ------------------------------------------------------------------------------------------------
 //   dx[b, c, h, w] = sum_{kh, kw} w[b, g*K*K + kh*K + kw, i, j] * gy[b, c, i, j],  i*s = h + p - kh*d, j*s likewise
 // Tiles are over dx; grad_out rows ilo = floor((h0 + p - (K-1)*d) / s) .. and columns likewise are staged.
-template <typename T, bool kUnit>
+template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
 __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) {
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* gs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
-  const int c0 = static_cast<int>(pos.chunk) * kCB, nc = imin(kCB, p.cg - c0);
+  const int K = kRedNet ? kRedNetK : p.k;
+  const int c0 = static_cast<int>(pos.chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
   const int64_t ch0 = pos.g * p.cg + c0;
-  const int64_t reach = static_cast<int64_t>(p.k - 1) * p.d;
+  const int64_t reach = static_cast<int64_t>(K - 1) * p.d;
   const int64_t ilo = floor_div(static_cast<int>(pos.i0 + p.p - reach), p.s);
   const int64_t jlo = floor_div(static_cast<int>(pos.j0 + p.p - reach), p.s);
   stage_planes(gs, static_cast<const T*>(p.grad_out), p, t, pos.b, ch0, nc, p.ho, p.wo, ilo, jlo);
@@ -189,16 +208,20 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
   const int64_t hh = pos.i0 + ty, w0 = pos.j0 + tx * kRB;
-  const int64_t wch0 = pos.g * p.k * p.k;
+  const int64_t wch0 = pos.g * K * K;
+  // weight (kernel channel wch0 + tap, row i, column j) lies at weight_offset(.., wch0, i, 0) + tap*wstep + j*jstep
+  const int64_t wstep = p.channels_last ? 1 : p.ho * p.wo, jstep = p.channels_last ? p.groups * K * K : 1;
   float acc[kCB][kRB] = {};
 
   if constexpr (kUnit) {
     // i = hh + p - kh is staged row ty + (K-1-kh); j = w0 + r + p - kw is staged column tx*kRB + r + (K-1-kw):
     // walking kw downwards slides the window like the forward.
-    for (int khr = 0; khr < p.k; ++khr) {
-      const int kh = p.k - 1 - khr;
+#pragma unroll 1
+    for (int khr = 0; khr < K; ++khr) {
+      const int kh = K - 1 - khr;
       const int64_t i = hh + p.p - kh;
       const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
+      const int64_t wrow = row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0;
       const float* gr = gs + (ty + khr) * t.rs + tx * kRB;
       float win[kCB][kRB];
 #pragma unroll
@@ -207,22 +230,22 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
 #pragma unroll
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = gr[c * t.ps + q];
         }
-      for (int kwr0 = 0; kwr0 < p.k; kwr0 += kKW) {
+      for (int kwr0 = 0; kwr0 < K; kwr0 += kKW) {
         float wv[kKW][kRB];
 #pragma unroll
         for (int u = 0; u < kKW; ++u) {
-          const int kw = p.k - 1 - kwr0 - u;
+          const int kw = K - 1 - kwr0 - u;
 #pragma unroll
           for (int r = 0; r < kRB; ++r) {
             const int64_t j = w0 + r + p.p - kw;
             wv[u][r] = row_ok && kw >= 0 && w0 + r < p.w && j >= 0 && j < p.wo
-                           ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * p.k + kw, i, j)]) : 0.f;
+                           ? to_float(wt[wrow + kw * wstep + j * jstep]) : 0.f;
           }
         }
 #pragma unroll
         for (int u = 0; u < kKW; ++u) {
           const int kwr = kwr0 + u;
-          if (kwr >= p.k) break;
+          if (kwr >= K) break;
 #pragma unroll
           for (int c = 0; c < kCB; ++c) {
             if (c >= nc) continue;
@@ -236,19 +259,19 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
       }
     }
   } else {
-    for (int kh = 0; kh < p.k; ++kh) {
+    for (int kh = 0; kh < K; ++kh) {
       const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
       if (hh >= p.h || ti < 0 || ti % p.s != 0 || ti / p.s >= p.ho) continue;
       const int64_t i = ti / p.s;
       const float* gr = gs + (i - ilo) * t.rs;
-      for (int kw = 0; kw < p.k; ++kw) {
+      for (int kw = 0; kw < K; ++kw) {
         float wv[kRB];
         int col[kRB];
 #pragma unroll
         for (int r = 0; r < kRB; ++r) {
           const int64_t tj = w0 + r + p.p - static_cast<int64_t>(kw) * p.d;
           const bool ok = w0 + r < p.w && tj >= 0 && tj % p.s == 0 && tj / p.s < p.wo;
-          wv[r] = ok ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * p.k + kw, i, tj / p.s)]) : 0.f;
+          wv[r] = ok ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * K + kw, i, tj / p.s)]) : 0.f;
           col[r] = ok ? static_cast<int>(tj / p.s - jlo) : 0;  // column 0 is staged: a safe read, times zero
         }
 #pragma unroll
@@ -276,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
 
 // ---- grad-weight -----------------------------------------------------------------------------------------------
 //   dw[b, g*K*K + k, i, j] = sum_{c in group g} gy[b, c, i, j] * x[b, c, i*s + kh*d - p, j*s + kw*d - p]
-template <typename T, bool kUnit>
+template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
 __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t) {
   const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
   float* xs = dynamic_smem();
@@ -286,11 +309,16 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
   bool valid[kRB];
 #pragma unroll
   for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
-  const int64_t wch0 = pos.g * p.k * p.k;
+  const int K = kRedNet ? kRedNetK : p.k;
+  // The weight gradient of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wbase[r].
+  const int64_t wch0 = pos.g * K * K, wstep = p.channels_last ? 1 : p.ho * p.wo;
+  int64_t wbase[kRB];
+#pragma unroll
+  for (int r = 0; r < kRB; ++r) wbase[r] = valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0;
   T* out = static_cast<T*>(p.out);
 
   for (int64_t chunk = 0; chunk < t.chunks; ++chunk) {
-    const int c0 = static_cast<int>(chunk) * kCB, nc = imin(kCB, p.cg - c0);
+    const int c0 = static_cast<int>(chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
     const int64_t ch0 = pos.g * p.cg + c0;
     if (chunk > 0) __syncthreads();  // done reading the previous chunk's tile
     stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
@@ -306,7 +334,8 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
     }
     __syncthreads();
 
-    for (int kh = 0; kh < p.k; ++kh) {
+#pragma unroll 1
+    for (int kh = 0; kh < K; ++kh) {
       const float* xr = xs + (ty * p.s + kh * p.d) * t.rs + tx * kRB * p.s;
       float win[kCB][kRB];
       if constexpr (kUnit) {
@@ -317,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
             for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
           }
       }
-      for (int kw = 0; kw < p.k; ++kw) {
+      for (int kw = 0; kw < K; ++kw) {
         float a[kRB] = {};
 #pragma unroll
         for (int c = 0; c < kCB; ++c) {
@@ -336,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
 #pragma unroll
         for (int r = 0; r < kRB; ++r) {
           if (!valid[r]) continue;
-          const int64_t off = weight_offset(p, pos.b, wch0 + kh * p.k + kw, i, j + r);
+          const int64_t off = wbase[r] + (kh * K + kw) * wstep;
           if (t.chunks == 1) {
             out[off] = from_float<T>(a[r]);
           } else {  // running sum over the chunks in fp32, in order
@@ -513,10 +542,11 @@ void run_forward(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   InvTile t;
   if (!plan(p, Dir::kForward, lim, &t)) {
     launch(forward_naive_kernel<T>, naive_grid(p.b * p.c * p.ho * p.wo), kThreads, 0, p);
-  } else if (p.s == 1 && p.d == 1) {
-    launch(forward_kernel<T, true>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
   } else {
-    launch(forward_kernel<T, false>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
+    const bool unit = p.s == 1 && p.d == 1, rednet = rednet_shape(p);
+    auto kernel = unit ? (rednet ? forward_kernel<T, true, true> : forward_kernel<T, true, false>)
+                       : (rednet ? forward_kernel<T, false, true> : forward_kernel<T, false, false>);
+    launch(kernel, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
   }
 }
 
@@ -526,10 +556,11 @@ void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   InvTile t;
   if (!plan(p, Dir::kGradInput, lim, &t)) {
     launch(grad_input_naive_kernel<T>, naive_grid(p.b * p.c * p.h * p.w), kThreads, 0, p);
-  } else if (p.s == 1 && p.d == 1) {
-    launch(grad_input_kernel<T, true>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
   } else {
-    launch(grad_input_kernel<T, false>, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
+    const bool unit = p.s == 1 && p.d == 1, rednet = rednet_shape(p);
+    auto kernel = unit ? (rednet ? grad_input_kernel<T, true, true> : grad_input_kernel<T, true, false>)
+                       : (rednet ? grad_input_kernel<T, false, true> : grad_input_kernel<T, false, false>);
+    launch(kernel, grid_size(tile_blocks(p, t, true)), t.threads(), t.smem, p, t);
   }
 }
 
@@ -550,11 +581,10 @@ void run_grad_weight(Launch& launch, const InvArgs& a, const DeviceLimits& lim) 
     return;
   }
   LC_CHECK(t.chunks == 1 || p.workspace != nullptr, "involution grad-weight workspace missing");
-  if (p.s == 1 && p.d == 1) {
-    launch(grad_weight_kernel<T, true>, grid_size(tile_blocks(p, t, false)), t.threads(), t.smem, p, t);
-  } else {
-    launch(grad_weight_kernel<T, false>, grid_size(tile_blocks(p, t, false)), t.threads(), t.smem, p, t);
-  }
+  const bool unit = p.s == 1 && p.d == 1, rednet = rednet_shape(p);
+  auto kernel = unit ? (rednet ? grad_weight_kernel<T, true, true> : grad_weight_kernel<T, true, false>)
+                     : (rednet ? grad_weight_kernel<T, false, true> : grad_weight_kernel<T, false, false>);
+  launch(kernel, grid_size(tile_blocks(p, t, false)), t.threads(), t.smem, p, t);
 }
 
 }  // namespace inv

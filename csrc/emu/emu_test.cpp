@@ -418,6 +418,7 @@ int main(int argc, char** argv) {
       {2, 8, 9, 9, 2, 3, 1, 1, 1},      // 4 channels per group
       {1, 32, 12, 11, 2, 7, 1, 3, 1},   // RedNet-like: 16 channels per group, K=7
       {1, 40, 8, 9, 2, 5, 1, 2, 1},     // 20 channels per group: two chunks (grad-weight running sum)
+      {1, 64, 9, 10, 2, 7, 1, 3, 1},    // K=7, 32 channels per group: two whole chunks (the compile-time kernels)
       {2, 16, 13, 11, 1, 7, 2, 3, 1},   // stride 2, odd sizes
       {1, 8, 10, 10, 4, 3, 1, 2, 2},    // dilation 2
       {1, 4, 10, 9, 2, 15, 1, 7, 1},    // K=15 > H
