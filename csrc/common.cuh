@@ -97,6 +97,13 @@ inline int64_t vec_stride(int64_t n) {
   return (s / 4) % 2 ? s : s + 4;
 }
 
+// A stride of 2 (mod 4) 16-byte units (a multiple of 8 floats, not of 16): plane p starts in 16-byte bank group
+// 2p (mod 8), so 4 planes, each read at an odd offset of rows, cover all 8 groups.
+inline int64_t pair_stride(int64_t n) {
+  const int64_t s = (n + 7) / 8 * 8;
+  return (s / 4) % 4 == 2 ? s : s + 8;
+}
+
 // 16-byte shared-memory load; p must be 16-byte aligned (the emulator checks).
 LC_D float4 load4(const float* p) {
 #ifdef LARGECONV_EMULATE

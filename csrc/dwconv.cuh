@@ -51,6 +51,7 @@ struct CorrTile {
   int bx, by, bz;
   int ih, iw, rs, ps;  // staged input rows and columns, row and plane strides in shared memory (floats)
   int fw;              // filter row stride in shared memory: kw, or kw rounded up to kTaps (unit W)
+  int fps;             // filter plane stride (floats): kh * fw, padded (see plan_corr)
   int64_t tiles_w, tiles_h, channel_groups, n;
   size_t smem;  // bytes: bz input planes, then bz filters
 
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
   const T* __restrict__ weight = static_cast<const T*>(p.weight);
   float* xs = dynamic_smem();
   float* fs = xs + static_cast<size_t>(t.bz) * t.ps;  // 16-byte aligned: ps is a multiple of 4 when kUnit
-  const int taps = p.kh * p.kw, frows = p.kh * t.fw;
+  const int taps = p.kh * p.kw, frows = p.kh * t.fw;  // a plane's filter values; planes t.fps apart
   const int nthreads = t.threads();
   const int tid = threadIdx.x;
 
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
         const int k = a * p.kw + b;
         v = to_float(weight[q * taps + (p.flip ? taps - 1 - k : k)]);
       }
-      fs[e] = v;
+      fs[zz * t.fps + e % frows] = v;
     }
 
     // Input tile, zero outside the image. Consecutive threads take consecutive addresses of either layout.
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
     __syncthreads();
 
     const float* xb = xs + z * t.ps + y * p.sh * t.rs + x * kRB * p.sw;
-    const float* fb = fs + z * frows;
+    const float* fb = fs + z * t.fps;
     for (int a = 0; a < p.kh; ++a) {
       const float* xr = xb + a * p.dh * t.rs;  // 16-byte aligned when kUnit (rs, ps multiples of 4)
       const float* fr = fb + a * t.fw;
@@ -267,10 +268,14 @@ inline bool plan_corr(const Corr& p, const DeviceLimits& lim, CorrTile* tile) {
     const int64_t iw = static_cast<int64_t>(bx * kRB - 1) * p.sw + static_cast<int64_t>(p.kw - 1) * p.dw + 1;
     // unit: the 16-byte window loads read up to column bx * kRB + fw - 1 (the part past iw is never used)
     const int64_t rs = unit ? vec_stride(bx * kRB + fw) : odd_stride(iw);
-    const int64_t ps = unit ? vec_stride(ih * rs) : odd_stride(ih * rs);
-    const int64_t floats = bz * ps + static_cast<int64_t>(bz) * p.kh * fw;
+    // channels_last puts 4 planes x 2 rows in a quarter-warp: with rs an odd number of 16-byte units, plane strides
+    // of 2 (mod 4) units send their 8 input loads, and odd filter plane strides the 4 planes' filter loads, to 8
+    // (4) different 16-byte bank groups (odd plane strides, as NCHW uses, made 2-way and 4-way conflicts).
+    const int64_t ps = unit ? (p.channels_last ? pair_stride(ih * rs) : vec_stride(ih * rs)) : odd_stride(ih * rs);
+    const int64_t fps = unit ? static_cast<int64_t>(p.kh) * fw + 4 : static_cast<int64_t>(p.kh) * fw;
+    const int64_t floats = bz * (ps + fps);
     if (ih * iw > (1 << 24) || floats * 4 > (int64_t{1} << 30)) return false;  // absurd dilations: keep ints small
-    t.bx = bx; t.by = by; t.bz = bz; t.fw = fw;
+    t.bx = bx; t.by = by; t.bz = bz; t.fw = fw; t.fps = static_cast<int>(fps);
     t.ih = static_cast<int>(ih); t.iw = static_cast<int>(iw); t.rs = static_cast<int>(rs); t.ps = static_cast<int>(ps);
     t.tiles_w = ceil_div(p.out_w, static_cast<int64_t>(bx) * kRB);
     t.tiles_h = ceil_div(p.out_h, by);
