@@ -424,9 +424,13 @@ def _grad_input_nchw_redo_kernel(gy_ptr, w_ptr, gx_ptr,
 @triton.jit
 def _grad_weight_nchw_sum(gy_ptr, x_ptr, o, c, kh, kw, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw,
                           r_start, r_end, ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                          DIRECT: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_KW: tl.constexpr,
+                          DIRECT: tl.constexpr, ALIGN: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_KW: tl.constexpr,
                           BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """The tap tile's sum over the reduction rows [r_start, r_end), in chunks of BLOCK_R rows x BLOCK_Q columns."""
+    """The tap tile's sum over the reduction rows [r_start, r_end), in chunks of BLOCK_R rows x BLOCK_Q columns.
+    ALIGN (see _strip_align, for gy's rows): gy's loads are vectorised (x's cannot be: each row of the x operand
+    starts one column after the previous one)."""
+    if ALIGN > 1:  # products, not tl.multiple_of, which does not reach arguments and loop counters
+        Wo = Wo // ALIGN * ALIGN
     kh_ok = kh < Kh
     kw_ok = kw < Kw
     q = tl.arange(0, BLOCK_R * BLOCK_Q)
@@ -445,6 +449,8 @@ def _grad_weight_nchw_sum(gy_ptr, x_ptr, o, c, kh, kw, C, H, W, Co, Ho, Wo, Kh, 
         a_ok = (t >= 0) & (t % sh == 0) & (oh < Ho) & kh_ok[:, None] & row_ok[None, :]
         a_row = gy_plane[None, :] + oh * Wo
         for col0 in range(0, Wo, BLOCK_Q):
+            if ALIGN > 1:
+                col0 = col0 // ALIGN * ALIGN
             ow = col0 + q_col
             ow_ok = ow < Wo
             a = tl.load(gy_ptr + a_row + ow[None, :], mask=a_ok & ow_ok[None, :], other=0.0)
@@ -460,7 +466,7 @@ def _grad_weight_nchw_kernel(gy_ptr, x_ptr, part_ptr,
                              C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
                              total_rows, rows_per_split,
                              ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                             BLOCK_KH: tl.constexpr, BLOCK_KW: tl.constexpr,
+                             ALIGN: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_KW: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr):
     # dW[o, kh, kw] = sum over (n, input row ih, output column ow) of
     #   gy[n, o, (ih + top - kh*dh) / sh, ow]  (only where that row index is a whole number)
@@ -479,9 +485,10 @@ def _grad_weight_nchw_kernel(gy_ptr, x_ptr, part_ptr,
     r_end = tl.minimum(total_rows, r_start + rows_per_split)
 
     args = (gy_ptr, x_ptr, o, c, kh, kw, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, r_start, r_end)
-    acc = _grad_weight_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, BLOCK_KH, BLOCK_KW, BLOCK_R, BLOCK_Q)
+    acc = _grad_weight_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, ALIGN, BLOCK_KH, BLOCK_KW, BLOCK_R,
+                                BLOCK_Q)
     if _has_non_finite(acc):  # redo without tl.dot (see above), one product at a time
-        acc = _grad_weight_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, BLOCK_KH, BLOCK_KW, 1, 1)
+        acc = _grad_weight_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, 1, BLOCK_KH, BLOCK_KW, 1, 1)
 
     part = part_ptr + ((split * Co + o) * Kh + kh[:, None]) * Kw + kw[None, :]
     tl.store(part, acc, mask=(kh < Kh)[:, None] & (kw < Kw)[None, :])
@@ -706,7 +713,7 @@ def _plan_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gpu=
         launch = Launch(_grad_weight_nchw_kernel, (programs, splits),
                         (grad_out, x, part, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C, N * H, rows_per_split),
                         dict(ACC=_acc_dtype(x.dtype), PRECISION=_dot_precision(x.dtype),
-                             EMULATE_BF16=_emulate_bf16(x.dtype)), [config], part)
+                             EMULATE_BF16=_emulate_bf16(x.dtype), ALIGN=_strip_align(grad_out, 1)), [config], part)
         to_weight_order = None  # partial sums are (split, Co, Kh, Kw)
     else:  # channels_last (ops.py hands both tensors over in one memory format)
         config = _grad_weight_nhwc_config(Co, gpu)
