@@ -75,10 +75,9 @@ LC_D float* dynamic_smem() {
 
 // ---- integer helpers ------------------------------------------------------------------------------------------
 LC_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-LC_HD int floor_div(int a, int b) {  // b > 0, a of any sign
+LC_HD int64_t floor_div(int64_t a, int64_t b) {  // b > 0, a of any sign
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
-LC_HD int64_t floor_div64(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
 LC_HD int imin(int a, int b) { return a < b ? a : b; }
 LC_HD int imax(int a, int b) { return a > b ? a : b; }
 

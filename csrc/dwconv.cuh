@@ -120,26 +120,17 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
         const int64_t ci = ((o0 + zz) * p.reps + rep) / p.in_div;
         return in + ((n * p.in_c + ci) * p.in_h + gr) * p.in_w;
       }, tid, nthreads);
-    }
-    const int tile_elems = p.channels_last ? t.bz * t.ih * t.iw : 0;
-    for (int e = tid; e < tile_elems; e += nthreads) {
-      int zz, row, col;
-      if (p.channels_last) {
-        zz = e % t.bz;
-        col = (e / t.bz) % t.iw;
-        row = e / (t.bz * t.iw);
-      } else {
-        col = e % t.iw;
-        row = (e / t.iw) % t.ih;
-        zz = e / (t.iw * t.ih);
+    } else {
+      for (int e = tid; e < t.bz * t.ih * t.iw; e += nthreads) {  // consecutive threads: consecutive channels
+        const int zz = e % t.bz, col = (e / t.bz) % t.iw, row = e / (t.bz * t.iw);
+        const int64_t gr = row0 + row, gc = col0 + col;
+        float v = 0.f;
+        if (o0 + zz < out_c && gr >= 0 && gr < p.in_h && gc >= 0 && gc < p.in_w) {
+          const int ci = ((o0 + zz) * p.reps + rep) / p.in_div;
+          v = to_float(in[offset4(true, n, ci, gr, gc, p.in_c, p.in_h, p.in_w)]);
+        }
+        xs[zz * t.ps + row * t.rs + col] = v;
       }
-      const int64_t gr = row0 + row, gc = col0 + col;
-      float v = 0.f;
-      if (o0 + zz < out_c && gr >= 0 && gr < p.in_h && gc >= 0 && gc < p.in_w) {
-        const int ci = ((o0 + zz) * p.reps + rep) / p.in_div;
-        v = to_float(in[offset4(p.channels_last, n, ci, gr, gc, p.in_c, p.in_h, p.in_w)]);
-      }
-      xs[zz * t.ps + row * t.rs + col] = v;
     }
     __syncthreads();
 
@@ -444,44 +435,25 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
         if (o0 + zz >= co || gr < 0 || gr >= p.h) return nullptr;
         return x + ((n * p.c + (o0 + zz) / p.mult) * p.h + gr) * p.w;
       }, tid, t.threads);
-    }
-    const int g_elems = p.channels_last ? t.bz * t.th * t.tw : 0;  // channels_last: consecutive threads, channels
-    for (int e = tid; e < g_elems; e += t.threads) {
-      int zz, i, j;
-      if (p.channels_last) {
-        zz = e % t.bz;
-        j = (e / t.bz) % t.tw;
-        i = e / (t.bz * t.tw);
-      } else {
-        j = e % t.tw;
-        i = (e / t.tw) % t.th;
-        zz = e / (t.tw * t.th);
+    } else {  // consecutive threads: consecutive channels
+      for (int e = tid; e < t.bz * t.th * t.tw; e += t.threads) {
+        const int zz = e % t.bz, j = (e / t.bz) % t.tw, i = e / (t.bz * t.tw);
+        const int o = o0 + zz;
+        const int64_t gi = i0 + i, gj = j0 + j;
+        float v = 0.f;  // outside grad_out: contributes nothing
+        if (o < co && gi < p.ho && gj < p.wo) v = to_float(g[offset4(true, n, o, gi, gj, p.co, p.ho, p.wo)]);
+        gs[(zz * t.th + i) * t.tw + j] = v;
       }
-      const int o = o0 + zz;
-      const int64_t gi = i0 + i, gj = j0 + j;
-      float v = 0.f;  // outside grad_out: contributes nothing
-      if (o < co && gi < p.ho && gj < p.wo) v = to_float(g[offset4(p.channels_last, n, o, gi, gj, p.co, p.ho, p.wo)]);
-      gs[(zz * t.th + i) * t.tw + j] = v;
-    }
-    const int x_elems = p.channels_last ? t.bz * t.ih * t.iw : 0;
-    for (int e = tid; e < x_elems; e += t.threads) {
-      int zz, row, col;
-      if (p.channels_last) {
-        zz = e % t.bz;
-        col = (e / t.bz) % t.iw;
-        row = e / (t.bz * t.iw);
-      } else {
-        col = e % t.iw;
-        row = (e / t.iw) % t.ih;
-        zz = e / (t.iw * t.ih);
+      for (int e = tid; e < t.bz * t.ih * t.iw; e += t.threads) {
+        const int zz = e % t.bz, col = (e / t.bz) % t.iw, row = e / (t.bz * t.iw);
+        const int o = o0 + zz;
+        const int64_t gr = row0 + row, gc = col0 + col;
+        float v = 0.f;
+        if (o < co && gr >= 0 && gr < p.h && gc >= 0 && gc < p.w) {
+          v = to_float(x[offset4(true, n, o / p.mult, gr, gc, p.c, p.h, p.w)]);
+        }
+        xs[zz * t.ps + row * t.rs + col] = v;
       }
-      const int o = o0 + zz;
-      const int64_t gr = row0 + row, gc = col0 + col;
-      float v = 0.f;
-      if (o < co && gr >= 0 && gr < p.h && gc >= 0 && gc < p.w) {
-        v = to_float(x[offset4(p.channels_last, n, o / p.mult, gr, gc, p.c, p.h, p.w)]);
-      }
-      xs[zz * t.ps + row * t.rs + col] = v;
     }
     __syncthreads();
 

@@ -53,11 +53,11 @@ LC_D void store4(float* p, float a, float b, float c, float d) {
 // the H100, 2026-11-27, the bf16 forward ran slower than fp32: latency-bound staging.) The vectors straddling the
 // strip's ends write only their part inside it.
 template <typename T>
-LC_D void stage_row(float* dst, const T* src, int64_t col0, int count, int64_t len, bool ok, int tid, int step) {
+LC_D void stage_strip(float* dst, const T* src, int64_t col0, int count, int64_t len, bool ok, int tid, int step) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T)), kBatch = 2;  // elements per load, loads per batch
   struct alignas(16) Vec { T v[kVec]; };
   if (ok && len % kVec == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const int64_t first = floor_div64(col0, kVec), last = floor_div64(col0 + count - 1, kVec);  // vectors
+    const int64_t first = floor_div(col0, kVec), last = floor_div(col0 + count - 1, kVec);  // vectors
     for (int64_t c0 = first + tid; c0 <= last; c0 += kBatch * step) {
       Vec w[kBatch];  // all loads of a batch are issued before the first store waits on them
       bool inside[kBatch];
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
       if (row_ok && e < k) v = to_float(weight[q * k + (p.flip ? k - 1 - e : e)]);
       fr[e] = v;
     }
-    stage_row(xr, in + (n * p.in_c + q / p.in_div) * p.in_l, col0, t.iw, p.in_l, row_ok, x, t.bx);
+    stage_strip(xr, in + (n * p.in_c + q / p.in_div) * p.in_l, col0, t.iw, p.in_l, row_ok, x, t.bx);
     __syncthreads();
 
     const float* xb = xr + x * kRB * p.s;  // kRB * 4 bytes: 16-byte aligned
@@ -409,8 +409,8 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
     const int64_t col0 = static_cast<int64_t>(j0) * p.s - p.left;
     __syncthreads();  // the previous item's tiles (and the zeroed accumulators) are no longer being read
 
-    stage_row(gs, g + (n * p.co + o) * p.lo, j0, t.tw, p.lo, true, tid, t.threads);
-    stage_row(xs, x + (n * p.c + o / p.mult) * p.l, col0, t.iw, p.l, true, tid, t.threads);
+    stage_strip(gs, g + (n * p.co + o) * p.lo, j0, t.tw, p.lo, true, tid, t.threads);
+    stage_strip(xs, x + (n * p.c + o / p.mult) * p.l, col0, t.iw, p.l, true, tid, t.threads);
     __syncthreads();
 
     for (int grp = group0; grp < t.groups; grp += group_step) {

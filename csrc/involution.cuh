@@ -65,22 +65,12 @@ LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, cons
     }, threadIdx.x, t.threads());
     return;
   }
-  const int elems = nc * t.ih * t.iw;
-  for (int e = threadIdx.x; e < elems; e += t.threads()) {
-    int cc, row, col;
-    if (p.channels_last) {
-      cc = e % nc;
-      col = (e / nc) % t.iw;
-      row = e / (nc * t.iw);
-    } else {
-      col = e % t.iw;
-      row = (e / t.iw) % t.ih;
-      cc = e / (t.iw * t.ih);
-    }
+  for (int e = threadIdx.x; e < nc * t.ih * t.iw; e += t.threads()) {
+    const int cc = e % nc, col = (e / nc) % t.iw, row = e / (nc * t.iw);
     const int64_t gr = row0 + row, gc = col0 + col;
     float v = 0.f;
     if (gr >= 0 && gr < src_h && gc >= 0 && gc < src_w) {
-      v = to_float(src[offset4(p.channels_last, b, ch0 + cc, gr, gc, p.c, src_h, src_w)]);
+      v = to_float(src[offset4(true, b, ch0 + cc, gr, gc, p.c, src_h, src_w)]);
     }
     dst[cc * t.ps + row * t.rs + col] = v;
   }
