@@ -7,9 +7,9 @@ Built like ops.dwconv2d: three torch.library custom ops (forward, grad-input, gr
 autograd (the grad ops differentiable too), autocast like F.conv1d, and PyTorch's own F.conv1d under forward-mode
 AD / torch.func transforms. Backends (each module's dwconv1d_* functions, chosen by dispatch.run like dwconv2d's):
 - "torch": F.conv1d and torch.nn.grad (largeconv/reference.py, the oracle);
-- "cpu": at stride 1 with one output per channel and finite inputs, banded (Toeplitz) matrix products batched over
-  channels, one sample at a time; otherwise the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel
-  (largeconv/cpu.py);
+- "cpu": at stride 1 with one output per channel, blocked Toeplitz matrix products (windows of the input times a band
+  of the kernel) batched over channels, one sample and a cache-sized chunk of channels at a time; otherwise, or where
+  that result is not finite, the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel (largeconv/cpu.py);
 - "triton": kernels/dwconv1d.py, a (channels x length) tile;
 - "cuda": csrc/dwconv1d.cuh, an input strip and the taps staged in shared memory, 12 outputs per thread;
 - "auto": as for dwconv2d (largeconv/dispatch.py): measured once per key, or by the fixed rule.

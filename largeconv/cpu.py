@@ -7,7 +7,6 @@ inputs are converted) and the weight gradient as one multiply-reduce per tap. fp
 An FFT's error is spread over the whole plane in proportion to the plane's rms, so planes with outliers are redone
 in float64 and planes holding NaN/Inf (or with a non-finite weight) by F.conv2d in float64 (see _plane_tiers).
 """
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -584,156 +583,151 @@ def _geometry2d(stride, padding, dilation):
     return (1, stride), (0, 0, *padding), (1, dilation)
 
 
-# The CPU path for stride 1 and one output per channel. Cut the output of the 1-D correlation
-# out[j] = sum_k w[c, k] x[j + k*d - left] and the input into blocks of B: output block b is the sum over q of
-# (input block b + q) @ band_q, where band_q[t, i] = w[c, k] for t + qB = i + k*d - left (a B x B piece of the
-# Toeplitz matrix). Only the rows of a band that hold taps are multiplied (B + span multiply-adds per output: 2x the
-# direct sum at K = 31, B = 32, at matmul speed), and zero padding is the blocks left out at the ends, so x is used
-# where it lies (no padded copy) when B divides its length. One sample at a time, so that the matrices are sample n's
-# own (C, blocks, B) rows (legal BLAS strides) and the product lands in F.conv1d's layout; batched over channels.
-# The weight gradient is the same map read backwards: Gram matrices x_{b+q}^T g_b summed over samples and blocks,
-# gathered at the places the band scattered the taps to. Other calls use the 2-D "cpu" backend on the free
-# (N, C, 1, L) view with a (1, K) kernel.
-CONV1D_BLOCKS = (32, 24, 20, 16, 25, 40, 48, 64)
+# The CPU path for stride 1 and one output per channel: blocked Toeplitz products. Cut the output into blocks of B:
+# output block b of channel c is window_b @ T_c, where window_b is the B + span inputs it reads (span = d*(K-1); zero
+# padding included) and T_c[t, i] = w[c, k] for t = i + k*d (a (B + span) x B band of the Toeplitz matrix): B + span
+# multiply-adds per output, 2x the direct sum at K = 31, B = 32, at matmul speed. One sample at a time, so that a
+# sample's padded row and windows stay in cache between the copy that makes them and the matmul that reads them
+# (measured 2026-11-27, (32, 512, 1000) K=31 fp32: 0.7 ms a sample; the earlier bands over x where it lay ran three
+# small matmuls and two partial adds per sample, 1.6-2 ms), batched over channels. The bias rides along as one more
+# window column of ones and one more row of T. The weight gradient is the same map read backwards:
+# sum over samples of g_blocks^T @ windows, whose diagonal i + k*d, summed over i, is tap k. Other calls use the 2-D
+# "cpu" backend on the free (N, C, 1, L) view with a (1, K) kernel.
+CONV1D_BLOCKS = (32, 25, 40, 24, 20, 16)
+CONV1D_CHUNK_ELEMS = 1 << 19
 
 
 def _conv1d_block(length):
-    """The block length B for an input of `length`: the first of CONV1D_BLOCKS dividing it, so that each sample's
-    (C, length) rows are (C, blocks, B) as they lie. Small blocks multiply fewer band zeros (B + span multiply-adds
-    per output), large ones run the matmuls faster: measured fastest at B = 16-32 (notes: bench/NOTES.md)."""
+    """The output block length B: the first of CONV1D_BLOCKS dividing `length` (the products then land in the
+    result as it lies), else the first (the last block is cropped). Measured fastest at B = 25-40 for K = 31
+    (notes: bench/NOTES.md)."""
     return next((block for block in CONV1D_BLOCKS if length % block == 0), CONV1D_BLOCKS[0])
 
 
-def _banded_fits(weight_shape, channels, stride, *tensors):
-    """The products multiply every input of a block by the band's zeros too, so one Inf/NaN would spread over its
-    block (0 * Inf = NaN) where F.conv1d confines it to the outputs that read it: non-finite inputs take the other
-    path. (min and max propagate NaN, so two finite extremes mean every element is finite.)"""
-    return stride == 1 and weight_shape[0] == channels and all(
-        bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()) for t in tensors)
+def _banded(weight_shape, channels, stride):
+    return stride == 1 and weight_shape[0] == channels
 
 
-class _Band(NamedTuple):
-    q: int       # input block b + q feeds output block b
-    rows: slice  # the band's rows (positions in the input block) that hold taps
+def _all_finite(t):
+    """The blocked products multiply every input of a window by the band's zeros too, so one Inf/NaN spreads over
+    its block (0 * Inf = NaN) where F.conv1d confines it to the outputs that read it: a non-finite result (from
+    non-finite inputs, or an overflow) is redone by the other path. min and max propagate NaN, so two finite
+    extremes mean every element is finite (one pass, no bool tensor)."""
+    return bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
 
 
-def _band_layout(kernel, dilation, left, block):
-    """Where tap k for output column i lands: input position i + k*d - left of the output block's frame, i.e. block
-    q = floor(that / B), row t = that mod B. Returns the bands that hold taps and the flat index into the
-    (len(bands), B, B) stack of each (k, i)."""
+def _band_rows(block, kernel, dilation):
+    """Row t = i + k*d of the (C, B + span, B) band for each (k, i), and column i: where tap k meets output i."""
     i = torch.arange(block)
-    position = i + dilation * torch.arange(kernel)[:, None] - left  # (K, B)
-    q, t = position.div(block, rounding_mode="floor"), position.remainder(block)
-    bands, index = [], torch.empty_like(position)
-    for slot, value in enumerate(torch.unique(q).tolist()):
-        taps = q == value
-        held = t[taps]
-        bands.append(_Band(value, slice(int(held.min()), int(held.max()) + 1)))
-        index[taps] = (slot * block * block + t * block + i.expand_as(t))[taps]
-    return bands, index
+    rows = i + dilation * torch.arange(kernel)[:, None]  # (K, B)
+    return rows, i.expand_as(rows)
 
 
-def _blocks_of(t, n, block, blocks, dtype):
-    """Sample n of t (N, C, L) as (C, blocks, B) in `dtype`: the rows as they lie when B divides L, else copied into
-    zeros."""
-    sample = t[n].to(dtype)
-    length = sample.shape[1]
-    if length == blocks * block:
-        return sample.contiguous().view(sample.shape[0], blocks, block)
-    padded = sample.new_zeros(sample.shape[0], blocks * block)
-    padded[:, :length] = sample
-    return padded.view(sample.shape[0], blocks, block)
+class _Windows:
+    """Sample n's windows: the B + span inputs (zero padding included) each output block reads, as a reusable
+    (C, blocks, B + span [+ 1]) buffer; the extra column is ones (the bias row's partner)."""
+
+    def __init__(self, channels, length, left, block, blocks, span, dtype, ones_column):
+        # sample column j sits at padded column j + left; columns before 0 (left < 0) are never read
+        self.skip, self.left = max(0, -left), max(0, left)
+        self.padded = torch.zeros(channels, max(blocks * block + span, self.left + length - self.skip), dtype=dtype)
+        self.view = self.padded.as_strided((channels, blocks, block + span), (self.padded.stride(0), block, 1))
+        self.buffer = torch.empty(channels, blocks, block + span + ones_column, dtype=dtype)
+        if ones_column:
+            self.buffer[:, :, -1] = 1
+
+    def of(self, rows):
+        """The windows of `rows` (a sample's channels c0:c1, at most the buffer's channels)."""
+        count, kept = rows.shape[0], rows[:, self.skip:]
+        self.padded[:count, self.left:self.left + kept.shape[1]] = kept
+        self.buffer[:count, :, :self.view.shape[2]] = self.view[:count]
+        return self.buffer[:count]
 
 
-def _block_range(q, out_blocks, in_blocks):
-    """Output blocks b whose input block b + q exists."""
-    return max(0, -q), min(out_blocks, in_blocks - q)
+def _channel_chunks(channels, per_channel):
+    """Channel ranges whose windows (per_channel elements each) fill about CONV1D_CHUNK_ELEMS: a chunk's rows, windows
+    and products stay in cache from the copy that makes them to the matmul that reads them."""
+    chunk = max(1, min(channels, CONV1D_CHUNK_ELEMS // per_channel))
+    return chunk, [(c0, min(channels, c0 + chunk)) for c0 in range(0, channels, chunk)]
 
 
 def _banded_correlate(x, weight, bias, left, out_len, dilation):
     """out[n, c, j] = bias[c] + sum_k weight[c, 0, k] x[n, c, j + k*d - left] (zero outside x) for j < out_len, in
-    the compute dtype."""
-    channels, _, kernel = weight.shape
-    block, dtype = _conv1d_block(x.shape[2]), _compute_dtype(x.dtype)
-    in_blocks, out_blocks = -(-x.shape[2] // block), -(-out_len // block)
-    layout, index = _band_layout(kernel, dilation, left, block)
-    flat = index.reshape(1, -1).expand(channels, -1)
-    values = weight.to(dtype)[:, 0, :, None].expand(channels, kernel, block).reshape(channels, -1)
-    bands = torch.zeros(channels, len(layout) * block * block, dtype=dtype).scatter_(1, flat, values)
-    bands = bands.view(channels, len(layout), block, block).transpose(0, 1)
-    # the band reaching every output block first, written with bmm (no zero fill); the rest are added to it
-    reaches_all = [_block_range(q, out_blocks, in_blocks) == (0, out_blocks) for q, _ in layout]
-    order = sorted(range(len(layout)), key=lambda slot: not reaches_all[slot])
-    covers_all = reaches_all[order[0]]
-    out = torch.empty(x.shape[0], channels, out_blocks * block, dtype=dtype)
-    partial = torch.empty(channels * out_blocks * block, dtype=dtype)  # see below
-    bias_column = None if bias is None else bias.to(dtype)[:, None, None]
-    for n in range(x.shape[0]):
-        inputs = _blocks_of(x, n, block, in_blocks, dtype)
-        result = out[n].view(channels, out_blocks, block)
-        if not covers_all:
-            result.zero_()
-        for rank, slot in enumerate(order):
-            q, rows = layout[slot]
-            lo, hi = _block_range(q, out_blocks, in_blocks)
-            if hi <= lo:
-                continue
-            products = (inputs[:, lo + q:hi + q, rows], bands[slot][:, rows])
-            if rank == 0 and covers_all:
-                torch.bmm(*products, out=result)
-            elif (lo, hi) == (0, out_blocks):
-                result.baddbmm_(*products)
-            else:  # baddbmm_ into a slice of the blocks runs one small matmul per channel: ~6x slower
-                result[:, lo:hi].add_(torch.bmm(*products, out=partial[:channels * (hi - lo) * block].view(
-                    channels, hi - lo, block)))
-        if bias_column is not None:
-            result.add_(bias_column)
-    return out[:, :, :out_len]
+    x's dtype (computed in the compute dtype)."""
+    (batch, channels, length), kernel = x.shape, weight.shape[2]
+    span, block, dtype = dilation * (kernel - 1), _conv1d_block(out_len), _compute_dtype(x.dtype)
+    blocks = -(-out_len // block)
+    has_bias = bias is not None
+    band = torch.zeros(channels, block + span + has_bias, block, dtype=dtype)
+    rows, columns = _band_rows(block, kernel, dilation)
+    band[:, rows, columns] = weight.to(dtype)[:, 0, :, None]
+    if has_bias:
+        band[:, -1] = bias.to(dtype)[:, None]
+    chunk, chunks = _channel_chunks(channels, blocks * (block + span + has_bias))
+    windows = _Windows(chunk, length, left, block, blocks, span, dtype, has_bias)
+    out = torch.empty(batch, channels, out_len, dtype=x.dtype)
+    in_place = x.dtype == dtype and blocks * block == out_len  # else each chunk goes through a scratch
+    scratch = None if in_place else torch.empty(chunk, blocks * block, dtype=dtype)
+    for n in range(batch):
+        for c0, c1 in chunks:
+            target = out[n, c0:c1] if in_place else scratch[:c1 - c0]
+            torch.bmm(windows.of(x[n, c0:c1]), band[c0:c1], out=target.view(c1 - c0, blocks, block))
+            if not in_place:
+                out[n, c0:c1] = target[:, :out_len]
+    return out
 
 
 def dwconv1d_forward(x, weight, bias, stride, padding, dilation):
-    if not _banded_fits(weight.shape, x.shape[1], stride, x, weight):
-        out = dwconv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias, *_geometry2d(stride, padding, dilation))
-        return out.squeeze(2).contiguous()
-    out_len = conv_output_size(x.shape[2], weight.shape[2], stride, padding[0] + padding[1], dilation)
-    return _banded_correlate(x, weight, bias, padding[0], out_len, dilation).to(x.dtype).contiguous()
+    if _banded(weight.shape, x.shape[1], stride):
+        out_len = conv_output_size(x.shape[2], weight.shape[2], stride, padding[0] + padding[1], dilation)
+        out = _banded_correlate(x, weight, bias, padding[0], out_len, dilation)
+        if _all_finite(out):
+            return out
+    out = dwconv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias, *_geometry2d(stride, padding, dilation))
+    return out.squeeze(2).contiguous()
 
 
 def dwconv1d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
-    if not _banded_fits(weight.shape, input_shape[1], stride, grad_out, weight):
-        shape = (*input_shape[:2], 1, input_shape[2])
-        grad = dwconv2d_grad_input(grad_out.unsqueeze(2), weight.unsqueeze(2), shape,
-                                   *_geometry2d(stride, padding, dilation))
-        return grad.squeeze(2).contiguous()
-    # gx[i] = sum_k w[k] g[i + left - k*d]: the correlation of g, shifted right by d*(K-1) - left, with flipped w
-    span = dilation * (weight.shape[2] - 1)
-    grad = _banded_correlate(grad_out, weight.flip(2), None, span - padding[0], input_shape[2], dilation)
-    return grad.to(grad_out.dtype).contiguous()
+    if _banded(weight.shape, input_shape[1], stride):
+        # gx[i] = sum_k w[k] g[i + left - k*d]: the correlation of g, shifted right by d*(K-1) - left, with flipped w
+        span = dilation * (weight.shape[2] - 1)
+        grad = _banded_correlate(grad_out, weight.flip(2), None, span - padding[0], input_shape[2], dilation)
+        if _all_finite(grad):
+            return grad
+    shape = (*input_shape[:2], 1, input_shape[2])
+    grad = dwconv2d_grad_input(grad_out.unsqueeze(2), weight.unsqueeze(2), shape,
+                               *_geometry2d(stride, padding, dilation))
+    return grad.squeeze(2).contiguous()
 
 
 def dwconv1d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
-    if not _banded_fits(weight_shape, x.shape[1], stride, grad_out, x):
-        shape = (weight_shape[0], 1, 1, weight_shape[2])
-        grad = dwconv2d_grad_weight(grad_out.unsqueeze(2), x.unsqueeze(2), shape,
-                                    *_geometry2d(stride, padding, dilation))
-        return grad.reshape(weight_shape)
-    # gw[c, k] = sum over n, j of g[n, c, j] x[n, c, j + k*d - left]: per band q, M_q = sum over samples and output
-    # blocks b of x_{b+q}^T g_b (the band's rows only), and gw[c, k] = M at the places _band_layout puts tap k.
-    channels, kernel, out_len = x.shape[1], weight_shape[2], grad_out.shape[2]
-    block, dtype = _conv1d_block(x.shape[2]), _compute_dtype(x.dtype)
-    in_blocks, out_blocks = -(-x.shape[2] // block), -(-out_len // block)
-    layout, index = _band_layout(kernel, dilation, padding[0], block)
-    # each band's own rows (accumulating into a slice of a larger tensor runs one small matmul per channel)
-    grams = [torch.zeros(channels, rows.stop - rows.start, block, dtype=dtype) for _, rows in layout]
-    for n in range(x.shape[0]):
-        inputs = _blocks_of(x, n, block, in_blocks, dtype)
-        grads = _blocks_of(grad_out, n, block, out_blocks, dtype)
-        for (q, rows), gram in zip(layout, grams):
-            lo, hi = _block_range(q, out_blocks, in_blocks)
-            if hi > lo:
-                gram.baddbmm_(inputs[:, lo + q:hi + q, rows].transpose(1, 2), grads[:, lo:hi])
-    stack = torch.zeros(channels, len(layout), block, block, dtype=dtype)
-    for slot, ((_, rows), gram) in enumerate(zip(layout, grams)):
-        stack[:, slot, rows] = gram
-    grad = stack.view(channels, -1)[:, index.reshape(-1)].view(channels, kernel, block).sum(2)
-    return grad.to(x.dtype).reshape(weight_shape)
+    if _banded(weight_shape, x.shape[1], stride):
+        grad = _banded_grad_weight(grad_out, x, weight_shape, padding[0], dilation)
+        if grad is not None:
+            return grad
+    shape = (weight_shape[0], 1, 1, weight_shape[2])
+    grad = dwconv2d_grad_weight(grad_out.unsqueeze(2), x.unsqueeze(2), shape, *_geometry2d(stride, padding, dilation))
+    return grad.reshape(weight_shape)
+
+
+def _banded_grad_weight(grad_out, x, weight_shape, left, dilation):
+    """gw from the blocked products, or None where a non-finite input or an overflow made them non-finite (an
+    Inf/NaN anywhere in a sample's block reaches the whole Gram matrix of that block: checked on the small result)."""
+    # gw[c, k] = sum over n, j of g[n, c, j] x[n, c, j + k*d - left] = sum over samples of (g's blocks^T @ x's
+    # windows)[c, i, i + k*d], summed over i
+    (batch, channels, length), kernel, out_len = x.shape, weight_shape[2], grad_out.shape[2]
+    span, block, dtype = dilation * (kernel - 1), _conv1d_block(out_len), _compute_dtype(x.dtype)
+    blocks = -(-out_len // block)
+    chunk, chunks = _channel_chunks(channels, blocks * (block + span))
+    windows = _Windows(chunk, length, left, block, blocks, span, dtype, False)
+    grads = torch.zeros(chunk, blocks, block, dtype=dtype)  # g's rows, zero past out_len
+    gram = torch.zeros(channels, block, block + span, dtype=dtype)
+    for n in range(batch):
+        for c0, c1 in chunks:
+            g = grads[:c1 - c0]
+            g.view(c1 - c0, -1)[:, :out_len] = grad_out[n, c0:c1]
+            gram[c0:c1].baddbmm_(g.transpose(1, 2), windows.of(x[n, c0:c1]))
+    if not _all_finite(gram):
+        return None
+    rows, columns = _band_rows(block, kernel, dilation)
+    return gram[:, columns, rows].sum(2).to(x.dtype).reshape(weight_shape)

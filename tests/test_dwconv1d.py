@@ -76,6 +76,7 @@ def test_cpu_banded_path_every_geometry(monkeypatch, length, kernel, dilation, p
     if length + sum(pads) <= span:
         return
     monkeypatch.setattr(cpu, "CONV1D_BLOCKS", (block,))
+    monkeypatch.setattr(cpu, "CONV1D_CHUNK_ELEMS", 1)  # one channel per chunk: the chunk loop runs
     x, w, b = _inputs(2, 3, length, 1, kernel, True, torch.float64)
     op = torch.ops.largeconv.dwconv1d  # the op takes (left, right) padding, as "same" makes for even spans
     out, grads = _run(lambda x, w, b: op(x, w, b, 1, list(pads), dilation, "cpu"), x, w, b)
@@ -165,11 +166,27 @@ def test_forward_ad_and_func():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_non_finite_stays_where_conv1d_puts_it(backend):
+@pytest.mark.parametrize("where", ["x", "weight", "bias", "grad"])
+def test_non_finite_stays_where_conv1d_puts_it(backend, where):
+    """NaN/Inf in any operand (the cpu path's blocked products would spread them over a block: it must notice)."""
     x, w, b = _inputs(2, 3, 80, 1, 9, True, torch.float32)
-    x[0, 1, 40], x[1, 2, 5] = float("inf"), float("nan")
-    out, grads = _run(lambda x, w, b: dwconv1d(x, w, b, backend=backend), x, w, b)
-    ref, ref_grads = _reference(x, w, b, 1, "same", 1, torch.float64)
+    if where == "x":
+        x[0, 1, 40], x[1, 2, 5] = float("inf"), float("nan")
+    elif where == "weight":
+        w[1, 0, 4] = float("inf")
+    elif where == "bias":
+        b[2] = float("nan")
+    grad = torch.randn(2, 3, 80, generator=torch.Generator().manual_seed(1))
+    if where == "grad":
+        grad[1, 0, 33], grad[0, 2, 70] = float("nan"), float("-inf")
+
+    def run(fn):
+        inputs = [t.detach().requires_grad_() for t in (x, w, b)]
+        out = fn(*inputs)
+        return out.detach(), torch.autograd.grad(out, inputs, grad.to(out.dtype))
+
+    out, grads = run(lambda x, w, b: dwconv1d(x, w, b, backend=backend))
+    ref, ref_grads = run(lambda x, w, b: F.conv1d(x.double(), w.double(), b.double(), padding="same", groups=3))
     for got, want in zip((out, *grads), (ref, *ref_grads)):
         assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
         finite = want.isfinite()
