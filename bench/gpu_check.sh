@@ -37,7 +37,8 @@
 # auto), forward+backward of the whole layer, batch 64: (64,64,56,56) fp32/bf16, the stride-2 (64,128,56,56)
 # fp32/bf16, (64,256,14,14) fp32; suite "fused_involution", the ratio in the summary's own table against the
 # target fused >= 2x (bench/results/cpu/fused_involution.md's bytes model predicts 2.0x at stride 1, 1.33x at
-# stride 2); the fused output and grad x are checked against the unfused layer's. It runs after the dwconv1d timings, its prewarm (each config of the
+# stride 2); the fused output and grad x are checked against the unfused layer's. After the first layer pair, each
+# of its four fused launches alone (suite "fused_launches", ~1 s: where the fused time goes). It runs after the dwconv1d timings, its prewarm (each config of the
 # fused kernels, 5 layer-dtypes x 4 config jobs over the workers) in the stage's prewarm, and it starts no layer
 # after 30 s (FUSED_CAP_S; rows "skipped"). sanitizer: bench/sanitizer_cases.py ends its memcheck run with one
 # small fused case (fp32, NCHW, first tile configs), only while 8 s of memcheck's 25 are left.

@@ -655,6 +655,45 @@ def fused_pair(args, layer, dtype_name, backend, row):
     return rows
 
 
+def fused_launch_timings(args, layer, dtype_name):
+    """Each launch of the fused involution alone (forward; backward: grad-reduced, grad-span, grad-input), the
+    autotuned ones at their picks, on one layer's involution shape: rows of suite "fused_launches", so the next
+    change aims at the launch the layer's time goes to (the layer rows time the whole Involution2d). The
+    static sm_90 estimates to set beside them: bench/NOTES.md, the fused involution's section."""
+    import torch
+    from largeconv.kernels import involution_fused as fused
+    device = device_for(args)
+    name, batch, c, hw, stride = layer
+    dtype, k, pad = torch_dtype(dtype_name), FUSED_K, FUSED_K // 2
+    groups, cr = c // FUSED_GROUP_CHANNELS, c // FUSED_REDUCTION
+    out_hw = (hw + 2 * pad - k) // stride + 1
+    gen = torch.Generator(device=device).manual_seed(0)
+    randn = lambda *shape: torch.randn(*shape, generator=gen, device=device).to(dtype)  # noqa: E731
+    x, reduced, grad = randn(batch, c, hw, hw), randn(batch, cr, out_hw, out_hw), randn(batch, c, out_hw, out_hw)
+    weight, bias = randn(groups * k * k, cr) / cr ** 0.5, randn(groups * k * k)
+    gpu = device.type == "cuda"
+    set_tf32(False)
+    _, forward = fused._plan_forward(x, reduced, weight, bias, k, stride, pad, 1, gpu=gpu)
+    backward, _ = fused._plan_backward(grad, x, reduced, weight, bias, k, stride, pad, 1, gpu=gpu)
+    row = dict(env_columns(device, "fused_launches"), case=name, op="involution2d_fused", backend="triton",
+               dtype=dtype_name, layout="nchw", n=batch, c=c, h=hw, w=hw, kh=k, kw=k, stride=stride, dilation=1,
+               groups=groups, out_h=out_hw, out_w=out_hw, check="")
+    rows = []
+    for direction, launch in {"forward": forward, **backward}.items():
+        try:
+            seconds = conv1d_time(launch, device, args.rehearse)
+            rows.append(dict(row, direction=direction, status="ok", time_ms=seconds * 1e3,
+                             reason=f"{direction} launch of the fused involution alone"))
+        except Exception as error:  # noqa: BLE001 - recorded, the next one runs
+            rows.append(dict(row, direction=direction, status="error",
+                             reason=f"{type(error).__name__}: {str(error)[:200]}"))
+    append_rows(args.out, rows)
+    for r in rows:
+        text = f"{r['time_ms']:9.3f} ms" if r["status"] == "ok" else f"error: {r['reason']}"
+        print(f"{r['case']:<26} fused launch {r['direction']:<13} {text}", flush=True)
+    return rows
+
+
 def fused_timings(args, backends, cap_s=None):
     """Involution2d(fused=True) vs fused=False, forward+backward of the whole layer (grads of x and of every
     parameter), on each of `backends` (both variants on the same one), NCHW: rows of suite "fused_involution", op
@@ -690,6 +729,9 @@ def fused_timings(args, backends, cap_s=None):
                                   reason=f"{type(error).__name__}: {str(error)[:200]}")
                              for op in ("involution2d", "involution2d_fused")]
             append_rows(args.out, rows)
+            if not measured and any(r["status"] == "ok" for r in rows):
+                # the first layer and dtype timed: where its fused time goes, launch by launch (~1 s)
+                fused_launch_timings(args, layer, dtype_name)
             save_autotune_picks(args.out)
             measured += rows
             for r in rows:
@@ -1142,6 +1184,7 @@ def stage_pytest(args):
 def fused_summary(rows):
     """The fused involution's table: per layer, dtype and backend, unfused and fused ms (forward+backward) and the
     ratio against the target; pairs not timed say why."""
+    from bench.rows import num
     fused = [r for r in rows if r["suite"] == "fused_involution"]
     if not fused:
         return []
@@ -1161,6 +1204,9 @@ def fused_summary(rows):
             why = next((f"{r['status']}: {r['reason']}" for r in fused if (r["case"], r["dtype"], r["backend"]) == key
                         and r["status"] != "ok"), "incomplete")
             lines.append(f"{case:<26} {dtype:<5} {backend:<7} {'-':>10} {'-':>9} {'-':>9}  not timed ({why[:80]})")
+    for r in (r for r in rows if r["suite"] == "fused_launches"):
+        text = f"{num(r['time_ms']):9.3f} ms" if r["status"] == "ok" else f"{r['status']}: {r['reason'][:80]}"
+        lines.append(f"{r['case']:<26} {r['dtype']:<5} fused launch {r['direction']:<13} {text}")
     return lines
 
 

@@ -86,8 +86,12 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert all(float(r["time_ms"]) > 0 for r in timed_fused)
     assert [r["check"] for r in timed_fused if r["op"] == "involution2d_fused"] == ["ok", "ok"]
     assert "fused involution: 2 layer pairs" in kit["timings-triton"]["reason"]
+    launches = [r for r in rows if r["suite"] == "fused_launches"]  # the first layer's launches, one by one
+    assert [r["direction"] for r in launches] == ["forward", "grad-reduced", "grad-span", "grad-input"]
+    assert all(r["status"] == "ok" and float(r["time_ms"]) > 0 for r in launches), launches
     summary = (tmp_path / "summary.txt").read_text()
     assert re.search(r"tiny-layer-s2 +fp32 +triton +[\d.]+ +[\d.]+ +[\d.]+  (met|not met)\n", summary), summary
+    assert re.search(r"tiny-layer-s2 +fp32 +fused launch grad-span +[\d.]+ ms\n", summary), summary
     conv1d = [r for r in rows if r["suite"] == "conv1d" and r["status"] == "ok"]
     assert {"torch", "torch_cl", "triton", "cpu"} <= {r["backend"] for r in conv1d}
     assert all(float(r["time_ms"]) > 0 for r in conv1d)
