@@ -641,6 +641,72 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the fused involution's launches (kernels/involution_fused.py), at the GPU kit's first fused layer
+
+# (B, C, H = W, K, stride): RedNet-50 stage 1 at batch 64 (bench/gpu_kit.py FUSED_TIMED[0]), G = C/16, Cr = C/4
+FUSED_LAYER = (64, 64, 56, 7, 1)
+# bytes per 32-lane LDG of the fused kernels' gathers: the lanes run along 32 consecutive output pixels (the GPU IR's
+# layout, threadsPerWarp [32, 1] on the pixel axis), i.e. 128 contiguous bytes of one row, or of two rows where the
+# run wraps: 2-3 lines, not probed
+FUSED_LINES_PER_LDG = 2.5
+
+
+def fused_involution_rows():
+    """Predicted ms of each fused-involution launch (fp32, TF32 off, NCHW) at FUSED_LAYER, best config: the model
+    above, on the loop that gathers (the inner loop with the most LDGs; its pass is one channel step, or one tap in
+    grad-input), FUSED_LINES_PER_LDG lines per LDG and one wavefront per 32-bit LDS/STS; no memory term (these
+    launches read ~0.1 ms of DRAM in all). Passes: forward B*G*tiles programs x C/G channels; grad-reduced
+    B*tiles x C channels; grad-span the same channel steps over 4 programs per SM; grad-input B*G*tiles x K*K taps;
+    each x the warps, over the channels a step takes (from the kernel: 2 in the dK loop)."""
+    from largeconv.kernels import involution_fused as fused
+    batch, c, hw, k, stride = FUSED_LAYER
+    sm90.FUSED_INVOLUTION_SHAPES["kit-first-layer"] = (batch, c, hw, hw, k, stride)
+    cpg, pixels = 16, ((hw + 2 * (k // 2) - k) // stride + 1) ** 2
+    groups = c // cpg
+    per_step = 2  # channels per step of _kernel_grad_tile (grad-reduced, grad-span)
+    rows = []
+    for direction, launch in sm90.launches("involution2d_fused", "kit-first-layer", "fp32-ieee", "nchw").items():
+        best = None
+        for config in launch.configs:
+            compiled = sm90.compile_launch(launch, config)
+            instructions = parse_sass(sm90.sass(compiled.asm))
+            loops = [(target, addr) for addr, op, args in instructions if op.startswith("BRA")
+                     for target in [int(m.group(1), 16) for m in [re.search(r"0x([0-9a-f]+)", args)] if m]
+                     if target < addr]
+            inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+            body = max(([i for i in instructions if lo <= i[0] <= hi] for lo, hi in inner),
+                       key=lambda b: sum(op.startswith("LDG") for _, op, _ in b))
+            mix, batches = Counter(classify(op) for _, op, _ in body), load_batches(body)
+            warps, tiles = compiled.num_warps, cdiv(pixels, config.kwargs["BLOCK_P"])
+            programs, passes = {
+                "forward": (batch * groups * tiles, batch * groups * tiles * cpg),
+                "grad-reduced": (batch * tiles, batch * tiles * c / per_step),
+                "grad-span": (4 * sm90.H100["sms"], batch * tiles * c / per_step),
+                "grad-input": (batch * groups * tiles, batch * groups * tiles * k * k)}[direction]
+            passes *= warps
+            blocks, warps_per_sched = occupancy(compiled.registers, compiled.shared, warps)
+            waves = programs / (sm90.H100["sms"] * max(blocks, 1))
+            wave_eff = waves / math.ceil(waves)
+            wavefronts = sum(n * (FUSED_LINES_PER_LDG if name.startswith("LDG") else 1)
+                             for name, n in mix.items() if name.startswith(("LDG", "LDS", "STS")))
+            issue = passes * len(body) / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4)
+            terms = {"issue": issue / wave_eff,
+                     "l1": passes * wavefronts / (sm90.H100["sms"] * CLOCK) / wave_eff,
+                     "latency": passes * batches["rounds"] * MEMORY_LATENCY_S
+                     / (sm90.H100["sms"] * max(blocks, 1) * warps) / wave_eff}
+            bound = max(terms, key=terms.get)
+            row = dict(direction=direction, kernel=sm90.kernel_name(launch), config=sm90.config_name(config),
+                       registers=compiled.registers, spills=compiled.spills, warps_per_sm=max(blocks, 1) * warps,
+                       loop_instr=len(body), loads=batches["loads"], rounds=batches["rounds"],
+                       **{f"{name}_ms": value * 1e3 for name, value in terms.items()},
+                       predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, bound=bound)
+            if best is None or row["predicted_ms"] < best["predicted_ms"]:
+                best = row
+        rows.append(best)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # csrc
 
 
@@ -699,7 +765,7 @@ MIX_COLUMNS = ["FFMA", "HGMMA", "HMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "
                "convert", "other"]
 
 
-def write(rows, best_rows, cuda_rows, seconds, out=OUT):
+def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=()):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "predicted.csv"), "w", newline="") as f:
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
@@ -758,6 +824,21 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT):
                      f"{r['spills']} | {r['shared']} | {r['blocks_per_sm']} | {r['warps_per_scheduler']:.1f} | "
                      f"{r['loop_instr']} | {r['loop_macs'] / max(r['loop_instr'], 1):.1f} | "
                      + " | ".join(str(r["mix"].get(c, 0)) for c in MIX_COLUMNS) + " |")
+    if fused_rows:
+        batch, c, hw, k, stride = FUSED_LAYER
+        total = sum(r["predicted_ms"] for r in fused_rows)
+        lines += ["", f"## Fused involution launches at ({batch},{c},{hw},{hw}) K{k} stride {stride}, G = C/16, "
+                  "Cr = C/4, fp32 (TF32 off), NCHW", "",
+                  "The GPU kit's first fused layer (suite fused_launches times these launches alone). Predicted by "
+                  "`fused_involution_rows` (the model above on the gathering loop, "
+                  f"{FUSED_LINES_PER_LDG} lines per LDG, not probed). Sum of the four launches: {total:.3f} ms "
+                  "(predicted).", "",
+                  "| launch | kernel | config | regs | spills | warps/SM | loop instr | loads/pass | rounds/pass "
+                  "| issue ms | L1 ms | latency ms | predicted ms | bound |", "|" + "---|" * 14]
+        lines += [f"| {r['direction']} | {r['kernel']} | {r['config']} | {r['registers']} | {r['spills']} | "
+                  f"{r['warps_per_sm']} | {r['loop_instr']} | {r['loads']} | {r['rounds']:.2g} | "
+                  f"{r['issue_ms']:.3f} | {r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['predicted_ms']:.3f} | "
+                  f"{r['bound']} |" for r in fused_rows]
     lines += ["", "## CUDA C++ kernels (csrc/): nvcc --resource-usage -Xptxas -v, sm_90", "",
               "| file | kernel | registers | spill stores B | spill loads B | static smem B (dynamic is set at launch) | stack B |", "|---|---|---|---|---|---|---|"]
     for row in cuda_rows:
@@ -829,8 +910,11 @@ def main(argv=None):
                         best_rows.append(best)
                         print(f"{case.name} {dtype} {layout} {direction}: {best['predicted_ms']:.3f} ms "
                               f"(floor {best['floor_ms']:.3f}, {best['bound']})", flush=True)
+    fused_rows = fused_involution_rows()
+    for r in fused_rows:
+        print(f"fused involution {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})", flush=True)
     cuda_rows = [] if args.no_cuda else nvcc_resource_usage()
-    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out)
+    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows)
     print(f"wrote {args.out}/report.md and predicted.csv")
 
 

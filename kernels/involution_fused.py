@@ -71,12 +71,18 @@ def _kernel_tile(r_base, srr, r_poffs, pmask, sw_base, sws0, sws1, sb_base, tap,
 @triton.jit
 def _kernel_grad_tile(x_base, sxc, x_offs, m, dy_base, sdyc, dy_poffs, pmask, CPG,
                       ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr):
-    """dK[p, t] = sum over the group's channels c of dy[c, p] * x[c, shifted(p, t)]."""
+    """dK[p, t] = sum over the group's channels c of dy[c, p] * x[c, shifted(p, t)]. Two channels a step: the step
+    waits for its loads once, so each round trip to memory brings twice the loads (one channel a step was bound by
+    those waits: bench/NOTES.md, the fused involution's section)."""
     acc = tl.zeros((BLOCK_P, BLOCK_T), dtype=ACC)
-    for c in range(CPG):
-        dyv = tl.load(dy_base + c * sdyc + dy_poffs, mask=pmask, other=0.0).to(ACC)
-        xv = tl.load(x_base + c * sxc + x_offs, mask=m, other=0.0).to(ACC)
-        acc += dyv[:, None] * xv
+    for c in range(0, CPG, 2):
+        second = c + 1 < CPG
+        dy0 = tl.load(dy_base + c * sdyc + dy_poffs, mask=pmask, other=0.0).to(ACC)
+        x0 = tl.load(x_base + c * sxc + x_offs, mask=m, other=0.0).to(ACC)
+        dy1 = tl.load(dy_base + (c + 1) * sdyc + dy_poffs, mask=pmask & second, other=0.0).to(ACC)
+        x1 = tl.load(x_base + (c + 1) * sxc + x_offs, mask=m & second, other=0.0).to(ACC)
+        acc += dy0[:, None] * x0
+        acc += dy1[:, None] * x1
     return acc
 
 

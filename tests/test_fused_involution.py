@@ -107,6 +107,7 @@ CASES = [
     ((2, 4, 2, 9, 10), 7, 2, 2, 1, False),    # K = 7 at stride 2, Cr = 2, no bias
     ((1, 4, 1, 10, 8), 5, 20, 2, 2, True),    # stride 2 with dilation 2, Cr = 20 (> one 16-wide dot block at 16)
     ((1, 32, 2, 5, 6), 3, 70, 1, 1, True),    # 16 channels per group, Cr = 70: two reduced-channel blocks of 64
+    ((2, 6, 2, 6, 7), 3, 4, 1, 1, True),      # 3 channels per group: the kernels' two-channel steps end on one
 ]
 
 
@@ -121,6 +122,21 @@ def test_matches_unfused_fp32(backend, case):
     shape, k, cr, stride, dilation, bias = case
     *inputs, grad = make(*shape, k, cr, stride, dilation, bias)
     check(backend, inputs, grad, k, stride, None, dilation)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_non_finite_input_stays_where_the_unfused_layer_puts_it(backend):
+    """Inf and NaN in the second of two groups of x, Inf in its first channel (3 channels per group: the kernels'
+    two-channel steps end on one, next to it): every result has the unfused layer's NaN/Inf pattern and its
+    finite values, and the first group's span-weight rows stay finite."""
+    *inputs, grad = make(2, 6, 2, 6, 7, 3, 4, seed=3)
+    inputs[0][0, 3, 2, 3] = float("inf")
+    inputs[0][1, 5, 4, 4] = float("nan")
+    results = run_fused(backend, inputs, grad, 3, 1, None, 1)
+    for name, got, want in zip(NAMES, results, reference(inputs, grad, 3, 1, None, 1)):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), name
+        assert got.isfinite().any(), name
+        assert_close(got[want.isfinite()], want[want.isfinite()], what=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
