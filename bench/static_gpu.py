@@ -165,14 +165,18 @@ def classify(op):
     return "other"
 
 
-def hot_loop(instructions):
-    """The innermost loop (backward branch) with the most multiply-adds; the whole kernel if no loop has any."""
+def inner_loops(instructions):
+    """The instructions of each innermost loop (a backward branch with no loop inside it)."""
     loops = [(target, addr) for addr, op, args in instructions if op.startswith("BRA")
              for target in [int(m.group(1), 16) for m in [re.search(r"0x([0-9a-f]+)", args)] if m] if target < addr]
     inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+    return [[i for i in instructions if lo <= i[0] <= hi] for lo, hi in inner]
+
+
+def hot_loop(instructions):
+    """The innermost loop with the most multiply-adds; the whole kernel if no loop has any."""
     best, best_macs = None, 0
-    for lo, hi in inner:
-        body = [i for i in instructions if lo <= i[0] <= hi]
+    for body in inner_loops(instructions):
         macs = sum(mac_per_instruction(op, args) for _, op, args in body)
         if macs > best_macs:
             best, best_macs = body, macs
@@ -669,12 +673,7 @@ def fused_involution_rows():
         best = None
         for config in launch.configs:
             compiled = sm90.compile_launch(launch, config)
-            instructions = parse_sass(sm90.sass(compiled.asm))
-            loops = [(target, addr) for addr, op, args in instructions if op.startswith("BRA")
-                     for target in [int(m.group(1), 16) for m in [re.search(r"0x([0-9a-f]+)", args)] if m]
-                     if target < addr]
-            inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
-            body = max(([i for i in instructions if lo <= i[0] <= hi] for lo, hi in inner),
+            body = max(inner_loops(parse_sass(sm90.sass(compiled.asm))),
                        key=lambda b: sum(op.startswith("LDG") for _, op, _ in b))
             mix, batches = Counter(classify(op) for _, op, _ in body), load_batches(body)
             warps, tiles = compiled.num_warps, cdiv(pixels, config.kwargs["BLOCK_P"])

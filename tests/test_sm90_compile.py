@@ -101,3 +101,18 @@ def test_gate_plans_the_precision_that_runs():
         planned = sm90.launches("dwconv2d", shape, mode, "nchw")
         assert {d: launch.meta.get("PRECISION") for d, launch in planned.items()} == {
             **expected, "grad-input then": None}, mode  # the redo runs no dot
+
+
+def test_static_model_of_the_fused_involution_launches():
+    """bench/static_gpu.py's estimate of the four fused-involution launches at the kit's first layer compiles them
+    under triton 3.6.0 and finds a gathering loop in each (the GPU kit's suite fused_launches is set beside it)."""
+    python = TRITON36_PYTHON if TRITON36_PYTHON.exists() else Path(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import json; from bench import static_gpu; print(json.dumps(static_gpu.fused_involution_rows()))"
+    proc = subprocess.run([str(python), "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["direction"] for r in rows] == ["forward", "grad-reduced", "grad-span", "grad-input"]
+    for r in rows:
+        assert r["loads"] > 0 and r["spills"] == 0 and r["bound"] in ("issue", "l1", "latency"), r
+        assert 0.01 < r["predicted_ms"] < 10 and r["predicted_ms"] >= r[f"{r['bound']}_ms"], r
