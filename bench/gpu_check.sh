@@ -20,7 +20,8 @@
 #                   (32,512,1000) and (8,1024,4000), fp32/bf16, fwd and fwdbwd vs F.conv1d and cuDNN channels_last;
 #                   the fused involution's RedNet-50 layers (see below)
 #   wait-build      waits for the background build
-#   smoke-cuda, timings-cuda   the same for the cuda backend
+#   smoke-cuda, timings-cuda   the same for the cuda backend (timings-cuda: RepLKNet-31B stage 1 also on
+#                   channels_last inputs, backend "cuda_cl", right after it in NCHW)
 #   sanitizer       compute-sanitizer memcheck (25 s) on bench/sanitizer_cases.py (last, the fused involution's
 #                   Triton kernels on one small case), racecheck (35 s) on one case per op of the cuda backend
 #   auto            auto's choices and its ratio to the best of PyTorch on the weak-spot shapes

@@ -968,8 +968,10 @@ def stage_timings(args):
         fused = fused_timings(args, ["triton", "auto"])
         rows += fused
         rows += measure(args, plan[first_inv + 1:], mine, "headline")
-    else:  # the most valuable 2-D case, then Conv1d (no compile: a few seconds), then the rest
+    else:  # the most valuable 2-D case, also on channels_last inputs, then Conv1d (no compile: a few seconds),
+        # then the rest
         rows = measure(args, plan[:1], args.backend, "headline")
+        rows += measure(args, plan[:1], f"{args.backend}_cl", "headline")
         rows += conv1d_timings(args, [args.backend])
         rows += measure(args, plan[1:], args.backend, "headline")
     ok = [r for r in rows if r["status"] == "ok"]

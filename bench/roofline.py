@@ -12,6 +12,7 @@ environment.txt. Backends:
   torch_cl       dwconv only: F.conv2d with input and weight in channels_last
   torch_compile  involution only: torch.compile of the unfold reference
   cpu, triton, cuda, auto   largeconv.dwconv2d / involution2d with backend=...
+  cpu_cl, triton_cl, cuda_cl, auto_cl   the same on channels_last inputs (not in the default --backends)
 Peak memory is the most memory allocated during one call beyond what existed before it: on GPU
 torch.cuda.max_memory_allocated() minus memory_allocated() before; on CPU the running sum of the allocations and
 frees the torch profiler records (profile_memory=True) during the call, i.e. the same quantity for the CPU allocator.
@@ -50,6 +51,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 BASELINES = {"dwconv2d": ("torch", "torch_cl"), "involution2d": ("torch", "torch_compile")}
 LARGECONV_BACKENDS = ("cpu", "triton", "cuda", "auto")
 ALL_BACKENDS = ("torch", "torch_cl", "torch_compile") + LARGECONV_BACKENDS
+CHANNELS_LAST_BACKENDS = tuple(f"{name}_cl" for name in LARGECONV_BACKENDS)  # largeconv's, on channels_last inputs
+
+
+def channels_last(backend):
+    return backend == "torch_cl" or backend in CHANNELS_LAST_BACKENDS
+
+
+def largeconv_backend(backend):
+    """The largeconv backend a benchmark backend name runs ("cuda_cl" -> "cuda"), or None for PyTorch's."""
+    name = backend.removesuffix("_cl") if backend in CHANNELS_LAST_BACKENDS else backend
+    return name if name in LARGECONV_BACKENDS else None
 
 COLUMNS = [
     "date", "device", "device_type", "torch_version", "triton_version", "largeconv_version", "threads", "loadavg",
@@ -113,7 +125,8 @@ def op_function(case, backend, compile_cache):
     if case.op == "dwconv2d":
         if backend in ("torch", "torch_cl"):
             return lambda x, w: F.conv2d(x, w, None, stride, padding, dilation, groups=x.shape[1])
-        return lambda x, w: largeconv.dwconv2d(x, w, None, stride, padding, dilation, backend=backend)
+        return lambda x, w: largeconv.dwconv2d(x, w, None, stride, padding, dilation,
+                                               backend=largeconv_backend(backend))
     k = case.kernel[0]
     if backend in ("torch", "torch_compile"):
         fn = lambda x, w: involution2d_reference(x, w, k, stride, padding[0], dilation)  # noqa: E731
@@ -126,7 +139,8 @@ def op_function(case, backend, compile_cache):
             compiled = compile_cache["fn"]
             fn = lambda x, w: compiled(x, w, k, stride, padding[0], dilation)  # noqa: E731
         return fn
-    return lambda x, w: largeconv.involution2d(x, w, k, stride, padding[0], dilation, backend=backend)
+    return lambda x, w: largeconv.involution2d(x, w, k, stride, padding[0], dilation,
+                                               backend=largeconv_backend(backend))
 
 
 def skip_reason(case, backend, device, args):
@@ -138,14 +152,15 @@ def skip_reason(case, backend, device, args):
     if backend == "torch_compile" and not args.compile:
         return ("torch.compile baseline off (default on CPU: inductor builds C++ per shape, ~30 s each); "
                 "pass --compile")
-    if backend == "triton" and device.type == "cpu":
+    name = largeconv_backend(backend)
+    if name == "triton" and device.type == "cpu":
         return ("Triton on CPU tensors runs only under TRITON_INTERPRET=1, an interpreter for tests, not a "
                 "performance path")
-    if backend == "cuda" and device.type != "cuda":
+    if name == "cuda" and device.type != "cuda":
         return "the CUDA extension needs CUDA tensors"
-    if backend in LARGECONV_BACKENDS and backend != "auto":
+    if name not in (None, "auto"):
         x = torch.empty(case.shape, device=device)
-        return dispatch.unsupported_reason(backend, case.op, x, case.kernel)
+        return dispatch.unsupported_reason(name, case.op, x, case.kernel)
     return None
 
 
@@ -159,7 +174,7 @@ def first_line(error):
 def prepare(direction, fn, inputs, backend):
     """An argument-free callable running `direction` once on one input set (bwd: its forward is run here)."""
     x, w, g = inputs["x"], inputs["weight"], inputs["grad"]
-    if backend == "torch_cl":
+    if channels_last(backend):
         x, w, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, w, g))
     if direction == "fwd":
         def call():
@@ -386,7 +401,7 @@ def run_benchmark(cases, args, device, peaks, progress=True, env=None):
         for direction in directions:
             bar.set_postfix_str(f"{case.name} {backend} {dtype_name} {direction}", refresh=False)
             row = dict(env, case=case.name, op=case.op, backend=backend, dtype=dtype_name, direction=direction,
-                       layout="channels_last" if backend == "torch_cl" else "nchw",
+                       layout="channels_last" if channels_last(backend) else "nchw",
                        n=case.n, c=case.c, h=case.h, w=case.w, kh=case.kernel[0], kw=case.kernel[1],
                        stride=case.stride, dilation=case.dilation, groups=case.groups,
                        loadavg=f"{os.getloadavg()[0]:.2f}", input_sets=n_sets,
@@ -848,7 +863,8 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="fp32,bf16,fp16" if gpu else "fp32")
     p.add_argument("--directions", default="fwd,bwd,fwdbwd")
     p.add_argument("--backends", default=",".join(ALL_BACKENDS),
-                   help="torch, torch_cl, torch_compile (baselines) and largeconv's cpu, triton, cuda, auto")
+                   help="torch, torch_cl, torch_compile (baselines) and largeconv's cpu, triton, cuda, auto; "
+                        "cpu_cl, triton_cl, cuda_cl, auto_cl: largeconv's on channels_last inputs")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=gpu,
                    help="measure torch.compile of the involution reference (default: on GPU only)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="measure peak memory")

@@ -647,7 +647,8 @@ class _Windows:
 def _channel_chunks(channels, per_channel):
     """Channel ranges whose windows (per_channel elements each) fill about CONV1D_CHUNK_ELEMS: a chunk's rows, windows
     and products stay in cache from the copy that makes them to the matmul that reads them."""
-    chunk = max(1, min(channels, CONV1D_CHUNK_ELEMS // per_channel))
+    count = -(-channels // max(1, min(channels, CONV1D_CHUNK_ELEMS // per_channel)))
+    chunk = -(-channels // count)  # equal chunks: no small last one
     return chunk, [(c0, min(channels, c0 + chunk)) for c0 in range(0, channels, chunk)]
 
 
@@ -720,12 +721,17 @@ def _banded_grad_weight(grad_out, x, weight_shape, left, dilation):
     blocks = -(-out_len // block)
     chunk, chunks = _channel_chunks(channels, blocks * (block + span))
     windows = _Windows(chunk, length, left, block, blocks, span, dtype, False)
-    grads = torch.zeros(chunk, blocks, block, dtype=dtype)  # g's rows, zero past out_len
+    # g's rows as (blocks, B) where they lie when B divides out_len, else copied into zeros
+    in_place = grad_out.dtype == dtype and blocks * block == out_len
+    grads = None if in_place else torch.zeros(chunk, blocks, block, dtype=dtype)
     gram = torch.zeros(channels, block, block + span, dtype=dtype)
     for n in range(batch):
         for c0, c1 in chunks:
-            g = grads[:c1 - c0]
-            g.view(c1 - c0, -1)[:, :out_len] = grad_out[n, c0:c1]
+            if in_place:
+                g = grad_out[n, c0:c1].view(c1 - c0, blocks, block)
+            else:
+                g = grads[:c1 - c0]
+                g.view(c1 - c0, -1)[:, :out_len] = grad_out[n, c0:c1]
             gram[c0:c1].baddbmm_(g.transpose(1, 2), windows.of(x[n, c0:c1]))
     if not _all_finite(gram):
         return None

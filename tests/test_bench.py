@@ -118,6 +118,24 @@ def test_run_benchmark_tiny_csv_schema(tmp_path):
     assert triton_row["status"] == "skipped" and "TRITON_INTERPRET" in triton_row["reason"]
 
 
+def test_largeconv_backends_on_channels_last_inputs(tmp_path):
+    """"cpu_cl" (and the other *_cl names) time largeconv's backend on channels_last inputs: rows say so, the output
+    is checked, "cuda_cl" is skipped for the reason "cuda" is."""
+    args = roofline.parse_args(["--suite", "tiny", "--min-time", "0.002", "--no-progress", "--max-sets", "2",
+                                "--backends", "torch,cpu_cl,cuda_cl", "--out", str(tmp_path)])
+    cases = [suites.dw("tiny-dw", 1, 4, 6, 6, 3), suites.inv("tiny-inv", 1, 8, 6, 6, k=3, group_channels=4)]
+    rows = roofline.run_benchmark(cases, args, torch.device("cpu"), SYNTHETIC_PEAKS, progress=False)
+    cl = [r for r in rows if r["backend"] == "cpu_cl"]
+    assert len(cl) == 2 * len(counts.DIRECTIONS)
+    assert all(r["status"] == "ok" and r["check"] == "ok" and r["layout"] == "channels_last" for r in cl), cl
+    assert all(r["layout"] == "nchw" for r in rows if r["backend"] == "torch")
+    cuda = [r for r in rows if r["backend"] == "cuda_cl"]
+    assert cuda and all(r["status"] == "skipped" and "CUDA" in r["reason"] for r in cuda), cuda
+    inputs = roofline.InputSets(cases[0], torch.float32, torch.device("cpu"))[0]
+    out = roofline.prepare("fwd", roofline.op_function(cases[0], "cpu_cl", {}), inputs, "cpu_cl")()
+    assert out.is_contiguous(memory_format=torch.channels_last)  # largeconv keeps its input's layout
+
+
 def test_main_writes_every_output(tmp_path):
     peaks_file = tmp_path / "peaks.in.json"
     peaks_file.write_text(json.dumps(SYNTHETIC_PEAKS))
