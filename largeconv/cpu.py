@@ -360,10 +360,12 @@ def _phases(x, padding, stride, dtype):
     return phases
 
 
-def _from_phases(phases, padding, stride, height, width):
-    """The inverse of _phases, cropped to x's (height, width): the gradient the taps added into the phases."""
+def _from_phases(phases, padding, stride, height, width, out=None):
+    """The inverse of _phases, cropped to x's (height, width): the gradient the taps added into the phases; written
+    into `out` if given."""
     batch, channels = phases[0][0].shape[:2]
-    out = torch.empty((batch, channels, height, width), dtype=phases[0][0].dtype)
+    if out is None:
+        out = torch.empty((batch, channels, height, width), dtype=phases[0][0].dtype)
     for a, row in enumerate(phases):
         i0, r0, rows = _phase_rows(a, padding, stride, height)
         for b, phase in enumerate(row):
@@ -434,6 +436,12 @@ def involution2d_forward(x, weight, kernel_size, stride, padding, dilation):
 
 
 def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+    phases = _involution_grad_phases(grad_out, weight, input_shape, kernel_size, stride, padding, dilation)
+    return _restore(_from_phases(phases, padding, stride, *input_shape[2:]), grad_out)
+
+
+def _involution_grad_phases(grad_out, weight, input_shape, kernel_size, stride, padding, dilation):
+    """The input gradient, as the phases of the zero-padded input (_phases' layout) in the compute dtype."""
     batch, channels, height, width = input_shape
     taps = kernel_size * kernel_size
     groups = weight.shape[1] // taps
@@ -449,7 +457,7 @@ def involution2d_grad_input(grad_out, weight, input_shape, kernel_size, stride, 
         dyb, wb = dy[bs, gs], w[bs, gs]
         for t, (a, b), (rows, cols) in _involution_taps(kernel_size, stride, dilation, out_hw):
             grouped[a][b][bs, gs][..., rows, cols].addcmul_(dyb, wb[:, :, t].unsqueeze(2))
-    return _restore(_from_phases(phases, padding, stride, height, width), grad_out)
+    return phases
 
 
 def involution2d_grad_weight(grad_out, x, weight_shape, kernel_size, stride, padding, dilation):
@@ -560,12 +568,12 @@ def involution2d_fused_backward(grad_out, x, reduced, span_weight, span_bias, ke
         kernel = _span_kernel_piece(r, weight, bias, dtype)
         x_part, pad, top = _fused_input(xs, bs, r0, r1, geometry, padded)
         dy = dys[bs, :, r0:r1]
-        gx = involution2d_grad_input(dy, kernel, tuple(x_part.shape), kernel_size, stride, pad, dilation)
+        phases = _involution_grad_phases(dy, kernel, tuple(x_part.shape), kernel_size, stride, pad, dilation)
         if banded:
-            grad_x[bs, :, top:top + gx.shape[2]] += gx
-        else:
-            grad_x[bs] = gx
-        del kernel, gx  # freed before the kernel gradient's pass allocates its own piece-sized buffers
+            grad_x[bs, :, top:top + x_part.shape[2]] += _from_phases(phases, pad, stride, *x_part.shape[2:])
+        else:  # straight into grad x: no piece-sized copy
+            _from_phases(phases, pad, stride, height, width, out=grad_x[bs])
+        del kernel, phases  # freed before the kernel gradient's pass allocates its own piece-sized buffers
         grad_kernel = involution2d_grad_weight(dy, x_part, (n, spans, r1 - r0, out_w), kernel_size, stride, pad,
                                                dilation).reshape(n, spans, hw)
         grad_reduced[bs, :, r0:r1] = torch.matmul(weight.t(), grad_kernel).view(n, cr, r1 - r0, out_w)

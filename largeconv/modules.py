@@ -205,6 +205,10 @@ def _ceil_avg_pool(x, stride, out_h, out_w):
     blocks, add guards that torch.export cannot prove, so H and W could not be dynamic at stride 2)."""
     height, width = x.shape[2:]
     pad = (0, out_w * stride - width, 0, out_h * stride - height)
+    if not torch.compiler.is_compiling() and pad == (0, 0, 0, 0):
+        # eager, whole windows: avg_pool2d itself, without the padded copy of x that its backward would keep
+        # (traced code keeps one graph for every H and W)
+        return F.avg_pool2d(x, stride, stride)
 
     def window_means(t):
         return F.avg_pool2d(F.pad(t, pad), stride, stride)
