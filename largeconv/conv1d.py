@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from . import dispatch, reference
 from .arguments import _check_same, _check_tensor, conv_output_size, is_int
 from .modules import DepthwiseAttributes
-from .ops import (_autocast, _composite_needed, _grad_op, bias_grad, dispatcher_needed, eager_function,
-                  register_bilinear_double_backward)
+from .ops import (_autocast, _composite_needed, _grad_op, auto_chose_torch, bias_grad, dispatcher_needed,
+                  eager_function, eager_signature, register_bilinear_double_backward, remembered_torch_call)
 
 OP = "dwconv1d"
 # convert() swaps a depthwise nn.Conv1d from this kernel size on: measured 2026-11-27 (2-thread Xeon @ 2.80GHz,
@@ -191,11 +191,18 @@ def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     x (N, C, L); weight (C*m, 1, K); bias (C*m,) or None. padding: int, 1-tuple, "same" or "valid".
     backend: None/"auto", "torch", "cpu", "triton" or "cuda" (see this module's docstring).
     """
+    signature = eager_signature(OP, x, weight, bias, stride, padding, dilation, backend)
+    geometry = remembered_torch_call(signature)
+    if geometry is not None:  # auto chose torch for every direction of this call before (ops.dwconv2d's fast path)
+        return reference.dwconv1d_forward(x, weight, bias, *geometry)
     x, weight, bias = _autocast(x, weight, bias)
-    stride, padding, dilation, _ = dwconv1d_arguments(x, weight, bias, stride, padding, dilation)
+    stride, padding, dilation, out_length = dwconv1d_arguments(x, weight, bias, stride, padding, dilation)
     if _composite_needed():
         return reference.dwconv1d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
+    geometry, out_shape = (stride, padding, dilation), (x.shape[0], weight.shape[0], out_length)
+    if backend == "auto" and auto_chose_torch(OP, signature, x, weight, geometry, out_shape):
+        return reference.dwconv1d_forward(x, weight, bias, *geometry)
     op = torch.ops.largeconv.dwconv1d if dispatcher_needed(x, weight, bias) else _dwconv1d_eager
     return op(x, weight, bias, stride, list(padding), dilation, backend)
 

@@ -192,9 +192,9 @@ def _plain(value):
 
 
 def settle(keys) -> None:
-    """For a dwconv2d call whose directions have the auto-cache `keys`: once every one of them was measured against
-    torch, and unless all chose torch, compare the two ways the call can run: PyTorch's own op for every direction
-    (ops.dwconv2d's fast path) against the chosen backends through the custom ops, which then cost
+    """For a dwconv2d or dwconv1d call whose directions have the auto-cache `keys`: once every one of them was
+    measured against torch, and unless all chose torch, compare the two ways the call can run: PyTorch's own op for
+    every direction (ops.auto_chose_torch's fast path) against the chosen backends through the custom ops, which then cost
     CUSTOM_OP_OVERHEAD_S in every direction; if PyTorch is no slower, choose torch for all the keys. (A key shared
     with another kind of call, e.g. the forward of inference-only calls, follows this call's choice.)"""
     times = [_auto_times.get(key) for key in keys]
@@ -305,8 +305,15 @@ def known_to_lose(name, op, direction, x, kernel_size) -> bool:
     and PyTorch's NCHW depthwise conv where it is far slower than the cpu backend (`_cpu_wins`; a single call of it
     made auto's first call cost seconds): on AVX2 from 13x13 (5-28x); on AVX-512, on maps of 14x14 and up, its
     forward from 15 kernel columns and its weight gradient from 13x13 (3-42x), not its input gradient, which wins
-    on all but the largest maps."""
-    if name != "torch" or x.device.type != "cpu" or op == "dwconv1d":
+    on all but the largest maps. And the other way round: the cpu backend's Conv1d on bf16 with K <= 3, where
+    PyTorch has a fast kernel (fwd+bwd 1.3-1.7x the cpu backend's speed at (32,512,1000) and (8,1024,4000), K = 1-3;
+    at K = 4-7 it is 1.4-1.7x slower: 2026-11-27, 2-core AVX-512 Xeon, torch 2.14.1); every direction, so the
+    whole call is PyTorch's own (its one backward beats the separate grad-input and grad-weight)."""
+    if x.device.type != "cpu":
+        return False
+    if name == "cpu":
+        return op == "dwconv1d" and x.dtype == torch.bfloat16 and kernel_size[0] <= 3
+    if name != "torch" or op == "dwconv1d":
         return False
     if op in ("involution2d", "involution2d_fused"):  # the fused op's reference is the unfold one too
         return True

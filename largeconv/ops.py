@@ -229,50 +229,45 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     x (N, C, H, W) NCHW or channels_last; weight (C*m, 1, Kh, Kw); bias (C*m,) or None. padding: int, pair,
     "same" or "valid". backend: None/"auto", "torch", "cpu", "triton" or "cuda" (see largeconv.dispatch).
     """
-    signature = _eager_signature(x, weight, bias, stride, padding, dilation, backend)
-    try:
-        known, remember = _torch_calls.get(signature), signature is not None
-    except TypeError:  # an unhashable argument (a list): nothing to remember
-        known, remember = None, False
-    if known is not None and dispatch.auto_still_picks(known[1], "torch"):
+    signature = eager_signature("dwconv2d", x, weight, bias, stride, padding, dilation, backend)
+    geometry = remembered_torch_call(signature)
+    if geometry is not None:
         # the same call as one where auto chose torch for every direction it runs: PyTorch's own op and autograd,
         # with no argument checks (they passed for this signature) and no custom-op machinery
-        return reference.dwconv2d_forward(x, weight, bias, *known[0])
+        return reference.dwconv2d_forward(x, weight, bias, *geometry)
     x, weight, bias = _autocast(x, weight, bias)
     stride, padding, dilation, _ = dwconv2d_arguments(x, weight, bias, stride, padding, dilation)
     if _composite_needed():
         return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
     x = x.contiguous(memory_format=memory_format_of(x))
-    keys = _auto_torch_keys(x, weight, stride, padding, dilation) if backend == "auto" and signature else None
-    if keys is not None:
-        if remember:
-            if len(_torch_calls) >= _TORCH_CALLS_LIMIT:
-                _torch_calls.clear()
-            _torch_calls[signature] = ((stride, padding, dilation), keys)
-        return reference.dwconv2d_forward(x, weight, bias, stride, padding, dilation)
+    geometry = (stride, padding, dilation)
+    out_shape = (x.shape[0], weight.shape[0], *dwconv2d_output_hw(x.shape, weight.shape[2:], *geometry))
+    if backend == "auto" and auto_chose_torch("dwconv2d", signature, x, weight, geometry, out_shape):
+        return reference.dwconv2d_forward(x, weight, bias, *geometry)
     op = torch.ops.largeconv.dwconv2d if dispatcher_needed(x, weight, bias) else _dwconv2d_eager
     return op(x, weight, bias, list(stride), list(padding), list(dilation), backend)
 
 
-# Signatures of calls where auto chose torch in every direction -> ((stride, padding, dilation), auto-cache keys).
-# A hit re-reads those keys in the auto cache, so clearing or loading choices takes effect at once. Tiny layers cost
-# ~100 us in F.conv2d on CPU and every microsecond of Python before it shows, so the hit path is kept short.
+# ---- auto's fast path where it chose PyTorch (dwconv2d, dwconv1d) ---------------------------------------------------
+# Signatures of calls where auto chose torch in every direction -> (geometry, auto-cache keys). A hit re-reads those
+# keys in the auto cache, so clearing or loading choices takes effect at once. Tiny layers cost ~100 us in F.conv2d
+# on CPU and every microsecond of Python before it shows, so the hit path is kept short.
 _torch_calls: dict[tuple, tuple] = {}
 _TORCH_CALLS_LIMIT = 4096
 
 
-def _eager_signature(x, weight, bias, stride, padding, dilation, backend):
-    """What decides a dwconv2d call's argument checks and auto's choice, as a hashable tuple; None where the fast
-    path must not be used: a pinned backend, under a compiler, a dispatch-mode tracer (make_fx must see the custom
-    op), autocast, or for tensor subclasses. With unhashable arguments (lists) the call cannot be remembered, but
-    still goes to PyTorch's op when auto chose torch."""
+def eager_signature(op, x, weight, bias, stride, padding, dilation, backend):
+    """What decides a call's argument checks and auto's choice, as a hashable tuple; None where the fast path must
+    not be used: a pinned backend, under a compiler, a dispatch-mode tracer (make_fx must see the custom op),
+    autocast, or for tensor subclasses. With unhashable arguments (lists) the call cannot be remembered, but still
+    goes to PyTorch's op when auto chose torch."""
     if (backend not in (None, "auto") or type(x) is not Tensor or type(weight) not in _PLAIN_TENSORS
             or bias is not None and type(bias) not in _PLAIN_TENSORS or torch.compiler.is_compiling()
             or torch._C._len_torch_dispatch_stack() or torch._C._is_any_autocast_enabled()):
         return None
     grad = torch.is_grad_enabled()
-    return (x.shape, x.stride(), x.dtype, x.device, grad and x.requires_grad, weight.shape, weight.dtype,
+    return (op, x.shape, x.stride(), x.dtype, x.device, grad and x.requires_grad, weight.shape, weight.dtype,
             weight.device, grad and weight.requires_grad,
             None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding, dilation)
 
@@ -280,19 +275,40 @@ def _eager_signature(x, weight, bias, stride, padding, dilation, backend):
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
-def _auto_torch_keys(x, weight, stride, padding, dilation):
-    """The auto-cache keys of every direction this call will run, if auto has already chosen "torch" for all of
-    them; else None."""
-    kernel, geometry = weight.shape[2:], (stride, padding, dilation)
-    keys = [dispatch.cache_key("dwconv2d", "forward", x, kernel, geometry)]
+def remembered_torch_call(signature):
+    """The checked geometry of an earlier call with this signature, if auto chose torch for every direction of it
+    and still does; else None."""
+    try:
+        known = _torch_calls.get(signature)
+    except TypeError:  # an unhashable argument (a list): never remembered
+        return None
+    if known is not None and dispatch.auto_still_picks(known[1], "torch"):
+        return known[0]
+    return None
+
+
+def auto_chose_torch(op, signature, x, weight, geometry, out_shape) -> bool:
+    """Whether auto has chosen "torch" for every direction this call will run (forward; grad-input if x needs a
+    gradient, of `out_shape`; grad-weight if the weight does); if so the call is remembered by its signature."""
+    if signature is None:
+        return False
+    kernel = weight.shape[2:]
+    keys = [dispatch.cache_key(op, "forward", x, kernel, geometry)]
     if torch.is_grad_enabled():
-        out_shape = (x.shape[0], weight.shape[0], *dwconv2d_output_hw(x.shape, kernel, stride, padding, dilation))
         if x.requires_grad:
-            keys.append(dispatch.cache_key("dwconv2d", "grad_input", x, kernel, geometry, out_shape))
+            keys.append(dispatch.cache_key(op, "grad_input", x, kernel, geometry, out_shape))
         if weight.requires_grad:
-            keys.append(dispatch.cache_key("dwconv2d", "grad_weight", x, kernel, geometry))
+            keys.append(dispatch.cache_key(op, "grad_weight", x, kernel, geometry))
     dispatch.settle(keys)
-    return tuple(keys) if dispatch.all_cached_as(keys, "torch") else None
+    if not dispatch.all_cached_as(keys, "torch"):
+        return False
+    try:
+        if len(_torch_calls) >= _TORCH_CALLS_LIMIT:
+            _torch_calls.clear()
+        _torch_calls[signature] = (geometry, tuple(keys))
+    except TypeError:  # unhashable: not remembered
+        pass
+    return True
 
 
 # ---- involution ------------------------------------------------------------------------------------------------

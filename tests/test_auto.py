@@ -249,6 +249,61 @@ def test_a_fused_direction_pays_for_the_whole_call(monkeypatch, grads, cpu_ms, s
     assert torch.allclose(out, F.conv2d(x, w, None, 1, "same", 1, 3), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype, kernel, cpu_timed", [(torch.bfloat16, 3, False), (torch.bfloat16, 1, False),
+                                                      (torch.bfloat16, 4, True), (torch.float32, 3, True),
+                                                      (torch.float16, 3, True)])
+def test_bf16_conv1d_with_tiny_kernels_stays_on_pytorch(monkeypatch, dtype, kernel, cpu_timed):
+    """PyTorch's bf16 Conv1d with K <= 3 beats the cpu backend on CPU (measured): auto never times the cpu backend
+    there, and the whole call is F.conv1d's own; from K = 4, and in fp32/fp16, both are timed."""
+    calls = _record(monkeypatch, op="dwconv1d")
+    x = torch.randn(2, 4, 40, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 1, kernel, dtype=dtype, requires_grad=True)
+    for _ in range(2):
+        out = largeconv.dwconv1d(x, w, padding=kernel // 2)
+        out.backward(torch.ones_like(out))
+    assert any(name == "cpu" for name, _ in calls) == cpu_timed
+    if not cpu_timed:
+        assert set(dispatch.auto_choices().values()) == {"torch"}
+        calls.clear()
+        largeconv.dwconv1d(x, w, padding=kernel // 2).sum().backward()
+        assert calls == [("torch", "forward")]  # the fast path: F.conv1d and its own autograd, no custom op
+
+
+@pytest.mark.parametrize("grads, cpu_ms, settled", [(True, 0.9, "torch"), (True, 0.5, "cpu"), (False, 0.8, "torch")])
+def test_dwconv1d_calls_where_auto_picked_torch_are_pytorchs_own(monkeypatch, grads, cpu_ms, settled):
+    """dwconv1d settles a call as dwconv2d does (above): where PyTorch wins the whole call, the call is F.conv1d and
+    its autograd, with no custom op (whose separate grad-input and grad-weight calls cost more than F.conv1d's one
+    backward: measured 0.84-0.90x F.conv1d fwd+bwd for auto at K = 3 bf16 before, bench/NOTES.md)."""
+    from largeconv import conv1d
+    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", 3e-4)
+    seconds = {"largeconv.reference": 1e-3, "largeconv.cpu": cpu_ms * 1e-3}
+    monkeypatch.setattr(dispatch, "_timed", lambda fn, args, on_gpu: (seconds[fn.__module__], fn(*args)))
+    x, w = torch.randn(2, 3, 20, requires_grad=grads), torch.randn(3, 1, 4, requires_grad=grads)
+    b = torch.randn(3, requires_grad=grads)
+    for _ in range(2):  # the first call measures every direction; the second settles the call
+        out = largeconv.dwconv1d(x, w, b)
+        if grads:
+            out.backward(torch.ones_like(out))
+    assert len(dispatch.auto_choices()) == (3 if grads else 1)
+    assert set(dispatch.auto_choices().values()) == {settled}
+    ops_called, original_op = [], conv1d._dwconv1d_eager
+    monkeypatch.setattr(conv1d, "_dwconv1d_eager", lambda *a: ops_called.append(a) or original_op(*a))
+    for _ in range(2):  # the second call takes the remembered signature's path
+        ops_called.clear()
+        x.grad = w.grad = b.grad = None
+        out = largeconv.dwconv1d(x, w, b)
+        if grads:
+            out.backward(torch.ones_like(out))
+        assert (ops_called == []) == (settled == "torch")
+    xr, wr, br = (t.detach().clone().requires_grad_(grads) for t in (x, w, b))
+    ref = F.conv1d(xr, wr, br, 1, "same", 1, 3)  # even K: the odd padding element on the right
+    assert torch.allclose(out, ref, atol=1e-5)
+    if grads:
+        ref.backward(torch.ones_like(ref))
+        for got, expected in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+            assert torch.allclose(got, expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("change", ["cache cleared", "LARGECONV_BACKEND", "LARGECONV_AUTO", "deterministic",
                                     "use_backend", "use_backend elsewhere", "requires_grad", "layout",
                                     "list arguments"])
