@@ -266,12 +266,17 @@ def l1_wavefronts(mix, lines_per_access, bank_conflicts):
 # coalescing: the 128-byte lines a warp's global load touches, from the kernel's own addresses and Triton's layout
 
 
-def probe_loads(case_name, mode, layout, direction, config_index, limit=64):
+def probe_loads(case_name, mode, layout, direction, config_index, limit=64, fused_shape=None):
     """The first `limit` global loads of the middle program of one planned launch, run by Triton's interpreter
     (call this in a process started with TRITON_INTERPRET=1): [(file name, line, addresses, mask)], numpy arrays of
-    the loaded block's shape; an address is the tensor's rank among the launch's tensors << 48 + the byte offset."""
+    the loaded block's shape; an address is the tensor's rank among the launch's tensors << 48 + the byte offset.
+    With `fused_shape` (bench/sm90.py's FUSED_INVOLUTION_SHAPES form), the fused involution's launch of that shape."""
     from triton.runtime import interpreter
-    launch = plan(CASES[case_name], mode, layout)[direction]
+    if fused_shape is None:
+        launch = plan(CASES[case_name], mode, layout)[direction]
+    else:
+        sm90.FUSED_INVOLUTION_SHAPES[case_name] = fused_shape
+        launch = sm90.launches("involution2d_fused", case_name, mode, layout)[direction]
     tensors = [a for a in launch.args if isinstance(a, torch.Tensor)]
     for t in tensors:
         t.zero_()  # finite data: the kernels' path for non-finite tiles (a redo) would change the loads
@@ -649,30 +654,32 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
 
 # (B, C, H = W, K, stride): RedNet-50 stage 1 at batch 64 (bench/gpu_kit.py FUSED_TIMED[0]), G = C/16, Cr = C/4
 FUSED_LAYER = (64, 64, 56, 7, 1)
-# bytes per 32-lane LDG of the fused kernels' gathers: the lanes run along 32 consecutive output pixels (the GPU IR's
-# layout, threadsPerWarp [32, 1] on the pixel axis), i.e. 128 contiguous bytes of one row, or of two rows where the
-# run wraps: 2-3 lines, not probed
-FUSED_LINES_PER_LDG = 2.5
 
 
-def fused_involution_rows():
+def fused_involution_rows(probes=None):
     """Predicted ms of each fused-involution launch (fp32, TF32 off, NCHW) at FUSED_LAYER, best config: the model
     above, on the loop that gathers (the inner loop with the most LDGs; its pass is one channel step, or one tap in
-    grad-input), FUSED_LINES_PER_LDG lines per LDG and one wavefront per 32-bit LDS/STS; no memory term (these
-    launches read ~0.1 ms of DRAM in all). Passes: forward B*G*tiles programs x C/G channels; grad-reduced
+    grad-input), the lines per LDG from the address probe (`probes`: a probe_pool; each launch's middle program,
+    as for the headline cases) and one wavefront per 32-bit LDS/STS; no memory term (these launches read ~0.1 ms
+    of DRAM in all). Passes: forward B*G*tiles programs x C/G channels; grad-reduced
     B*tiles x C channels; grad-span the same channel steps over 4 programs per SM; grad-input B*G*tiles x K*K taps;
     each x the warps, over the channels a step takes (from the kernel: 2 in the dK loop)."""
     from largeconv.kernels import involution_fused as fused
     batch, c, hw, k, stride = FUSED_LAYER
-    sm90.FUSED_INVOLUTION_SHAPES["kit-first-layer"] = (batch, c, hw, hw, k, stride)
+    shape = sm90.FUSED_INVOLUTION_SHAPES["kit-first-layer"] = (batch, c, hw, hw, k, stride)
+    own_pool = probes is None
+    probes = probe_pool() if own_pool else probes
     cpg, pixels = 16, ((hw + 2 * (k // 2) - k) // stride + 1) ** 2
     groups = c // cpg
     per_step = 2  # channels per step of _kernel_grad_tile (grad-reduced, grad-span)
     rows = []
     for direction, launch in sm90.launches("involution2d_fused", "kit-first-layer", "fp32-ieee", "nchw").items():
         best = None
-        for config in launch.configs:
+        for index, config in enumerate(launch.configs):
             compiled = sm90.compile_launch(launch, config)
+            records = probes.apply(probe_loads, ("kit-first-layer", "fp32-ieee", "nchw", direction, index),
+                                   dict(fused_shape=shape))
+            lines = lines_per_access(records, compiled.asm["ttgir"], compiled.num_warps)
             body = max(inner_loops(parse_sass(sm90.sass(compiled.asm))),
                        key=lambda b: sum(op.startswith("LDG") for _, op, _ in b))
             mix, batches = Counter(classify(op) for _, op, _ in body), load_batches(body)
@@ -686,7 +693,7 @@ def fused_involution_rows():
             blocks, warps_per_sched = occupancy(compiled.registers, compiled.shared, warps)
             waves = programs / (sm90.H100["sms"] * max(blocks, 1))
             wave_eff = waves / math.ceil(waves)
-            wavefronts = sum(n * (FUSED_LINES_PER_LDG if name.startswith("LDG") else 1)
+            wavefronts = sum(n * (lines if name.startswith("LDG") else 1)
                              for name, n in mix.items() if name.startswith(("LDG", "LDS", "STS")))
             issue = passes * len(body) / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4)
             terms = {"issue": issue / wave_eff,
@@ -696,12 +703,15 @@ def fused_involution_rows():
             bound = max(terms, key=terms.get)
             row = dict(direction=direction, kernel=sm90.kernel_name(launch), config=sm90.config_name(config),
                        registers=compiled.registers, spills=compiled.spills, warps_per_sm=max(blocks, 1) * warps,
+                       lines_per_access=lines,
                        loop_instr=len(body), loads=batches["loads"], rounds=batches["rounds"],
                        **{f"{name}_ms": value * 1e3 for name, value in terms.items()},
                        predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, bound=bound)
             if best is None or row["predicted_ms"] < best["predicted_ms"]:
                 best = row
         rows.append(best)
+    if own_pool:
+        probes.close()
     return rows
 
 
@@ -829,13 +839,13 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=()):
         lines += ["", f"## Fused involution launches at ({batch},{c},{hw},{hw}) K{k} stride {stride}, G = C/16, "
                   "Cr = C/4, fp32 (TF32 off), NCHW", "",
                   "The GPU kit's first fused layer (suite fused_launches times these launches alone). Predicted by "
-                  "`fused_involution_rows` (the model above on the gathering loop, "
-                  f"{FUSED_LINES_PER_LDG} lines per LDG, not probed). Sum of the four launches: {total:.3f} ms "
-                  "(predicted).", "",
-                  "| launch | kernel | config | regs | spills | warps/SM | loop instr | loads/pass | rounds/pass "
-                  "| issue ms | L1 ms | latency ms | predicted ms | bound |", "|" + "---|" * 14]
+                  "`fused_involution_rows` (the model above on the gathering loop; lines per access from the address "
+                  f"probe). Sum of the launches: {total:.3f} ms (predicted).", "",
+                  "| launch | kernel | config | regs | spills | warps/SM | loop instr | loads/pass | lines/access "
+                  "| rounds/pass | issue ms | L1 ms | latency ms | predicted ms | bound |", "|" + "---|" * 15]
         lines += [f"| {r['direction']} | {r['kernel']} | {r['config']} | {r['registers']} | {r['spills']} | "
-                  f"{r['warps_per_sm']} | {r['loop_instr']} | {r['loads']} | {r['rounds']:.2g} | "
+                  f"{r['warps_per_sm']} | {r['loop_instr']} | {r['loads']} | {r['lines_per_access']:.2f} | "
+                  f"{r['rounds']:.2g} | "
                   f"{r['issue_ms']:.3f} | {r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['predicted_ms']:.3f} | "
                   f"{r['bound']} |" for r in fused_rows]
     lines += ["", "## CUDA C++ kernels (csrc/): nvcc --resource-usage -Xptxas -v, sm_90", "",
@@ -909,7 +919,7 @@ def main(argv=None):
                         best_rows.append(best)
                         print(f"{case.name} {dtype} {layout} {direction}: {best['predicted_ms']:.3f} ms "
                               f"(floor {best['floor_ms']:.3f}, {best['bound']})", flush=True)
-    fused_rows = fused_involution_rows()
+        fused_rows = fused_involution_rows(probes)
     for r in fused_rows:
         print(f"fused involution {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})", flush=True)
     cuda_rows = [] if args.no_cuda else nvcc_resource_usage()
