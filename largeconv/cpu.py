@@ -594,10 +594,10 @@ def _geometry2d(stride, padding, dilation):
 # The CPU path for stride 1 and one output per channel: blocked Toeplitz products. Cut the output into blocks of B:
 # output block b of channel c is window_b @ T_c, where window_b is the B + span inputs it reads (span = d*(K-1); zero
 # padding included) and T_c[t, i] = w[c, k] for t = i + k*d (a (B + span) x B band of the Toeplitz matrix): B + span
-# multiply-adds per output, 2x the direct sum at K = 31, B = 32, at matmul speed. One sample at a time, so that a
-# sample's padded row and windows stay in cache between the copy that makes them and the matmul that reads them
-# (measured 2026-11-27, (32, 512, 1000) K=31 fp32: 0.7 ms a sample; the earlier bands over x where it lay ran three
-# small matmuls and two partial adds per sample, 1.6-2 ms), batched over channels. The bias rides along as one more
+# multiply-adds per output, 2x the direct sum at K = 31, B = 32, at matmul speed. One sample and a chunk of channels
+# at a time, so that the padded rows and windows stay in cache between the copy that makes them and the matmul that
+# reads them (measured 2026-11-27, (32, 512, 1000) K=31 fp32: 0.7 ms a sample; the earlier bands over x where it lay
+# ran three small matmuls and two partial adds per sample, 1.6-2 ms), batched over the chunk's channels. The bias rides along as one more
 # window column of ones and one more row of T. The weight gradient is the same map read backwards:
 # sum over samples of g_blocks^T @ windows, whose diagonal i + k*d, summed over i, is tap k. Other calls use the 2-D
 # "cpu" backend on the free (N, C, 1, L) view with a (1, K) kernel.
@@ -613,6 +613,7 @@ def _conv1d_block(length):
 
 
 def _banded(weight_shape, channels, stride):
+    """Whether the blocked products apply: stride 1, one output channel per input channel."""
     return stride == 1 and weight_shape[0] == channels
 
 
@@ -632,8 +633,8 @@ def _band_rows(block, kernel, dilation):
 
 
 class _Windows:
-    """Sample n's windows: the B + span inputs (zero padding included) each output block reads, as a reusable
-    (C, blocks, B + span [+ 1]) buffer; the extra column is ones (the bias row's partner)."""
+    """The windows of a sample's chunk of channels: the B + span inputs (zero padding included) each output block
+    reads, in a reusable (chunk, blocks, B + span [+ 1]) buffer; the extra column is ones (the bias row's partner)."""
 
     def __init__(self, channels, length, left, block, blocks, span, dtype, ones_column):
         # sample column j sits at padded column j + left; columns before 0 (left < 0) are never read
