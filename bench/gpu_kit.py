@@ -373,9 +373,9 @@ CONV1D_TIMED = [(32, 512, 1000), (8, 1024, 4000)]  # (N, C, L), K = 31, padding 
 CONV1D_KERNEL = 31
 
 
-def conv1d_time(fn, device, rehearse):
-    """Median seconds of fn(): CUDA events via triton's do_bench on a GPU (every tensor here is larger than L2, so
-    no input rotation), perf_counter on CPU."""
+def median_seconds(fn, device, rehearse):
+    """Median seconds of fn(): CUDA events via triton's do_bench on a GPU (the Conv1d rows' and the fused launches'
+    tensors are larger than L2, so no input rotation), perf_counter on CPU."""
     import statistics
     import torch
     if device.type == "cuda":
@@ -455,12 +455,12 @@ def conv1d_timings(args, backends):
                             with torch.no_grad():
                                 out = fn(x, w, b)
                                 err = numerics.rel_error(out, want)
-                                seconds = conv1d_time(lambda: fn(x, w, b), device, args.rehearse)
+                                seconds = median_seconds(lambda: fn(x, w, b), device, args.rehearse)
                             bound = 1e-5 if dtype == torch.float32 else 3e-2  # a sanity check: smoke checks bf16
                             row.update(rel_err=err, check="ok" if err <= bound else "FAIL",
                                        reason=f"forward vs float64 F.conv1d, bound {bound:g}")
                         else:
-                            seconds = conv1d_time(lambda: torch.autograd.grad(fn(x, w, b), (x, w, b), g), device,
+                            seconds = median_seconds(lambda: torch.autograd.grad(fn(x, w, b), (x, w, b), g), device,
                                                   args.rehearse)
                     except Exception as error:  # noqa: BLE001 - recorded, the next one runs
                         row.update(status="error", reason=f"{type(error).__name__}: {str(error)[:200]}")
@@ -681,7 +681,7 @@ def fused_launch_timings(args, layer, dtype_name):
     rows = []
     for direction, launch in {"forward": forward, **backward}.items():
         try:
-            seconds = conv1d_time(launch, device, args.rehearse)
+            seconds = median_seconds(launch, device, args.rehearse)
             rows.append(dict(row, direction=direction, status="ok", time_ms=seconds * 1e3,
                              reason=f"{direction} launch of the fused involution alone"))
         except Exception as error:  # noqa: BLE001 - recorded, the next one runs

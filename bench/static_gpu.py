@@ -593,6 +593,18 @@ def follower_s(launch, itemsize):
     return launch.then.out.numel() * itemsize / BANDWIDTH + LAUNCH_S
 
 
+def loop_terms(passes, instructions, wavefronts, rounds, programs, blocks, num_warps, warps_per_sched):
+    """(issue, L1, memory-latency) seconds of `passes` warp passes of a hot loop (the docstring's model), each
+    divided by the wave efficiency of `programs` at `blocks` resident per SM."""
+    waves = programs / (sm90.H100["sms"] * max(blocks, 1))
+    wave_eff = waves / math.ceil(waves)
+    issue = passes * instructions / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4)
+    l1 = passes * wavefronts / (sm90.H100["sms"] * CLOCK)
+    # memory latency: a pass waits `rounds` round trips in turn; only the SM's resident warps overlap them
+    latency = passes * rounds * MEMORY_LATENCY_S / (sm90.H100["sms"] * max(blocks, 1) * num_warps)
+    return issue / wave_eff, l1 / wave_eff, latency / wave_eff
+
+
 def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, probes):
     """Predicted ms of the best candidate config; appends one per-config row to `rows`. `probes`: a pool running
     probe_loads."""
@@ -618,17 +630,12 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
         # several tensor-core products, and compute some twice), else from the loop's multiply-adds
         dot = dot_macs(case, direction, layout, config)
         passes = macs / dot * k.num_warps if dot else macs / max(mix["macs"], 1)
-        waves = progs / (sm90.H100["sms"] * max(blocks, 1))
-        wave_eff = waves / math.ceil(waves)
-        issue = passes * mix["instructions"] / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK)
-        issue /= min(1.0, warps_per_sched / 4) * wave_eff
-        l1 = passes * l1_wavefronts(mix["mix"], lines, conflicts) / (sm90.H100["sms"] * CLOCK) / wave_eff
+        issue, l1, latency = loop_terms(passes, mix["instructions"], l1_wavefronts(mix["mix"], lines, conflicts),
+                                        mix["rounds"], progs, blocks, k.num_warps, warps_per_sched)
         peak = TENSOR_PEAK[dtype_name] / products if tensor else FFMA_PEAK
         tensor_s = 2 * macs / peak if tensor else 0.0
         memory = min_bytes / BANDWIDTH
-        # memory latency: a pass waits `rounds` round trips in turn; only the SM's resident warps overlap them
         warps_per_sm = max(blocks, 1) * k.num_warps
-        latency = passes * mix["rounds"] * MEMORY_LATENCY_S / (sm90.H100["sms"] * warps_per_sm) / wave_eff
         # the same bound as Little's law: minimum (DRAM) bytes per round trip of a warp x the SM's warps
         in_flight_bytes = min_bytes / (passes * mix["rounds"]) * warps_per_sm if mix["rounds"] else 0.0
         total = max(issue, l1, tensor_s, memory, latency) + LAUNCH_S + follower_s(launch, itemsize)
@@ -660,7 +667,7 @@ def fused_involution_rows(probes=None):
     """Predicted ms of each fused-involution launch (fp32, TF32 off, NCHW) at FUSED_LAYER, best config: the model
     above, on the loop that gathers (the inner loop with the most LDGs; its pass is one channel step, or one tap in
     grad-input), the lines per LDG from the address probe (`probes`: a probe_pool; each launch's middle program,
-    as for the headline cases) and one wavefront per 32-bit LDS/STS; no memory term (these launches read ~0.1 ms
+    as for the headline cases), shared-memory wavefronts as l1_wavefronts counts them; no memory term (these launches read ~0.1 ms
     of DRAM in all). Passes: forward B*G*tiles programs x C/G channels; grad-reduced
     B*tiles x C channels; grad-span the same channel steps over 4 programs per SM; grad-input B*G*tiles x K*K taps;
     each x the warps, over the channels a step takes (from the kernel: 2 in the dK loop)."""
@@ -691,15 +698,9 @@ def fused_involution_rows(probes=None):
                 "grad-input": (batch * groups * tiles, batch * groups * tiles * k * k)}[direction]
             passes *= warps
             blocks, warps_per_sched = occupancy(compiled.registers, compiled.shared, warps)
-            waves = programs / (sm90.H100["sms"] * max(blocks, 1))
-            wave_eff = waves / math.ceil(waves)
-            wavefronts = sum(n * (lines if name.startswith("LDG") else 1)
-                             for name, n in mix.items() if name.startswith(("LDG", "LDS", "STS")))
-            issue = passes * len(body) / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4)
-            terms = {"issue": issue / wave_eff,
-                     "l1": passes * wavefronts / (sm90.H100["sms"] * CLOCK) / wave_eff,
-                     "latency": passes * batches["rounds"] * MEMORY_LATENCY_S
-                     / (sm90.H100["sms"] * max(blocks, 1) * warps) / wave_eff}
+            terms = dict(zip(("issue", "l1", "latency"), loop_terms(
+                passes, len(body), l1_wavefronts(mix, lines, 1.0), batches["rounds"], programs, blocks, warps,
+                warps_per_sched)))
             bound = max(terms, key=terms.get)
             row = dict(direction=direction, kernel=sm90.kernel_name(launch), config=sm90.config_name(config),
                        registers=compiled.registers, spills=compiled.spills, warps_per_sm=max(blocks, 1) * warps,
