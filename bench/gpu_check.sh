@@ -17,7 +17,9 @@
 #                   float64, outputs NaN-poisoned, one tile config each; the fused involution too (see below)
 #   timings-triton  peaks; headline cases (bench/NOTES.md) fwd/bwd/fwdbwd vs PyTorch NCHW, channels_last (cuDNN,
 #                   cudnn.benchmark) and torch.compile of the involution reference (one case); dwconv1d K=31 at
-#                   (32,512,1000) and (8,1024,4000), fp32/bf16, fwd and fwdbwd vs F.conv1d and cuDNN channels_last;
+#                   (32,512,1000) and (8,1024,4000), fp32/bf16, fwd and fwdbwd vs F.conv1d and cuDNN channels_last,
+#                   then at (32,512,1000) each direction alone and the host's time to issue one fwdbwd (suite
+#                   conv1d_launches, ~1 s: is a fwdbwd the kernels' time or the host's?);
 #                   the fused involution's RedNet-50 layers (see below)
 #   wait-build      waits for the background build
 #   smoke-cuda, timings-cuda   the same for the cuda backend (timings-cuda: RepLKNet-31B stage 1 also on

@@ -494,6 +494,80 @@ def conv1d_timings(args, backends):
     return measured
 
 
+def issue_seconds(fn, device, reps):
+    """Host seconds to issue one fn() (perf_counter over `reps` calls with no synchronisation in between; at most a
+    few hundred launches, well inside the launch queue, so the host never waits on the GPU). Where it matches fn's
+    median_seconds, the host and not the GPU sets fn's time."""
+    import torch
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    seconds = (time.perf_counter() - start) / reps
+    sync()
+    return seconds
+
+
+def conv1d_launch_timings(args, backend):
+    """Where a Conv1d fwd+bwd's time goes, on the first Conformer shape, fp32 and bf16 (suite "conv1d_launches"): each
+    direction of `backend` alone (its dwconv1d_forward, _grad_input and _grad_weight: no op wrappers, no autograd),
+    the bias gradient's sum, and the host's time to issue one whole fwd+bwd through largeconv.dwconv1d (and through
+    F.conv1d, backend "torch"). H100 run 2 timed the cuda fwd+bwd at 0.63-0.90 ms where its forward alone took
+    0.09-0.11 ms, and the kernels' own traffic predicts ~0.2 ms: these rows say whether the host or a kernel (the
+    weight gradient?) holds the rest. About a second."""
+    import torch
+    import torch.nn.functional as F
+    import largeconv
+    import largeconv.dispatch as dispatch
+    from largeconv.ops import bias_grad
+    device = device_for(args)
+    n, c, length = (2, 8, 64) if args.rehearse else CONV1D_TIMED[0]
+    k, pad = CONV1D_KERNEL, (CONV1D_KERNEL // 2, CONV1D_KERNEL // 2)
+    module = dispatch.backend_module(backend)
+    env = env_columns(device, "conv1d_launches")
+    rows = []
+    for dtype_name in ("fp32",) if args.rehearse else ("fp32", "bf16"):
+        dtype = torch_dtype(dtype_name)
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(n, c, length, generator=gen, device=device).to(dtype).requires_grad_()
+        w = (torch.randn(c, 1, k, generator=gen, device=device) * k ** -0.5).to(dtype).requires_grad_()
+        b = torch.randn(c, generator=gen, device=device).to(dtype).requires_grad_()
+        g = torch.randn(n, c, length, generator=gen, device=device).to(dtype)
+        xd, wd, bd = x.detach(), w.detach(), b.detach()
+        row = dict(env, case=f"conv1d-{n}x{c}x{length}-k{k}", op="dwconv1d", dtype=dtype_name, layout="ncl", n=n,
+                   c=c, h=1, w=length, kh=1, kw=k, stride=1, dilation=1, groups=c, out_h=1, out_w=length, check="")
+        reason = dispatch.unsupported_reason(backend, "dwconv1d", xd, (k,))
+        if reason:  # e.g. the cuda backend in a CPU rehearsal
+            rows.append(dict(row, backend=backend, direction="forward", status="skipped", reason=reason))
+            continue
+        timed = {
+            (backend, "forward", "alone"): lambda: module.dwconv1d_forward(xd, wd, bd, 1, pad, 1),
+            (backend, "grad_input", "alone"): lambda: module.dwconv1d_grad_input(g, wd, tuple(xd.shape), 1, pad, 1),
+            (backend, "grad_weight", "alone"): lambda: module.dwconv1d_grad_weight(g, xd, tuple(wd.shape), 1, pad, 1),
+            ("torch", "bias_grad", "alone"): lambda: bias_grad(g),
+            (backend, "fwdbwd_issue", "issue"): lambda: torch.autograd.grad(
+                largeconv.dwconv1d(x, w, b, backend=backend), (x, w, b), g),
+            ("torch", "fwdbwd_issue", "issue"): lambda: torch.autograd.grad(
+                F.conv1d(x, w, b, padding="same", groups=c), (x, w, b), g)}
+        for (name, direction, kind), fn in timed.items():
+            try:
+                seconds = (median_seconds(fn, device, args.rehearse) if kind == "alone"
+                           else issue_seconds(fn, device, 3 if args.rehearse else 20))
+                rows.append(dict(row, backend=name, direction=direction, status="ok", time_ms=seconds * 1e3,
+                                 reason="host time to issue one fwd+bwd" if kind == "issue"
+                                 else f"{direction} alone (backend function, no autograd)"))
+            except Exception as error:  # noqa: BLE001 - recorded, the next one runs
+                rows.append(dict(row, backend=name, direction=direction, status="error",
+                                 reason=f"{type(error).__name__}: {str(error)[:200]}"))
+    append_rows(args.out, rows)
+    for r in rows:
+        text = f"{r['time_ms']:9.3f} ms" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        print(f"{r['case']:<24} {r['backend']:<7} {r['dtype']:<5} {r['direction']:<13} {text}", flush=True)
+    return rows
+
+
 # ---- the fused involution (largeconv.involution2d_fused, Triton only): smoke rows and whole-layer timings ---------
 
 FUSED_DTYPES = ("fp32", "fp16", "bf16")
@@ -963,6 +1037,7 @@ def stage_timings(args):
         rows += measure(args, [(plan[first_inv][0], ("fp32",))], "torch_compile", "headline",
                         compile=not args.rehearse)
         rows += conv1d_timings(args, ["triton", "cpu"] if args.rehearse else ["triton"])  # a few seconds
+        rows += conv1d_launch_timings(args, "cpu" if args.rehearse else "triton")  # the interpreter: ~10 s
         # the fused involution's layers (12-18 s, at most FUSED_CAP_S); the unfused involution autotuned here is
         # reused by the headline RedNet cases below (the same shapes)
         fused = fused_timings(args, ["triton", "auto"])
@@ -973,6 +1048,7 @@ def stage_timings(args):
         rows = measure(args, plan[:1], args.backend, "headline")
         rows += measure(args, plan[:1], f"{args.backend}_cl", "headline")
         rows += conv1d_timings(args, [args.backend])
+        rows += conv1d_launch_timings(args, args.backend)
         rows += measure(args, plan[1:], args.backend, "headline")
     ok = [r for r in rows if r["status"] == "ok"]
     fails = sum(r["check"] == "FAIL" for r in ok)
@@ -1228,6 +1304,12 @@ def stage_summary(args):
                   f"{'x best':>7}"]
         lines += [f"{r['case']:<24} {r['backend']:<8} {r['dtype']:<5} {r['direction']:<7} {num(r['time_ms']):>9.3f} "
                   f"{num(r['speedup_vs_torch']):>10.2f} {num(r['speedup_vs_best_torch']):>7.2f}" for r in conv1d]
+    launches = [r for r in read_rows(out) if r["suite"] == "conv1d_launches"]
+    if launches:
+        lines += ["", f"{'conv1d launches':<24} {'backend':<8} {'dtype':<5} {'part':<13} {'ms':>9}"]
+        lines += [f"{r['case']:<24} {r['backend']:<8} {r['dtype']:<5} {r['direction']:<13} "
+                  + (f"{num(r['time_ms']):>9.3f}" if r["status"] == "ok" else f"{r['status']}: {r['reason'][:60]}")
+                  for r in launches]
     lines += fused_summary(read_rows(out))
     rows = [r for r in read_rows(out) if r["suite"] in ("headline", "weak") and r["status"] == "ok"]
     lines += ["", f"{'headline case':<24} {'backend':<8} {'dtype':<5} {'dir':<7} {'ms':>9} {'x PyTorch':>9} "

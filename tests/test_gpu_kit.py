@@ -96,6 +96,11 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert {"torch", "torch_cl", "triton", "cpu"} <= {r["backend"] for r in conv1d}
     assert all(float(r["time_ms"]) > 0 for r in conv1d)
     assert all(r["check"] == "ok" for r in conv1d if r["direction"] == "fwd")
+    parts = [(r["backend"], r["direction"], r["status"]) for r in rows if r["suite"] == "conv1d_launches"]
+    assert parts[:6] == [("cpu", "forward", "ok"), ("cpu", "grad_input", "ok"), ("cpu", "grad_weight", "ok"),
+                         ("torch", "bias_grad", "ok"), ("cpu", "fwdbwd_issue", "ok"), ("torch", "fwdbwd_issue", "ok")]
+    assert ("cuda", "forward", "skipped") in parts[6:]  # timings-cuda: no CUDA tensors here
+    assert re.search(r"conv1d-2x8x64-k31 +cpu +fp32 +grad_weight +[\d.]+\n", summary), summary
     timed = [r for r in rows if r["suite"] == "headline" and r["status"] == "ok"]
     assert {"torch", "torch_cl", "cpu"} <= {r["backend"] for r in timed}
     assert all(float(r["time_ms"]) > 0 for r in timed)
