@@ -226,7 +226,8 @@ def _fused_involution_launches(shape, dtype, channels_last):
 # equal to 1).
 DWCONV1D_SHAPES = {
     "conformer-k31": (2, 256, 1000, 31, 1, 1, 1),
-    "k15-s2-d2-m2": (2, 64, 500, 15, 2, 2, 2),
+    "k15-s2-d2-m2": (2, 64, 500, 15, 2, 2, 2),  # the direct kernels (stride 2, channel multiplier 2)
+    "k65": (2, 128, 1000, 65, 1, 1, 1),  # the banded kernels' widest windows: 256 columns in bf16
 }
 
 

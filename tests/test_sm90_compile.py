@@ -70,18 +70,20 @@ def test_every_kernel_compiles_for_sm90(version, tmp_path):
     for op, module in OP_MODULES.items():  # per op too: kernel names are not unique across modules
         assert {r["kernel"] for r in records if r["op"] == op} == kernel_names(module), op
     combos = {(r["op"], r["direction"], r["layout"]) for r in records}
-    # directions of dwconv2d, involution2d, involution2d_fused x 2 layouts; dwconv1d's 3 in NCHW only; the NCHW
-    # grad-input's redo ("grad-input then")
-    assert len(combos) == (3 + 3 + 4) * 2 + 3 + 1
+    # directions of dwconv2d, involution2d, involution2d_fused x 2 layouts; dwconv1d's 3 in NCHW only and the sum
+    # of its banded grad-weight's splits ("grad-weight then"); the NCHW grad-input's redo ("grad-input then")
+    assert len(combos) == (3 + 3 + 4) * 2 + 4 + 1
     assert ("dwconv2d", "grad-input then", "nchw") in combos
-    assert {c for c in combos if c[0] == "dwconv1d"} == {("dwconv1d", d, "nchw")
-                                                         for d in ("forward", "grad-input", "grad-weight")}
+    assert {c for c in combos if c[0] == "dwconv1d"} == {
+        ("dwconv1d", d, "nchw") for d in ("forward", "grad-input", "grad-weight", "grad-weight then")}
     for combo in combos:
         dtypes = {r["dtype"] for r in records if (r["op"], r["direction"], r["layout"]) == combo}
-        assert {"fp32-ieee", "fp16", "bf16", "fp64"} <= dtypes, combo
+        banded_only = combo == ("dwconv1d", "grad-weight then", "nchw")  # fp64 takes the direct kernels
+        assert {"fp32-ieee", "fp16", "bf16"} | (set() if banded_only else {"fp64"}) <= dtypes, combo
     tf32 = {r["kernel"] for r in records if r["dtype"] == "fp32-tf32"}
     assert tf32 == {"_fwd_nchw_kernel", "_grad_input_nchw_kernel", "_grad_weight_nchw_kernel",
-                    "_fused_fwd_kernel", "_fused_grad_reduced_kernel", "_fused_grad_span_kernel"}
+                    "_fused_fwd_kernel", "_fused_grad_reduced_kernel", "_fused_grad_span_kernel",
+                    "_corr_toeplitz_kernel", "_grad_weight_toeplitz_kernel"}
     headline = {"dwconv2d": next(iter(sm90.DWCONV_SHAPES)), "involution2d": next(iter(sm90.INVOLUTION_SHAPES)),
                 "involution2d_fused": next(iter(sm90.FUSED_INVOLUTION_SHAPES)),
                 "dwconv1d": next(iter(sm90.DWCONV1D_SHAPES))}

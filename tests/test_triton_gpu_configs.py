@@ -79,7 +79,13 @@ DWCONV1D_CASES = {
     "k6-same-two-tiles": (2, 3, 1, 150, 6, 1, (2, 3), 1),
     # 36 output channels: two channel blocks, the second partly masked; taps that skip odd input positions
     "k5-stride2-dilation2-m2": (1, 18, 2, 37, 5, 2, (4, 4), 2),
+    # the banded path (stride 1, m = 1): 5 x 52 rows of 64 outputs, two programs of 4 row tiles per channel and
+    # grad-weight in 3 splits; L = 3300 is a multiple of 4 (fp32 16-byte window loads) and the last block is part
+    "k31-same-banded": (5, 2, 1, 3300, 31, 1, (15, 15), 1),
+    # dilation 2, no padding: windows of 128 columns starting at the input's first column, a 2-column fp64 ALIGN
+    "k15-dilation2-valid-banded": (2, 3, 1, 200, 15, 1, (0, 0), 2),
 }
+BANDED = {"k6-same-two-tiles", "k31-same-banded", "k15-dilation2-valid-banded"}  # stride 1, m = 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # fp64 has its own warp count
@@ -96,6 +102,8 @@ def test_dwconv1d_gpu_configs(case, dtype):
 
     y, launch = dw1._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
     assert launch.configs != [dw1._config(x.dtype, gpu=False)], "the GPU's tiles"
+    banded = case in BANDED and dtype != torch.float64  # fp64 keeps the direct kernels
+    assert (launch.kernel is dw1._corr_toeplitz_kernel) == banded
     for config in run_each_config(launch):
         assert_close(y, ref, what=f"forward {config}")
     gx, launch = dw1._plan_grad_input(grad_out, weight, x.shape, stride, padding, dilation, gpu=True)
