@@ -10,7 +10,8 @@ AD / torch.func transforms. Backends (each module's dwconv1d_* functions, chosen
 - "cpu": at stride 1 with one output per channel, blocked Toeplitz matrix products (windows of the input times a band
   of the kernel) batched over channels, one sample and a cache-sized chunk of channels at a time; otherwise, or where
   that result is not finite, the 2-D "cpu" backend on the free (N, C, 1, L) view, (1, K) kernel (largeconv/cpu.py);
-- "triton": kernels/dwconv1d.py, a (channels x length) tile;
+- "triton": kernels/dwconv1d.py: banded Toeplitz products on tensor cores at stride 1 with one output per channel
+  (fp16/bf16/fp32), else a (channels x length) tile of direct multiply-adds;
 - "cuda": csrc/dwconv1d.cuh, an input strip and the taps staged in shared memory, 12 outputs per thread;
 - "auto": as for dwconv2d (largeconv/dispatch.py): measured once per key, or by the fixed rule.
 """
