@@ -38,6 +38,10 @@ DWCONV_CASES = {
     "stride2-dilation2-m2": ((1, 2, 2, 13, 11, (5, 3), (2, 2), (4, 3, 2, 2), (2, 2)), ["nchw", "channels_last"]),
     # 72 channels: two channel blocks of 64, the second partly masked
     "wide-3x3": ((2, 72, 1, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), ["channels_last"]),
+    # 7x7 maps (RepLKNet's stage 4, K13 reaching across each map): NCHW tiles of 64 or 128 rows mostly empty
+    "7x7-maps": ((3, 2, 1, 7, 7, (13, 13), (1, 1), (6, 6, 6, 6), (1, 1)), ["nchw"]),
+    # 66-row maps: two row tiles of 64, the second nearly empty (128-row tiles: one)
+    "tall-maps": ((2, 1, 1, 66, 9, (5, 3), (1, 1), (2, 2, 1, 1), (1, 1)), ["nchw"]),
 }
 
 
