@@ -373,6 +373,16 @@ CONV1D_TIMED = [(32, 512, 1000), (8, 1024, 4000)]  # (N, C, L), K = 31, padding 
 CONV1D_KERNEL = 31
 
 
+def conv1d_inputs(n, c, length, k, dtype, device):
+    """x, weight, bias (leaves needing grad) and an output gradient of a Conformer-style Conv1d, seeded."""
+    import torch
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, length, generator=gen, device=device).to(dtype).requires_grad_()
+    w = (torch.randn(c, 1, k, generator=gen, device=device) * k ** -0.5).to(dtype).requires_grad_()
+    b = torch.randn(c, generator=gen, device=device).to(dtype).requires_grad_()
+    return x, w, b, torch.randn(n, c, length, generator=gen, device=device).to(dtype)
+
+
 def median_seconds(fn, device, rehearse):
     """Median seconds of fn(): CUDA events via triton's do_bench on a GPU (the Conv1d rows' and the fused launches'
     tensors are larger than L2, so no input rotation), perf_counter on CPU."""
@@ -416,11 +426,7 @@ def conv1d_timings(args, backends):
         case = f"conv1d-{n}x{c}x{length}-k{k}"
         for dtype_name in dtypes:
             dtype = torch_dtype(dtype_name)
-            gen = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn(n, c, length, generator=gen, device=device).to(dtype).requires_grad_()
-            w = (torch.randn(c, 1, k, generator=gen, device=device) * k ** -0.5).to(dtype).requires_grad_()
-            b = torch.randn(c, generator=gen, device=device).to(dtype).requires_grad_()
-            g = torch.randn(n, c, length, generator=gen, device=device).to(dtype)
+            x, w, b, g = conv1d_inputs(n, c, length, k, dtype, device)
             calls = {"torch": lambda x, w, b: F.conv1d(x, w, b, padding="same", groups=c),
                      "torch_cl": lambda x, w, b: F.conv2d(
                          x.unsqueeze(2).contiguous(memory_format=torch.channels_last), w.unsqueeze(2), b,
@@ -494,6 +500,15 @@ def conv1d_timings(args, backends):
     return measured
 
 
+def record_launches(out, rows, label):
+    """Append timing rows to results.csv and print each, `label(row)` first; returns the rows."""
+    append_rows(out, rows)
+    for r in rows:
+        text = f"{r['time_ms']:9.3f} ms" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        print(f"{label(r)} {text}", flush=True)
+    return rows
+
+
 def issue_seconds(fn, device, reps):
     """Host seconds to issue one fn() (perf_counter over `reps` calls with no synchronisation in between; at most a
     few hundred launches, well inside the launch queue, so the host never waits on the GPU). Where it matches fn's
@@ -529,12 +544,7 @@ def conv1d_launch_timings(args, backend):
     env = env_columns(device, "conv1d_launches")
     rows = []
     for dtype_name in ("fp32",) if args.rehearse else ("fp32", "bf16"):
-        dtype = torch_dtype(dtype_name)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(n, c, length, generator=gen, device=device).to(dtype).requires_grad_()
-        w = (torch.randn(c, 1, k, generator=gen, device=device) * k ** -0.5).to(dtype).requires_grad_()
-        b = torch.randn(c, generator=gen, device=device).to(dtype).requires_grad_()
-        g = torch.randn(n, c, length, generator=gen, device=device).to(dtype)
+        x, w, b, g = conv1d_inputs(n, c, length, k, torch_dtype(dtype_name), device)
         xd, wd, bd = x.detach(), w.detach(), b.detach()
         row = dict(env, case=f"conv1d-{n}x{c}x{length}-k{k}", op="dwconv1d", dtype=dtype_name, layout="ncl", n=n,
                    c=c, h=1, w=length, kh=1, kw=k, stride=1, dilation=1, groups=c, out_h=1, out_w=length, check="")
@@ -561,11 +571,8 @@ def conv1d_launch_timings(args, backend):
             except Exception as error:  # noqa: BLE001 - recorded, the next one runs
                 rows.append(dict(row, backend=name, direction=direction, status="error",
                                  reason=f"{type(error).__name__}: {str(error)[:200]}"))
-    append_rows(args.out, rows)
-    for r in rows:
-        text = f"{r['time_ms']:9.3f} ms" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
-        print(f"{r['case']:<24} {r['backend']:<7} {r['dtype']:<5} {r['direction']:<13} {text}", flush=True)
-    return rows
+    return record_launches(args.out, rows, lambda r: f"{r['case']:<24} {r['backend']:<7} {r['dtype']:<5} "
+                                                     f"{r['direction']:<13}")
 
 
 # ---- the fused involution (largeconv.involution2d_fused, Triton only): smoke rows and whole-layer timings ---------
@@ -761,11 +768,7 @@ def fused_launch_timings(args, layer, dtype_name):
         except Exception as error:  # noqa: BLE001 - recorded, the next one runs
             rows.append(dict(row, direction=direction, status="error",
                              reason=f"{type(error).__name__}: {str(error)[:200]}"))
-    append_rows(args.out, rows)
-    for r in rows:
-        text = f"{r['time_ms']:9.3f} ms" if r["status"] == "ok" else f"error: {r['reason']}"
-        print(f"{r['case']:<26} fused launch {r['direction']:<13} {text}", flush=True)
-    return rows
+    return record_launches(args.out, rows, lambda r: f"{r['case']:<26} fused launch {r['direction']:<13}")
 
 
 def fused_timings(args, backends, cap_s=None):
