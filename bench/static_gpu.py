@@ -471,8 +471,9 @@ def gpu_splits(units, programs):
     return max(1, min(cdiv(4 * sm90.H100["sms"], programs), cdiv(units, 8), 65535))
 
 
-def executed_macs(case, direction, layout, config, kind):
-    """Multiply-adds the kernel's tiles compute, masked lanes and Toeplitz zeros included, and the program count."""
+def executed_macs(case, direction, layout, config, kind, stacked=False):
+    """Multiply-adds the kernel's tiles compute, masked lanes and Toeplitz zeros included, and the program count.
+    `stacked`: the NCHW dwconv tiles take the rows of several images (kernels/dwconv.py's _stacks)."""
     n, c, h, w = case.shape
     kh, kw = case.kernel
     s, d = case.stride, case.dilation
@@ -497,11 +498,12 @@ def executed_macs(case, direction, layout, config, kind):
     ho, wo = (h + 2 * ph - d * (kh - 1) - 1) // s + 1, (w + 2 * pw - d * (kw - 1) - 1) // s + 1
     if layout == "nchw" and direction != "grad-weight":
         bh, bw, bj = t["BLOCK_H"], t["BLOCK_W"], t["BLOCK_J"]
+        rows = ho if direction == "forward" else h
+        progs = (c * cdiv(n * rows, bh) if stacked else n * c * cdiv(rows, bh)) * \
+            cdiv(wo if direction == "forward" else w, bw)
         if direction == "forward":
-            progs = n * c * cdiv(ho, bh) * cdiv(wo, bw)
             strip = (bw - 1) * s + (kw - 1) * d + 1
         else:
-            progs = n * c * cdiv(h, bh) * cdiv(w, bw)
             strip = (bw - 1 + (kw - 1) * d) // s + 1
         return progs * kh * cdiv(strip, bj) * bh * bw * bj, progs
     if layout == "nchw":  # grad-weight: [BKH, q] @ [q, BKW] per chunk of q = BLOCK_R rows x BLOCK_Q columns
@@ -624,7 +626,7 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
         lines = lines_per_access(probes.apply(probe_loads, (case.name, mode, layout, direction, index)),
                                  k.asm["ttgir"], k.num_warps)
         blocks, warps_per_sched = occupancy(k.registers, k.shared, k.num_warps)
-        macs, progs = executed_macs(case, direction, layout, config, None)
+        macs, progs = executed_macs(case, direction, layout, config, None, launch.meta.get("STACK", False))
         tensor = any(name.startswith(("HGMMA", "HMMA")) for name in mix["mix"])
         # warp passes of the hot loop: one per dot of the tile where there is one (the SASS may split a dot into
         # several tensor-core products, and compute some twice), else from the loop's multiply-adds

@@ -124,9 +124,12 @@ def _cudnn_conv_allows_tf32():
 # Tile configs. Each helper takes `gpu`: the GPU's choice (True) or the interpreter's (False); the kernels use the
 # one matching how they run. Tests run the GPU's under the interpreter too, and bench/sm90.py compiles them.
 
-def _toeplitz_configs(gpu=not _INTERPRETED, wide=False, precision=None):
+def _toeplitz_configs(gpu=not _INTERPRETED, wide=False, precision=None, stack=False):
     """The autotune candidates of the NCHW forward and grad-input kernels; `wide`: fp32/fp64 operands;
-    `precision`: their dots' (_toeplitz_precision)."""
+    `precision`: their dots' (_toeplitz_precision); `stack`: tiles stacking several images' rows (_stacks), which
+    take the 16-column tiles only (small maps; the 32-column ones spilled 8-56 B with the per-row arithmetic)."""
+    if stack and gpu:
+        return [c for c in _toeplitz_configs(gpu, wide, precision) if c.kwargs["BLOCK_W"] == 16]
     if not gpu:  # the interpreter would run every config; the smallest tiles also exercise the tile edges
         return [triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_J": 16}, num_warps=1)]
     # BLOCK_W + (Kw - 1) close to BLOCK_J keeps the zeros of the band low: 32/64 suits Kw ~ 31, 16/32 Kw <= 17.
@@ -172,7 +175,8 @@ def _all_toeplitz_configs():
 def _prune_toeplitz(configs, named_args, **kwargs):
     wide = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size() >= 4
     # only GPUs autotune among several
-    keep = {_config_key(c) for c in _toeplitz_configs(gpu=True, wide=wide, precision=kwargs.get("PRECISION"))}
+    keep = {_config_key(c) for c in _toeplitz_configs(gpu=True, wide=wide, precision=kwargs.get("PRECISION"),
+                                                      stack=kwargs.get("STACK", False))}
     # the GPU run kit may have cut the autotuner's list to a few configs (bench/gpu_kit.py): then run those
     return [c for c in configs if _config_key(c) in keep] or configs
 
@@ -250,19 +254,48 @@ class Launch(NamedTuple):
 # its 64x32x64 bf16 tile took 189 registers instead of 128 and the static report predicted it 1.45x slower.
 
 
+# Rows of a stacked tile past the last image (_stacked_tile): far below every map, so every bounds test drops them.
+_NO_ROW = tl.constexpr(1 << 20)
+
+
 @triton.jit
-def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw,
+def _stacked_tile(N, channels, rows_per_image, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """A stacked tile (STACK; _stacks on the host): a channel's rows of all its images are one sequence, image after
+    image, cut into tiles of BLOCK_H rows, so the rows of several small images fill one tile (7x7 maps used 7 of 64
+    rows a tile) and each kernel row's band is loaded once for all of them. Returns the channel, the tile's first
+    image n0, each row's row in its image (_NO_ROW past the last image) and image - n0, and the first column; the
+    tiles of a channel are neighbours in the grid."""
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(cols, BLOCK_W)
+    tiles = tl.cdiv(N * rows_per_image, BLOCK_H) * tiles_w
+    tile = pid % tiles
+    r0 = (tile // tiles_w) * BLOCK_H
+    r = r0 + tl.arange(0, BLOCK_H)
+    n0 = r0 // rows_per_image
+    rows = tl.where(r < N * rows_per_image, r % rows_per_image, _NO_ROW)
+    return pid // tiles, n0, rows, r // rows_per_image - n0, (tile % tiles_w) * BLOCK_W
+
+
+@triton.jit
+def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw, stacked_rows, image_offsets,
                   ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, DIRECT: tl.constexpr,
-                  ALIGN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    """The tile's outputs (bias not added), strip chunk by strip chunk. ALIGN (stride 1, W a multiple of it; see
-    _strip_align): the strip starts ALIGN-aligned and its column mask is constant over runs of ALIGN, so the x loads
-    are vectorised; the band shifts by the columns the strip starts early."""
-    rows = oh0 + tl.arange(0, BLOCK_H)
+                  ALIGN: tl.constexpr, STACK: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The tile's outputs (bias not added), strip chunk by strip chunk: output rows oh0... of the plane at x_plane,
+    or with STACK output rows stacked_rows[r] of the planes at x_plane + image_offsets[r] (_stacked_tile). ALIGN
+    (stride 1, W a multiple of it; see _strip_align): the strip starts ALIGN-aligned and its column mask is constant
+    over runs of ALIGN, so the x loads are vectorised; the band shifts by the columns the strip starts early."""
     cols = tl.arange(0, BLOCK_W)
     jj = tl.arange(0, BLOCK_J)
     # Kernel rows that reach an input row of this tile, and strip columns j (input column iw0 + j) inside the input.
-    kh_lo = tl.cdiv(tl.maximum(top - (oh0 + BLOCK_H - 1) * sh, 0), dh)
-    kh_hi = tl.minimum(Kh, (tl.maximum(H - 1 + top - oh0 * sh, -1) + dh) // dh)
+    if STACK:
+        rows = stacked_rows
+        kh_lo = tl.cdiv(tl.maximum(top - tl.max(rows) * sh, 0), dh)
+        kh_hi = tl.minimum(Kh, (tl.maximum(H - 1 + top - tl.min(rows) * sh, -1) + dh) // dh)
+    else:
+        rows = oh0 + tl.arange(0, BLOCK_H)
+        kh_lo = tl.cdiv(tl.maximum(top - (oh0 + BLOCK_H - 1) * sh, 0), dh)
+        kh_hi = tl.minimum(Kh, (tl.maximum(H - 1 + top - oh0 * sh, -1) + dh) // dh)
     iw0 = ow0 * sw - left
     span = (BLOCK_W - 1) * sw + (Kw - 1) * dw + 1  # strip columns the band reaches
     if ALIGN > 1:  # (tl.multiple_of does not reach arguments and loop counters: these products tell the compiler)
@@ -270,6 +303,8 @@ def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh
         shift = (iw0 % ALIGN + ALIGN) % ALIGN
         iw0 = tl.multiple_of(iw0 - shift, ALIGN)
         span = tl.cdiv(span + shift, ALIGN) * ALIGN  # the extra columns meet zeros of the band
+        if STACK:
+            image_offsets = tl.multiple_of(image_offsets, ALIGN)  # whole planes of whole ALIGN runs
     else:
         shift = 0
     j_lo = tl.maximum(-iw0, 0)
@@ -288,7 +323,10 @@ def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh
         for kh in range(kh_lo, kh_hi):
             ih = rows * sh - top + kh * dh
             x_ok = ((ih >= 0) & (ih < H))[:, None] & j_ok[None, :]
-            xs = tl.load(x_plane + ih[:, None] * W + (iw0 + j)[None, :], mask=x_ok, other=0.0)
+            if STACK:
+                xs = tl.load(x_plane + (image_offsets + ih * W)[:, None] + (iw0 + j)[None, :], mask=x_ok, other=0.0)
+            else:
+                xs = tl.load(x_plane + ih[:, None] * W + (iw0 + j)[None, :], mask=x_ok, other=0.0)
             band = tl.load(w_row0 + kh * Kw + t_off, mask=t_ok, other=0.0)
             acc = _accumulate(acc, xs, x_ok, band, t_ok, PRECISION, EMULATE_BF16, DIRECT)
     return acc
@@ -298,54 +336,72 @@ def _fwd_nchw_sum(x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh
                  prune_configs_by={"early_config_prune": _prune_toeplitz})
 @triton.jit
 def _fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
-                     C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                     N, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
                      HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                     EMULATE_BF16: tl.constexpr, ALIGN: tl.constexpr,
+                     EMULATE_BF16: tl.constexpr, ALIGN: tl.constexpr, STACK: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    pid = tl.program_id(0)
-    tiles_w = tl.cdiv(Wo, BLOCK_W)
-    tiles = tl.cdiv(Ho, BLOCK_H) * tiles_w
-    plane = pid // tiles  # n * Co + o; the tiles of one plane are neighbours in the grid (L2 reuse)
-    tile = pid % tiles
-    n = plane // Co
-    o = plane % Co
-    oh0 = (tile // tiles_w) * BLOCK_H
-    ow0 = (tile % tiles_w) * BLOCK_W
+    if STACK:  # the rows of several images (stride 1, m = 1: _stacks)
+        o, n, stacked, images, ow0 = _stacked_tile(N, Co, Ho, Wo, BLOCK_H, BLOCK_W)
+        plane = n * Co + o  # the tile's first image
+        oh0 = 0
+    else:  # one image's rows; the tiles of one plane are neighbours in the grid (L2 reuse)
+        pid = tl.program_id(0)
+        tiles_w = tl.cdiv(Wo, BLOCK_W)
+        tiles = tl.cdiv(Ho, BLOCK_H) * tiles_w
+        plane = pid // tiles  # n * Co + o
+        tile = pid % tiles
+        n = plane // Co
+        o = plane % Co
+        oh0 = (tile // tiles_w) * BLOCK_H
+        ow0 = (tile % tiles_w) * BLOCK_W
+        stacked = 0
+        images = 0
     plane_start = (n * C + o // m).to(tl.int64) * H * W
     if ALIGN > 1:
         plane_start = tl.multiple_of(plane_start, ALIGN)
     x_plane = x_ptr + plane_start
     w_row0 = w_ptr + o * Kh * Kw
 
-    args = (x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw)
-    acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, ALIGN, BLOCK_H, BLOCK_W, BLOCK_J)
+    args = (x_plane, w_row0, oh0, ow0, H, W, Kh, Kw, sh, sw, top, left, dh, dw, stacked, images * (C * H * W))
+    acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, False, ALIGN, STACK, BLOCK_H, BLOCK_W, BLOCK_J)
     if _has_non_finite(acc):  # redo without tl.dot (see above), one strip column at a time
-        acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, 1, BLOCK_H, BLOCK_W, 1)
+        acc = _fwd_nchw_sum(*args, ACC, PRECISION, EMULATE_BF16, True, 1, STACK, BLOCK_H, BLOCK_W, 1)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + o).to(ACC)
-    rows = oh0 + tl.arange(0, BLOCK_H)
     out_cols = ow0 + tl.arange(0, BLOCK_W)
-    y_ok = (rows < Ho)[:, None] & (out_cols < Wo)[None, :]
     y_plane = y_ptr + plane.to(tl.int64) * Ho * Wo
-    tl.store(y_plane + rows[:, None] * Wo + out_cols[None, :],
+    if STACK:
+        y_ok = (stacked < Ho)[:, None] & (out_cols < Wo)[None, :]
+        y_rows = images * (Co * Ho * Wo) + stacked * Wo
+    else:
+        rows = oh0 + tl.arange(0, BLOCK_H)
+        y_ok = (rows < Ho)[:, None] & (out_cols < Wo)[None, :]
+        y_rows = rows * Wo
+    tl.store(y_plane + y_rows[:, None] + out_cols[None, :],
              _cast_out(acc, y_ptr.dtype.element_ty, EMULATE_BF16), mask=y_ok)
 
 
 @triton.jit
 def _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
-                         ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                         DIRECT: tl.constexpr, ALIGN: tl.constexpr,
+                         stacked_rows, images, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                         EMULATE_BF16: tl.constexpr, DIRECT: tl.constexpr, ALIGN: tl.constexpr, STACK: tl.constexpr,
                          BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    """The tile's input gradients, chunk of output columns by chunk. ALIGN: as in _fwd_nchw_sum, for gy's rows (the
-    extra output columns the aligned chunks take in meet zeros of the band)."""
-    rows = h0 + tl.arange(0, BLOCK_H)
+    """The tile's input gradients, chunk of output columns by chunk: input rows h0... of image n, or with STACK
+    input rows stacked_rows[r] of images n + images[r] (_stacked_tile). ALIGN: as in _fwd_nchw_sum, for gy's rows
+    (the extra output columns the aligned chunks take in meet zeros of the band)."""
     cols = tl.arange(0, BLOCK_W)
     jj = tl.arange(0, BLOCK_J)
     # Input (h, w) receives from output (oh, ow) through tap (kh, kw) when h + top = oh*sh + kh*dh and
     # w + left = ow*sw + kw*dw. Only the kernel rows and output columns that reach this tile are visited.
-    kh_lo = tl.cdiv(tl.maximum(h0 + top - (Ho - 1) * sh, 0), dh)
-    kh_hi = tl.minimum(Kh, (h0 + BLOCK_H - 1 + top) // dh + 1)
+    if STACK:
+        rows = stacked_rows
+        kh_lo = tl.cdiv(tl.maximum(tl.min(rows) + top - (Ho - 1) * sh, 0), dh)
+        kh_hi = tl.minimum(Kh, (tl.max(rows) + top) // dh + 1)
+    else:
+        rows = h0 + tl.arange(0, BLOCK_H)
+        kh_lo = tl.cdiv(tl.maximum(h0 + top - (Ho - 1) * sh, 0), dh)
+        kh_hi = tl.minimum(Kh, (h0 + BLOCK_H - 1 + top) // dh + 1)
     ow_lo = tl.cdiv(tl.maximum(w0 + left - (Kw - 1) * dw, 0), sw)
     ow_hi = tl.minimum(Wo, (w0 + BLOCK_W - 1 + left) // sw + 1)
     if ALIGN > 1:  # products, not tl.multiple_of, which does not reach arguments and loop counters
@@ -371,53 +427,74 @@ def _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, K
                 t = rows + top - kh * dh  # = oh * sh when this row is reached
                 oh = t // sh
                 g_ok = ((t >= 0) & (t % sh == 0) & (oh < Ho))[:, None] & ow_ok[None, :]
-                g = tl.load(gy_plane + oh[:, None] * Wo + ow[None, :], mask=g_ok, other=0.0)
+                if STACK:
+                    image_rows = images * (Co * Ho * Wo)
+                    if ALIGN > 1:
+                        image_rows = tl.multiple_of(image_rows, ALIGN)
+                    g = tl.load(gy_plane + (image_rows + oh * Wo)[:, None] + ow[None, :], mask=g_ok, other=0.0)
+                else:
+                    g = tl.load(gy_plane + oh[:, None] * Wo + ow[None, :], mask=g_ok, other=0.0)
                 band = tl.load(w_row0 + kh * Kw + t_off, mask=t_ok, other=0.0)
                 acc = _accumulate(acc, g, g_ok, band, t_ok, PRECISION, EMULATE_BF16, DIRECT)
     return acc
 
 
 @triton.jit
-def _grad_input_nchw_tile(C, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """This program's tile of grad-input: image n, channel c, first row h0 and column w0; the tile's addresses in
-    gx's plane (offsets from gx_ptr) and their mask."""
-    pid = tl.program_id(0)
-    tiles_w = tl.cdiv(W, BLOCK_W)
-    tiles = tl.cdiv(H, BLOCK_H) * tiles_w
-    plane = pid // tiles  # n * C + c
-    tile = pid % tiles
-    h0 = (tile // tiles_w) * BLOCK_H
-    w0 = (tile % tiles_w) * BLOCK_W
-    rows = h0 + tl.arange(0, BLOCK_H)
-    cols = w0 + tl.arange(0, BLOCK_W)
-    offsets = plane.to(tl.int64) * H * W + rows[:, None] * W + cols[None, :]
-    return plane // C, plane % C, h0, w0, offsets, (rows < H)[:, None] & (cols < W)[None, :]
+def _grad_input_nchw_tile(N, C, H, W, STACK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's tile of grad-input: image n, channel c, first row h0 and column w0 (STACK: the first image,
+    and each row's row and image - n from _stacked_tile); the tile's addresses (offsets from gx_ptr), their mask."""
+    if STACK:
+        c, n, stacked, images, w0 = _stacked_tile(N, C, H, W, BLOCK_H, BLOCK_W)
+        h0 = 0
+        cols = w0 + tl.arange(0, BLOCK_W)
+        offsets = (n * C + c).to(tl.int64) * H * W + (images * (C * H * W) + stacked * W)[:, None] + cols[None, :]
+        mask = (stacked < H)[:, None] & (cols < W)[None, :]
+    else:
+        pid = tl.program_id(0)
+        tiles_w = tl.cdiv(W, BLOCK_W)
+        tiles = tl.cdiv(H, BLOCK_H) * tiles_w
+        plane = pid // tiles  # n * C + c
+        tile = pid % tiles
+        h0 = (tile // tiles_w) * BLOCK_H
+        w0 = (tile % tiles_w) * BLOCK_W
+        rows = h0 + tl.arange(0, BLOCK_H)
+        cols = w0 + tl.arange(0, BLOCK_W)
+        offsets = plane.to(tl.int64) * H * W + rows[:, None] * W + cols[None, :]
+        mask = (rows < H)[:, None] & (cols < W)[None, :]
+        n = plane // C
+        c = plane % C
+        stacked = 0
+        images = 0
+    return n, c, h0, w0, offsets, mask, stacked, images
 
 
 @triton.autotune(configs=_all_toeplitz_configs(), key=_TOEPLITZ_KEY,
                  prune_configs_by={"early_config_prune": _prune_toeplitz})
 @triton.jit
 def _grad_input_nchw_kernel(gy_ptr, w_ptr, gx_ptr,
-                            C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                            N, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
                             ACC: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                            ALIGN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
-    n, c, h0, w0, offsets, gx_ok = _grad_input_nchw_tile(C, H, W, BLOCK_H, BLOCK_W)
+                            ALIGN: tl.constexpr, STACK: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr):
+    n, c, h0, w0, offsets, gx_ok, stacked, images = _grad_input_nchw_tile(N, C, H, W, STACK, BLOCK_H, BLOCK_W)
     acc = _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
-                               ACC, PRECISION, EMULATE_BF16, False, ALIGN, BLOCK_H, BLOCK_W, BLOCK_J)
+                               stacked, images, ACC, PRECISION, EMULATE_BF16, False, ALIGN, STACK,
+                               BLOCK_H, BLOCK_W, BLOCK_J)
     tl.store(gx_ptr + offsets, _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=gx_ok)
 
 
 @triton.jit
 def _grad_input_nchw_redo_kernel(gy_ptr, w_ptr, gx_ptr,
-                                 C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
-                                 ACC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                                 N, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh, dw, m,
+                                 ACC: tl.constexpr, EMULATE_BF16: tl.constexpr, STACK: tl.constexpr,
                                  BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """After _grad_input_nchw_kernel, on what it wrote: a tile with a NaN or Inf is summed again without tl.dot (see
     "Non-finite values" above), one output column at a time. A finite tile is only read."""
-    n, c, h0, w0, offsets, gx_ok = _grad_input_nchw_tile(C, H, W, BLOCK_H, BLOCK_W)
+    n, c, h0, w0, offsets, gx_ok, stacked, images = _grad_input_nchw_tile(N, C, H, W, STACK, BLOCK_H, BLOCK_W)
     if _has_non_finite(tl.load(gx_ptr + offsets, mask=gx_ok, other=0.0).to(tl.float32)):
         acc = _grad_input_nchw_sum(gy_ptr, w_ptr, n, c, h0, w0, C, H, W, Co, Ho, Wo, Kh, Kw, sh, sw, top, left, dh,
-                                   dw, m, ACC, "ieee", EMULATE_BF16, True, 1, BLOCK_H, BLOCK_W, 1)  # no dot
+                                   dw, m, stacked, images, ACC, "ieee", EMULATE_BF16, True, 1, STACK,
+                                   BLOCK_H, BLOCK_W, 1)  # no dot
         tl.store(gx_ptr + offsets, _cast_out(acc, gx_ptr.dtype.element_ty, EMULATE_BF16), mask=gx_ok)
 
 
@@ -640,12 +717,27 @@ def _plan_forward(x, weight, bias, stride, padding, dilation, gpu=not _INTERPRET
         return y, Launch(_fwd_nhwc_kernel, grid, (x, wt, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
                          meta, [config], y)
 
+    stack = _stacks(x, y, stride)
+
     def grid(meta):
-        return (N * Co * triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
+        rows = N * Ho if stack else N * triton.cdiv(Ho, meta["BLOCK_H"]) * meta["BLOCK_H"]
+        return (Co * triton.cdiv(rows, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"]),)
     precision = _toeplitz_precision(x.dtype)
-    return y, Launch(_fwd_nchw_kernel, grid, (x, weight, b, y, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
-                     dict(meta, PRECISION=precision, ALIGN=_strip_align(x, stride[1])),
-                     _toeplitz_configs(gpu, x.element_size() >= 4, precision), y)
+    return y, Launch(_fwd_nchw_kernel, grid, (x, weight, b, y, N, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C),
+                     dict(meta, PRECISION=precision, ALIGN=_strip_align(x, stride[1]), STACK=stack),
+                     _toeplitz_configs(gpu, x.element_size() >= 4, precision, stack), y)
+
+
+def _stacks(inp, out, stride):
+    """Whether the NCHW forward or grad-input stacks the rows of several images in a tile (_stacked_tile): maps of
+    at most 32 rows (out, the tiled tensor; RepLKNet-31B's stages 2-4 are 28x28 to 7x7; at 56 rows one image fills
+    7/8 of a 64-row tile and the wider per-image tiles predict faster), stride 1, one output channel per input
+    channel (the per-row arithmetic of the general case spilled on sm_90), and every offset from a tile's first
+    image within int32."""
+    n, c, h, w = out.shape
+    images = 128 // max(h, 1) + 2  # the most a 128-row tile reaches
+    small = images * max(inp[0].numel(), out[0].numel()) < 2 ** 31 if n else False
+    return h <= 32 and tuple(stride) == (1, 1) and inp.shape[1] == c and small
 
 
 def _strip_align(t, stride_w):
@@ -678,19 +770,23 @@ def _plan_grad_input(grad_out, weight, input_shape, stride, padding, dilation, g
         return gx, Launch(_grad_input_nhwc_kernel, grid,
                           (grad_out, wt, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C), meta, [config], gx)
 
+    stack = _stacks(grad_out, gx, stride)
+
     def grid(meta):
-        return (N * C * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
+        rows = N * H if stack else N * triton.cdiv(H, meta["BLOCK_H"]) * meta["BLOCK_H"]
+        return (C * triton.cdiv(rows, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),)
     precision = _toeplitz_precision(gx.dtype)
-    args = (grad_out, weight, gx, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C)
-    redo = Launch(_grad_input_nchw_redo_kernel, grid, args, meta, [_REDO_CONFIG if gpu else _REDO_CONFIG_INTERPRETED],
-                  gx)
+    args = (grad_out, weight, gx, N, C, H, W, Co, Ho, Wo, Kh, Kw, *geom, Co // C)
+    redo_config = (_REDO_CONFIG_STACKED if stack else _REDO_CONFIG) if gpu else _REDO_CONFIG_INTERPRETED
+    redo = Launch(_grad_input_nchw_redo_kernel, grid, args, dict(meta, STACK=stack), [redo_config], gx)
     return gx, Launch(_grad_input_nchw_kernel, grid, args,
-                      dict(meta, PRECISION=precision, ALIGN=_strip_align(grad_out, stride[1])),
-                      _toeplitz_configs(gpu, gx.element_size() >= 4, precision), gx, redo)
+                      dict(meta, PRECISION=precision, ALIGN=_strip_align(grad_out, stride[1]), STACK=stack),
+                      _toeplitz_configs(gpu, gx.element_size() >= 4, precision, stack), gx, redo)
 
 
 # The redo's tiles: on a GPU a 4-warp 32x64 tile reads gx in whole lines; the interpreter's match its main tiles.
 _REDO_CONFIG = triton.Config({"BLOCK_H": 32, "BLOCK_W": 64}, num_warps=4)
+_REDO_CONFIG_STACKED = triton.Config({"BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4)  # 32x64, 16x64 spilled (sm_90)
 _REDO_CONFIG_INTERPRETED = triton.Config({"BLOCK_H": 16, "BLOCK_W": 16}, num_warps=1)
 
 

@@ -144,7 +144,8 @@ def test_tf32_follows_cudnn_setting(monkeypatch):
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
         _, launch = dw._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
         assert launch.meta["PRECISION"] == precision
-        assert launch.configs == dw._toeplitz_configs(gpu=True, wide=True, precision=precision)
+        assert launch.meta["STACK"], "an 8-row map: tiles stack the images' rows"
+        assert launch.configs == dw._toeplitz_configs(gpu=True, wide=True, precision=precision, stack=True)
 
 
 def test_toeplitz_configs_follow_the_precision():
@@ -162,6 +163,20 @@ def test_toeplitz_configs_follow_the_precision():
     others = [c for c in wide if key(c) not in {key(t) for t in tf32x3}]
     assert dw._prune_toeplitz(others, args, PRECISION="tf32x3") == others
     assert "PRECISION" in dw._TOEPLITZ_KEY  # the autotuner's choice per precision (cuDNN's setting may change)
+    stacked = dw._prune_toeplitz(every, args, PRECISION="tf32", STACK=True)  # small maps: 16-column tiles only
+    assert stacked and {key(c) for c in stacked} < {key(c) for c in wide}
+    assert all(c.kwargs["BLOCK_W"] == 16 for c in stacked)
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["per-image-tiles", "stacked-tiles"])
+def test_nchw_tiles_per_image_and_stacked(monkeypatch, stack):
+    """NCHW tiles hold one image's rows or the rows of several images one after another (_stacks: small maps);
+    both tilings on the same shapes, a tile ending partway through an image (3 images of 7 rows in 16-row tiles),
+    clean and with NaN/Inf in x and grad_out."""
+    monkeypatch.setattr(dw, "_stacks", lambda inp, out, stride: stack)
+    check(*make((3, 2, 1, 7, 9, (5, 3), (1, 1), (2, 2, 1, 1), (1, 1), True), torch.float32, False))
+    x, weight, bias, stride, padding, dilation, grad_out = nonfinite_case("5x5", False)
+    check_nonfinite(spoil(x), weight, bias, stride, padding, dilation, spoil(grad_out))
 
 
 # Non-finite values. (N, C, multiplier, H, W, (Kh, Kw), stride, padding, dilation, bias); symmetric padding, so that

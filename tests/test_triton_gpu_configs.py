@@ -38,9 +38,10 @@ DWCONV_CASES = {
     "stride2-dilation2-m2": ((1, 2, 2, 13, 11, (5, 3), (2, 2), (4, 3, 2, 2), (2, 2)), ["nchw", "channels_last"]),
     # 72 channels: two channel blocks of 64, the second partly masked
     "wide-3x3": ((2, 72, 1, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), ["channels_last"]),
-    # 7x7 maps (RepLKNet's stage 4, K13 reaching across each map): NCHW tiles of 64 or 128 rows mostly empty
-    "7x7-maps": ((3, 2, 1, 7, 7, (13, 13), (1, 1), (6, 6, 6, 6), (1, 1)), ["nchw"]),
-    # 66-row maps: two row tiles of 64, the second nearly empty (128-row tiles: one)
+    # 7x7 maps of 19 images (RepLKNet's stage 4, K13 reaching across each map): 133 rows a channel, stacked into
+    # NCHW tiles of 64 rows that hold several images and end partway through one
+    "7x7-maps": ((19, 2, 1, 7, 7, (13, 13), (1, 1), (6, 6, 6, 6), (1, 1)), ["nchw"]),
+    # 66-row maps: one image a tile, two row tiles of 64, the second nearly empty (128-row tiles: one)
     "tall-maps": ((2, 1, 1, 66, 9, (5, 3), (1, 1), (2, 2, 1, 1), (1, 1)), ["nchw"]),
 }
 
@@ -65,6 +66,8 @@ def test_dwconv_gpu_configs(case, layout):
     ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad_out.double())
 
     y, launch = dw._plan_forward(x, weight, bias, stride, padding, dilation, gpu=True)
+    # small maps at stride 1 with m = 1 stack several images' rows in a tile (7x7-maps: 19 images in 3 tiles)
+    assert launch.meta.get("STACK", False) == (layout == "nchw" and h <= 32 and stride == (1, 1) and m == 1)
     for config in run_each_config(launch):
         assert_close(y, ref, what=f"forward {config}")
     gx, launch = dw._plan_grad_input(grad_out, weight, x.shape, stride, padding, dilation, gpu=True)
