@@ -3,7 +3,8 @@
 Contract: largeconv/backend_api.md. Padding is (top, bottom, left, right); with channel multiplier m, output
 channel o reads input channel o // m. Arithmetic accumulates in fp32 (fp64 for fp64 inputs).
 
-NCHW (one (n, c) plane per program, a BLOCK_H x BLOCK_W tile of outputs):
+NCHW (a BLOCK_H x BLOCK_W tile of outputs per program: of one (n, c) plane, or on maps of at most 32 rows of
+one channel's images one after another, several images a tile: _stacks, _stacked_tile):
   For each kernel row kh, the 1-D convolution of a strip of input rows with the filter row is a matrix product
   X[BLOCK_H, BLOCK_J] @ T[BLOCK_J, BLOCK_W] where T is the banded Toeplitz matrix of the filter row,
   T[j, w] = weight[kh, kw] for j = w*sw + kw*dw. tl.dot runs it on tensor cores: fp16/bf16, and fp32 as TF32 when

@@ -315,6 +315,7 @@ def _toeplitz_plan(t, other, weight_shape, channels, stride, dilation, gpu):
 
 
 def _sms(device):
+    """SMs the grad-weight splits fill; 2 off a GPU, so that the interpreter's tests split the reduction too."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
