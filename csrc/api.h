@@ -14,6 +14,7 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 struct DeviceLimits {
   int max_smem_optin;  // bytes of dynamic shared memory one block may opt into
   int num_sms;
+  bool tensor_cores = false;  // mma.sync m16n8k16 in fp16/bf16: compute capability 8.0 or newer
 };
 
 // One depthwise conv call, described in forward terms: x (n, c, h, w) -> y (n, co, ho, wo), co = c * mult.

@@ -13,6 +13,8 @@
 #include "api.h"
 
 #ifdef LARGECONV_EMULATE
+#include <cmath>
+
 #include "emu/cuda_emu.h"
 #else
 #include <cuda_bf16.h>
@@ -132,6 +134,56 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
       d[c] = src != nullptr && gc >= 0 && gc < width ? to_float(src[gc]) : 0.f;
     }
   }
+}
+
+#ifdef LARGECONV_EMULATE
+LC_D bool is_finite(float v) { return std::isfinite(v); }
+#else
+LC_D bool is_finite(float v) { return isfinite(v); }
+#endif
+
+// ---- tensor cores (mma.sync, sm_80+; the emulator runs emu::mma_m16n8k16) ----------------------------------------
+// The 16 bits of a half or bfloat16 value.
+#ifdef LARGECONV_EMULATE
+template <typename T> LC_D uint32_t bits16(T v) { return v.bits; }
+#else
+LC_D uint32_t bits16(half_t v) { return __half_as_ushort(v); }
+LC_D uint32_t bits16(bf16_t v) { return __bfloat16_as_ushort(v); }
+#endif
+
+// Two neighbouring 16-bit values p[0], p[1] as one register (p[0] in the low half), from shared memory; p is
+// 4-byte aligned.
+template <typename T>
+LC_D uint32_t load_pair(const T* p) {
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(p, 4);
+  return bits16(p[0]) | bits16(p[1]) << 16;
+#else
+  return *reinterpret_cast<const uint32_t*>(p);
+#endif
+}
+
+// d += A @ B for a warp: A 16x16 (row-major fragments), B 16x8 (column-major), fp32 accumulators; T = half_t or
+// bf16_t. Fragment layout: PTX ISA, "Matrix Fragments for mma.m16n8k16" (summarised at emu::mma_m16n8k16).
+template <typename T>
+LC_D void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef LARGECONV_EMULATE
+  emu::mma_m16n8k16<std::is_same_v<T, bf16_t>>(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // plans launch tensor-core kernels only where DeviceLimits::tensor_cores
+#else
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#endif
 }
 
 // Blocks of a 1-D grid (grid.x allows 2^31 - 1).

@@ -299,6 +299,194 @@ inline bool plan_corr(const Corr& p, const DeviceLimits& lim, CorrTile* tile) {
   return true;
 }
 
+// ================================================================================================================
+// Tensor-core correlation: fp16/bf16, NCHW, unit stride and dilation, one input plane per output plane (reps 1),
+// 13 <= kw <= 65 (below, the band is mostly zeros; above, more fragments than registers). For each kernel row a,
+// the 1-D correlation of staged input rows with filter row a is a product with its banded Toeplitz matrix,
+// T_a[j][w] = f[a][j - w] (zero outside 0 <= j - w < kw), run by mma.sync m16n8k16 with fp32 accumulators.
+// A block: one plane, kMmaRows x 8 nts outputs, 4 warps of 16 rows x nts <= 8 n-tiles of 8 columns (nts balances
+// the column tiles: a 56-column map takes one tile of 7, not 64 columns of which 8 are waste). The input tile
+// (rows + kh - 1, columns + kw - 1, zero outside the image) and the filter rows (zero-padded by 16 on each side)
+// are staged once in shared memory as T; A fragments are read straight from the staged rows (row r + a for kernel
+// row a: the shift costs nothing), B fragments from the padded filter row. An n-tile's band meets kKB k-blocks of
+// 16 columns; because T_a is Toeplitz, the B fragment of (k-block, n-tile) depends only on 16 k-block - 8 n-tile,
+// so each kernel row builds 2 kKB fragments for all 8 n-tiles. A B register holds two neighbouring filter values,
+// at an odd offset for half the lanes: the filter rows are staged twice, the second copy one value earlier, so
+// every pair is one aligned 32-bit load (with one copy: two 16-bit loads and a pack, 40% more instructions).
+// Zeros of the band multiply inputs the output never reads, so a NaN or Inf input would reach outputs that must
+// stay finite (F.conv2d's rule): a block whose sums came out non-finite computes its tile again directly (FMAs over
+// the real taps only, from the staged tile), as corr_tile_kernel does.
+// ================================================================================================================
+constexpr int kMmaWarps = 4;
+constexpr int kMmaRows = 16 * kMmaWarps, kMmaMaxTiles = 8;  // rows; n-tiles of 8 columns
+constexpr int kMmaMinKw = 13, kMmaMaxKw = 65;
+
+struct MmaTile {
+  int rows, cols, rs;  // staged input rows and columns, row stride (elements)
+  int fw;              // padded filter row (elements); two copies of kh rows (see corr_mma_kernel)
+  int fcs;             // the second copy's offset (elements): 32 (mod 64), so the two copies' words that one B
+                       // load reads sit 16 banks apart (at a multiple of 64 they shared banks: 2-way conflicts)
+  int nts;             // n-tiles of 8 columns per block
+  int64_t tiles_w, tiles_h;
+  size_t smem;         // bytes: staged input, then filter rows
+
+  LC_HD int64_t blocks(int64_t planes) const { return planes * tiles_h * tiles_w; }
+};
+
+// k-blocks of 16 columns that the band of one 8-column n-tile meets: columns 8nt .. 8nt + 7 + kw - 1 start at
+// 16 (nt / 2) - 8 (nt % 2), so 16 kKB >= kw + 15.
+LC_HD int mma_k_blocks(int kw) { return (kw + 14) / 16 + 1; }
+
+template <typename T, int kKB>
+__global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTile t) {
+  const T* __restrict__ in = static_cast<const T*>(p.in);
+  const T* __restrict__ weight = static_cast<const T*>(p.weight);
+  T* xs = reinterpret_cast<T*>(dynamic_smem());
+  T* fs = xs + static_cast<size_t>(t.rows) * t.rs;
+  int* non_finite = reinterpret_cast<int*>(fs + 2 * static_cast<size_t>(t.fcs));
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
+  const int taps = p.kh * p.kw;
+
+  int64_t blk = blockIdx.x;
+  const int64_t tile_w = blk % t.tiles_w;
+  blk /= t.tiles_w;
+  const int64_t tile_h = blk % t.tiles_h;
+  const int64_t plane = blk / t.tiles_h;  // n * out_c + o
+  const int64_t n = plane / p.out_c, o = plane % p.out_c;
+  const int64_t i0 = tile_h * kMmaRows, j0 = tile_w * 8 * t.nts;
+  const int64_t row0 = i0 - p.off_h, col0 = j0 - p.off_w;
+
+  // Filter rows, zero-padded: fs[a * fw + 16 + b] = f[a][b]; the copy at fs + fcs starts one value later.
+  // A warp takes a row, lanes along it (a division per element cost ~90 instructions each: sm_90 SASS).
+  for (int row = warp; row < 2 * p.kh; row += kMmaWarps) {
+    const int a = row % p.kh, shift = row / p.kh - 16;
+    for (int c = lane; c < t.fw; c += 32) {
+      const int b = c + shift, k = a * p.kw + b;
+      fs[row / p.kh * t.fcs + a * t.fw + c] =
+          b >= 0 && b < p.kw ? weight[o * taps + (p.flip ? taps - 1 - k : k)] : from_float<T>(0.f);
+    }
+  }
+  // Input tile, zero outside the image; a warp takes a row, lanes along the columns.
+  const T* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
+  for (int r = warp; r < t.rows; r += kMmaWarps) {
+    const int64_t gr = row0 + r;
+    const bool row_in = gr >= 0 && gr < p.in_h;
+    for (int c = lane; c < t.cols; c += 32) {
+      const int64_t gc = col0 + c;
+      xs[r * t.rs + c] = row_in && gc >= 0 && gc < p.in_w ? src[gr * p.in_w + gc] : from_float<T>(0.f);
+    }
+  }
+  if (tid == 0) *non_finite = 0;
+  __syncthreads();
+
+  float acc[kMmaMaxTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+
+  const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
+  const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
+  for (int a = 0; a < p.kh; ++a) {
+    // A fragments of k-blocks 0 .. kKB + 2: staged rows r0 + a and r0 + a + 8, columns 16 kb + 2 quad (+ 8).
+    uint32_t af[kKB + 3][4];
+    const T* x0 = xs + (r0 + a) * t.rs + 2 * quad;
+#pragma unroll
+    for (int kb = 0; kb < kKB + 3; ++kb) {
+      af[kb][0] = load_pair(x0 + 16 * kb);
+      af[kb][1] = load_pair(x0 + 8 * t.rs + 16 * kb);
+      af[kb][2] = load_pair(x0 + 16 * kb + 8);
+      af[kb][3] = load_pair(x0 + 8 * t.rs + 16 * kb + 8);
+    }
+    // B fragments: bf[q][odd] for k-block nt / 2 + q of an n-tile of parity odd, d = 16 q - 8 odd; lane holds
+    // T[16 kb + 2 quad (+1, +8, +9)][8 nt + group] = f[a][d + 2 quad - group (+1, +8, +9)].
+    uint32_t bf[kKB][2][2];
+    const T* f0 = f_lane + a * t.fw;  // f[a][2 quad - group] of the copy where it is 4-byte aligned
+#pragma unroll
+    for (int q = 0; q < kKB; ++q)
+#pragma unroll
+      for (int odd = 0; odd < 2; ++odd) {
+        const T* f = f0 + 16 * q - 8 * odd;
+        bf[q][odd][0] = load_pair(f);
+        bf[q][odd][1] = load_pair(f + 8);
+      }
+#pragma unroll
+    for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+      if (nt < t.nts)  // the same for the whole block
+#pragma unroll
+        for (int q = 0; q < kKB; ++q) mma_m16n8k16<T>(acc[nt], af[nt / 2 + q], bf[q][nt % 2]);
+  }
+
+  bool finite = true;
+#pragma unroll
+  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) finite &= is_finite(acc[nt][e]);
+  if (!finite) *non_finite = 1;
+  __syncthreads();
+  if (*non_finite) {  // the direct sums over the real taps, for this lane's outputs
+#pragma unroll
+    for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (nt >= t.nts) continue;
+        const int r = r0 + 8 * (e / 2), c = 8 * nt + 2 * quad + e % 2;
+        float s = 0.f;
+        for (int a = 0; a < p.kh; ++a)
+          for (int b = 0; b < p.kw; ++b) s = fmaf(to_float(fs[a * t.fw + 16 + b]), to_float(xs[(r + a) * t.rs + c + b]), s);
+        acc[nt][e] = s;
+      }
+  }
+
+  const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
+  T* out = static_cast<T*>(p.out) + plane * p.out_h * p.out_w;
+#pragma unroll
+  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (nt >= t.nts) continue;
+      const int64_t i = i0 + r0 + 8 * (e / 2), j = j0 + 8 * nt + 2 * quad + e % 2;
+      if (i < p.out_h && j < p.out_w) out[i * p.out_w + j] = from_float<T>(acc[nt][e] + bias);
+    }
+}
+
+// The tensor-core tile when the call qualifies (see corr_mma_kernel) and it fits in shared memory.
+template <typename T>
+bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
+  static_assert(!std::is_same_v<T, float>, "fp16 and bf16 only");
+  {
+    if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
+        p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw)
+      return false;
+    MmaTile t{};
+    const int kb = mma_k_blocks(p.kw);
+    t.rows = kMmaRows + p.kh - 1;
+    t.cols = 16 * (kb + 3);    // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
+    t.rs = t.cols + 8;         // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
+    t.fw = 16 * kb + 16;       // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
+    t.tiles_h = ceil_div(p.out_h, kMmaRows);
+    t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
+    t.nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t.tiles_w), 8));  // balanced column tiles
+    t.fcs = p.kh * t.fw + (96 - p.kh * t.fw % 64) % 64;
+    t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
+    if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+    *tile = t;
+    return true;
+  }
+}
+
+template <typename T, typename Launch>
+void run_corr_mma(Launch& launch, const Corr& p, const MmaTile& t) {
+  const unsigned grid = grid_size(t.blocks(p.n * p.out_c)), threads = 32 * kMmaWarps;
+  switch (mma_k_blocks(p.kw)) {
+    case 2: launch(corr_mma_kernel<T, 2>, grid, threads, t.smem, p, t); return;
+    case 3: launch(corr_mma_kernel<T, 3>, grid, threads, t.smem, p, t); return;
+    case 4: launch(corr_mma_kernel<T, 4>, grid, threads, t.smem, p, t); return;
+    case 5: launch(corr_mma_kernel<T, 5>, grid, threads, t.smem, p, t); return;
+  }
+  LC_CHECK(false, "no tensor-core tile for kw = " + std::to_string(p.kw));
+}
+
 inline unsigned naive_grid(int64_t total) {
   const int64_t blocks = ceil_div(total, kThreads);
   return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride loop covers the rest
@@ -306,6 +494,13 @@ inline unsigned naive_grid(int64_t total) {
 
 template <typename T, typename Launch>
 void run_corr(Launch& launch, const Corr& p, const DeviceLimits& lim) {
+  if constexpr (!std::is_same_v<T, float>) {
+    MmaTile mma;
+    if (plan_corr_mma<T>(p, lim, &mma)) {
+      run_corr_mma<T>(launch, p, mma);
+      return;
+    }
+  }
   CorrTile t;
   if (plan_corr(p, lim, &t)) {
     if (p.sw == 1 && p.dw == 1) {  // must match plan_corr's `unit`

@@ -14,6 +14,9 @@ inline DeviceLimits device_limits(int device) {
   DeviceLimits lim{};
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&lim.max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&lim.num_sms, cudaDevAttrMultiProcessorCount, device));
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  lim.tensor_cores = major >= 8;
   return lim;
 }
 

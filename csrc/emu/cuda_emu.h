@@ -7,7 +7,9 @@
 // barrier aborts, as does a barrier that times out), shared memory is one exactly-sized heap buffer refilled with
 // NaN bytes before every block (reading a stale or unwritten value poisons the result; AddressSanitizer sees any
 // overflow), and the kernels' global buffers are exactly-sized heap allocations in the test.
-// Not emulated: warps (the kernels use no warp-level primitives), memory-model races within a barrier interval.
+// Warps exist only for the tensor-core product (mma_m16n8k16 below): the 32 threads of a warp exchange their
+// fragments through a per-warp buffer between two warp barriers. Not emulated: other warp-level primitives (the
+// kernels use none), memory-model races within a barrier interval.
 #pragma once
 
 #include <math.h>
@@ -132,6 +134,14 @@ class Barrier {
 };
 
 inline Barrier* g_barrier = nullptr;
+
+// One warp's exchange for mma_m16n8k16: each lane's A and B registers.
+struct Warp {
+  Barrier barrier{32};
+  uint32_t a[32][4];
+  uint32_t b[32][2];
+};
+inline std::vector<Warp>* g_warps = nullptr;
 inline unsigned char* g_smem = nullptr;
 inline size_t g_smem_bytes = 0;
 inline size_t g_smem_limit = 227 * 1024;
@@ -147,6 +157,39 @@ inline unsigned char* shared_memory() { return g_smem; }
 }  // namespace emu
 
 inline thread_local emu::uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace emu {
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A (16x16) @ B (16x8) for the warp, in PTX's fragment
+// layout (lane = 4 * group + t: a[0] holds A[group][2t, 2t+1], a[1] A[group+8][2t, 2t+1], a[2] and a[3] the same
+// at columns +8; b[0] holds B[2t, 2t+1][group], b[1] rows +8; d[0..1] is D[group][2t, 2t+1], d[2..3] row +8; the
+// lower 16 bits of a register hold the lower index). Products exact, sums in fp32 in k order (the hardware's order
+// is unspecified). Every lane of the warp must call it at the same line, as on a GPU.
+template <bool kBf16>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if (g_warps == nullptr || blockDim.x % 32) fail("mma_m16n8k16 needs whole warps", static_cast<int>(blockDim.x));
+  const int lane = threadIdx.x % 32;
+  Warp& warp = (*g_warps)[threadIdx.x / 32];
+  std::memcpy(warp.a[lane], a, sizeof a);
+  std::memcpy(warp.b[lane], b, sizeof b);
+  warp.barrier.wait(-3);
+  auto element = [](uint32_t reg, int high) {
+    const uint16_t bits = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffffu);
+    return kBf16 ? bfloat16_to_float(bfloat16{bits}) : half_to_float(half{bits});
+  };
+  auto A = [&](int r, int k) { return element(warp.a[(r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2); };
+  auto B = [&](int k, int c) { return element(warp.b[c * 4 + (k % 8) / 2][k >= 8], k % 2); };
+  const int group = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = group + 8 * (e / 2), c = 2 * t + e % 2;
+    float sum = d[e];
+    for (int k = 0; k < 16; ++k) sum += A(r, k) * B(k, c);
+    d[e] = sum;
+  }
+  warp.barrier.wait(-4);  // every lane has read the buffer before it is written again
+}
+
+}  // namespace emu
 
 struct alignas(16) float4 {
   float x, y, z, w;
@@ -165,6 +208,8 @@ void launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, A.
   unsigned char* buffer = static_cast<unsigned char*>(std::malloc(smem ? smem : 1));
   Barrier barrier(static_cast<int>(block));
   g_barrier = &barrier;
+  std::vector<Warp> warps(block / 32);
+  g_warps = &warps;
   g_smem = buffer;
   g_smem_bytes = smem;
   std::vector<std::thread> threads;
@@ -186,6 +231,7 @@ void launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, A.
   for (auto& th : threads) th.join();
   std::free(buffer);
   g_barrier = nullptr;
+  g_warps = nullptr;
   g_smem = nullptr;
 }
 

@@ -381,7 +381,8 @@ int main(int argc, char** argv) {
   const char* filter = argc > 1 ? argv[1] : "";
   // Limits: a roomy device with few SMs (plans shrink tiles to make blocks), a 12 KB device (plans shrink tiles
   // to fit), and a 1 KB device (nothing fits: the one-thread-per-output fallbacks).
-  const DeviceLimits roomy{227 * 1024, 4}, small{12 * 1024, 1}, none{1024, 1};
+  // The roomy device has tensor cores (the fp16/bf16 NCHW tensor-core correlation), the others not.
+  const DeviceLimits roomy{227 * 1024, 4, true}, small{12 * 1024, 1}, none{1024, 1};
   struct Lim {
     const char* name;
     DeviceLimits lim;
@@ -412,6 +413,13 @@ int main(int argc, char** argv) {
       {1, 3, 12, 10, 1, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3, false, true},     // NaN / Inf in x and grad_out
       {2, 3, 13, 15, 2, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, false, true},     // the same, stride 2, multiplier 2
       {1, 2, 16, 20, 1, 31, 31, 1, 1, 1, 1, 15, 15, 15, 15, true, true},  // the same, 31x31
+      // fp16/bf16 NCHW at unit stride with 13 <= kw <= 65 run the tensor-core correlation (roomy device): several
+      // row and column tiles, k-blocks 2..5, a multiplier (forward only: grad-input then sums 2 planes), "valid"
+      {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true},     // 2 x 3 tiles
+      {1, 1, 20, 70, 1, 3, 65, 1, 1, 1, 1, 1, 1, 32, 32, true},     // kw 65: 5 k-blocks, wide tiles
+      {1, 2, 12, 40, 2, 13, 41, 1, 1, 1, 1, 6, 6, 20, 20, true},    // kw 41, multiplier 2
+      {1, 2, 66, 67, 1, 13, 13, 1, 1, 1, 1, 0, 0, 0, 0, true},      // "valid", a partial second tile
+      {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true, true},  // NaN / Inf, 2 x 3 tiles
   };
   //                   b  c   h   w  G  k  s  p  d
   const InvCase inv_cases[] = {
