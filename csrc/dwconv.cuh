@@ -799,6 +799,192 @@ inline bool plan_wgrad(const WGrad& p, const DeviceLimits& lim, WGradTile* tile)
 }
 
 // ================================================================================================================
+// Tensor-core grad-weight: fp16/bf16, NCHW, unit stride and dilation, kh and kw <= 32. For one g row r of an item,
+// dW[a][b] += sum_j' xs[r + a][j'] g[r][j' - b]: a product of the staged x rows r .. r + 31 (M = kernel rows,
+// 2 m-tiles) with the banded Toeplitz matrix of g's row (N = kernel columns, 4 n-tiles; K = x columns), the
+// corr_mma_kernel design with the filter row replaced by the g row (two copies, 16 banks apart). A block owns one
+// channel and a split of the items (image, th x tw tile of g); its 4 warps take g rows in turn and sum in
+// registers; the warps' sums are added in a fixed order and stored as the split's partial sums (deterministic).
+// Non-finite sums (band zeros times an Inf input): the block sums its taps again directly.
+// ================================================================================================================
+constexpr int kWgMaxK = 32;
+
+struct MmaWGradTile {
+  int th, tw;           // g rows and columns per item
+  int xrows, cols, rs;  // staged x rows (th + 31), columns 16 (kKB + 2), row stride (elements)
+  int gw, gcs;          // padded g row (16 kKB + 16), offset of the second copy (32 mod 64)
+  int64_t tiles_h, tiles_w, items, splits;
+  size_t smem;
+
+  LC_HD int64_t blocks(int64_t channels) const { return channels * splits; }
+};
+
+template <typename T, int kKB>
+__global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaWGradTile t) {
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ g = static_cast<const T*>(p.grad_out);
+  T* xs = reinterpret_cast<T*>(dynamic_smem());
+  T* gs = xs + static_cast<size_t>(t.xrows) * t.rs;
+  int* non_finite = reinterpret_cast<int*>(gs + 2 * static_cast<size_t>(t.gcs));
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
+  const int taps = p.kh * p.kw, mts = (p.kh + 15) / 16, nbs = (p.kw + 7) / 8;
+  const int64_t split = blockIdx.x % t.splits, o = blockIdx.x / t.splits;
+  const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nb][e] = 0.f;
+  const T* g_lane = gs + 16 + 2 * quad - group + (group % 2 ? t.gcs - 1 : 0);  // as corr_mma_kernel's f_lane
+
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h, n = item / (t.tiles_w * t.tiles_h);
+    const int64_t i0 = tile_h * t.th, j0 = tile_w * t.tw;
+    __syncthreads();  // the previous item's tiles are no longer read
+    // g rows, zero-padded by 16 (and past the item), twice: gs[r * gw + 16 + j], the copy one value later
+    const T* g_plane = g + (n * p.co + o) * p.ho * p.wo;
+    for (int row = warp; row < 2 * t.th; row += kMmaWarps) {
+      const int r = row % t.th, shift = row / t.th - 16;
+      const int64_t gi = i0 + r;
+      for (int c = lane; c < t.gw; c += 32) {
+        const int64_t j = c + shift, gj = j0 + j;
+        gs[row / t.th * t.gcs + r * t.gw + c] = j >= 0 && j < t.tw && gi < p.ho && gj < p.wo
+                                                    ? g_plane[gi * p.wo + gj] : from_float<T>(0.f);
+      }
+    }
+    // x rows i0 - pt .., columns j0 - pl .., zero outside the image
+    const T* x_plane = x + (n * p.c + o / p.mult) * p.h * p.w;
+    for (int r = warp; r < t.xrows; r += kMmaWarps) {
+      const int64_t gr = i0 - p.pt + r;
+      const bool row_in = gr >= 0 && gr < p.h;
+      for (int c = lane; c < t.cols; c += 32) {
+        const int64_t gc = j0 - p.pl + c;
+        xs[r * t.rs + c] = row_in && gc >= 0 && gc < p.w ? x_plane[gr * p.w + gc] : from_float<T>(0.f);
+      }
+    }
+    __syncthreads();
+
+    for (int r = warp; r < t.th; r += kMmaWarps) {
+      uint32_t bf[kKB][2][2];
+      const T* f0 = g_lane + r * t.gw;
+#pragma unroll
+      for (int q = 0; q < kKB; ++q)
+#pragma unroll
+        for (int odd = 0; odd < 2; ++odd) {
+          bf[q][odd][0] = load_pair(f0 + 16 * q - 8 * odd);
+          bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 8);
+        }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        if (mt >= mts) continue;  // the same for the whole block
+        uint32_t af[kKB + 2][4];
+        const T* x0 = xs + (r + 16 * mt + group) * t.rs + 2 * quad;
+#pragma unroll
+        for (int kb = 0; kb < kKB + 2; ++kb) {
+          af[kb][0] = load_pair(x0 + 16 * kb);
+          af[kb][1] = load_pair(x0 + 8 * t.rs + 16 * kb);
+          af[kb][2] = load_pair(x0 + 16 * kb + 8);
+          af[kb][3] = load_pair(x0 + 8 * t.rs + 16 * kb + 8);
+        }
+#pragma unroll
+        for (int nb = 0; nb < 4; ++nb)
+          if (nb < nbs)
+#pragma unroll
+            for (int q = 0; q < kKB; ++q) mma_m16n8k16<T>(acc[mt][nb], af[nb / 2 + q], bf[q][nb % 2]);
+      }
+    }
+  }
+
+  // The warps' sums, added in warp order: red[((mt * 4 + nb) * 4 + e) * 32 + lane] per warp (over the x tile).
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(xs);
+  constexpr int kPerWarp = 2 * 4 * 4 * 32;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[warp * kPerWarp + ((mt * 4 + nb) * 4 + e) * 32 + lane] = acc[mt][nb][e];
+  if (tid == 0) *non_finite = 0;
+  __syncthreads();
+  float* part = p.partial + (split * p.co + o) * taps;
+  for (int v = tid; v < kPerWarp; v += blockDim.x) {
+    const int vl = v % 32, e = v / 32 % 4, nb = v / 128 % 4, mt = v / 512;
+    const int a = 16 * mt + vl / 4 + 8 * (e / 2), b = 8 * nb + 2 * (vl % 4) + e % 2;
+    if (a >= p.kh || b >= p.kw) continue;
+    float s = 0.f;
+    for (int w = 0; w < kMmaWarps; ++w) s += red[w * kPerWarp + v];
+    if (!is_finite(s)) *non_finite = 1;
+    part[a * p.kw + b] = s;
+  }
+  __syncthreads();
+  if (*non_finite) {  // the direct sums over the real taps, a tap per thread
+    for (int k = tid; k < taps; k += blockDim.x) {
+      const int a = k / p.kw, b = k % p.kw;
+      float s = 0.f;
+      for (int64_t item = item_begin; item < item_end; ++item) {
+        const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h;
+        const int64_t n = item / (t.tiles_w * t.tiles_h);
+        const T* g_plane = g + (n * p.co + o) * p.ho * p.wo;
+        const T* x_plane = x + (n * p.c + o / p.mult) * p.h * p.w;
+        for (int64_t i = tile_h * t.th; i < imin(tile_h * t.th + t.th, p.ho); ++i) {
+          const int64_t xr = i + a - p.pt;
+          if (xr < 0 || xr >= p.h) continue;
+          for (int64_t j = tile_w * t.tw; j < imin(tile_w * t.tw + t.tw, p.wo); ++j) {
+            const int64_t xc = j + b - p.pl;
+            if (xc >= 0 && xc < p.w) s = fmaf(to_float(g_plane[i * p.wo + j]), to_float(x_plane[xr * p.w + xc]), s);
+          }
+        }
+      }
+      part[k] = s;
+    }
+  }
+}
+
+// The tensor-core grad-weight's plan when the call qualifies (fp16/bf16 only: the caller checks the dtype).
+inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* tile) {
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
+      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw)
+    return false;
+  MmaWGradTile t{};
+  t.tiles_h = ceil_div(p.ho, 64);
+  t.th = static_cast<int>(ceil_div(p.ho, t.tiles_h));
+  t.tiles_w = ceil_div(p.wo, 64);
+  t.tw = static_cast<int>(ceil_div(ceil_div(p.wo, t.tiles_w), 8) * 8);
+  const int kb = mma_k_blocks(t.tw);  // the band of g's row is tw wide
+  t.xrows = t.th + 31;
+  t.cols = 16 * (kb + 2);  // A fragments of k-blocks < kb + 2; >= tw + kw - 1
+  t.rs = t.cols + 8;       // as corr_mma_kernel
+  t.gw = 16 * kb + 16;
+  t.gcs = t.th * t.gw + (96 - t.th * t.gw % 64) % 64;
+  // the warps' sums (kMmaWarps x 1024 floats) go over the x tile: at least that many bytes of it
+  const int64_t red_rows = ceil_div(kMmaWarps * 2 * 4 * 4 * 32 * 4, 2 * t.rs);
+  if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
+  t.smem = (static_cast<size_t>(t.xrows) * t.rs + 2 * static_cast<size_t>(t.gcs)) * 2 + 16;
+  if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  t.items = p.n * t.tiles_h * t.tiles_w;
+  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
+  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
+  *tile = t;
+  return true;
+}
+
+template <typename T, typename Launch>
+void run_wgrad_mma(Launch& launch, const WGrad& p, const MmaWGradTile& t) {
+  const unsigned grid = grid_size(t.blocks(p.co)), threads = 32 * kMmaWarps;
+  switch (mma_k_blocks(t.tw)) {
+    case 2: launch(wgrad_mma_kernel<T, 2>, grid, threads, t.smem, p, t); return;
+    case 3: launch(wgrad_mma_kernel<T, 3>, grid, threads, t.smem, p, t); return;
+    case 4: launch(wgrad_mma_kernel<T, 4>, grid, threads, t.smem, p, t); return;
+    case 5: launch(wgrad_mma_kernel<T, 5>, grid, threads, t.smem, p, t); return;
+  }
+  LC_CHECK(false, "no tensor-core grad-weight tile for tw = " + std::to_string(t.tw));
+}
+
+// ================================================================================================================
 // Entry points shared by the CUDA build (dwconv.cu) and the emulation test. `launch` runs one kernel:
 //   launch(kernel, grid, block, dynamic_smem_bytes, args...)
 // ================================================================================================================
@@ -833,6 +1019,9 @@ void run_grad_input(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
 }
 
 inline size_t grad_weight_workspace_bytes(const DwArgs& a, const DeviceLimits& lim) {
+  MmaWGradTile mma;
+  if (a.dtype != DType::kFloat32 && plan_wgrad_mma(make_wgrad(a), lim, &mma))
+    return static_cast<size_t>(mma.splits * a.co * a.kh * a.kw) * sizeof(float);
   WGradTile t;
   if (!plan_wgrad(make_wgrad(a), lim, &t)) return 0;
   return static_cast<size_t>(t.splits * a.co * a.kh * a.kw) * sizeof(float);
@@ -842,6 +1031,17 @@ inline size_t grad_weight_workspace_bytes(const DwArgs& a, const DeviceLimits& l
 template <typename T, typename Launch>
 void run_grad_weight(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
   const WGrad p = make_wgrad(a);
+  if constexpr (!std::is_same_v<T, float>) {
+    MmaWGradTile mma;
+    if (plan_wgrad_mma(p, lim, &mma)) {
+      LC_CHECK(p.partial != nullptr, "grad-weight workspace missing");
+      run_wgrad_mma<T>(launch, p, mma);
+      const int64_t count = a.co * a.kh * a.kw;
+      launch(split_sum_kernel<T>, naive_grid(count), kThreads, 0, static_cast<const float*>(p.partial),
+             static_cast<T*>(a.out), count, mma.splits);
+      return;
+    }
+  }
   WGradTile t;
   if (!plan_wgrad(p, lim, &t)) {
     launch(wgrad_naive_kernel<T>, grid_size(a.co * a.kh * a.kw), kThreads, kThreads * sizeof(float), p);

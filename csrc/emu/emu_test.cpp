@@ -130,6 +130,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
   a.ho = (k.h + k.pt + k.pb - k.dh * (k.kh - 1) - 1) / k.sh + 1;
   a.wo = (k.w + k.pl + k.pr - k.dw * (k.kw - 1) - 1) / k.sw + 1;
   a.channels_last = cl;
+  a.dtype = std::is_same_v<T, float> ? DType::kFloat32 : std::is_same_v<T, half_t> ? DType::kFloat16 : DType::kBFloat16;
   const int64_t taps = static_cast<int64_t>(k.kh) * k.kw;
   Buffer<T> x(a.n * a.c * a.h * a.w), wt(a.co * taps), bias(a.co), g(a.n * a.co * a.ho * a.wo);
   std::vector<double> xv, wv, bv, gv;
