@@ -28,8 +28,12 @@ Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction p
   bank conflicts of an FMA dot's operand reads (the most distinct words one bank serves, from the shared and
   register layouts); an LDSM 4.
 - tensor time = 2 x executed MACs x products per dot (3 for tf32x3) / tensor-core peak (HGMMA/HMMA kernels).
-- memory time = minimum bytes (bench/counts.py conventions: every tensor read or written once) / 3.35 TB/s; L2 is
-  assumed to serve the re-reads of halos and of x per kernel row.
+- memory time = minimum bytes (bench/counts.py conventions: every tensor read or written once) / 3.35 TB/s.
+- L2 time = passes x the bytes of the hot loop's L1-bypassing loads (LDGSTS.BYPASS: 16-byte cp.async, which Triton
+  always emits as cp.async.cg whatever the load's cache_modifier) / 7 TB/s (L2_BANDWIDTH, an estimate), divided by
+  the wave efficiency. Other global loads are taken to hit L1 when they re-read (halos, x per kernel row): no term.
+  Added 2026-11-28 (session 9): the NCHW Toeplitz kernels re-read their x strip per kernel row that way, ~5.6 GB
+  from L2 for RepLKNet-31B s1's bf16 forward, more than the L1 term saw.
 - memory-latency time = passes of the hot loop x its memory rounds x 500 ns / (132 x resident warps per SM),
   divided by the wave efficiency. Why: a kernel can be bound by neither a pipe nor DRAM bandwidth but by waiting:
   a warp that must have a load's data before it issues the next load waits a round trip each time, and only the
@@ -98,6 +102,9 @@ FFMA_PEAK = 66.9e12
 TENSOR_PEAK = {"float32": 494.7e12, "bfloat16": 989.4e12}  # by operand dtype: fp32 operands run as TF32
 PRODUCTS = {"tf32x3": 3}  # tensor-core products per dot, by its input precision (1 otherwise)
 L1_LINE = 128  # bytes: the L1/shared data pipe moves one 128-byte wavefront per clock per SM
+# L2 -> SM bandwidth, an estimate, not measured here: ~5.5 TB/s measured by Chips and Cheese on an H100 PCIe (114 SMs
+# at 1.755 GHz, "Nvidia's H100: Funny L2, and Tons of Bandwidth", 2023), scaled by SMs x clock to the SXM (132, 1.98)
+L2_BANDWIDTH = 7.0e12
 LAUNCH_S = 4e-6
 # one round trip of a warp's global loads, effective (docstring: memory latency): fitted on one H100 row
 MEMORY_LATENCY_S = 500e-9
@@ -238,11 +245,17 @@ def load_batches(body):
     return dict(loads=loads, before_wait=before, rounds=rounds)
 
 
+def l2_bytes(body):
+    """Bytes one warp's pass of the loop reads past L1 (LDGSTS.BYPASS: cp.async.cg), all 32 lanes active."""
+    return sum(32 * int(re.search(r"\.(128|64|32)\b", op).group(1)) // 8
+               for _, op, _ in body if op.startswith("LDGSTS") and "BYPASS" in op)
+
+
 def loop_mix(text):
     body = hot_loop(parse_sass(text))
     mix = Counter(classify(op) for _, op, _ in body)
     macs = sum(mac_per_instruction(op, args) for _, op, args in body)
-    return dict(instructions=len(body), macs=macs, mix=mix, **load_batches(body))
+    return dict(instructions=len(body), macs=macs, mix=mix, l2_bytes=l2_bytes(body), **load_batches(body))
 
 
 def l1_wavefronts(mix, lines_per_access, bank_conflicts):
@@ -595,16 +608,18 @@ def follower_s(launch, itemsize):
     return launch.then.out.numel() * itemsize / BANDWIDTH + LAUNCH_S
 
 
-def loop_terms(passes, instructions, wavefronts, rounds, programs, blocks, num_warps, warps_per_sched):
-    """(issue, L1, memory-latency) seconds of `passes` warp passes of a hot loop (the docstring's model), each
-    divided by the wave efficiency of `programs` at `blocks` resident per SM."""
+def loop_terms(passes, instructions, wavefronts, rounds, programs, blocks, num_warps, warps_per_sched,
+               bypass_bytes=0):
+    """(issue, L1, memory-latency, L2) seconds of `passes` warp passes of a hot loop (the docstring's model), each
+    divided by the wave efficiency of `programs` at `blocks` resident per SM; `bypass_bytes`: l2_bytes of a pass."""
     waves = programs / (sm90.H100["sms"] * max(blocks, 1))
     wave_eff = waves / math.ceil(waves)
     issue = passes * instructions / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4)
     l1 = passes * wavefronts / (sm90.H100["sms"] * CLOCK)
     # memory latency: a pass waits `rounds` round trips in turn; only the SM's resident warps overlap them
     latency = passes * rounds * MEMORY_LATENCY_S / (sm90.H100["sms"] * max(blocks, 1) * num_warps)
-    return issue / wave_eff, l1 / wave_eff, latency / wave_eff
+    l2 = passes * bypass_bytes / L2_BANDWIDTH
+    return issue / wave_eff, l1 / wave_eff, latency / wave_eff, l2 / wave_eff
 
 
 def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, probes):
@@ -632,22 +647,24 @@ def predict(case, dtype, mode, layout, direction, launch, compiled_cache, rows, 
         # several tensor-core products, and compute some twice), else from the loop's multiply-adds
         dot = dot_macs(case, direction, layout, config)
         passes = macs / dot * k.num_warps if dot else macs / max(mix["macs"], 1)
-        issue, l1, latency = loop_terms(passes, mix["instructions"], l1_wavefronts(mix["mix"], lines, conflicts),
-                                        mix["rounds"], progs, blocks, k.num_warps, warps_per_sched)
+        issue, l1, latency, l2 = loop_terms(passes, mix["instructions"],
+                                            l1_wavefronts(mix["mix"], lines, conflicts), mix["rounds"], progs,
+                                            blocks, k.num_warps, warps_per_sched, mix["l2_bytes"])
         peak = TENSOR_PEAK[dtype_name] / products if tensor else FFMA_PEAK
         tensor_s = 2 * macs / peak if tensor else 0.0
         memory = min_bytes / BANDWIDTH
         warps_per_sm = max(blocks, 1) * k.num_warps
         # the same bound as Little's law: minimum (DRAM) bytes per round trip of a warp x the SM's warps
         in_flight_bytes = min_bytes / (passes * mix["rounds"]) * warps_per_sm if mix["rounds"] else 0.0
-        total = max(issue, l1, tensor_s, memory, latency) + LAUNCH_S + follower_s(launch, itemsize)
+        total = max(issue, l1, l2, tensor_s, memory, latency) + LAUNCH_S + follower_s(launch, itemsize)
         floor = max(flops / peak, memory)
-        bound = max((memory, "memory"), (latency, "latency"), (l1, "l1"), (max(issue, tensor_s), "compute"))[1]
+        bound = max((memory, "memory"), (latency, "latency"), (l1, "l1"), (l2, "l2"),
+                    (max(issue, tensor_s), "compute"))[1]
         row = dict(case=case.name, op=case.op, layout=layout, dtype=dtype, direction=direction,
                    kernel=key[0], config=key[2], registers=k.registers, spills=k.spills, shared=k.shared,
                    blocks_per_sm=blocks, warps_per_scheduler=warps_per_sched, loop_instr=mix["instructions"],
                    loop_macs=mix["macs"], mix=mix["mix"], lines_per_access=lines, bank_conflicts=conflicts,
-                   executed_vs_useful=2 * macs / flops, issue_ms=issue * 1e3, l1_ms=l1 * 1e3,
+                   executed_vs_useful=2 * macs / flops, issue_ms=issue * 1e3, l1_ms=l1 * 1e3, l2_ms=l2 * 1e3,
                    tensor_ms=tensor_s * 1e3, memory_ms=memory * 1e3, loads=mix["loads"],
                    loads_before_wait=mix["before_wait"], rounds=mix["rounds"],
                    in_flight_bytes=in_flight_bytes, latency_ms=latency * 1e3, predicted_ms=total * 1e3,
@@ -700,9 +717,9 @@ def fused_involution_rows(probes=None):
                 "grad-input": (batch * groups * tiles, batch * groups * tiles * k * k)}[direction]
             passes *= warps
             blocks, warps_per_sched = occupancy(compiled.registers, compiled.shared, warps)
-            terms = dict(zip(("issue", "l1", "latency"), loop_terms(
+            terms = dict(zip(("issue", "l1", "latency", "l2"), loop_terms(
                 passes, len(body), l1_wavefronts(mix, lines, 1.0), batches["rounds"], programs, blocks, warps,
-                warps_per_sched)))
+                warps_per_sched, l2_bytes(body))))
             bound = max(terms, key=terms.get)
             row = dict(direction=direction, kernel=sm90.kernel_name(launch), config=sm90.config_name(config),
                        registers=compiled.registers, spills=compiled.spills, warps_per_sm=max(blocks, 1) * warps,
@@ -804,16 +821,16 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=()):
         "bench/results/h100/run2/model_correction.md).",
         "",
         "| case | layout | dtype | direction | config | regs | spills | smem B | blocks/SM | warps/sched "
-        "| executed/useful | issue ms | lines/access | bank conflicts | L1 ms | tensor ms | memory ms "
+        "| executed/useful | issue ms | lines/access | bank conflicts | L1 ms | L2 ms | tensor ms | memory ms "
         "| loads/pass | before 1st wait | rounds/pass | DRAM KB in flight/SM | latency ms "
         "| predicted ms | floor ms | bound |",
-        "|" + "---|" * 25,
+        "|" + "---|" * 26,
     ]
     for r in best_rows:
         lines.append(f"| {r['case']} | {r['layout']} | {r['dtype']} | {r['direction']} | {r['config']} | "
                      f"{r['registers']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} | "
                      f"{r['warps_per_scheduler']:.1f} | {r['executed_vs_useful']:.2f} | {r['issue_ms']:.3f} | "
-                     f"{r['lines_per_access']:.2f} | {r['bank_conflicts']:.2f} | {r['l1_ms']:.3f} | "
+                     f"{r['lines_per_access']:.2f} | {r['bank_conflicts']:.2f} | {r['l1_ms']:.3f} | {r['l2_ms']:.3f} | "
                      f"{r['tensor_ms']:.3f} | {r['memory_ms']:.3f} | {r['loads']} | {r['loads_before_wait']} | "
                      f"{r['rounds']:.2g} | {r['in_flight_bytes'] / 1024:.1f} | {r['latency_ms']:.3f} | "
                      f"{r['predicted_ms']:.3f} | "
