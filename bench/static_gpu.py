@@ -51,6 +51,9 @@ Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction p
   floor = max(useful FLOPs / the peak of the unit the kernel runs on, minimum bytes / bandwidth).
 - grad-weight's programs: its tiles times the reduction splits the kernel picks on 132 SMs.
 - the autotuned kernels: the candidate with the smallest predicted time (what autotuning should find).
+- the CUDA tensor-core kernels (csrc/dwconv.cuh, fp16/bf16 NCHW; cuda_mma_rows): their plans replayed in Python,
+  loop counts from their SASS, the same issue / L1 / tensor / DRAM terms, mma.sync at MMA_SYNC_SHARE of the peak.
+  The other CUDA kernels get resource usage only (their predictions are hand counts in bench/NOTES.md).
 
 Changed after the first H100 run (2026-11-27; bench/results/h100/measured_vs_predicted.md has every row before and
 after), where the model was off by more than 2x:
@@ -770,6 +773,122 @@ def nvcc_resource_usage():
     return rows
 
 
+# Legacy mma.sync on Hopper reaches about half of the dense tensor peak (public microbenchmarks put it at 50-62%;
+# wgmma is needed for the rest): an assumption of the CUDA tensor-core rows, not measured here.
+MMA_SYNC_SHARE = 0.55
+
+
+def cuda_sass(source):
+    """{demangled kernel name: SASS text} of csrc/<source> compiled for sm_90 (setup.py's flags), and the cubin's
+    resource usage {demangled name: (registers, stack)}."""
+    import tempfile
+    from torch.utils.cpp_extension import include_paths
+    nvcc = os.environ.get("NVCC") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc")
+                                      else "nvcc")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-O3", "-std=c++20", "-o", cubin,
+                        *[f"-I{p}" for p in include_paths(device_type="cuda")], f"-I{ROOT}/csrc",
+                        os.path.join(ROOT, "csrc", source)], check=True, capture_output=True)
+        text = subprocess.run([sm90.tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
+        usage = subprocess.run([sm90.tool("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True).stdout
+    functions = {}
+    for part in re.split(r"\n\s*Function : ", text)[1:]:
+        functions[demangle(part.split("\n", 1)[0].strip())] = part
+    resources = {demangle(m.group(1)): (int(m.group(2)), int(m.group(3)))
+                 for m in re.finditer(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+)", usage)}
+    return functions, resources
+
+
+def mma_loops(sass):
+    """Per-pass counts of a tensor-core kernel's loops: the hot loop (most HMMA: instructions, HMMA, shared loads)
+    and the staging loop (most LDG: instructions per element loaded)."""
+    loops = inner_loops(parse_sass(sass))
+    hot = max(loops, key=lambda b: sum(op.startswith("HMMA") for _, op, _ in b))
+    stage = max(loops, key=lambda b: sum(op.startswith("LDG") for _, op, _ in b))
+    return dict(instr=len(hot), hmma=sum(op.startswith("HMMA") for _, op, _ in hot),
+                lds=sum(op.startswith("LDS") for _, op, _ in hot),
+                stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
+
+
+def cuda_mma_rows():
+    """Predicted H100 times of the CUDA tensor-core kernels (csrc/dwconv.cuh corr_mma_kernel, wgrad_mma_kernel) at
+    the RepLKNet-31B stages in bf16 NCHW: the plans of csrc/dwconv.cuh replayed here, the loops' counts from the
+    SASS (mma_loops), and the terms of the Triton model: issue (all warp instructions: hot loop per kernel row or g
+    row, staging per staged element, the epilogue left out), tensor (HMMA x 4096 FLOP at MMA_SYNC_SHARE of the bf16
+    peak), L1 (a wavefront per shared load of the hot loop, two per 32 staged elements), DRAM (minimum bytes)."""
+    functions, resources = cuda_sass("dwconv.cu")
+    mma_k_blocks = lambda k: (k + 14) // 16 + 1  # noqa: E731  (csrc/dwconv.cuh)
+    rows = []
+    for case in (c for c in HEADLINE if c.name.startswith("replknet31b")):
+        n, c, h, w = case.shape
+        kh, kw = case.kernel
+        ho, wo = h, w  # "same", stride 1
+        for direction in DIRECTIONS:
+            if direction == "grad-weight":
+                if kw > 32 or kh > 32:
+                    continue
+                tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
+                th, tw = cdiv(ho, tiles_h), cdiv(cdiv(wo, tiles_w), 8) * 8
+                kb = mma_k_blocks(tw)
+                name = f"void largeconv::dw::wgrad_mma_kernel<__nv_bfloat16, {kb}>(largeconv::dw::WGrad, " \
+                       "largeconv::dw::MmaWGradTile)"
+                cols, gw = 16 * (kb + 2), 16 * kb + 16
+                rs = cols + 8
+                xrows = max(th + 31, cdiv(4 * 1024 * 4, 2 * rs))
+                gcs = th * gw + (96 - th * gw % 64) % 64
+                smem = (xrows * rs + 2 * gcs) * 2 + 16
+                items = n * tiles_h * tiles_w
+                blocks = c * min(cdiv(4 * sm90.H100["sms"], c), items)
+                loops = mma_loops(functions[name])
+                mts, nbs = cdiv(kh, 16), cdiv(kw, 8)
+                share = mts * nbs * kb / loops["hmma"]  # the guards skip the m- and n-tiles past the kernel
+                staged = xrows * cols + 2 * th * gw
+                warp_instr = c * items * (th * loops["instr"] * share + staged / 32 * loops["stage_instr"])
+                hmma = c * items * th * mts * nbs * kb
+                wavefronts = c * items * (th * loops["lds"] * share + 2 * staged / 32)
+            else:
+                kb = mma_k_blocks(kw)
+                name = f"void largeconv::dw::corr_mma_kernel<__nv_bfloat16, {kb}>(largeconv::dw::Corr, " \
+                       "largeconv::dw::MmaTile)"
+                tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
+                nts = cdiv(cdiv(wo, tiles_w), 8)
+                cols, fw = 16 * (kb + 3), 16 * kb + 16
+                rs = cols + 8
+                fcs = kh * fw + (96 - kh * fw % 64) % 64
+                smem = ((64 + kh - 1) * rs + 2 * fcs) * 2 + 16
+                blocks = n * c * tiles_h * tiles_w
+                loops = mma_loops(functions[name])
+                per_row = loops["instr"] - (8 - nts) * kb  # the n-tile guard skips those HMMA
+                warp_instr = hmma = wavefronts = 0
+                for tile in range(tiles_h):
+                    busy = cdiv(min(64, ho - 64 * tile), 16)
+                    staged = min(64 + kh - 1, 16 * busy + kh - 1) * cols + 2 * kh * fw
+                    per_block = busy * kh * per_row + staged / 32 * loops["stage_instr"]
+                    warp_instr += n * c * tiles_w * per_block
+                    hmma += n * c * tiles_w * busy * kh * nts * kb
+                    wavefronts += n * c * tiles_w * (busy * kh * loops["lds"] + 2 * staged / 32)
+            regs, stack = resources[name]
+            resident, warps_per_sched = occupancy(regs, smem, 4)
+            waves = blocks / (sm90.H100["sms"] * max(resident, 1))
+            wave_eff = waves / math.ceil(waves)
+            issue = warp_instr / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4) / wave_eff
+            tensor = hmma * 4096 / (TENSOR_PEAK["bfloat16"] * MMA_SYNC_SHARE) / wave_eff
+            l1 = wavefronts / (sm90.H100["sms"] * CLOCK) / wave_eff
+            flops, min_bytes = useful(case, direction, 2)
+            memory = min_bytes / BANDWIDTH
+            terms = dict(issue=issue, tensor=tensor, l1=l1, memory=memory)
+            bound = max(terms, key=terms.get)
+            rows.append(dict(case=case.name, direction=direction, kernel=name.split("(")[0].replace("void ", ""),
+                             registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident,
+                             hot_instr=loops["instr"], hot_hmma=loops["hmma"],
+                             executed_vs_useful=2 * hmma * 2048 / flops,
+                             **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
+                             predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=flops / TENSOR_PEAK["bfloat16"]
+                             * 1e3, bound=bound))
+    return rows
+
+
 def demangle(name):
     try:
         return subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip() or name
@@ -794,7 +913,7 @@ MIX_COLUMNS = ["FFMA", "HGMMA", "HMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "
                "convert", "other"]
 
 
-def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=()):
+def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=()):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "predicted.csv"), "w", newline="") as f:
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
@@ -802,6 +921,10 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=()):
         writer.writeheader()
         for r in best_rows:
             writer.writerow(dict(case=r["case"], op=r["op"], backend=f"triton-{r['layout']}", dtype=r["dtype"],
+                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
+                                 floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
+        for r in mma_rows:
+            writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-nchw", dtype="bf16",
                                  direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
                                  floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
     lines = [
@@ -868,6 +991,19 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=()):
                   f"{r['rounds']:.2g} | "
                   f"{r['issue_ms']:.3f} | {r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['predicted_ms']:.3f} | "
                   f"{r['bound']} |" for r in fused_rows]
+    if mma_rows:
+        lines += ["", "## CUDA C++ tensor-core kernels (csrc/dwconv.cuh), bf16 NCHW: predicted", "",
+                  "`cuda_mma_rows` (its docstring): the kernels' plans replayed, loop counts from their sm_90 SASS; "
+                  f"mma.sync taken at {MMA_SYNC_SHARE:.0%} of the dense bf16 peak (an assumption). Forward and "
+                  "grad-input run the same kernel. floor = useful FLOPs at the bf16 dense peak.", "",
+                  "| case | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | hot-loop instr | "
+                  "hot-loop HMMA | executed/useful | issue ms | tensor ms | L1 ms | memory ms | predicted ms | "
+                  "floor ms | bound |", "|" + "---|" * 18]
+        lines += [f"| {r['case']} | {r['direction']} | `{r['kernel']}` | {r['registers']} | {r['stack']} | "
+                  f"{r['shared']} | {r['blocks']} | {r['blocks_per_sm']} | {r['hot_instr']} | {r['hot_hmma']} | "
+                  f"{r['executed_vs_useful']:.2f} | {r['issue_ms']:.3f} | {r['tensor_ms']:.3f} | {r['l1_ms']:.3f} | "
+                  f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
+                  for r in mma_rows]
     lines += ["", "## CUDA C++ kernels (csrc/): nvcc --resource-usage -Xptxas -v, sm_90", "",
               "| file | kernel | registers | spill stores B | spill loads B | static smem B (dynamic is set at launch) | stack B |", "|---|---|---|---|---|---|---|"]
     for row in cuda_rows:
@@ -884,7 +1020,8 @@ PARTS = {"fwd": ("forward",), "bwd": ("grad-input", "grad-weight"), "fwdbwd": DI
 
 
 def compare(results_csv, predicted_csv, baseline_csv=None):
-    """Markdown table of every timed Triton row of a GPU run (bench/roofline.py's columns) against predicted.csv:
+    """Markdown table of every timed Triton row of a GPU run (bench/roofline.py's columns), and of the cuda rows
+    predicted.csv has (the tensor-core kernels' bf16 NCHW RepLKNet-31B rows), against predicted.csv:
     fwd = the forward's prediction, bwd = grad-input + grad-weight, fwdbwd = all three (the torch sum of
     grad-weight's partial sums and autograd's own work are not predicted); with `baseline_csv`, an older
     prediction's ratio too. Ratio = measured / predicted."""
@@ -894,16 +1031,21 @@ def compare(results_csv, predicted_csv, baseline_csv=None):
     new, old = predictions(predicted_csv), predictions(baseline_csv)
 
     def predicted(table, r):
-        keys = [(r["case"], f"triton-{r['layout']}", r["dtype"], d) for d in PARTS.get(r["direction"], ())]
+        keys = [(r["case"], f"{r['backend']}-{r['layout']}", r["dtype"], d) for d in PARTS.get(r["direction"], ())]
         return sum(table[k] for k in keys) if keys and all(k in table for k in keys) else None
-    lines = ["| suite | case | op | dtype | layout | direction | measured ms | predicted ms | ratio | off > 2x |"
+    lines = ["| suite | case | op | backend | dtype | layout | direction | measured ms | predicted ms | ratio "
+             "| off > 2x |"
              + (" baseline predicted ms | baseline ratio | baseline off > 2x |" if old else ""),
-             "|" + "---|" * (13 if old else 10)]
+             "|" + "---|" * (14 if old else 11)]
     for r in csv.DictReader(open(results_csv)):
-        if r["backend"] != "triton" or r["status"] != "ok" or not r["time_ms"]:
+        # Triton rows, and the cuda rows the tensor-core section predicts (bf16 NCHW RepLKNet-31B)
+        if r["backend"] not in ("triton", "cuda") or r["status"] != "ok" or not r["time_ms"]:
+            continue
+        if r["backend"] == "cuda" and predicted(new, r) is None and predicted(old, r) is None:
             continue
         measured = float(r["time_ms"])
-        cells = [r["suite"], r["case"], r["op"], r["dtype"], r["layout"], r["direction"], f"{measured:.3f}"]
+        cells = [r["suite"], r["case"], r["op"], r["backend"], r["dtype"], r["layout"], r["direction"],
+                 f"{measured:.3f}"]
         for table in (new, old) if old else (new,):
             p = predicted(table, r)
             off = p is not None and not 0.5 <= measured / p <= 2
@@ -943,7 +1085,10 @@ def main(argv=None):
     for r in fused_rows:
         print(f"fused involution {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})", flush=True)
     cuda_rows = [] if args.no_cuda else nvcc_resource_usage()
-    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows)
+    mma_rows = [] if args.no_cuda else cuda_mma_rows()
+    for r in mma_rows:
+        print(f"cuda tensor-core {r['case']} bf16 {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
+    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows)
     print(f"wrote {args.out}/report.md and predicted.csv")
 
 

@@ -366,9 +366,13 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
           b >= 0 && b < p.kw ? weight[o * taps + (p.flip ? taps - 1 - k : k)] : from_float<T>(0.f);
     }
   }
+  // Warps whose 16 rows all lie past the map skip the products (a 14-row map keeps one warp busy, not four), and
+  // the block stages only the input rows its busy warps read.
+  const int busy_rows = 16 * static_cast<int>(ceil_div(imin(kMmaRows, static_cast<int>(p.out_h - i0)), 16));
+  const int staged_rows = imin(t.rows, busy_rows + p.kh - 1);
   // Input tile, zero outside the image; a warp takes a row, lanes along the columns.
   const T* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
-  for (int r = warp; r < t.rows; r += kMmaWarps) {
+  for (int r = warp; r < staged_rows; r += kMmaWarps) {
     const int64_t gr = row0 + r;
     const bool row_in = gr >= 0 && gr < p.in_h;
     for (int c = lane; c < t.cols; c += 32) {
@@ -387,7 +391,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
 
   const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
   const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
-  for (int a = 0; a < p.kh; ++a) {
+  const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
+  for (int a = 0; a < kernel_rows; ++a) {
     // A fragments of k-blocks 0 .. kKB + 2: staged rows r0 + a and r0 + a + 8, columns 16 kb + 2 quad (+ 8).
     uint32_t af[kKB + 3][4];
     const T* x0 = xs + (r0 + a) * t.rs + 2 * quad;
