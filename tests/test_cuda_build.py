@@ -1,6 +1,7 @@
 """The CUDA extension without a GPU: every .cu compiles for sm_80 and sm_90, the binding compiles, the kernels run
 correctly under the CPU emulator (csrc/emu/), and the `largeconv_C` ops are registered when the extension is built
 (or the "cuda" backend says how to build it when it is not)."""
+import json
 import os
 import re
 import shutil
@@ -184,3 +185,23 @@ def test_built_extension_rejects_cpu_tensors_clearly():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_static_model_of_the_tensor_core_kernels():
+    """bench/static_gpu.py's section on the CUDA tensor-core kernels finds, in their sm_90 SASS, each kernel it plans
+    for RepLKNet-31B's stages and its HMMA loop, and the kernels do not spill (a spill in those loops would cost
+    more than the tensor cores save)."""
+    if _nvcc() is None:
+        pytest.skip("nvcc not found")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["NVCC"] = _nvcc()
+    code = "import json; from bench import static_gpu; print(json.dumps(static_gpu.cuda_mma_rows()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {(r["case"], r["direction"]) for r in rows} == {
+        (f"replknet31b-s{s}", d) for s in range(1, 5) for d in ("forward", "grad-input", "grad-weight")}
+    for r in rows:
+        assert r["stack"] == 0 and r["hot_hmma"] > 0 and r["executed_vs_useful"] >= 1, r
+        assert r["predicted_ms"] >= r[f"{r['bound']}_ms"] > 0, r
