@@ -802,10 +802,12 @@ def cuda_sass(source):
 
 def mma_loops(sass):
     """Per-pass counts of a tensor-core kernel's loops: the hot loop (most HMMA: instructions, HMMA, shared loads)
-    and the staging loop (most LDG: instructions per element loaded)."""
+    and the staging loop (the most shared-memory stores, then global loads: instructions per element loaded; the
+    non-finite redo loads as much but stores nothing)."""
     loops = inner_loops(parse_sass(sass))
     hot = max(loops, key=lambda b: sum(op.startswith("HMMA") for _, op, _ in b))
-    stage = max(loops, key=lambda b: sum(op.startswith("LDG") for _, op, _ in b))
+    stage = max(loops, key=lambda b: (sum(op.startswith("STS") for _, op, _ in b),
+                                      sum(op.startswith("LDG") for _, op, _ in b)))
     return dict(instr=len(hot), hmma=sum(op.startswith("HMMA") for _, op, _ in hot),
                 lds=sum(op.startswith("LDS") for _, op, _ in hot),
                 stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
@@ -843,7 +845,7 @@ def cuda_mma_rows():
                 loops = mma_loops(functions[name])
                 mts, nbs = cdiv(kh, 16), cdiv(kw, 8)
                 share = mts * nbs * kb / loops["hmma"]  # the guards skip the m- and n-tiles past the kernel
-                staged = xrows * cols + 2 * th * gw
+                staged = (th + 31) * cols + 2 * th * gw
                 warp_instr = c * items * (th * loops["instr"] * share + staged / 32 * loops["stage_instr"])
                 hmma = c * items * th * mts * nbs * kb
                 wavefronts = c * items * (th * loops["lds"] * share + 2 * staged / 32)

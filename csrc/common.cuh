@@ -163,6 +163,32 @@ LC_D uint32_t load_pair(const T* p) {
 #endif
 }
 
+// p[0] = lo, p[1] = hi as one 32-bit shared-memory store; p is 4-byte aligned.
+template <typename T>
+LC_D void store_pair(T* p, T lo, T hi) {
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(p, 4);
+  p[0] = lo;
+  p[1] = hi;
+#else
+  *reinterpret_cast<uint32_t*>(p) = bits16(lo) | bits16(hi) << 16;
+#endif
+}
+
+// One staged row of a tensor-core tile: dst[c] = src_row[col0 + c] for c < cols (even), zero where col0 + c is
+// outside [0, width) or src_row is null (a row outside the input). A lane takes two neighbouring columns: one
+// 32-bit store for both (one value per lane cost ~15 instructions a value, sm_90 SASS).
+template <typename T>
+LC_D void stage_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int cols, int lane) {
+  const T zero = from_float<T>(0.f);
+  for (int c = 2 * lane; c < cols; c += 64) {
+    const int64_t gc = col0 + c;
+    const T lo = src_row != nullptr && gc >= 0 && gc < width ? src_row[gc] : zero;
+    const T hi = src_row != nullptr && gc + 1 >= 0 && gc + 1 < width ? src_row[gc + 1] : zero;
+    store_pair(dst + c, lo, hi);
+  }
+}
+
 // d += A @ B for a warp: A 16x16 (row-major fragments), B 16x8 (column-major), fp32 accumulators; T = half_t or
 // bf16_t. Fragment layout: PTX ISA, "Matrix Fragments for mma.m16n8k16" (summarised at emu::mma_m16n8k16).
 template <typename T>

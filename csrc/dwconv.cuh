@@ -374,11 +374,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   const T* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
   for (int r = warp; r < staged_rows; r += kMmaWarps) {
     const int64_t gr = row0 + r;
-    const bool row_in = gr >= 0 && gr < p.in_h;
-    for (int c = lane; c < t.cols; c += 32) {
-      const int64_t gc = col0 + c;
-      xs[r * t.rs + c] = row_in && gc >= 0 && gc < p.in_w ? src[gr * p.in_w + gc] : from_float<T>(0.f);
-    }
+    stage_pairs(xs + r * t.rs, gr >= 0 && gr < p.in_h ? src + gr * p.in_w : nullptr, col0, p.in_w, t.cols, lane);
   }
   if (tid == 0) *non_finite = 0;
   __syncthreads();
@@ -816,7 +812,8 @@ constexpr int kWgMaxK = 32;
 
 struct MmaWGradTile {
   int th, tw;           // g rows and columns per item
-  int xrows, cols, rs;  // staged x rows (th + 31), columns 16 (kKB + 2), row stride (elements)
+  int xrows, cols, rs;  // x tile rows (th + 31 staged; more when the warps' sums need the room), columns
+                        // 16 (kKB + 2), row stride (elements)
   int gw, gcs;          // padded g row (16 kKB + 16), offset of the second copy (32 mod 64)
   int64_t tiles_h, tiles_w, items, splits;
   size_t smem;
@@ -853,22 +850,15 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
     const T* g_plane = g + (n * p.co + o) * p.ho * p.wo;
     for (int row = warp; row < 2 * t.th; row += kMmaWarps) {
       const int r = row % t.th, shift = row / t.th - 16;
-      const int64_t gi = i0 + r;
-      for (int c = lane; c < t.gw; c += 32) {
-        const int64_t j = c + shift, gj = j0 + j;
-        gs[row / t.th * t.gcs + r * t.gw + c] = j >= 0 && j < t.tw && gi < p.ho && gj < p.wo
-                                                    ? g_plane[gi * p.wo + gj] : from_float<T>(0.f);
-      }
+      const int64_t gi = i0 + r, width = t.tw < p.wo - j0 ? t.tw : p.wo - j0;  // g columns of this item
+      stage_pairs(gs + row / t.th * t.gcs + r * t.gw, gi < p.ho ? g_plane + gi * p.wo + j0 : nullptr, shift, width,
+                  t.gw, lane);
     }
     // x rows i0 - pt .., columns j0 - pl .., zero outside the image
     const T* x_plane = x + (n * p.c + o / p.mult) * p.h * p.w;
-    for (int r = warp; r < t.xrows; r += kMmaWarps) {
+    for (int r = warp; r < t.th + 31; r += kMmaWarps) {  // the rows read (xrows may be more: see the plan)
       const int64_t gr = i0 - p.pt + r;
-      const bool row_in = gr >= 0 && gr < p.h;
-      for (int c = lane; c < t.cols; c += 32) {
-        const int64_t gc = j0 - p.pl + c;
-        xs[r * t.rs + c] = row_in && gc >= 0 && gc < p.w ? x_plane[gr * p.w + gc] : from_float<T>(0.f);
-      }
+      stage_pairs(xs + r * t.rs, gr >= 0 && gr < p.h ? x_plane + gr * p.w : nullptr, j0 - p.pl, p.w, t.cols, lane);
     }
     __syncthreads();
 
