@@ -337,6 +337,33 @@ struct MmaTile {
 // 16 (nt / 2) - 8 (nt % 2), so 16 kKB >= kw + 15.
 LC_HD int mma_k_blocks(int kw) { return (kw + 14) / 16 + 1; }
 
+// A fragments of k-blocks 0 .. kBlocks - 1 for 16 staged rows: x0 = the lane's first row + 2 quad, rows rs apart.
+template <int kBlocks, typename T>
+LC_D void load_a_fragments(uint32_t (&af)[kBlocks][4], const T* x0, int rs) {
+#pragma unroll
+  for (int kb = 0; kb < kBlocks; ++kb) {
+    af[kb][0] = load_pair(x0 + 16 * kb);
+    af[kb][1] = load_pair(x0 + 8 * rs + 16 * kb);
+    af[kb][2] = load_pair(x0 + 16 * kb + 8);
+    af[kb][3] = load_pair(x0 + 8 * rs + 16 * kb + 8);
+  }
+}
+
+// The Toeplitz B fragments of one zero-padded row (a filter row, or a g row in grad-weight): bf[q][odd] for k-block
+// nt / 2 + q of an n-tile of parity odd, d = 16 q - 8 odd; the lane holds T[16 kb + 2 quad (+1, +8, +9)][8 nt +
+// group] = row[d + 2 quad - group (+1, +8, +9)]. f0 = the lane's row[2 quad - group] in the copy where it is 4-byte
+// aligned (see corr_mma_kernel).
+template <int kKB, typename T>
+LC_D void load_band_fragments(uint32_t (&bf)[kKB][2][2], const T* f0) {
+#pragma unroll
+  for (int q = 0; q < kKB; ++q)
+#pragma unroll
+    for (int odd = 0; odd < 2; ++odd) {
+      bf[q][odd][0] = load_pair(f0 + 16 * q - 8 * odd);
+      bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 8);
+    }
+}
+
 template <typename T, int kKB>
 __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTile t) {
   const T* __restrict__ in = static_cast<const T*>(p.in);
@@ -389,28 +416,10 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
   const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
   for (int a = 0; a < kernel_rows; ++a) {
-    // A fragments of k-blocks 0 .. kKB + 2: staged rows r0 + a and r0 + a + 8, columns 16 kb + 2 quad (+ 8).
-    uint32_t af[kKB + 3][4];
-    const T* x0 = xs + (r0 + a) * t.rs + 2 * quad;
-#pragma unroll
-    for (int kb = 0; kb < kKB + 3; ++kb) {
-      af[kb][0] = load_pair(x0 + 16 * kb);
-      af[kb][1] = load_pair(x0 + 8 * t.rs + 16 * kb);
-      af[kb][2] = load_pair(x0 + 16 * kb + 8);
-      af[kb][3] = load_pair(x0 + 8 * t.rs + 16 * kb + 8);
-    }
-    // B fragments: bf[q][odd] for k-block nt / 2 + q of an n-tile of parity odd, d = 16 q - 8 odd; lane holds
-    // T[16 kb + 2 quad (+1, +8, +9)][8 nt + group] = f[a][d + 2 quad - group (+1, +8, +9)].
-    uint32_t bf[kKB][2][2];
-    const T* f0 = f_lane + a * t.fw;  // f[a][2 quad - group] of the copy where it is 4-byte aligned
-#pragma unroll
-    for (int q = 0; q < kKB; ++q)
-#pragma unroll
-      for (int odd = 0; odd < 2; ++odd) {
-        const T* f = f0 + 16 * q - 8 * odd;
-        bf[q][odd][0] = load_pair(f);
-        bf[q][odd][1] = load_pair(f + 8);
-      }
+    // A: staged rows r0 + a and r0 + a + 8 (the kernel row's shift is an address); B: filter row a's band
+    uint32_t af[kKB + 3][4], bf[kKB][2][2];
+    load_a_fragments(af, xs + (r0 + a) * t.rs + 2 * quad, t.rs);
+    load_band_fragments(bf, f_lane + a * t.fw);
 #pragma unroll
     for (int nt = 0; nt < kMmaMaxTiles; ++nt)
       if (nt < t.nts)  // the same for the whole block
@@ -864,26 +873,12 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
 
     for (int r = warp; r < t.th; r += kMmaWarps) {
       uint32_t bf[kKB][2][2];
-      const T* f0 = g_lane + r * t.gw;
-#pragma unroll
-      for (int q = 0; q < kKB; ++q)
-#pragma unroll
-        for (int odd = 0; odd < 2; ++odd) {
-          bf[q][odd][0] = load_pair(f0 + 16 * q - 8 * odd);
-          bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 8);
-        }
+      load_band_fragments(bf, g_lane + r * t.gw);
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         if (mt >= mts) continue;  // the same for the whole block
         uint32_t af[kKB + 2][4];
-        const T* x0 = xs + (r + 16 * mt + group) * t.rs + 2 * quad;
-#pragma unroll
-        for (int kb = 0; kb < kKB + 2; ++kb) {
-          af[kb][0] = load_pair(x0 + 16 * kb);
-          af[kb][1] = load_pair(x0 + 8 * t.rs + 16 * kb);
-          af[kb][2] = load_pair(x0 + 16 * kb + 8);
-          af[kb][3] = load_pair(x0 + 8 * t.rs + 16 * kb + 8);
-        }
+        load_a_fragments(af, xs + (r + 16 * mt + group) * t.rs + 2 * quad, t.rs);
 #pragma unroll
         for (int nb = 0; nb < 4; ++nb)
           if (nb < nbs)

@@ -186,16 +186,16 @@ MUTATIONS = [
       'return mode == "table" or torch.are_deterministic_algorithms_enabled()', "return False",
       ("tests/test_auto.py",), "auto not reproducible under deterministic mode"),
     # ---- csrc/ (run by the CPU emulator: tests/test_cuda_build.py) ----
-    M("cuda-mma-band-shift", "csrc/dwconv.cuh", "const T* f = f0 + 16 * q - 8 * odd;",
-      "const T* f = f0 + 16 * q - 7 * odd;", ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
-      "tensor-core correlation: odd n-tiles' Toeplitz fragments one tap off"),
+    M("cuda-mma-band-shift", "csrc/dwconv.cuh", "bf[q][odd][0] = load_pair(f0 + 16 * q - 8 * odd);",
+      "bf[q][odd][0] = load_pair(f0 + 16 * q - 6 * odd);", ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
+      "tensor-core kernels: odd n-tiles' Toeplitz fragments two taps off"),
     M("cuda-mma-no-redo", "csrc/dwconv.cuh", "  if (*non_finite) {  // the direct sums",
       "  if (false && *non_finite) {  // the direct sums", ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
       "tensor-core correlation: band zeros times an Inf input left as NaN"),
-    M("cuda-mma-wgrad-band", "csrc/dwconv.cuh", "bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 8);",
+    M("cuda-mma-band-upper", "csrc/dwconv.cuh", "bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 8);",
       "bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 6);",
       ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
-      "tensor-core grad-weight: the upper half of each Toeplitz fragment of g's row one tap off"),
+      "tensor-core kernels: the upper half of each Toeplitz fragment two taps off"),
 ]
 
 
