@@ -742,11 +742,19 @@ def fused_involution_rows(probes=None):
 # csrc
 
 
+def nvcc_path():
+    return os.environ.get("NVCC") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc")
+                                      else "nvcc")
+
+
+def second_copy_offset(elements):  # csrc/dwconv.cuh's
+    return elements + (96 - elements % 64) % 64
+
+
 def nvcc_resource_usage():
     """(file, kernel, registers, spill stores, spill loads, shared, stack) of every csrc/*.cu kernel for sm_90."""
     from torch.utils.cpp_extension import include_paths
-    nvcc = os.environ.get("NVCC") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc")
-                                      else "nvcc")
+    nvcc = nvcc_path()
     rows = []
     for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu"))):
         # device code only (--cubin) with setup.py's flags; ptxas -v prints the resource usage
@@ -783,8 +791,7 @@ def cuda_sass(source):
     resource usage {demangled name: (registers, stack)}."""
     import tempfile
     from torch.utils.cpp_extension import include_paths
-    nvcc = os.environ.get("NVCC") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc")
-                                      else "nvcc")
+    nvcc = nvcc_path()
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "k.cubin")
         subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-O3", "-std=c++20", "-o", cubin,
@@ -838,7 +845,7 @@ def cuda_mma_rows():
                 cols, gw = 16 * (kb + 2), 16 * kb + 16
                 rs = cols + 8
                 xrows = max(th + 31, cdiv(4 * 1024 * 4, 2 * rs))
-                gcs = th * gw + (96 - th * gw % 64) % 64
+                gcs = second_copy_offset(th * gw)
                 smem = (xrows * rs + 2 * gcs) * 2 + 16
                 items = n * tiles_h * tiles_w
                 blocks = c * min(cdiv(4 * sm90.H100["sms"], c), items)
@@ -857,7 +864,7 @@ def cuda_mma_rows():
                 nts = cdiv(cdiv(wo, tiles_w), 8)
                 cols, fw = 16 * (kb + 3), 16 * kb + 16
                 rs = cols + 8
-                fcs = kh * fw + (96 - kh * fw % 64) % 64
+                fcs = second_copy_offset(kh * fw)
                 smem = ((64 + kh - 1) * rs + 2 * fcs) * 2 + 16
                 blocks = n * c * tiles_h * tiles_w
                 loops = mma_loops(functions[name])

@@ -324,8 +324,7 @@ constexpr int kMmaMinKw = 13, kMmaMaxKw = 65;
 struct MmaTile {
   int rows, cols, rs;  // staged input rows and columns, row stride (elements)
   int fw;              // padded filter row (elements); two copies of kh rows (see corr_mma_kernel)
-  int fcs;             // the second copy's offset (elements): 32 (mod 64), so the two copies' words that one B
-                       // load reads sit 16 banks apart (at a multiple of 64 they shared banks: 2-way conflicts)
+  int fcs;             // the second copy's offset (elements): second_copy_offset
   int nts;             // n-tiles of 8 columns per block
   int64_t tiles_w, tiles_h;
   size_t smem;         // bytes: staged input, then filter rows
@@ -336,6 +335,10 @@ struct MmaTile {
 // k-blocks of 16 columns that the band of one 8-column n-tile meets: columns 8nt .. 8nt + 7 + kw - 1 start at
 // 16 (nt / 2) - 8 (nt % 2), so 16 kKB >= kw + 15.
 LC_HD int mma_k_blocks(int kw) { return (kw + 14) / 16 + 1; }
+
+// Where the second copy of a padded row block of `elements` starts: the next offset of 32 (mod 64) elements, so the
+// two copies' words that one B-fragment load reads sit 16 banks apart (at a multiple of 64 they shared banks).
+LC_HD int second_copy_offset(int elements) { return elements + (96 - elements % 64) % 64; }
 
 // A fragments of k-blocks 0 .. kBlocks - 1 for 16 staged rows: x0 = the lane's first row + 2 quad, rows rs apart.
 template <int kBlocks, typename T>
@@ -464,25 +467,23 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
 template <typename T>
 bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
   static_assert(!std::is_same_v<T, float>, "fp16 and bf16 only");
-  {
-    if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
-        p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw)
-      return false;
-    MmaTile t{};
-    const int kb = mma_k_blocks(p.kw);
-    t.rows = kMmaRows + p.kh - 1;
-    t.cols = 16 * (kb + 3);    // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
-    t.rs = t.cols + 8;         // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
-    t.fw = 16 * kb + 16;       // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
-    t.tiles_h = ceil_div(p.out_h, kMmaRows);
-    t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
-    t.nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t.tiles_w), 8));  // balanced column tiles
-    t.fcs = p.kh * t.fw + (96 - p.kh * t.fw % 64) % 64;
-    t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
-    if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
-    *tile = t;
-    return true;
-  }
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
+      p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw)
+    return false;
+  MmaTile t{};
+  const int kb = mma_k_blocks(p.kw);
+  t.rows = kMmaRows + p.kh - 1;
+  t.cols = 16 * (kb + 3);    // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
+  t.rs = t.cols + 8;         // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
+  t.fw = 16 * kb + 16;       // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
+  t.tiles_h = ceil_div(p.out_h, kMmaRows);
+  t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
+  t.nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t.tiles_w), 8));  // balanced column tiles
+  t.fcs = second_copy_offset(p.kh * t.fw);
+  t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
+  if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  *tile = t;
+  return true;
 }
 
 template <typename T, typename Launch>
@@ -823,7 +824,7 @@ struct MmaWGradTile {
   int th, tw;           // g rows and columns per item
   int xrows, cols, rs;  // x tile rows (th + 31 staged; more when the warps' sums need the room), columns
                         // 16 (kKB + 2), row stride (elements)
-  int gw, gcs;          // padded g row (16 kKB + 16), offset of the second copy (32 mod 64)
+  int gw, gcs;          // padded g row (16 kKB + 16), offset of the second copy (second_copy_offset)
   int64_t tiles_h, tiles_w, items, splits;
   size_t smem;
 
@@ -949,7 +950,7 @@ inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile
   t.cols = 16 * (kb + 2);  // A fragments of k-blocks < kb + 2; >= tw + kw - 1
   t.rs = t.cols + 8;       // as corr_mma_kernel
   t.gw = 16 * kb + 16;
-  t.gcs = t.th * t.gw + (96 - t.th * t.gw % 64) % 64;
+  t.gcs = second_copy_offset(t.th * t.gw);
   // the warps' sums (kMmaWarps x 1024 floats) go over the x tile: at least that many bytes of it
   const int64_t red_rows = ceil_div(kMmaWarps * 2 * 4 * 4 * 32 * 4, 2 * t.rs);
   if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
