@@ -80,6 +80,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import itertools
 import math
 import os
 import re
@@ -817,30 +818,72 @@ def mma_loops(sass):
                                       sum(op.startswith("LDG") for _, op, _ in b)))
     return dict(instr=len(hot), hmma=sum(op.startswith("HMMA") for _, op, _ in hot),
                 lds=sum(op.startswith("LDS") for _, op, _ in hot),
+                nop=sum(op.startswith(("NOP", "WARPSYNC")) for _, op, _ in hot),
                 stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
 
 
+# The CUDA tensor-core variants: (row dtype, kernel element type, TF32 products per step or None for bf16, FLOP per
+# HMMA, peak). fp32 forward and grad-input run corr_tf32_kernel: one TF32 product where TF32 is allowed, 3xTF32
+# (exact fp32) where not; fp32 grad-weight stays on the FMA kernels (not modelled here).
+MMA_VARIANTS = (("bf16", "__nv_bfloat16", None, 4096, "bfloat16"), ("tf32", "float", 1, 2048, "float32"),
+                ("fp32", "float", 3, 2048, "float32"))
+
+
 def cuda_mma_rows():
-    """Predicted H100 times of the CUDA tensor-core kernels (csrc/dwconv.cuh corr_mma_kernel, wgrad_mma_kernel) at
-    the RepLKNet-31B stages in bf16 NCHW: the plans of csrc/dwconv.cuh replayed here, the loops' counts from the
-    SASS (mma_loops), and the terms of the Triton model: issue (all warp instructions: hot loop per kernel row or g
-    row, staging per staged element, the epilogue left out), tensor (HMMA x 4096 FLOP at MMA_SYNC_SHARE of the bf16
-    peak), L1 (a wavefront per shared load of the hot loop, two per 32 staged elements), DRAM (minimum bytes)."""
+    """Predicted H100 times of the CUDA tensor-core kernels (csrc/dwconv.cuh corr_mma_kernel, wgrad_mma_kernel,
+    corr_tf32_kernel) at the RepLKNet-31B stages, NCHW, for MMA_VARIANTS: the plans of csrc/dwconv.cuh replayed
+    here, the loops' counts from the SASS (mma_loops), and the terms of the Triton model: issue (all warp
+    instructions: hot loop per kernel row or g row, staging per staged element, the epilogue left out), tensor (HMMA
+    x its FLOP at MMA_SYNC_SHARE of the operand dtype's dense peak), L1 (a wavefront per shared load of the hot
+    loop, two per 32 staged elements), DRAM (minimum bytes)."""
     functions, resources = cuda_sass("dwconv.cu")
     mma_k_blocks = lambda k: (k + 14) // 16 + 1  # noqa: E731  (csrc/dwconv.cuh)
+    tf32_k_blocks = lambda k: (k + 14) // 8  # noqa: E731  (csrc/dwconv.cuh mma_tf32_k_blocks)
     rows = []
-    for case in (c for c in HEADLINE if c.name.startswith("replknet31b")):
+    for case, (dtype, element, products, hmma_flop, peak) in itertools.product(
+            [c for c in HEADLINE if c.name.startswith("replknet31b")], MMA_VARIANTS):
         n, c, h, w = case.shape
         kh, kw = case.kernel
         ho, wo = h, w  # "same", stride 1
         for direction in DIRECTIONS:
-            if direction == "grad-weight":
+            if direction == "grad-weight" and products:
+                continue
+            if products == 3 and min(ho, wo) < 14:  # csrc/dwconv.cuh kSplitMinSide: the FMA kernel runs
+                continue
+            if products:  # corr_tf32_kernel: k-blocks of 8, fp32 staged as kParts copies, no second filter copy
+                kb = tf32_k_blocks(kw)
+                name = f"void largeconv::dw::corr_tf32_kernel<{kb}, {str(products == 3).lower()}>(" \
+                       "largeconv::dw::Corr, largeconv::dw::MmaTile)"
+                parts = 2 if products == 3 else 1
+                tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
+                nts = cdiv(cdiv(wo, tiles_w), 8)
+                cols, fw = 8 * (8 + kb - 1), 8 * kb + 16
+                rs = cols + 4
+                smem = parts * ((64 + kh - 1) * rs + kh * fw) * 4 + 16
+                blocks = n * c * tiles_h * tiles_w
+                loops = mma_loops(functions[name])
+                # per kernel row: the loop's instructions less its products (the pair and the odd n-tile paths hold
+                # more HMMA than one row runs) and the A loads of k-blocks past nts + kb - 1, plus the HMMA the row
+                # runs with their share of NOP / WARPSYNC
+                executed = nts * kb * products
+                per_row = (loops["instr"] - loops["hmma"] - loops["nop"] - (8 - nts) * 4 * parts
+                           + executed * (1 + loops["nop"] / loops["hmma"]))
+                lds_row = loops["lds"] - (8 - nts) * 4 * parts
+                warp_instr = hmma = wavefronts = 0
+                for tile in range(tiles_h):
+                    busy = cdiv(min(64, ho - 64 * tile), 16)
+                    staged = min(64 + kh - 1, 16 * busy + kh - 1) * cols + kh * fw
+                    per_block = busy * kh * per_row + staged / 32 * loops["stage_instr"]
+                    warp_instr += n * c * tiles_w * per_block
+                    hmma += n * c * tiles_w * busy * kh * nts * kb * products
+                    wavefronts += n * c * tiles_w * (busy * kh * lds_row + 2 * parts * staged / 32)
+            elif direction == "grad-weight":
                 if kw > 32 or kh > 32:
                     continue
                 tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
                 th, tw = cdiv(ho, tiles_h), cdiv(cdiv(wo, tiles_w), 8) * 8
                 kb = mma_k_blocks(tw)
-                name = f"void largeconv::dw::wgrad_mma_kernel<__nv_bfloat16, {kb}>(largeconv::dw::WGrad, " \
+                name = f"void largeconv::dw::wgrad_mma_kernel<{element}, {kb}>(largeconv::dw::WGrad, " \
                        "largeconv::dw::MmaWGradTile)"
                 cols, gw = 16 * (kb + 2), 16 * kb + 16
                 rs = cols + 8
@@ -858,7 +901,7 @@ def cuda_mma_rows():
                 wavefronts = c * items * (th * loops["lds"] * share + 2 * staged / 32)
             else:
                 kb = mma_k_blocks(kw)
-                name = f"void largeconv::dw::corr_mma_kernel<__nv_bfloat16, {kb}>(largeconv::dw::Corr, " \
+                name = f"void largeconv::dw::corr_mma_kernel<{element}, {kb}>(largeconv::dw::Corr, " \
                        "largeconv::dw::MmaTile)"
                 tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
                 nts = cdiv(cdiv(wo, tiles_w), 8)
@@ -882,18 +925,19 @@ def cuda_mma_rows():
             waves = blocks / (sm90.H100["sms"] * max(resident, 1))
             wave_eff = waves / math.ceil(waves)
             issue = warp_instr / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4) / wave_eff
-            tensor = hmma * 4096 / (TENSOR_PEAK["bfloat16"] * MMA_SYNC_SHARE) / wave_eff
+            tensor = hmma * hmma_flop / (TENSOR_PEAK[peak] * MMA_SYNC_SHARE) / wave_eff
             l1 = wavefronts / (sm90.H100["sms"] * CLOCK) / wave_eff
-            flops, min_bytes = useful(case, direction, 2)
+            flops, min_bytes = useful(case, direction, 2 if dtype == "bf16" else 4)
             memory = min_bytes / BANDWIDTH
             terms = dict(issue=issue, tensor=tensor, l1=l1, memory=memory)
             bound = max(terms, key=terms.get)
-            rows.append(dict(case=case.name, direction=direction, kernel=name.split("(")[0].replace("void ", ""),
+            rows.append(dict(case=case.name, dtype=dtype, direction=direction,
+                             kernel=name.split("(")[0].replace("void ", ""),
                              registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident,
                              hot_instr=loops["instr"], hot_hmma=loops["hmma"],
-                             executed_vs_useful=2 * hmma * 2048 / flops,
+                             executed_vs_useful=hmma * hmma_flop / (products or 1) / flops,
                              **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
-                             predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=flops / TENSOR_PEAK["bfloat16"]
+                             predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=flops / TENSOR_PEAK[peak]
                              * 1e3, bound=bound))
     return rows
 
@@ -933,7 +977,7 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                                  direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
                                  floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
         for r in mma_rows:
-            writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-nchw", dtype="bf16",
+            writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-nchw", dtype=r["dtype"],
                                  direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
                                  floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
     lines = [
@@ -1001,14 +1045,17 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   f"{r['issue_ms']:.3f} | {r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['predicted_ms']:.3f} | "
                   f"{r['bound']} |" for r in fused_rows]
     if mma_rows:
-        lines += ["", "## CUDA C++ tensor-core kernels (csrc/dwconv.cuh), bf16 NCHW: predicted", "",
+        lines += ["", "## CUDA C++ tensor-core kernels (csrc/dwconv.cuh), NCHW: predicted", "",
                   "`cuda_mma_rows` (its docstring): the kernels' plans replayed, loop counts from their sm_90 SASS; "
-                  f"mma.sync taken at {MMA_SYNC_SHARE:.0%} of the dense bf16 peak (an assumption). Forward and "
-                  "grad-input run the same kernel. floor = useful FLOPs at the bf16 dense peak.", "",
-                  "| case | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | hot-loop instr | "
+                  f"mma.sync taken at {MMA_SYNC_SHARE:.0%} of the operand dtype's dense peak (an assumption). Forward "
+                  "and grad-input run the same kernel. bf16: mma m16n8k16; tf32: fp32 with TF32 allowed, one TF32 "
+                  "product (m16n8k8); fp32: TF32 off, 3xTF32 (three products, about fp32's accuracy); fp32 "
+                  "grad-weight stays on the FMA kernels. executed/useful counts one product per step. floor = useful "
+                  "FLOPs at the dense peak of the operand dtype (bf16, TF32).", "",
+                  "| case | dtype | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | hot-loop instr | "
                   "hot-loop HMMA | executed/useful | issue ms | tensor ms | L1 ms | memory ms | predicted ms | "
-                  "floor ms | bound |", "|" + "---|" * 18]
-        lines += [f"| {r['case']} | {r['direction']} | `{r['kernel']}` | {r['registers']} | {r['stack']} | "
+                  "floor ms | bound |", "|" + "---|" * 19]
+        lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | `{r['kernel']}` | {r['registers']} | {r['stack']} | "
                   f"{r['shared']} | {r['blocks']} | {r['blocks_per_sm']} | {r['hot_instr']} | {r['hot_hmma']} | "
                   f"{r['executed_vs_useful']:.2f} | {r['issue_ms']:.3f} | {r['tensor_ms']:.3f} | {r['l1_ms']:.3f} | "
                   f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
@@ -1096,7 +1143,7 @@ def main(argv=None):
     cuda_rows = [] if args.no_cuda else nvcc_resource_usage()
     mma_rows = [] if args.no_cuda else cuda_mma_rows()
     for r in mma_rows:
-        print(f"cuda tensor-core {r['case']} bf16 {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
+        print(f"cuda tensor-core {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
     write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows)
     print(f"wrote {args.out}/report.md and predicted.csv")
 

@@ -136,7 +136,8 @@ void check_dw_weight(const char* op, const at::Tensor& weight, const at::Tensor&
 }
 
 void dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out) {
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool tf32,
+                      const at::Tensor& out) {
   const char* op = "largeconv_C::dwconv2d_forward";
   check_tensors(op, {{"x", &x}, {"out", &out}});
   check_dw_weight(op, weight, x);
@@ -152,11 +153,12 @@ void dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::
   a.x = x.const_data_ptr();
   a.weight = weight.const_data_ptr();
   a.out = out.data_ptr();
+  a.tf32 = tf32;
   run([&] { dwconv_forward_cuda(a); });
 }
 
 void dwconv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef stride,
-                         at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& grad_input) {
+                         at::IntArrayRef padding, at::IntArrayRef dilation, bool tf32, const at::Tensor& grad_input) {
   const char* op = "largeconv_C::dwconv2d_grad_input";
   check_tensors(op, {{"grad_out", &grad_out}, {"grad_input", &grad_input}});
   check_dw_weight(op, weight, grad_out);
@@ -165,6 +167,7 @@ void dwconv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, a
   a.grad_out = grad_out.const_data_ptr();
   a.weight = weight.const_data_ptr();
   a.out = grad_input.data_ptr();
+  a.tf32 = tf32;
   run([&] { dwconv_grad_input_cuda(a); });
 }
 
@@ -346,9 +349,9 @@ void involution2d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, i
 
 TORCH_LIBRARY(largeconv_C, m) {
   m.def("dwconv2d_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
-        "Tensor(a!) out) -> ()");
+        "bool tf32, Tensor(a!) out) -> ()");
   m.def("dwconv2d_grad_input(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, "
-        "Tensor(a!) grad_input) -> ()");
+        "bool tf32, Tensor(a!) grad_input) -> ()");
   m.def("dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, "
         "Tensor(a!) grad_weight) -> ()");
   m.def("dwconv1d_forward(Tensor x, Tensor weight, Tensor? bias, int stride, int[2] padding, int dilation, "

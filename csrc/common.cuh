@@ -14,6 +14,7 @@
 
 #ifdef LARGECONV_EMULATE
 #include <cmath>
+#include <cstring>
 
 #include "emu/cuda_emu.h"
 #else
@@ -142,7 +143,7 @@ LC_D bool is_finite(float v) { return std::isfinite(v); }
 LC_D bool is_finite(float v) { return isfinite(v); }
 #endif
 
-// ---- tensor cores (mma.sync, sm_80+; the emulator runs emu::mma_m16n8k16) ----------------------------------------
+// ---- tensor cores (mma.sync, sm_80+; the emulator runs emu::mma_m16n8k16, emu::mma_m16n8k8_tf32) ---------------
 // The 16 bits of a half or bfloat16 value.
 #ifdef LARGECONV_EMULATE
 template <typename T> LC_D uint32_t bits16(T v) { return v.bits; }
@@ -209,6 +210,48 @@ LC_D void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
+#endif
+}
+
+// v rounded to TF32 (10 explicit mantissa bits, to nearest, ties away: cvt.rna.tf32.f32), as a float whose low 13
+// bits are zero: the operand form mma_m16n8k8_tf32 expects.
+LC_D float to_tf32(float v) {
+#ifdef LARGECONV_EMULATE
+  return emu::to_tf32(v);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // as mma_m16n8k16
+  return v;
+#else
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return __uint_as_float(r);
+#endif
+}
+
+// The bits of a float, as an mma operand register.
+LC_D uint32_t float_bits(float v) {
+#ifdef LARGECONV_EMULATE
+  uint32_t r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+#else
+  return __float_as_uint(v);
+#endif
+}
+
+// d += A @ B for a warp in TF32: A 16x8 (row-major fragments), B 8x8 (column-major), operands rounded by to_tf32,
+// fp32 accumulators. Fragment layout: PTX ISA, "Matrix Fragments for mma.m16n8k8" (summarised at
+// emu::mma_m16n8k8_tf32); d as mma_m16n8k16's.
+LC_D void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef LARGECONV_EMULATE
+  emu::mma_m16n8k8_tf32(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
 }
 

@@ -44,6 +44,7 @@ struct Corr {
   int64_t n, in_c, in_h, in_w, out_c, out_h, out_w;
   int kh, kw, sh, sw, dh, dw, off_h, off_w, reps, in_div;
   bool flip, channels_last;
+  bool tf32;  // fp32: TF32 allowed (one TF32 product); else exact (3xTF32 or FMA). See corr_tf32_kernel.
 };
 
 // bz channels of one image x by rows x (bx * kRB) columns of output per block; one row, kRB columns per thread.
@@ -367,6 +368,33 @@ LC_D void load_band_fragments(uint32_t (&bf)[kKB][2][2], const T* f0) {
     }
 }
 
+// Whether a lane's accumulators (n-tiles x the m16n8 C fragment) are all finite.
+LC_D bool all_finite(const float (&acc)[kMmaMaxTiles][4]) {
+  bool finite = true;
+#pragma unroll
+  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) finite &= is_finite(acc[nt][e]);
+  return finite;
+}
+
+// Writes a lane's accumulators (+ bias) to output plane `plane` (channel o): C fragment element e of n-tile nt is
+// output row i + 8 (e / 2), column j + 8 nt + e % 2 (i: the lane's first row, j: its first column in n-tile 0).
+template <typename T>
+LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], int nts, int64_t plane, int64_t o,
+                            int64_t i, int64_t j) {
+  const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
+  T* out = static_cast<T*>(p.out) + plane * p.out_h * p.out_w;
+#pragma unroll
+  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (nt >= nts) continue;
+      const int64_t oi = i + 8 * (e / 2), oj = j + 8 * nt + e % 2;
+      if (oi < p.out_h && oj < p.out_w) out[oi * p.out_w + oj] = from_float<T>(acc[nt][e] + bias);
+    }
+}
+
 template <typename T, int kKB>
 __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTile t) {
   const T* __restrict__ in = static_cast<const T*>(p.in);
@@ -430,12 +458,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
         for (int q = 0; q < kKB; ++q) mma_m16n8k16<T>(acc[nt], af[nt / 2 + q], bf[q][nt % 2]);
   }
 
-  bool finite = true;
-#pragma unroll
-  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) finite &= is_finite(acc[nt][e]);
-  if (!finite) *non_finite = 1;
+  if (!all_finite(acc)) *non_finite = 1;
   __syncthreads();
   if (*non_finite) {  // the direct sums over the real taps, for this lane's outputs
 #pragma unroll
@@ -451,16 +474,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
       }
   }
 
-  const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
-  T* out = static_cast<T*>(p.out) + plane * p.out_h * p.out_w;
-#pragma unroll
-  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (nt >= t.nts) continue;
-      const int64_t i = i0 + r0 + 8 * (e / 2), j = j0 + 8 * nt + 2 * quad + e % 2;
-      if (i < p.out_h && j < p.out_w) out[i * p.out_w + j] = from_float<T>(acc[nt][e] + bias);
-    }
+  store_mma_outputs<T>(p, acc, t.nts, plane, o, i0 + r0, j0 + 2 * quad);
 }
 
 // The tensor-core tile when the call qualifies (see corr_mma_kernel) and it fits in shared memory.
@@ -498,6 +512,198 @@ void run_corr_mma(Launch& launch, const Corr& p, const MmaTile& t) {
   LC_CHECK(false, "no tensor-core tile for kw = " + std::to_string(p.kw));
 }
 
+// ================================================================================================================
+// TF32 tensor-core correlation: fp32 calls of the kind corr_mma_kernel takes (NCHW, unit stride and dilation, reps
+// 1, 13 <= kw <= 65), by mma.sync m16n8k8 in TF32 with fp32 accumulators. The same tile and Toeplitz products, with
+// k-blocks of 8 columns: an n-tile's band (columns 8 nt .. 8 nt + 7 + kw - 1) meets k-blocks nt .. nt + kKB - 1,
+// kKB = ceil((kw + 7) / 8) (mma_tf32_k_blocks), and the B fragment of (k-block nt + q, n-tile nt) is the same for
+// every n-tile, T[8 q + k][n] = f[a][8 q + k - n]: kKB B fragments per kernel row serve all n-tiles, each one 32-bit
+// load per register from the filter row zero-padded by 8 (no second copy: no pairs). The A fragment of a k-block is
+// loaded once and used by the n-tiles nt = kb - q it meets.
+// Values are staged rounded to TF32 (to_tf32), the operand form the instruction expects. kSplit (fp32 when TF32 is
+// not allowed, torch.backends.cudnn.allow_tf32 False): 3xTF32, each value staged as hi = tf32(v) and
+// lo = tf32(v - hi) (lo = 0 where hi is not finite), and hi*hi + hi*lo + lo*hi accumulated: the dropped lo*lo and
+// the rounding of lo leave ~2^-21 of each product, about fp32's accuracy, for three times the tensor work.
+// A block whose sums came out non-finite computes its outputs again directly from global memory (the staged parts of
+// an Inf, or of a finite value that rounds to Inf, are not the input).
+// ================================================================================================================
+constexpr int kTf32Pad = 8;  // zeros staged on each side of a filter row
+// 3xTF32 from maps of this many rows and columns: predicted 1.3x the FMA kernel's measured time at 14x14 and 0.77x
+// at 7x7 (RepLKNet-31B s3, s4; bench/NOTES.md), where the 16-row warp tiles are mostly padding.
+constexpr int kSplitMinSide = 14;
+
+// k-blocks of 8 columns that the band of one 8-column n-tile meets: 8 kKB >= kw + 7.
+LC_HD int mma_tf32_k_blocks(int kw) { return (kw + 14) / 8; }
+
+// One staged value: hi at p, and with kSplit lo at p + lo_offset.
+template <bool kSplit>
+LC_D void stage_tf32(float* p, size_t lo_offset, float v) {
+  const float hi = to_tf32(v);
+  p[0] = hi;
+  if constexpr (kSplit) p[lo_offset] = is_finite(hi) ? to_tf32(v - hi) : 0.f;
+}
+
+// acc[nt] += the kernel row's products for n-tiles nt0 .. nt0 + kTiles - 1, the n-tiles interleaved (one n-tile's
+// products back to back wait on each other: a NOP between HMMAs in sm_90 SASS; two interleaved: one NOP per pair).
+template <int kKB, bool kSplit, int kTiles>
+LC_D void tf32_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&af)[kSplit ? 2 : 1][kMmaMaxTiles + kKB - 1][4],
+                        const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], int nt0) {
+#pragma unroll
+  for (int q = 0; q < kKB; ++q)
+#pragma unroll
+    for (int term = kSplit ? 0 : 2; term < 3; ++term)  // lo*hi, hi*lo (3xTF32), then hi*hi
+#pragma unroll
+      for (int nt = nt0; nt < nt0 + kTiles; ++nt)
+        mma_m16n8k8_tf32(acc[nt], af[term == 0][nt + q], bf[term == 1][q]);
+}
+
+template <int kKB, bool kSplit>
+__global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTile t) {
+  constexpr int kParts = kSplit ? 2 : 1;  // hi (and lo) copies of the input tile and of the filter rows
+  const float* __restrict__ in = static_cast<const float*>(p.in);
+  const float* __restrict__ weight = static_cast<const float*>(p.weight);
+  const size_t tile_elems = static_cast<size_t>(t.rows) * t.rs, filter_elems = static_cast<size_t>(p.kh) * t.fw;
+  float* xs = dynamic_smem();
+  float* fs = xs + kParts * tile_elems;
+  int* non_finite = reinterpret_cast<int*>(fs + kParts * filter_elems);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
+  const int taps = p.kh * p.kw;
+
+  int64_t blk = blockIdx.x;
+  const int64_t tile_w = blk % t.tiles_w;
+  blk /= t.tiles_w;
+  const int64_t tile_h = blk % t.tiles_h;
+  const int64_t plane = blk / t.tiles_h;  // n * out_c + o
+  const int64_t n = plane / p.out_c, o = plane % p.out_c;
+  const int64_t i0 = tile_h * kMmaRows, j0 = tile_w * 8 * t.nts;
+  const int64_t row0 = i0 - p.off_h, col0 = j0 - p.off_w;
+  const float* f = weight + o * taps;
+  auto tap = [&](int a, int b) { return f[p.flip ? taps - 1 - (a * p.kw + b) : a * p.kw + b]; };
+
+  // Filter rows, zero-padded: fs[a * fw + 8 + b] = f[a][b]; a warp takes a row, lanes along it.
+  for (int a = warp; a < p.kh; a += kMmaWarps)
+    for (int c = lane; c < t.fw; c += 32) {
+      const int b = c - kTf32Pad;
+      stage_tf32<kSplit>(fs + a * t.fw + c, filter_elems, b >= 0 && b < p.kw ? tap(a, b) : 0.f);
+    }
+  // As corr_mma_kernel: warps past the map skip the products, and only the rows busy warps read are staged.
+  const int busy_rows = 16 * static_cast<int>(ceil_div(imin(kMmaRows, static_cast<int>(p.out_h - i0)), 16));
+  const int staged_rows = imin(t.rows, busy_rows + p.kh - 1);
+  const float* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
+  for (int r = warp; r < staged_rows; r += kMmaWarps) {
+    const int64_t gr = row0 + r;
+    const float* row = gr >= 0 && gr < p.in_h ? src + gr * p.in_w : nullptr;
+    for (int c = lane; c < t.cols; c += 32) {
+      const int64_t gc = col0 + c;
+      stage_tf32<kSplit>(xs + r * t.rs + c, tile_elems, row != nullptr && gc >= 0 && gc < p.in_w ? row[gc] : 0.f);
+    }
+  }
+  if (tid == 0) *non_finite = 0;
+  __syncthreads();
+
+  float acc[kMmaMaxTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+
+  const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
+  const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
+  const int k_blocks = t.nts + kKB - 1;  // the A k-blocks the block's n-tiles meet
+  for (int a = 0; a < kernel_rows; ++a) {
+    // B: bf[part][q] = T[8 q + quad (+4)][group] = f[a][8 q + quad - group (+4)]
+    const float* f_lane = fs + a * t.fw + kTf32Pad + quad - group;
+    uint32_t bf[kParts][kKB][2];
+#pragma unroll
+    for (int part = 0; part < kParts; ++part)
+#pragma unroll
+      for (int q = 0; q < kKB; ++q) {
+        bf[part][q][0] = float_bits(f_lane[part * filter_elems + 8 * q]);
+        bf[part][q][1] = float_bits(f_lane[part * filter_elems + 8 * q + 4]);
+      }
+    // A of k-block kb: staged rows r0 + a (+8), columns 8 kb + quad (+4). The n-tiles then go by pairs: a guard per
+    // product cost a predicate and a warp sync per HMMA (sm_90 SASS), a pair's guard covers its 2 kKB kParts HMMA.
+    const float* x_lane = xs + (r0 + a) * t.rs + quad;
+    uint32_t af[kParts][kMmaMaxTiles + kKB - 1][4];
+#pragma unroll
+    for (int kb = 0; kb < kMmaMaxTiles + kKB - 1; ++kb)
+#pragma unroll
+      for (int part = 0; part < kParts; ++part) {
+        if (kb >= k_blocks) continue;  // the same for the whole block
+        const float* x = x_lane + part * tile_elems + 8 * kb;
+        af[part][kb][0] = float_bits(x[0]);
+        af[part][kb][1] = float_bits(x[8 * t.rs]);
+        af[part][kb][2] = float_bits(x[4]);
+        af[part][kb][3] = float_bits(x[8 * t.rs + 4]);
+      }
+#pragma unroll
+    for (int pair = 0; pair < kMmaMaxTiles / 2; ++pair) {
+      const int tiles = imin(2, t.nts - 2 * pair);  // the same for the whole block
+      if (tiles == 2)
+        tf32_products<kKB, kSplit, 2>(acc, af, bf, 2 * pair);
+      else if (tiles == 1)
+        tf32_products<kKB, kSplit, 1>(acc, af, bf, 2 * pair);
+    }
+  }
+
+  if (!all_finite(acc)) *non_finite = 1;
+  __syncthreads();
+  if (*non_finite) {  // the direct sums over the taps inside the input, for this lane's outputs
+#pragma unroll
+    for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (nt >= t.nts) continue;
+        const int64_t gr = row0 + r0 + 8 * (e / 2), gc = col0 + 8 * nt + 2 * quad + e % 2;
+        float s = 0.f;
+        for (int a = 0; a < p.kh; ++a) {
+          if (gr + a < 0 || gr + a >= p.in_h) continue;
+          for (int b = 0; b < p.kw; ++b)
+            if (gc + b >= 0 && gc + b < p.in_w) s = fmaf(tap(a, b), src[(gr + a) * p.in_w + gc + b], s);
+        }
+        acc[nt][e] = s;
+      }
+  }
+  store_mma_outputs<float>(p, acc, t.nts, plane, o, i0 + r0, j0 + 2 * quad);
+}
+
+// The TF32 tile when the call qualifies (see corr_tf32_kernel) and it fits in shared memory.
+inline bool plan_corr_tf32(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
+      p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw ||
+      (!p.tf32 && (p.out_h < kSplitMinSide || p.out_w < kSplitMinSide)))
+    return false;
+  MmaTile t{};
+  const int kb = mma_tf32_k_blocks(p.kw);
+  t.rows = kMmaRows + p.kh - 1;
+  t.cols = 8 * (kMmaMaxTiles + kb - 1);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
+  t.rs = t.cols + 4;                     // 4 (mod 32) words: a fragment load's 8 rows x 4 words hit 32 banks
+  t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f_lane + 8 (kKB - 1) + 4 at most, f_lane <= 8 + 3
+  t.tiles_h = ceil_div(p.out_h, kMmaRows);
+  t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
+  t.nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t.tiles_w), 8));  // balanced column tiles
+  t.fcs = 0;
+  const size_t parts = p.tf32 ? 1 : 2;
+  t.smem = parts * (static_cast<size_t>(t.rows) * t.rs + static_cast<size_t>(p.kh) * t.fw) * sizeof(float) + 16;
+  if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  *tile = t;
+  return true;
+}
+
+template <typename Launch>
+void run_corr_tf32(Launch& launch, const Corr& p, const MmaTile& t) {
+  const unsigned grid = grid_size(t.blocks(p.n * p.out_c)), threads = 32 * kMmaWarps;
+  auto go = [&](auto kernel) { launch(kernel, grid, threads, t.smem, p, t); };
+  switch (mma_tf32_k_blocks(p.kw) * 2 + !p.tf32) {
+#define LC_TF32_CASE(kb)                                 \
+  case 2 * kb: go(corr_tf32_kernel<kb, false>); return; \
+  case 2 * kb + 1: go(corr_tf32_kernel<kb, true>); return;
+    LC_TF32_CASE(3) LC_TF32_CASE(4) LC_TF32_CASE(5) LC_TF32_CASE(6) LC_TF32_CASE(7) LC_TF32_CASE(8) LC_TF32_CASE(9)
+#undef LC_TF32_CASE
+  }
+  LC_CHECK(false, "no TF32 tile for kw = " + std::to_string(p.kw));
+}
+
 inline unsigned naive_grid(int64_t total) {
   const int64_t blocks = ceil_div(total, kThreads);
   return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride loop covers the rest
@@ -505,12 +711,15 @@ inline unsigned naive_grid(int64_t total) {
 
 template <typename T, typename Launch>
 void run_corr(Launch& launch, const Corr& p, const DeviceLimits& lim) {
-  if constexpr (!std::is_same_v<T, float>) {
-    MmaTile mma;
-    if (plan_corr_mma<T>(p, lim, &mma)) {
-      run_corr_mma<T>(launch, p, mma);
+  MmaTile mma;
+  if constexpr (std::is_same_v<T, float>) {
+    if (plan_corr_tf32(p, lim, &mma)) {
+      run_corr_tf32(launch, p, mma);
       return;
     }
+  } else if (plan_corr_mma<T>(p, lim, &mma)) {
+    run_corr_mma<T>(launch, p, mma);
+    return;
   }
   CorrTile t;
   if (plan_corr(p, lim, &t)) {
@@ -981,7 +1190,8 @@ void run_wgrad_mma(Launch& launch, const WGrad& p, const MmaWGradTile& t) {
 // ================================================================================================================
 inline Corr forward_corr(const DwArgs& a) {
   return Corr{a.x, a.weight, a.bias, a.out, a.n, a.c, a.h, a.w, a.co, a.ho, a.wo, a.kh, a.kw, a.sh, a.sw, a.dh, a.dw,
-              a.pt, a.pl, /*reps=*/1, /*in_div=*/static_cast<int>(a.co / a.c), /*flip=*/false, a.channels_last};
+              a.pt, a.pl, /*reps=*/1, /*in_div=*/static_cast<int>(a.co / a.c), /*flip=*/false, a.channels_last,
+              a.tf32};
 }
 
 inline WGrad make_wgrad(const DwArgs& a) {
@@ -1000,7 +1210,7 @@ void run_grad_input(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
   if (a.sh == 1 && a.sw == 1) {  // the forward of grad_out with the flipped filter
     const Corr p{a.grad_out, a.weight, nullptr, a.out, a.n, a.co, a.ho, a.wo, a.c, a.h, a.w, a.kh, a.kw, 1, 1,
                  a.dh, a.dw, a.dh * (a.kh - 1) - a.pt, a.dw * (a.kw - 1) - a.pl, /*reps=*/mult, /*in_div=*/1,
-                 /*flip=*/true, a.channels_last};
+                 /*flip=*/true, a.channels_last, a.tf32};
     run_corr<T>(launch, p, lim);
   } else {
     const Gather p{a.grad_out, a.weight, a.out, a.n, a.c, a.h, a.w, a.co, a.ho, a.wo, mult, a.kh, a.kw,

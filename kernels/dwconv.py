@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from largeconv.arguments import dwconv2d_output_hw, is_channels_last
+from largeconv.arguments import cudnn_conv_allows_tf32, dwconv2d_output_hw, is_channels_last
 
 # triton.jit picks the interpreter when the module is imported, so this is the state the kernels run under.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -95,7 +95,7 @@ def _acc_dtype(dtype):
 
 def _dot_precision(dtype):
     # Ignored for fp16/bf16 operands. fp32 uses TF32 tensor cores only where PyTorch allows them for cuDNN convs.
-    if dtype == torch.float64 or (dtype == torch.float32 and not _cudnn_conv_allows_tf32()):
+    if dtype == torch.float64 or (dtype == torch.float32 and not cudnn_conv_allows_tf32()):
         return "ieee"
     return "tf32"
 
@@ -108,18 +108,6 @@ def _toeplitz_precision(dtype):
     (the GPU kit's smoke stage: fp32 with TF32 off, 1e-5)."""
     precision = _dot_precision(dtype)
     return "tf32x3" if dtype == torch.float32 and precision == "ieee" else precision
-
-
-def _cudnn_conv_allows_tf32():
-    """torch.backends.cudnn.allow_tf32, read through the per-op API where torch has it (reading the legacy flag
-    raises once the two APIs were mixed): the conv setting, else cuDNN's, else the global one; "none" defers."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is None:
-        return torch.backends.cudnn.allow_tf32
-    for precision in (conv.fp32_precision, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
-        if precision != "none":
-            return precision == "tf32"
-    return False
 
 
 # Tile configs. Each helper takes `gpu`: the GPU's choice (True) or the interpreter's (False); the kernels use the

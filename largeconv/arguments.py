@@ -224,3 +224,16 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def memory_format_of(x: torch.Tensor):
     """The layout backends get: channels_last stays channels_last; anything else becomes NCHW-contiguous."""
     return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+def cudnn_conv_allows_tf32() -> bool:
+    """Whether fp32 convs may use TF32 tensor cores: torch.backends.cudnn.allow_tf32 (PyTorch's rule for its own
+    convs), read through the per-op API where torch has it (reading the legacy flag raises once the two APIs were
+    mixed): the conv setting, else cuDNN's, else the global one; "none" defers."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None:
+        return torch.backends.cudnn.allow_tf32
+    for precision in (conv.fp32_precision, torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False

@@ -8,7 +8,7 @@ import importlib
 
 import torch
 
-from .arguments import dwconv2d_output_hw, memory_format_of
+from .arguments import cudnn_conv_allows_tf32, dwconv2d_output_hw, memory_format_of
 
 BUILD_HINT = ("the CUDA extension largeconv._C is not built: install with a CUDA build of torch and nvcc present, "
               "or FORCE_CUDA=1 pip install --no-build-isolation -e .")
@@ -58,17 +58,20 @@ def _empty(shape, like, memory_format=None):
 
 # ---- depthwise convolution ------------------------------------------------------------------------------------
 
+# Forward and grad-input of fp32 large kernels run on tensor cores (csrc/dwconv.cuh, corr_tf32_kernel): in TF32 where
+# PyTorch allows it for its convs, else as 3xTF32 (about fp32's accuracy).
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
     out_h, out_w = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
     out = _empty((x.shape[0], weight.shape[0], out_h, out_w), x)
-    torch.ops.largeconv_C.dwconv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation), out)
+    torch.ops.largeconv_C.dwconv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation),
+                                           cudnn_conv_allows_tf32(), out)
     return out
 
 
 def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
     grad_input = _empty(tuple(input_shape), grad_out)
     torch.ops.largeconv_C.dwconv2d_grad_input(grad_out, weight, list(stride), list(padding), list(dilation),
-                                              grad_input)
+                                              cudnn_conv_allows_tf32(), grad_input)
     return grad_input
 
 

@@ -28,3 +28,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32(monkeypatch):
+    """fp32 is held to 1e-5 relative, so every test starts with TF32 off for convs (PyTorch's default is on; the
+    triton and cuda kernels follow torch.backends.cudnn.allow_tf32). A test of TF32 turns it on itself."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -201,6 +201,17 @@ MUTATIONS = [
       "bf[q][odd][1] = load_pair(f0 + 16 * q - 8 * odd + 6);",
       ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
       "tensor-core kernels: the upper half of each Toeplitz fragment two taps off"),
+    M("cuda-tf32-band-upper", "csrc/dwconv.cuh", "bf[part][q][1] = float_bits(f_lane[part * filter_elems + 8 * q + 4]);",
+      "bf[part][q][1] = float_bits(f_lane[part * filter_elems + 8 * q + 3]);",
+      ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
+      "TF32 correlation: the upper half of each Toeplitz fragment one tap off"),
+    M("cuda-tf32-no-small-terms", "csrc/dwconv.cuh", "for (int term = kSplit ? 0 : 2; term < 3; ++term)",
+      "for (int term = 2; term < 3; ++term)", ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
+      "exact fp32 on tensor cores as one TF32 product (3xTF32's lo terms dropped): 1e-3 errors"),
+    M("cuda-tf32-no-redo", "csrc/dwconv.cuh", "if (*non_finite) {  // the direct sums over the taps inside the input",
+      "if (false) {  // the direct sums over the taps inside the input",
+      ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
+      "TF32 correlation: band zeros times an Inf input left as NaN"),
 ]
 
 

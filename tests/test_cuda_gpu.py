@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import largeconv.cuda as cuda_backend
-from numerics import assert_close, poisoned_allocations
+from numerics import assert_close, poisoned_allocations, rel_error
 
 pytestmark = [
     pytest.mark.gpu,
@@ -78,6 +78,32 @@ REPLKNET_31B = [(2, 128, 56, 56, 31), (2, 256, 28, 28, 29), (2, 512, 14, 14, 27)
 def test_dwconv_replknet_stages(shape, dtype, layout):
     n, c, h, w, k = shape
     check_dwconv(n, c, h, w, (k, k), dtype, layout)
+
+
+@pytest.mark.parametrize("shape", [(2, 128, 56, 56, 31), (2, 512, 14, 14, 27), (2, 1024, 7, 7, 13),
+                                   (2, 12, 32, 40, 51)], ids=lambda s: "x".join(map(str, s)))
+def test_dwconv_fp32_with_tf32_allowed(shape, monkeypatch):
+    """fp32 where torch.backends.cudnn.allow_tf32 allows TF32 (PyTorch's default): forward and grad-input of NCHW
+    large kernels run one TF32 product (csrc/dwconv.cuh corr_tf32_kernel), held to the design's 1e-3; grad-weight
+    stays exact (1e-5). The other tests run with TF32 off (tests/conftest.py), where the same kernel runs 3xTF32."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    n, c, h, w, k = shape
+    x = randn((n, c, h, w), torch.float32, "nchw")
+    weight = randn((c, 1, k, k), torch.float32, "nchw", scale=1.0 / k)
+    b = randn((c,), torch.float32, "nchw")
+    args = ((1, 1), (k // 2,) * 4, (1, 1))
+    with poisoned_allocations():
+        out = cuda_backend.dwconv2d_forward(x, weight, b, *args)
+        grad = randn(out.shape, torch.float32, "nchw")
+        grad_x = cuda_backend.dwconv2d_grad_input(grad, weight, x.shape, *args)
+        grad_w = cuda_backend.dwconv2d_grad_weight(grad, x, weight.shape, *args)
+    ref = dw_reference(x, weight, b, grad, (1, 1), args[1], (1, 1), torch.float64)
+    for name, got, want, bound in zip(("forward", "grad_input", "grad_weight"), (out, grad_x, grad_w), ref,
+                                      (1e-3, 1e-3, 1e-5)):
+        err = rel_error(got, want)
+        assert err <= bound, f"{name}: relative error {err:.3g} > {bound}"
+        if name != "grad_weight":  # TF32 shows: a kernel that ignored the setting would be ~1e-7 off
+            assert err > 1e-6, f"{name}: relative error {err:.3g}: exact fp32, TF32 not used"
 
 
 DW_EDGE_CASES = {
@@ -329,12 +355,13 @@ def test_ops_reject_mixed_layouts_and_dtypes():
     weight = randn((8, 1, 3, 3), torch.float32, "nchw")
     out_nchw = torch.empty(2, 8, 10, 10, device="cuda")
     with pytest.raises(RuntimeError, match="one memory format"):
-        torch.ops.largeconv_C.dwconv2d_forward(x, weight, None, [1, 1], [1, 1, 1, 1], [1, 1], out_nchw)
+        torch.ops.largeconv_C.dwconv2d_forward(x, weight, None, [1, 1], [1, 1, 1, 1], [1, 1], False, out_nchw)
     with pytest.raises(RuntimeError, match="dtype"):
-        torch.ops.largeconv_C.dwconv2d_forward(x, weight.half(), None, [1, 1], [1, 1, 1, 1], [1, 1],
+        torch.ops.largeconv_C.dwconv2d_forward(x, weight.half(), None, [1, 1], [1, 1, 1, 1], [1, 1], False,
                                                torch.empty_like(x))
     with pytest.raises(RuntimeError, match="does not match"):
-        torch.ops.largeconv_C.dwconv2d_forward(x, weight, None, [1, 1], [0, 0, 0, 0], [1, 1], torch.empty_like(x))
+        torch.ops.largeconv_C.dwconv2d_forward(x, weight, None, [1, 1], [0, 0, 0, 0], [1, 1], False,
+                                               torch.empty_like(x))
 
 
 def test_runs_on_the_current_stream_and_device():

@@ -17,12 +17,6 @@ pytestmark = pytest.mark.skipif(dw.unsupported_reason(torch.empty(1, 1, 1, 1, de
                                 reason="Triton kernels cannot run here (CPU needs TRITON_INTERPRET=1)")
 
 
-@pytest.fixture(autouse=True)
-def no_tf32(monkeypatch):
-    """fp32 is held to 1e-5 relative, so keep the kernels off TF32 (they follow cuDNN's convolution setting)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 # (N, C, multiplier, H, W, (Kh, Kw), stride, padding (top, bottom, left, right), dilation, bias)
 CASES = {
     "3x3": (2, 3, 1, 8, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True),

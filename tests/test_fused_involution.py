@@ -20,11 +20,6 @@ BACKENDS = ["torch", "cpu", "triton"]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-@pytest.fixture(autouse=True)
-def no_tf32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 is checked to 1e-5 (matters on a GPU)
-
-
 def out_size(n, k, stride, padding, dilation):
     return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 

@@ -7,7 +7,7 @@
 // barrier aborts, as does a barrier that times out), shared memory is one exactly-sized heap buffer refilled with
 // NaN bytes before every block (reading a stale or unwritten value poisons the result; AddressSanitizer sees any
 // overflow), and the kernels' global buffers are exactly-sized heap allocations in the test.
-// Warps exist only for the tensor-core product (mma_m16n8k16 below): the 32 threads of a warp exchange their
+// Warps exist only for the tensor-core products (mma_m16n8k16, mma_m16n8k8_tf32 below): the 32 threads of a warp exchange their
 // fragments through a per-warp buffer between two warp barriers. Not emulated: other warp-level primitives (the
 // kernels use none), memory-model races within a barrier interval.
 #pragma once
@@ -15,6 +15,7 @@
 #include <math.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -187,6 +188,48 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
     d[e] = sum;
   }
   warp.barrier.wait(-4);  // every lane has read the buffer before it is written again
+}
+
+// v rounded to TF32 as cvt.rna.tf32.f32 does: to the nearest value with 10 explicit mantissa bits, ties away from
+// zero (half an ulp added to the magnitude, then the low 13 bits cleared; a carry into the exponent rounds up,
+// to Inf past the largest TF32 value). NaN and Inf are returned as they are.
+inline float to_tf32(float v) {
+  if (!std::isfinite(v)) return v;
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits = (bits + 0x1000u) & ~0x1fffu;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: d += A (16x8) @ B (8x8) for the warp (lane = 4 * group + t:
+// a[0] holds A[group][t], a[1] A[group+8][t], a[2] and a[3] the same at column t+4; b[0] holds B[t][group], b[1]
+// B[t+4][group]; d as mma_m16n8k16). An operand must be a TF32 value (low 13 bits zero, as to_tf32 leaves it;
+// the hardware's use of other bits is unspecified): anything else fails. Products exact (11-bit mantissas), sums in
+// fp32 in k order.
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if (g_warps == nullptr || blockDim.x % 32) fail("mma_m16n8k8_tf32 needs whole warps", static_cast<int>(blockDim.x));
+  const int lane = threadIdx.x % 32;
+  Warp& warp = (*g_warps)[threadIdx.x / 32];
+  std::memcpy(warp.a[lane], a, sizeof a);
+  std::memcpy(warp.b[lane], b, sizeof b);
+  warp.barrier.wait(-5);
+  auto element = [](uint32_t reg) {
+    float v;
+    std::memcpy(&v, &reg, sizeof v);
+    if (std::isfinite(v) && (reg & 0x1fffu)) fail("mma_m16n8k8_tf32: an operand that is not a TF32 value");
+    return v;
+  };
+  auto A = [&](int r, int k) { return element(warp.a[(r % 8) * 4 + k % 4][(r >= 8) + 2 * (k >= 4)]); };
+  auto B = [&](int k, int c) { return element(warp.b[c * 4 + k % 4][k >= 4]); };
+  const int group = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = group + 8 * (e / 2), c = 2 * t + e % 2;
+    float sum = d[e];
+    for (int k = 0; k < 8; ++k) sum += A(r, k) * B(k, c);
+    d[e] = sum;
+  }
+  warp.barrier.wait(-6);  // every lane has read the buffer before it is written again
 }
 
 }  // namespace emu

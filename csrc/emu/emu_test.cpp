@@ -80,18 +80,21 @@ double subnormal_spacing() {  // fp16's subnormals are coarse (2^-24); bf16 and 
   return std::is_same_v<T, half_t> ? std::ldexp(1.0, -24) : 0.0;
 }
 
-// out vs ref element by element: |out - ref| <= 1e-5 * sum|terms| + 1.01 * roundoff(T) * |ref| + half a
+// out vs ref element by element: |out - ref| <= terms * sum|terms| + 1.01 * roundoff(T) * |ref| + half a
 // subnormal step (+ tiny): fp32 accumulation, then one rounding to T.
 // A non-finite reference element must be matched exactly (NaN by NaN, Inf by the same Inf); `alt`, where given, is a
 // second reference the element may match instead (below: padding's zeros multiplied, as F.conv2d does on CPU).
+// TF32 products (DwArgs::tf32): each operand rounded to 11 significant bits, so up to 2^-10 of each term.
+constexpr double kTf32Terms = 1e-5 + 0x1p-10;
+
 template <typename T>
 bool compare(const char* what, const Buffer<T>& out, const std::vector<double>& ref, const std::vector<double>& mag,
-             std::string* msg, const std::vector<double>* alt = nullptr) {
+             std::string* msg, const std::vector<double>* alt = nullptr, double terms = 1e-5) {
   size_t bad = 0, first_bad = 0;
   for (size_t i = 0; i < out.n; ++i) {
     const double v = to_float(out.p[i]);
     const double tol =
-        1e-5 * mag[i] + 1.01 * unit_roundoff<T>() * std::fabs(ref[i]) + 0.51 * subnormal_spacing<T>() + 1e-30;
+        terms * mag[i] + 1.01 * unit_roundoff<T>() * std::fabs(ref[i]) + 0.51 * subnormal_spacing<T>() + 1e-30;
     auto matches = [&](double want) {
       return std::isfinite(want) ? std::fabs(v - want) <= tol : std::isnan(want) ? std::isnan(v) : v == want;
     };
@@ -122,9 +125,12 @@ struct DwCase {
   bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
 };
 
+// tf32: fp32 forward and grad-input may use TF32 (DwArgs::tf32), checked at kTf32Terms.
 template <typename T>
-bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg) {
+bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, bool tf32, std::string* msg) {
   DwArgs a;
+  a.tf32 = tf32;
+  const double terms = tf32 ? kTf32Terms : 1e-5;
   a.n = k.n; a.c = k.c; a.h = k.h; a.w = k.w; a.co = static_cast<int64_t>(k.c) * k.mult;
   a.kh = k.kh; a.kw = k.kw; a.sh = k.sh; a.sw = k.sw; a.dh = k.dh; a.dw = k.dw; a.pt = k.pt; a.pl = k.pl;
   a.ho = (k.h + k.pt + k.pb - k.dh * (k.kh - 1) - 1) / k.sh + 1;
@@ -178,7 +184,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
     DwArgs f = a;
     f.x = x.p; f.weight = wt.p; f.bias = bias.p; f.out = out.p;
     dw::run_forward<T>(launch, f, lim);
-    ok &= compare("forward", out, y, ymag, msg);
+    ok &= compare("forward", out, y, ymag, msg, nullptr, terms);
   }
   {
     Buffer<T> out(x.n);
@@ -186,7 +192,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, std::string* msg)
     DwArgs f = a;
     f.grad_out = g.p; f.weight = wt.p; f.out = out.p;
     dw::run_grad_input<T>(launch, f, lim);
-    ok &= compare("grad_input", out, dx, dxmag, msg);
+    ok &= compare("grad_input", out, dx, dxmag, msg, nullptr, terms);
   }
   {
     Buffer<T> out(wt.n);
@@ -382,7 +388,8 @@ int main(int argc, char** argv) {
   const char* filter = argc > 1 ? argv[1] : "";
   // Limits: a roomy device with few SMs (plans shrink tiles to make blocks), a 12 KB device (plans shrink tiles
   // to fit), and a 1 KB device (nothing fits: the one-thread-per-output fallbacks).
-  // The roomy device has tensor cores (the fp16/bf16 NCHW tensor-core correlation), the others not.
+  // The roomy device has tensor cores (the NCHW tensor-core correlations: fp16/bf16, fp32 as TF32 or 3xTF32), the
+  // others not.
   const DeviceLimits roomy{227 * 1024, 4, true}, small{12 * 1024, 1}, none{1024, 1};
   struct Lim {
     const char* name;
@@ -414,12 +421,14 @@ int main(int argc, char** argv) {
       {1, 3, 12, 10, 1, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3, false, true},     // NaN / Inf in x and grad_out
       {2, 3, 13, 15, 2, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, false, true},     // the same, stride 2, multiplier 2
       {1, 2, 16, 20, 1, 31, 31, 1, 1, 1, 1, 15, 15, 15, 15, true, true},  // the same, 31x31
-      // fp16/bf16 NCHW at unit stride with 13 <= kw <= 65 run the tensor-core correlation (roomy device): several
-      // row and column tiles, k-blocks 2..5, a multiplier (forward only: grad-input then sums 2 planes), "valid"
+      // NCHW at unit stride with 13 <= kw <= 65 run the tensor-core correlations (roomy device): several row and
+      // column tiles, k-blocks 2..5 (fp16/bf16) and 3..9 (fp32), a multiplier (forward only: grad-input then sums
+      // 2 planes), "valid"
       {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true},     // 2 x 3 tiles
       {1, 1, 20, 70, 1, 3, 65, 1, 1, 1, 1, 1, 1, 32, 32, true},     // kw 65: 5 k-blocks, wide tiles
       {1, 2, 12, 40, 2, 13, 41, 1, 1, 1, 1, 6, 6, 20, 20, true},    // kw 41, multiplier 2
       {1, 2, 66, 67, 1, 13, 13, 1, 1, 1, 1, 0, 0, 0, 0, true},      // "valid", a partial second tile
+      {1, 2, 20, 60, 1, 5, 51, 1, 1, 1, 1, 2, 2, 25, 25, true},     // SLaK's 5x51
       {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true, true},  // NaN / Inf, 2 x 3 tiles
   };
   //                   b  c   h   w  G  k  s  p  d
@@ -495,17 +504,20 @@ int main(int argc, char** argv) {
       for (int cl = 0; cl < 2; ++cl) {
         // The small and naive devices run fp32 only (their paths do not depend on the dtype).
         if (d != DType::kFloat32 && std::strcmp(l.name, "roomy") != 0) continue;
-        for (size_t i = 0; i < sizeof(dw_cases) / sizeof(dw_cases[0]); ++i) {
-          const DwCase& k = dw_cases[i];
+        for (size_t i = 0; i < 2 * sizeof(dw_cases) / sizeof(dw_cases[0]); ++i) {
+          // each case, then (tf32) the fp32 ones wide enough for the tensor-core kernels again with TF32 allowed
+          const DwCase& k = dw_cases[i % (sizeof(dw_cases) / sizeof(dw_cases[0]))];
+          const bool tf32 = i >= sizeof(dw_cases) / sizeof(dw_cases[0]);
           if (k.roomy_only && std::strcmp(l.name, "roomy") != 0) continue;
+          if (tf32 && (d != DType::kFloat32 || k.kw < dw::kMmaMinKw)) continue;
           char name[256];
           std::snprintf(name, sizeof name, "dwconv[%zu] %s %s %s n%d c%d %dx%d m%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d%s",
-                        i, l.name, dtype_name(d), cl ? "NHWC" : "NCHW", k.n, k.c, k.h, k.w, k.mult, k.kh, k.kw, k.sh,
-                        k.sw, k.dh, k.dw, k.pt, k.pb, k.pl, k.pr, k.non_finite ? " nan/inf" : "");
+                        i, l.name, tf32 ? "tf32" : dtype_name(d), cl ? "NHWC" : "NCHW", k.n, k.c, k.h, k.w, k.mult,
+                        k.kh, k.kw, k.sh, k.sw, k.dh, k.dw, k.pt, k.pb, k.pl, k.pr, k.non_finite ? " nan/inf" : "");
           if (!std::strstr(name, filter)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
-          const bool ok = with_dtype(d, [&](auto tag) { return run_dw<decltype(tag)>(k, cl, l.lim, &msg); });
+          const bool ok = with_dtype(d, [&](auto tag) { return run_dw<decltype(tag)>(k, cl, l.lim, tf32, &msg); });
           ++run;
           if (!ok) ++failures;
           std::printf("%s %s (%.1fs) %s\n", ok ? "ok  " : "FAIL", name, seconds_since(start), msg.c_str());
