@@ -819,12 +819,13 @@ def mma_loops(sass):
     return dict(instr=len(hot), hmma=sum(op.startswith("HMMA") for _, op, _ in hot),
                 lds=sum(op.startswith("LDS") for _, op, _ in hot),
                 nop=sum(op.startswith(("NOP", "WARPSYNC")) for _, op, _ in hot),
+                local=sum(op.startswith(("LDL", "STL")) for _, op, _ in hot),
                 stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
 
 
 # The CUDA tensor-core variants: (row dtype, kernel element type, TF32 products per step or None for bf16, FLOP per
-# HMMA, peak). fp32 forward and grad-input run corr_tf32_kernel: one TF32 product where TF32 is allowed, 3xTF32
-# (exact fp32) where not; fp32 grad-weight stays on the FMA kernels (not modelled here).
+# HMMA, peak). fp32 runs corr_tf32_kernel and wgrad_tf32_kernel: one TF32 product where TF32 is allowed, 3xTF32
+# (exact fp32) where not.
 MMA_VARIANTS = (("bf16", "__nv_bfloat16", None, 4096, "bfloat16"), ("tf32", "float", 1, 2048, "float32"),
                 ("fp32", "float", 3, 2048, "float32"))
 
@@ -846,11 +847,35 @@ def cuda_mma_rows():
         kh, kw = case.kernel
         ho, wo = h, w  # "same", stride 1
         for direction in DIRECTIONS:
-            if direction == "grad-weight" and products:
+            if products == 3 and min(ho, wo) < 14:  # csrc/dwconv.cuh kSplitMinSide: the FMA kernels run
                 continue
-            if products == 3 and min(ho, wo) < 14:  # csrc/dwconv.cuh kSplitMinSide: the FMA kernel runs
+            if direction == "grad-weight" and (kw > 32 or kh > 32):
                 continue
-            if products:  # corr_tf32_kernel: k-blocks of 8, fp32 staged as kParts copies, no second filter copy
+            if direction == "grad-weight" and products:  # wgrad_tf32_kernel: wgrad_mma_kernel's plan, k-blocks of 8
+                tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
+                th, tw = cdiv(ho, tiles_h), cdiv(cdiv(wo, tiles_w), 8) * 8
+                kb = tw // 8 + 1
+                name = f"void largeconv::dw::wgrad_tf32_kernel<{kb}, {str(products == 3).lower()}>(" \
+                       "largeconv::dw::WGrad, largeconv::dw::MmaWGradTile)"
+                parts = 2 if products == 3 else 1
+                cols, gw = 8 * (kb + 3), 8 * kb + 16
+                rs = cols + 4
+                xrows = max(th + 31, cdiv(4 * 1024, parts * rs))
+                smem = parts * (xrows * rs + th * gw) * 4 + 16
+                items = n * tiles_h * tiles_w
+                blocks = c * min(cdiv(4 * sm90.H100["sms"], c), items)
+                loops = mma_loops(functions[name])
+                mts, nbs = cdiv(kh, 16), cdiv(kw, 8)
+                # per g row: the loop's other instructions for the m-tiles it runs (of 2), plus the HMMA it runs
+                # (pairs of n-tiles; the loop also holds the odd n-tile's path) with their share of NOP / WARPSYNC
+                executed = mts * nbs * kb * products
+                per_row = ((loops["instr"] - loops["hmma"] - loops["nop"]) * mts / 2
+                           + executed * (1 + loops["nop"] / loops["hmma"]))
+                staged = parts * ((th + 31) * cols + th * gw)
+                warp_instr = c * items * (th * per_row + staged / parts / 32 * loops["stage_instr"])
+                hmma = c * items * th * executed
+                wavefronts = c * items * (th * loops["lds"] * mts / 2 + 2 * staged / 32)
+            elif products:  # corr_tf32_kernel: k-blocks of 8, fp32 staged as kParts copies, no second filter copy
                 kb = tf32_k_blocks(kw)
                 name = f"void largeconv::dw::corr_tf32_kernel<{kb}, {str(products == 3).lower()}>(" \
                        "largeconv::dw::Corr, largeconv::dw::MmaTile)"
@@ -878,8 +903,6 @@ def cuda_mma_rows():
                     hmma += n * c * tiles_w * busy * kh * nts * kb * products
                     wavefronts += n * c * tiles_w * (busy * kh * lds_row + 2 * parts * staged / 32)
             elif direction == "grad-weight":
-                if kw > 32 or kh > 32:
-                    continue
                 tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
                 th, tw = cdiv(ho, tiles_h), cdiv(cdiv(wo, tiles_w), 8) * 8
                 kb = mma_k_blocks(tw)
@@ -934,7 +957,7 @@ def cuda_mma_rows():
             rows.append(dict(case=case.name, dtype=dtype, direction=direction,
                              kernel=name.split("(")[0].replace("void ", ""),
                              registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident,
-                             hot_instr=loops["instr"], hot_hmma=loops["hmma"],
+                             hot_instr=loops["instr"], hot_hmma=loops["hmma"], hot_local=loops["local"],
                              executed_vs_useful=hmma * hmma_flop / (products or 1) / flops,
                              **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
                              predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=flops / TENSOR_PEAK[peak]
@@ -1049,8 +1072,8 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   "`cuda_mma_rows` (its docstring): the kernels' plans replayed, loop counts from their sm_90 SASS; "
                   f"mma.sync taken at {MMA_SYNC_SHARE:.0%} of the operand dtype's dense peak (an assumption). Forward "
                   "and grad-input run the same kernel. bf16: mma m16n8k16; tf32: fp32 with TF32 allowed, one TF32 "
-                  "product (m16n8k8); fp32: TF32 off, 3xTF32 (three products, about fp32's accuracy); fp32 "
-                  "grad-weight stays on the FMA kernels. executed/useful counts one product per step. floor = useful "
+                  "product (m16n8k8); fp32: TF32 off, 3xTF32 (three products, about fp32's accuracy; the FMA kernels "
+                  "below 14x14 maps). executed/useful counts one product per step. floor = useful "
                   "FLOPs at the dense peak of the operand dtype (bf16, TF32).", "",
                   "| case | dtype | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | hot-loop instr | "
                   "hot-loop HMMA | executed/useful | issue ms | tensor ms | L1 ms | memory ms | predicted ms | "

@@ -32,7 +32,7 @@ struct DwArgs {
   int kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
   int pt = 0, pl = 0;  // top / left padding; bottom / right are implied by ho, wo
   bool channels_last = false;
-  bool tf32 = false;  // fp32 may use TF32 (torch.backends.cudnn.allow_tf32); forward and grad-input read it
+  bool tf32 = false;  // fp32 may use TF32 (torch.backends.cudnn.allow_tf32)
 };
 
 // One depthwise 1-D conv call, described in forward terms: x (n, c, l) -> y (n, co, lo), co = c * mult; every

@@ -172,7 +172,7 @@ void dwconv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, a
 }
 
 void dwconv2d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& grad_weight) {
+                          at::IntArrayRef padding, at::IntArrayRef dilation, bool tf32, const at::Tensor& grad_weight) {
   const char* op = "largeconv_C::dwconv2d_grad_weight";
   check_tensors(op, {{"grad_out", &grad_out}, {"x", &x}});
   check_dw_weight(op, grad_weight, x);
@@ -181,6 +181,7 @@ void dwconv2d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, at::I
   a.grad_out = grad_out.const_data_ptr();
   a.x = x.const_data_ptr();
   a.out = grad_weight.data_ptr();
+  a.tf32 = tf32;
   run([&] {
     const size_t bytes = dwconv_grad_weight_workspace_bytes(a);
     at::Tensor workspace;  // fp32 partial sums per split; on x's device, so on the current stream
@@ -353,7 +354,7 @@ TORCH_LIBRARY(largeconv_C, m) {
   m.def("dwconv2d_grad_input(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, "
         "bool tf32, Tensor(a!) grad_input) -> ()");
   m.def("dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, "
-        "Tensor(a!) grad_weight) -> ()");
+        "bool tf32, Tensor(a!) grad_weight) -> ()");
   m.def("dwconv1d_forward(Tensor x, Tensor weight, Tensor? bias, int stride, int[2] padding, int dilation, "
         "Tensor(a!) out) -> ()");
   m.def("dwconv1d_grad_input(Tensor grad_out, Tensor weight, int stride, int[2] padding, int dilation, "

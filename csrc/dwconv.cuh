@@ -543,18 +543,75 @@ LC_D void stage_tf32(float* p, size_t lo_offset, float v) {
   if constexpr (kSplit) p[lo_offset] = is_finite(hi) ? to_tf32(v - hi) : 0.f;
 }
 
-// acc[nt] += the kernel row's products for n-tiles nt0 .. nt0 + kTiles - 1, the n-tiles interleaved (one n-tile's
-// products back to back wait on each other: a NOP between HMMAs in sm_90 SASS; two interleaved: one NOP per pair).
-template <int kKB, bool kSplit, int kTiles>
-LC_D void tf32_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&af)[kSplit ? 2 : 1][kMmaMaxTiles + kKB - 1][4],
-                        const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], int nt0) {
+// The A fragments of k-blocks 0 .. k_blocks - 1 (of kA) for 16 staged rows: x0 = the lane's first row + quad, rows
+// rs apart.
+template <int kA>
+LC_D void load_tf32_a(uint32_t (&af)[kA][4], const float* x0, int rs, int k_blocks) {
+#pragma unroll
+  for (int kb = 0; kb < kA; ++kb) {
+    if (kb >= k_blocks) continue;  // the same for the whole block
+    af[kb][0] = float_bits(x0[8 * kb]);
+    af[kb][1] = float_bits(x0[8 * rs + 8 * kb]);
+    af[kb][2] = float_bits(x0[8 * kb + 4]);
+    af[kb][3] = float_bits(x0[8 * rs + 8 * kb + 4]);
+  }
+}
+
+// The Toeplitz B fragments of one row zero-padded by kTf32Pad (a filter row, or a g row in grad-weight), its hi part
+// and with kSplit its lo part (part_elems further): bf[part][q] = T[8 q + quad (+4)][group] = row[8 q + quad - group
+// (+4)]; f0 = the lane's row[quad - group].
+template <bool kSplit, int kKB>
+LC_D void load_tf32_band(uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* f0, size_t part_elems) {
+#pragma unroll
+  for (int part = 0; part < (kSplit ? 2 : 1); ++part)
+#pragma unroll
+    for (int q = 0; q < kKB; ++q) {
+      bf[part][q][0] = float_bits(f0[part * part_elems + 8 * q]);
+      bf[part][q][1] = float_bits(f0[part * part_elems + 8 * q + 4]);
+    }
+}
+
+// acc[nt] += A x B for n-tiles nt0 .. nt0 + kTiles - 1 (k-blocks nt + q) and the B parts bf[kBParts - 1 .. 0], the
+// n-tiles interleaved (one n-tile's products back to back wait on each other: a NOP between HMMAs in sm_90 SASS; two
+// interleaved: one NOP per pair).
+template <int kKB, int kBParts, int kTiles, int kN, int kA, int kParts>
+LC_D void tf32_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], const uint32_t (&bf)[kParts][kKB][2],
+                        int nt0) {
 #pragma unroll
   for (int q = 0; q < kKB; ++q)
 #pragma unroll
-    for (int term = kSplit ? 0 : 2; term < 3; ++term)  // lo*hi, hi*lo (3xTF32), then hi*hi
+    for (int part = kBParts - 1; part >= 0; --part)
 #pragma unroll
-      for (int nt = nt0; nt < nt0 + kTiles; ++nt)
-        mma_m16n8k8_tf32(acc[nt], af[term == 0][nt + q], bf[term == 1][q]);
+      for (int nt = nt0; nt < nt0 + kTiles; ++nt) mma_m16n8k8_tf32(acc[nt], af[nt + q], bf[part][q]);
+}
+
+// One A part's products with the first kBParts B parts for n-tiles 0 .. nts - 1, by pairs: a guard per product cost
+// a predicate and a warp sync per HMMA (sm_90 SASS); a pair's guard covers its 2 kKB kBParts HMMA, and an odd last
+// n-tile goes alone.
+template <int kKB, int kBParts, int kN, int kA, int kParts>
+LC_D void tf32_row_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], const uint32_t (&bf)[kParts][kKB][2],
+                            int nts) {
+#pragma unroll
+  for (int pair = 0; pair < kN / 2; ++pair) {
+    const int tiles = imin(2, nts - 2 * pair);  // the same for the whole block
+    if (tiles == 2)
+      tf32_products<kKB, kBParts, 2>(acc, af, bf, 2 * pair);
+    else if (tiles == 1)
+      tf32_products<kKB, kBParts, 1>(acc, af, bf, 2 * pair);
+  }
+}
+
+// A row's products: TF32, or 3xTF32 (kSplit) as hi x lo + hi x hi, then lo x hi. x0 and k_blocks as load_tf32_a; the
+// lo part of the staged rows lies part_elems after the hi part. (One af[2][kA][4] array for both parts spilled 24-40
+// B in the grad-weight kernel, sm_90; two arrays do not.)
+template <int kKB, bool kSplit, int kN, int kA>
+LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* x0, int rs,
+                   size_t part_elems, int k_blocks, int nts) {
+  uint32_t af[kA][4], af_lo[kA][4];
+  load_tf32_a(af, x0, rs, k_blocks);
+  if constexpr (kSplit) load_tf32_a(af_lo, x0 + part_elems, rs, k_blocks);
+  tf32_row_products<kKB, kSplit ? 2 : 1>(acc, af, bf, nts);
+  if constexpr (kSplit) tf32_row_products<kKB, 1>(acc, af_lo, bf, nts);
 }
 
 template <int kKB, bool kSplit>
@@ -611,39 +668,11 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
   const int k_blocks = t.nts + kKB - 1;  // the A k-blocks the block's n-tiles meet
   for (int a = 0; a < kernel_rows; ++a) {
-    // B: bf[part][q] = T[8 q + quad (+4)][group] = f[a][8 q + quad - group (+4)]
-    const float* f_lane = fs + a * t.fw + kTf32Pad + quad - group;
+    // B: filter row a's band; A: staged rows r0 + a (+8), columns 8 kb + quad (+4)
     uint32_t bf[kParts][kKB][2];
-#pragma unroll
-    for (int part = 0; part < kParts; ++part)
-#pragma unroll
-      for (int q = 0; q < kKB; ++q) {
-        bf[part][q][0] = float_bits(f_lane[part * filter_elems + 8 * q]);
-        bf[part][q][1] = float_bits(f_lane[part * filter_elems + 8 * q + 4]);
-      }
-    // A of k-block kb: staged rows r0 + a (+8), columns 8 kb + quad (+4). The n-tiles then go by pairs: a guard per
-    // product cost a predicate and a warp sync per HMMA (sm_90 SASS), a pair's guard covers its 2 kKB kParts HMMA.
-    const float* x_lane = xs + (r0 + a) * t.rs + quad;
-    uint32_t af[kParts][kMmaMaxTiles + kKB - 1][4];
-#pragma unroll
-    for (int kb = 0; kb < kMmaMaxTiles + kKB - 1; ++kb)
-#pragma unroll
-      for (int part = 0; part < kParts; ++part) {
-        if (kb >= k_blocks) continue;  // the same for the whole block
-        const float* x = x_lane + part * tile_elems + 8 * kb;
-        af[part][kb][0] = float_bits(x[0]);
-        af[part][kb][1] = float_bits(x[8 * t.rs]);
-        af[part][kb][2] = float_bits(x[4]);
-        af[part][kb][3] = float_bits(x[8 * t.rs + 4]);
-      }
-#pragma unroll
-    for (int pair = 0; pair < kMmaMaxTiles / 2; ++pair) {
-      const int tiles = imin(2, t.nts - 2 * pair);  // the same for the whole block
-      if (tiles == 2)
-        tf32_products<kKB, kSplit, 2>(acc, af, bf, 2 * pair);
-      else if (tiles == 1)
-        tf32_products<kKB, kSplit, 1>(acc, af, bf, 2 * pair);
-    }
+    load_tf32_band<kSplit>(bf, fs + a * t.fw + kTf32Pad + quad - group, filter_elems);
+    tf32_row<kKB, kSplit, kMmaMaxTiles, kMmaMaxTiles + kKB - 1>(acc, bf, xs + (r0 + a) * t.rs + quad, t.rs,
+                                                                tile_elems, k_blocks, t.nts);
   }
 
   if (!all_finite(acc)) *non_finite = 1;
@@ -677,7 +706,7 @@ inline bool plan_corr_tf32(const Corr& p, const DeviceLimits& lim, MmaTile* tile
   const int kb = mma_tf32_k_blocks(p.kw);
   t.rows = kMmaRows + p.kh - 1;
   t.cols = 8 * (kMmaMaxTiles + kb - 1);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
-  t.rs = t.cols + 4;                     // 4 (mod 32) words: a fragment load's 8 rows x 4 words hit 32 banks
+  t.rs = t.cols + 4;                     // 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
   t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f_lane + 8 (kKB - 1) + 4 at most, f_lane <= 8 + 3
   t.tiles_h = ceil_div(p.out_h, kMmaRows);
   t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
@@ -798,6 +827,7 @@ struct WGrad {
   int64_t n, c, h, w, co, ho, wo;
   int mult, kh, kw, sh, sw, dh, dw, pt, pl;
   bool channels_last;
+  bool tf32;  // fp32: TF32 allowed, as Corr::tf32
 };
 
 // A block: bz channels x one split of the items (image n, th x tw output tile). Thread "groups" own kRB taps
@@ -1040,6 +1070,61 @@ struct MmaWGradTile {
   LC_HD int64_t blocks(int64_t channels) const { return channels * splits; }
 };
 
+// The end of a tensor-core grad-weight block (wgrad_mma_kernel, wgrad_tf32_kernel): the warps' sums acc[mt][nb]
+// (C fragments: tap (16 mt + group (+8), 8 nb + 2 quad (+1))) added in warp order through `red` (the x tile, free
+// now: at least kMmaWarps x 1024 floats) and stored as the split's partial sums; if any came out non-finite (band
+// zeros times an Inf input), the block's taps are summed again directly from global memory.
+template <typename T>
+LC_D void wgrad_mma_finish(const WGrad& p, const MmaWGradTile& t, const float (&acc)[2][4][4], float* red,
+                           int* non_finite, int64_t split, int64_t o, int64_t item_begin, int64_t item_end) {
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ g = static_cast<const T*>(p.grad_out);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int taps = p.kh * p.kw;
+  __syncthreads();
+  constexpr int kPerWarp = 2 * 4 * 4 * 32;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[warp * kPerWarp + ((mt * 4 + nb) * 4 + e) * 32 + lane] = acc[mt][nb][e];
+  if (tid == 0) *non_finite = 0;
+  __syncthreads();
+  float* part = p.partial + (split * p.co + o) * taps;
+  for (int v = tid; v < kPerWarp; v += blockDim.x) {
+    const int vl = v % 32, e = v / 32 % 4, nb = v / 128 % 4, mt = v / 512;
+    const int a = 16 * mt + vl / 4 + 8 * (e / 2), b = 8 * nb + 2 * (vl % 4) + e % 2;
+    if (a >= p.kh || b >= p.kw) continue;
+    float s = 0.f;
+    for (int w = 0; w < kMmaWarps; ++w) s += red[w * kPerWarp + v];
+    if (!is_finite(s)) *non_finite = 1;
+    part[a * p.kw + b] = s;
+  }
+  __syncthreads();
+  if (*non_finite) {  // the direct sums over the real taps, a tap per thread
+    for (int k = tid; k < taps; k += blockDim.x) {
+      const int a = k / p.kw, b = k % p.kw;
+      float s = 0.f;
+      for (int64_t item = item_begin; item < item_end; ++item) {
+        const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h;
+        const int64_t n = item / (t.tiles_w * t.tiles_h);
+        const T* g_plane = g + (n * p.co + o) * p.ho * p.wo;
+        const T* x_plane = x + (n * p.c + o / p.mult) * p.h * p.w;
+        for (int64_t i = tile_h * t.th; i < imin(tile_h * t.th + t.th, p.ho); ++i) {
+          const int64_t xr = i + a - p.pt;
+          if (xr < 0 || xr >= p.h) continue;
+          for (int64_t j = tile_w * t.tw; j < imin(tile_w * t.tw + t.tw, p.wo); ++j) {
+            const int64_t xc = j + b - p.pl;
+            if (xc >= 0 && xc < p.w) s = fmaf(to_float(g_plane[i * p.wo + j]), to_float(x_plane[xr * p.w + xc]), s);
+          }
+        }
+      }
+      part[k] = s;
+    }
+  }
+}
+
 template <typename T, int kKB>
 __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaWGradTile t) {
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -1048,7 +1133,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
   T* gs = xs + static_cast<size_t>(t.xrows) * t.rs;
   int* non_finite = reinterpret_cast<int*>(gs + 2 * static_cast<size_t>(t.gcs));
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
-  const int taps = p.kh * p.kw, mts = (p.kh + 15) / 16, nbs = (p.kw + 7) / 8;
+  const int mts = (p.kh + 15) / 16, nbs = (p.kw + 7) / 8;
   const int64_t split = blockIdx.x % t.splits, o = blockIdx.x / t.splits;
   const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
 
@@ -1098,50 +1183,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
     }
   }
 
-  // The warps' sums, added in warp order: red[((mt * 4 + nb) * 4 + e) * 32 + lane] per warp (over the x tile).
-  __syncthreads();
-  float* red = reinterpret_cast<float*>(xs);
-  constexpr int kPerWarp = 2 * 4 * 4 * 32;
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int nb = 0; nb < 4; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) red[warp * kPerWarp + ((mt * 4 + nb) * 4 + e) * 32 + lane] = acc[mt][nb][e];
-  if (tid == 0) *non_finite = 0;
-  __syncthreads();
-  float* part = p.partial + (split * p.co + o) * taps;
-  for (int v = tid; v < kPerWarp; v += blockDim.x) {
-    const int vl = v % 32, e = v / 32 % 4, nb = v / 128 % 4, mt = v / 512;
-    const int a = 16 * mt + vl / 4 + 8 * (e / 2), b = 8 * nb + 2 * (vl % 4) + e % 2;
-    if (a >= p.kh || b >= p.kw) continue;
-    float s = 0.f;
-    for (int w = 0; w < kMmaWarps; ++w) s += red[w * kPerWarp + v];
-    if (!is_finite(s)) *non_finite = 1;
-    part[a * p.kw + b] = s;
-  }
-  __syncthreads();
-  if (*non_finite) {  // the direct sums over the real taps, a tap per thread
-    for (int k = tid; k < taps; k += blockDim.x) {
-      const int a = k / p.kw, b = k % p.kw;
-      float s = 0.f;
-      for (int64_t item = item_begin; item < item_end; ++item) {
-        const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h;
-        const int64_t n = item / (t.tiles_w * t.tiles_h);
-        const T* g_plane = g + (n * p.co + o) * p.ho * p.wo;
-        const T* x_plane = x + (n * p.c + o / p.mult) * p.h * p.w;
-        for (int64_t i = tile_h * t.th; i < imin(tile_h * t.th + t.th, p.ho); ++i) {
-          const int64_t xr = i + a - p.pt;
-          if (xr < 0 || xr >= p.h) continue;
-          for (int64_t j = tile_w * t.tw; j < imin(tile_w * t.tw + t.tw, p.wo); ++j) {
-            const int64_t xc = j + b - p.pl;
-            if (xc >= 0 && xc < p.w) s = fmaf(to_float(g_plane[i * p.wo + j]), to_float(x_plane[xr * p.w + xc]), s);
-          }
-        }
-      }
-      part[k] = s;
-    }
-  }
+  wgrad_mma_finish<T>(p, t, acc, reinterpret_cast<float*>(xs), non_finite, split, o, item_begin, item_end);
 }
 
 // The tensor-core grad-weight's plan when the call qualifies (fp16/bf16 only: the caller checks the dtype).
@@ -1185,6 +1227,121 @@ void run_wgrad_mma(Launch& launch, const WGrad& p, const MmaWGradTile& t) {
 }
 
 // ================================================================================================================
+// TF32 grad-weight: fp32 calls of the kind wgrad_mma_kernel takes, by mma.sync m16n8k8 (one TF32 product where TF32
+// is allowed, else 3xTF32 on maps of at least kSplitMinSide, as corr_tf32_kernel). The same items, warps, Toeplitz
+// product and ending (wgrad_mma_finish), with k-blocks of 8: n-tile nb of kernel columns meets x columns 8 nb ..
+// 8 nb + 7 + tw - 1, k-blocks nb .. nb + kKB - 1 (kKB = tw / 8 + 1), and the B fragment of (k-block nb + q, n-tile
+// nb) is g[r][8 q + k - n] for every n-tile: the g row staged zero-padded by kTf32Pad, x and g rounded to TF32
+// (and their lo parts for kSplit) as they are staged.
+// ================================================================================================================
+template <int kKB, bool kSplit>
+__global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, MmaWGradTile t) {
+  const float* __restrict__ x = static_cast<const float*>(p.x);
+  const float* __restrict__ g = static_cast<const float*>(p.grad_out);
+  constexpr int kParts = kSplit ? 2 : 1;
+  const size_t x_elems = static_cast<size_t>(t.xrows) * t.rs, g_elems = static_cast<size_t>(t.th) * t.gw;
+  float* xs = dynamic_smem();
+  float* gs = xs + kParts * x_elems;
+  int* non_finite = reinterpret_cast<int*>(gs + kParts * g_elems);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
+  const int mts = (p.kh + 15) / 16, nbs = (p.kw + 7) / 8, k_blocks = nbs + kKB - 1;
+  const int64_t split = blockIdx.x % t.splits, o = blockIdx.x / t.splits;
+  const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nb][e] = 0.f;
+
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h, n = item / (t.tiles_w * t.tiles_h);
+    const int64_t i0 = tile_h * t.th, j0 = tile_w * t.tw;
+    __syncthreads();  // the previous item's tiles are no longer read
+    // g rows: gs[r * gw + 8 + j] = g[i0 + r][j0 + j] for the item's columns, zero around
+    const float* g_plane = g + (n * p.co + o) * p.ho * p.wo;
+    for (int r = warp; r < t.th; r += kMmaWarps) {
+      const int64_t gi = i0 + r, width = t.tw < p.wo - j0 ? t.tw : p.wo - j0;
+      for (int c = lane; c < t.gw; c += 32) {
+        const int64_t j = c - kTf32Pad;
+        stage_tf32<kSplit>(gs + r * t.gw + c, g_elems,
+                           gi < p.ho && j >= 0 && j < width ? g_plane[gi * p.wo + j0 + j] : 0.f);
+      }
+    }
+    // x rows i0 - pt .., columns j0 - pl .., zero outside the image
+    const float* x_plane = x + (n * p.c + o / p.mult) * p.h * p.w;
+    for (int r = warp; r < t.th + kWgMaxK - 1; r += kMmaWarps) {  // the rows read (xrows may be more)
+      const int64_t gr = i0 - p.pt + r;
+      const float* row = gr >= 0 && gr < p.h ? x_plane + gr * p.w : nullptr;
+      for (int c = lane; c < t.cols; c += 32) {
+        const int64_t gc = j0 - p.pl + c;
+        stage_tf32<kSplit>(xs + r * t.rs + c, x_elems, row != nullptr && gc >= 0 && gc < p.w ? row[gc] : 0.f);
+      }
+    }
+    __syncthreads();
+
+    for (int r = warp; r < t.th; r += kMmaWarps) {
+      uint32_t bf[kParts][kKB][2];
+      load_tf32_band<kSplit>(bf, gs + r * t.gw + kTf32Pad + quad - group, g_elems);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        if (mt >= mts) continue;  // the same for the whole block
+        tf32_row<kKB, kSplit, 4, 4 + kKB - 1>(acc[mt], bf, xs + (r + 16 * mt + group) * t.rs + quad, t.rs, x_elems,
+                                              k_blocks, nbs);
+      }
+    }
+  }
+  wgrad_mma_finish<float>(p, t, acc, xs, non_finite, split, o, item_begin, item_end);
+}
+
+// The TF32 grad-weight's plan when the call qualifies (see wgrad_tf32_kernel).
+inline bool plan_wgrad_tf32(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* tile) {
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
+      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw ||
+      (!p.tf32 && (p.ho < kSplitMinSide || p.wo < kSplitMinSide)))
+    return false;
+  MmaWGradTile t{};
+  t.tiles_h = ceil_div(p.ho, 64);
+  t.th = static_cast<int>(ceil_div(p.ho, t.tiles_h));
+  t.tiles_w = ceil_div(p.wo, 64);
+  t.tw = static_cast<int>(ceil_div(ceil_div(p.wo, t.tiles_w), 8) * 8);
+  const int kb = t.tw / 8 + 1;     // the band of g's row is tw wide
+  t.xrows = t.th + kWgMaxK - 1;
+  t.cols = 8 * (4 + kb - 1);       // A fragments of k-blocks < 4 + kb - 1; >= tw + kw - 1
+  t.rs = t.cols + 4;               // as corr_tf32_kernel
+  t.gw = 8 * kb + 2 * kTf32Pad;    // B reads row + 8 (kKB - 1) + 7 + 8 at most
+  t.gcs = 0;
+  const int parts = p.tf32 ? 1 : 2;
+  // the warps' sums (kMmaWarps x 1024 floats) go over the x tile: at least that many floats of it
+  const int64_t red_rows = ceil_div(kMmaWarps * 2 * 4 * 4 * 32, parts * t.rs);
+  if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
+  t.smem = parts * (static_cast<size_t>(t.xrows) * t.rs + static_cast<size_t>(t.th) * t.gw) * sizeof(float) + 16;
+  if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  t.items = p.n * t.tiles_h * t.tiles_w;
+  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
+  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
+  *tile = t;
+  return true;
+}
+
+template <typename Launch>
+void run_wgrad_tf32(Launch& launch, const WGrad& p, const MmaWGradTile& t) {
+  const unsigned grid = grid_size(t.blocks(p.co)), threads = 32 * kMmaWarps;
+  auto go = [&](auto kernel) { launch(kernel, grid, threads, t.smem, p, t); };
+  switch ((t.tw / 8 + 1) * 2 + !p.tf32) {
+#define LC_TF32_CASE(kb)                                  \
+  case 2 * kb: go(wgrad_tf32_kernel<kb, false>); return; \
+  case 2 * kb + 1: go(wgrad_tf32_kernel<kb, true>); return;
+    LC_TF32_CASE(2) LC_TF32_CASE(3) LC_TF32_CASE(4) LC_TF32_CASE(5) LC_TF32_CASE(6) LC_TF32_CASE(7) LC_TF32_CASE(8)
+    LC_TF32_CASE(9)
+#undef LC_TF32_CASE
+  }
+  LC_CHECK(false, "no TF32 grad-weight tile for tw = " + std::to_string(t.tw));
+}
+
+// ================================================================================================================
 // Entry points shared by the CUDA build (dwconv.cu) and the emulation test. `launch` runs one kernel:
 //   launch(kernel, grid, block, dynamic_smem_bytes, args...)
 // ================================================================================================================
@@ -1196,7 +1353,7 @@ inline Corr forward_corr(const DwArgs& a) {
 
 inline WGrad make_wgrad(const DwArgs& a) {
   return WGrad{a.x, a.grad_out, static_cast<float*>(a.workspace), a.out, a.n, a.c, a.h, a.w, a.co, a.ho, a.wo,
-               static_cast<int>(a.co / a.c), a.kh, a.kw, a.sh, a.sw, a.dh, a.dw, a.pt, a.pl, a.channels_last};
+               static_cast<int>(a.co / a.c), a.kh, a.kw, a.sh, a.sw, a.dh, a.dw, a.pt, a.pl, a.channels_last, a.tf32};
 }
 
 template <typename T, typename Launch>
@@ -1221,7 +1378,7 @@ void run_grad_input(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
 
 inline size_t grad_weight_workspace_bytes(const DwArgs& a, const DeviceLimits& lim) {
   MmaWGradTile mma;
-  if (a.dtype != DType::kFloat32 && plan_wgrad_mma(make_wgrad(a), lim, &mma))
+  if (a.dtype == DType::kFloat32 ? plan_wgrad_tf32(make_wgrad(a), lim, &mma) : plan_wgrad_mma(make_wgrad(a), lim, &mma))
     return static_cast<size_t>(mma.splits * a.co * a.kh * a.kw) * sizeof(float);
   WGradTile t;
   if (!plan_wgrad(make_wgrad(a), lim, &t)) return 0;
@@ -1232,16 +1389,22 @@ inline size_t grad_weight_workspace_bytes(const DwArgs& a, const DeviceLimits& l
 template <typename T, typename Launch>
 void run_grad_weight(Launch& launch, const DwArgs& a, const DeviceLimits& lim) {
   const WGrad p = make_wgrad(a);
-  if constexpr (!std::is_same_v<T, float>) {
-    MmaWGradTile mma;
-    if (plan_wgrad_mma(p, lim, &mma)) {
-      LC_CHECK(p.partial != nullptr, "grad-weight workspace missing");
+  MmaWGradTile mma;
+  bool tensor_cores;
+  if constexpr (std::is_same_v<T, float>)
+    tensor_cores = plan_wgrad_tf32(p, lim, &mma);
+  else
+    tensor_cores = plan_wgrad_mma(p, lim, &mma);
+  if (tensor_cores) {
+    LC_CHECK(p.partial != nullptr, "grad-weight workspace missing");
+    if constexpr (std::is_same_v<T, float>)
+      run_wgrad_tf32(launch, p, mma);
+    else
       run_wgrad_mma<T>(launch, p, mma);
-      const int64_t count = a.co * a.kh * a.kw;
-      launch(split_sum_kernel<T>, naive_grid(count), kThreads, 0, static_cast<const float*>(p.partial),
-             static_cast<T*>(a.out), count, mma.splits);
-      return;
-    }
+    const int64_t count = a.co * a.kh * a.kw;
+    launch(split_sum_kernel<T>, naive_grid(count), kThreads, 0, static_cast<const float*>(p.partial),
+           static_cast<T*>(a.out), count, mma.splits);
+    return;
   }
   WGradTile t;
   if (!plan_wgrad(p, lim, &t)) {

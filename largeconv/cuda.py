@@ -58,7 +58,7 @@ def _empty(shape, like, memory_format=None):
 
 # ---- depthwise convolution ------------------------------------------------------------------------------------
 
-# Forward and grad-input of fp32 large kernels run on tensor cores (csrc/dwconv.cuh, corr_tf32_kernel): in TF32 where
+# fp32 NCHW large kernels run on tensor cores (csrc/dwconv.cuh, corr_tf32_kernel, wgrad_tf32_kernel): in TF32 where
 # PyTorch allows it for its convs, else as 3xTF32 (about fp32's accuracy).
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
     out_h, out_w = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
@@ -77,7 +77,8 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
     grad_weight = _empty(tuple(weight_shape), x, torch.contiguous_format)
-    torch.ops.largeconv_C.dwconv2d_grad_weight(grad_out, x, list(stride), list(padding), list(dilation), grad_weight)
+    torch.ops.largeconv_C.dwconv2d_grad_weight(grad_out, x, list(stride), list(padding), list(dilation),
+                                               cudnn_conv_allows_tf32(), grad_weight)
     return grad_weight
 
 

@@ -26,7 +26,7 @@ EXPECTED_SCHEMAS = {
     "dwconv2d_grad_input": "largeconv_C::dwconv2d_grad_input(Tensor grad_out, Tensor weight, int[2] stride, "
                            "int[4] padding, int[2] dilation, bool tf32, Tensor(a!) grad_input) -> ()",
     "dwconv2d_grad_weight": "largeconv_C::dwconv2d_grad_weight(Tensor grad_out, Tensor x, int[2] stride, "
-                            "int[4] padding, int[2] dilation, Tensor(a!) grad_weight) -> ()",
+                            "int[4] padding, int[2] dilation, bool tf32, Tensor(a!) grad_weight) -> ()",
     "dwconv1d_forward": "largeconv_C::dwconv1d_forward(Tensor x, Tensor weight, Tensor? bias, int stride, "
                         "int[2] padding, int dilation, Tensor(a!) out) -> ()",
     "dwconv1d_grad_input": "largeconv_C::dwconv1d_grad_input(Tensor grad_out, Tensor weight, int stride, "
@@ -189,8 +189,8 @@ if __name__ == "__main__":
 
 def test_static_model_of_the_tensor_core_kernels():
     """bench/static_gpu.py's section on the CUDA tensor-core kernels finds, in their sm_90 SASS, each kernel it plans
-    for RepLKNet-31B's stages (bf16; fp32 as TF32 and as 3xTF32) and its HMMA loop, and the kernels do not spill (a spill in those loops would cost
-    more than the tensor cores save)."""
+    for RepLKNet-31B's stages (bf16; fp32 as TF32 and as 3xTF32) and its HMMA loop, and that loop does not touch
+    local memory (a spill there would cost more than the tensor cores save)."""
     if _nvcc() is None:
         pytest.skip("nvcc not found")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -202,8 +202,7 @@ def test_static_model_of_the_tensor_core_kernels():
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
         (f"replknet31b-s{s}", dtype, d) for s in range(1, 5) for dtype in ("bf16", "tf32", "fp32")
-        for d in ("forward", "grad-input", "grad-weight")
-        if dtype == "bf16" or (d != "grad-weight" and (dtype == "tf32" or s < 4))}  # 3xTF32 from 14x14 maps
+        for d in ("forward", "grad-input", "grad-weight") if dtype != "fp32" or s < 4}  # 3xTF32 from 14x14 maps
     for r in rows:
-        assert r["stack"] == 0 and r["hot_hmma"] > 0 and r["executed_vs_useful"] >= 1, r
+        assert r["hot_local"] == 0 and r["hot_hmma"] > 0 and r["executed_vs_useful"] >= 1, r
         assert r["predicted_ms"] >= r[f"{r['bound']}_ms"] > 0, r

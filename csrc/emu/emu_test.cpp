@@ -125,7 +125,7 @@ struct DwCase {
   bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
 };
 
-// tf32: fp32 forward and grad-input may use TF32 (DwArgs::tf32), checked at kTf32Terms.
+// tf32: fp32 may use TF32 (DwArgs::tf32), checked at kTf32Terms.
 template <typename T>
 bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, bool tf32, std::string* msg) {
   DwArgs a;
@@ -205,7 +205,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, bool tf32, std::s
     f.workspace = bytes ? ws.p : nullptr;
     dw::run_grad_weight<T>(launch, f, lim);
     // Weight-gradient sums are long: allow for fp32 accumulation over all of N*Ho*Wo.
-    ok &= compare("grad_weight", out, dwr, dwmag, msg, &dw_padded);
+    ok &= compare("grad_weight", out, dwr, dwmag, msg, &dw_padded, terms);
   }
   return ok;
 }
