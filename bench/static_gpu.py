@@ -830,6 +830,16 @@ MMA_VARIANTS = (("bf16", "__nv_bfloat16", None, 4096, "bfloat16"), ("tf32", "flo
                 ("fp32", "float", 3, 2048, "float32"))
 
 
+def tf32_row_nops(nts, k_blocks, products):
+    """NOP / WARPSYNC a TF32 row runs besides its HMMA (csrc/dwconv.cuh tf32_row_products, sm_90 SASS): none where
+    four n-tiles interleave, one per k-block and product for a pair of n-tiles and for a lone one."""
+    groups = 0
+    for base in range(0, 8, 4):
+        tiles = nts - base
+        groups += 0 if tiles >= 4 else (1 + (tiles == 3) if tiles >= 2 else int(tiles == 1))
+    return groups * k_blocks * products
+
+
 def cuda_mma_rows():
     """Predicted H100 times of the CUDA tensor-core kernels (csrc/dwconv.cuh corr_mma_kernel, wgrad_mma_kernel,
     corr_tf32_kernel) at the RepLKNet-31B stages, NCHW, for MMA_VARIANTS: the plans of csrc/dwconv.cuh replayed
@@ -866,11 +876,11 @@ def cuda_mma_rows():
                 blocks = c * min(cdiv(4 * sm90.H100["sms"], c), items)
                 loops = mma_loops(functions[name])
                 mts, nbs = cdiv(kh, 16), cdiv(kw, 8)
-                # per g row: the loop's other instructions for the m-tiles it runs (of 2), plus the HMMA it runs
-                # (pairs of n-tiles; the loop also holds the odd n-tile's path) with their share of NOP / WARPSYNC
+                # per g row: the loop's other instructions for the m-tiles it runs (of 2), plus the HMMA it runs and
+                # their NOP / WARPSYNC (the loop holds a path for each n-tile count)
                 executed = mts * nbs * kb * products
-                per_row = ((loops["instr"] - loops["hmma"] - loops["nop"]) * mts / 2
-                           + executed * (1 + loops["nop"] / loops["hmma"]))
+                per_row = ((loops["instr"] - loops["hmma"] - loops["nop"]) * mts / 2 + executed
+                           + mts * tf32_row_nops(nbs, kb, products))
                 staged = parts * ((th + 31) * cols + th * gw)
                 warp_instr = c * items * (th * per_row + staged / parts / 32 * loops["stage_instr"])
                 hmma = c * items * th * executed
@@ -887,12 +897,11 @@ def cuda_mma_rows():
                 smem = parts * ((64 + kh - 1) * rs + kh * fw) * 4 + 16
                 blocks = n * c * tiles_h * tiles_w
                 loops = mma_loops(functions[name])
-                # per kernel row: the loop's instructions less its products (the pair and the odd n-tile paths hold
-                # more HMMA than one row runs) and the A loads of k-blocks past nts + kb - 1, plus the HMMA the row
-                # runs with their share of NOP / WARPSYNC
+                # per kernel row: the loop's instructions less its products (it holds a path for each n-tile count)
+                # and the A loads of k-blocks past nts + kb - 1, plus the HMMA the row runs and their NOP / WARPSYNC
                 executed = nts * kb * products
-                per_row = (loops["instr"] - loops["hmma"] - loops["nop"] - (8 - nts) * 4 * parts
-                           + executed * (1 + loops["nop"] / loops["hmma"]))
+                per_row = (loops["instr"] - loops["hmma"] - loops["nop"] - (8 - nts) * 4 * parts + executed
+                           + tf32_row_nops(nts, kb, products))
                 lds_row = loops["lds"] - (8 - nts) * 4 * parts
                 warp_instr = hmma = wavefronts = 0
                 for tile in range(tiles_h):

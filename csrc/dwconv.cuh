@@ -572,8 +572,7 @@ LC_D void load_tf32_band(uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* f0
 }
 
 // acc[nt] += A x B for n-tiles nt0 .. nt0 + kTiles - 1 (k-blocks nt + q) and the B parts bf[kBParts - 1 .. 0], the
-// n-tiles interleaved (one n-tile's products back to back wait on each other: a NOP between HMMAs in sm_90 SASS; two
-// interleaved: one NOP per pair).
+// n-tiles interleaved.
 template <int kKB, int kBParts, int kTiles, int kN, int kA, int kParts>
 LC_D void tf32_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], const uint32_t (&bf)[kParts][kKB][2],
                         int nt0) {
@@ -585,19 +584,25 @@ LC_D void tf32_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], const 
       for (int nt = nt0; nt < nt0 + kTiles; ++nt) mma_m16n8k8_tf32(acc[nt], af[nt + q], bf[part][q]);
 }
 
-// One A part's products with the first kBParts B parts for n-tiles 0 .. nts - 1, by pairs: a guard per product cost
-// a predicate and a warp sync per HMMA (sm_90 SASS); a pair's guard covers its 2 kKB kBParts HMMA, and an odd last
-// n-tile goes alone.
+// One A part's products with the first kBParts B parts for n-tiles 0 .. nts - 1, four n-tiles interleaved where
+// there are four: a guard per product cost a predicate and a warp sync per HMMA (sm_90 SASS), and one n-tile's
+// products back to back wait on each other (a NOP between HMMAs; with two n-tiles interleaved, one NOP per pair).
+// The n-tile starts stay compile-time constants (the accumulators are registers).
 template <int kKB, int kBParts, int kN, int kA, int kParts>
 LC_D void tf32_row_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], const uint32_t (&bf)[kParts][kKB][2],
                             int nts) {
+  static_assert(kN % 4 == 0, "n-tiles by fours");
 #pragma unroll
-  for (int pair = 0; pair < kN / 2; ++pair) {
-    const int tiles = imin(2, nts - 2 * pair);  // the same for the whole block
-    if (tiles == 2)
-      tf32_products<kKB, kBParts, 2>(acc, af, bf, 2 * pair);
-    else if (tiles == 1)
-      tf32_products<kKB, kBParts, 1>(acc, af, bf, 2 * pair);
+  for (int base = 0; base < kN; base += 4) {
+    const int tiles = nts - base;  // the same for the whole block
+    if (tiles >= 4) {
+      tf32_products<kKB, kBParts, 4>(acc, af, bf, base);
+    } else if (tiles >= 2) {
+      tf32_products<kKB, kBParts, 2>(acc, af, bf, base);
+      if (tiles == 3) tf32_products<kKB, kBParts, 1>(acc, af, bf, base + 2);
+    } else if (tiles == 1) {
+      tf32_products<kKB, kBParts, 1>(acc, af, bf, base);
+    }
   }
 }
 
