@@ -16,6 +16,11 @@
 //
 // Stride > 1 grad-input, and any case whose tile does not fit in shared memory (huge dilations), use plain
 // one-thread-per-output kernels: correct for every size, not fast.
+//
+// Large kernels in NCHW at unit stride and dilation run on tensor cores instead (sm_80+, mma.sync): each kernel row
+// (grad-weight: each g row) is a product with a banded Toeplitz matrix. fp16/bf16: corr_mma_kernel,
+// wgrad_mma_kernel; fp32: corr_tf32_kernel, wgrad_tf32_kernel, in TF32 where PyTorch allows it for convs, else
+// 3xTF32 (about fp32's accuracy). Their sections below say when each applies.
 #pragma once
 
 #include "common.cuh"
