@@ -373,6 +373,32 @@ LC_D void load_band_fragments(uint32_t (&bf)[kKB][2][2], const T* f0) {
     }
 }
 
+// Where a tensor-core correlation block lies: blockIdx.x runs over (plane, row tile, column tile); its tile's first
+// output row and column, the input row and column they read first, and the rows its busy warps cover (warps whose
+// 16 rows all lie past the map skip the products: a 14-row map keeps one warp busy, not four).
+struct MmaBlock {
+  int64_t plane, n, o;  // plane = n * out_c + o
+  int64_t i0, j0, row0, col0;
+  int busy_rows;
+};
+
+LC_D MmaBlock mma_block(const Corr& p, const MmaTile& t) {
+  MmaBlock b;
+  int64_t blk = blockIdx.x;
+  const int64_t tile_w = blk % t.tiles_w;
+  blk /= t.tiles_w;
+  const int64_t tile_h = blk % t.tiles_h;
+  b.plane = blk / t.tiles_h;
+  b.n = b.plane / p.out_c;
+  b.o = b.plane % p.out_c;
+  b.i0 = tile_h * kMmaRows;
+  b.j0 = tile_w * 8 * t.nts;
+  b.row0 = b.i0 - p.off_h;
+  b.col0 = b.j0 - p.off_w;
+  b.busy_rows = 16 * static_cast<int>(ceil_div(imin(kMmaRows, static_cast<int>(p.out_h - b.i0)), 16));
+  return b;
+}
+
 // Whether a lane's accumulators (n-tiles x the m16n8 C fragment) are all finite.
 LC_D bool all_finite(const float (&acc)[kMmaMaxTiles][4]) {
   bool finite = true;
@@ -410,14 +436,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
   const int taps = p.kh * p.kw;
 
-  int64_t blk = blockIdx.x;
-  const int64_t tile_w = blk % t.tiles_w;
-  blk /= t.tiles_w;
-  const int64_t tile_h = blk % t.tiles_h;
-  const int64_t plane = blk / t.tiles_h;  // n * out_c + o
-  const int64_t n = plane / p.out_c, o = plane % p.out_c;
-  const int64_t i0 = tile_h * kMmaRows, j0 = tile_w * 8 * t.nts;
-  const int64_t row0 = i0 - p.off_h, col0 = j0 - p.off_w;
+  const MmaBlock blk = mma_block(p, t);
+  const int64_t plane = blk.plane, n = blk.n, o = blk.o, i0 = blk.i0, j0 = blk.j0, row0 = blk.row0, col0 = blk.col0;
 
   // Filter rows, zero-padded: fs[a * fw + 16 + b] = f[a][b]; the copy at fs + fcs starts one value later.
   // A warp takes a row, lanes along it (a division per element cost ~90 instructions each: sm_90 SASS).
@@ -429,10 +449,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
           b >= 0 && b < p.kw ? weight[o * taps + (p.flip ? taps - 1 - k : k)] : from_float<T>(0.f);
     }
   }
-  // Warps whose 16 rows all lie past the map skip the products (a 14-row map keeps one warp busy, not four), and
-  // the block stages only the input rows its busy warps read.
-  const int busy_rows = 16 * static_cast<int>(ceil_div(imin(kMmaRows, static_cast<int>(p.out_h - i0)), 16));
-  const int staged_rows = imin(t.rows, busy_rows + p.kh - 1);
+  // Only the input rows the busy warps read (mma_block).
+  const int busy_rows = blk.busy_rows, staged_rows = imin(t.rows, busy_rows + p.kh - 1);
   // Input tile, zero outside the image; a warp takes a row, lanes along the columns.
   const T* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
   for (int r = warp; r < staged_rows; r += kMmaWarps) {
@@ -442,11 +460,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   if (tid == 0) *non_finite = 0;
   __syncthreads();
 
-  float acc[kMmaMaxTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+  float acc[kMmaMaxTiles][4] = {};
 
   const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
   const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
@@ -636,14 +650,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
   const int taps = p.kh * p.kw;
 
-  int64_t blk = blockIdx.x;
-  const int64_t tile_w = blk % t.tiles_w;
-  blk /= t.tiles_w;
-  const int64_t tile_h = blk % t.tiles_h;
-  const int64_t plane = blk / t.tiles_h;  // n * out_c + o
-  const int64_t n = plane / p.out_c, o = plane % p.out_c;
-  const int64_t i0 = tile_h * kMmaRows, j0 = tile_w * 8 * t.nts;
-  const int64_t row0 = i0 - p.off_h, col0 = j0 - p.off_w;
+  const MmaBlock blk = mma_block(p, t);
+  const int64_t plane = blk.plane, n = blk.n, o = blk.o, i0 = blk.i0, j0 = blk.j0, row0 = blk.row0, col0 = blk.col0;
   const float* f = weight + o * taps;
   auto tap = [&](int a, int b) { return f[p.flip ? taps - 1 - (a * p.kw + b) : a * p.kw + b]; };
 
@@ -653,9 +661,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
       const int b = c - kTf32Pad;
       stage_tf32<kSplit>(fs + a * t.fw + c, filter_elems, b >= 0 && b < p.kw ? tap(a, b) : 0.f);
     }
-  // As corr_mma_kernel: warps past the map skip the products, and only the rows busy warps read are staged.
-  const int busy_rows = 16 * static_cast<int>(ceil_div(imin(kMmaRows, static_cast<int>(p.out_h - i0)), 16));
-  const int staged_rows = imin(t.rows, busy_rows + p.kh - 1);
+  // Only the input rows the busy warps read (mma_block).
+  const int busy_rows = blk.busy_rows, staged_rows = imin(t.rows, busy_rows + p.kh - 1);
   const float* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
   for (int r = warp; r < staged_rows; r += kMmaWarps) {
     const int64_t gr = row0 + r;
@@ -668,11 +675,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   if (tid == 0) *non_finite = 0;
   __syncthreads();
 
-  float acc[kMmaMaxTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+  float acc[kMmaMaxTiles][4] = {};
 
   const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
   const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
@@ -1147,13 +1150,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
   const int64_t split = blockIdx.x % t.splits, o = blockIdx.x / t.splits;
   const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
 
-  float acc[2][4][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int nb = 0; nb < 4; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][nb][e] = 0.f;
+  float acc[2][4][4] = {};
   const T* g_lane = gs + 16 + 2 * quad - group + (group % 2 ? t.gcs - 1 : 0);  // as corr_mma_kernel's f_lane
 
   for (int64_t item = item_begin; item < item_end; ++item) {
@@ -1258,13 +1255,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, Mma
   const int64_t split = blockIdx.x % t.splits, o = blockIdx.x / t.splits;
   const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
 
-  float acc[2][4][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int nb = 0; nb < 4; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][nb][e] = 0.f;
+  float acc[2][4][4] = {};
 
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h, n = item / (t.tiles_w * t.tiles_h);

@@ -7,9 +7,9 @@
 // barrier aborts, as does a barrier that times out), shared memory is one exactly-sized heap buffer refilled with
 // NaN bytes before every block (reading a stale or unwritten value poisons the result; AddressSanitizer sees any
 // overflow), and the kernels' global buffers are exactly-sized heap allocations in the test.
-// Warps exist only for the tensor-core products (mma_m16n8k16, mma_m16n8k8_tf32 below): the 32 threads of a warp exchange their
-// fragments through a per-warp buffer between two warp barriers. Not emulated: other warp-level primitives (the
-// kernels use none), memory-model races within a barrier interval.
+// Warps exist only for the tensor-core products (mma_m16n8k16, mma_m16n8k8_tf32 below): the 32 threads of a warp
+// exchange their fragments through a per-warp buffer between two warp barriers. Not emulated: other warp-level
+// primitives (the kernels use none), memory-model races within a barrier interval.
 #pragma once
 
 #include <math.h>
@@ -161,33 +161,45 @@ inline thread_local emu::uint3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace emu {
 
-// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A (16x16) @ B (16x8) for the warp, in PTX's fragment
-// layout (lane = 4 * group + t: a[0] holds A[group][2t, 2t+1], a[1] A[group+8][2t, 2t+1], a[2] and a[3] the same
-// at columns +8; b[0] holds B[2t, 2t+1][group], b[1] rows +8; d[0..1] is D[group][2t, 2t+1], d[2..3] row +8; the
-// lower 16 bits of a register hold the lower index). Products exact, sums in fp32 in k order (the hardware's order
-// is unspecified). Every lane of the warp must call it at the same line, as on a GPU.
-template <bool kBf16>
-void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if (g_warps == nullptr || blockDim.x % 32) fail("mma_m16n8k16 needs whole warps", static_cast<int>(blockDim.x));
+// One warp's d += A (16 x kK) @ B (kK x 8) through its exchange buffer: every lane posts its fragments, waits for the
+// warp (barrier `site`), computes its own C elements (d[0..1] is D[group][2t, 2t+1], d[2..3] row +8; lane = 4 *
+// group + t) with A(warp, r, k) and B(warp, k, c) reading the posted fragments, products exact and sums in fp32 in
+// k order (the hardware's order is unspecified), and waits again (`site` - 1) so no lane overwrites the buffer
+// while another reads it. Every lane of the warp must call it at the same line, as on a GPU.
+template <int kK, typename ReadA, typename ReadB>
+void warp_mma(const char* name, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int site, ReadA A,
+              ReadB B) {
+  if (g_warps == nullptr || blockDim.x % 32) fail(name, static_cast<int>(blockDim.x));
   const int lane = threadIdx.x % 32;
   Warp& warp = (*g_warps)[threadIdx.x / 32];
   std::memcpy(warp.a[lane], a, sizeof a);
   std::memcpy(warp.b[lane], b, sizeof b);
-  warp.barrier.wait(-3);
-  auto element = [](uint32_t reg, int high) {
-    const uint16_t bits = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffffu);
-    return kBf16 ? bfloat16_to_float(bfloat16{bits}) : half_to_float(half{bits});
-  };
-  auto A = [&](int r, int k) { return element(warp.a[(r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2); };
-  auto B = [&](int k, int c) { return element(warp.b[c * 4 + (k % 8) / 2][k >= 8], k % 2); };
+  warp.barrier.wait(site);
   const int group = lane / 4, t = lane % 4;
   for (int e = 0; e < 4; ++e) {
     const int r = group + 8 * (e / 2), c = 2 * t + e % 2;
     float sum = d[e];
-    for (int k = 0; k < 16; ++k) sum += A(r, k) * B(k, c);
+    for (int k = 0; k < kK; ++k) sum += A(warp, r, k) * B(warp, k, c);
     d[e] = sum;
   }
-  warp.barrier.wait(-4);  // every lane has read the buffer before it is written again
+  warp.barrier.wait(site - 1);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: a[0] holds A[group][2t, 2t+1], a[1] A[group+8][2t, 2t+1], a[2]
+// and a[3] the same at columns +8; b[0] holds B[2t, 2t+1][group], b[1] rows +8; the lower 16 bits of a register
+// hold the lower index.
+template <bool kBf16>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto element = [](uint32_t reg, int high) {
+    const uint16_t bits = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffffu);
+    return kBf16 ? bfloat16_to_float(bfloat16{bits}) : half_to_float(half{bits});
+  };
+  warp_mma<16>(
+      "mma_m16n8k16 needs whole warps", d, a, b, -3,
+      [&](const Warp& w, int r, int k) {
+        return element(w.a[(r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
+      },
+      [&](const Warp& w, int k, int c) { return element(w.b[c * 4 + (k % 8) / 2][k >= 8], k % 2); });
 }
 
 // v rounded to TF32 as cvt.rna.tf32.f32 does: to the nearest value with 10 explicit mantissa bits, ties away from
@@ -202,34 +214,21 @@ inline float to_tf32(float v) {
   return v;
 }
 
-// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: d += A (16x8) @ B (8x8) for the warp (lane = 4 * group + t:
-// a[0] holds A[group][t], a[1] A[group+8][t], a[2] and a[3] the same at column t+4; b[0] holds B[t][group], b[1]
-// B[t+4][group]; d as mma_m16n8k16). An operand must be a TF32 value (low 13 bits zero, as to_tf32 leaves it;
-// the hardware's use of other bits is unspecified): anything else fails. Products exact (11-bit mantissas), sums in
-// fp32 in k order.
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: a[0] holds A[group][t], a[1] A[group+8][t], a[2] and a[3]
+// the same at column t+4; b[0] holds B[t][group], b[1] B[t+4][group]. An operand must be a TF32 value (low 13 bits
+// zero, as to_tf32 leaves it; the hardware's use of other bits is unspecified): anything else fails. Products of
+// 11-bit mantissas are exact in fp32.
 inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if (g_warps == nullptr || blockDim.x % 32) fail("mma_m16n8k8_tf32 needs whole warps", static_cast<int>(blockDim.x));
-  const int lane = threadIdx.x % 32;
-  Warp& warp = (*g_warps)[threadIdx.x / 32];
-  std::memcpy(warp.a[lane], a, sizeof a);
-  std::memcpy(warp.b[lane], b, sizeof b);
-  warp.barrier.wait(-5);
   auto element = [](uint32_t reg) {
     float v;
     std::memcpy(&v, &reg, sizeof v);
     if (std::isfinite(v) && (reg & 0x1fffu)) fail("mma_m16n8k8_tf32: an operand that is not a TF32 value");
     return v;
   };
-  auto A = [&](int r, int k) { return element(warp.a[(r % 8) * 4 + k % 4][(r >= 8) + 2 * (k >= 4)]); };
-  auto B = [&](int k, int c) { return element(warp.b[c * 4 + k % 4][k >= 4]); };
-  const int group = lane / 4, t = lane % 4;
-  for (int e = 0; e < 4; ++e) {
-    const int r = group + 8 * (e / 2), c = 2 * t + e % 2;
-    float sum = d[e];
-    for (int k = 0; k < 8; ++k) sum += A(r, k) * B(k, c);
-    d[e] = sum;
-  }
-  warp.barrier.wait(-6);  // every lane has read the buffer before it is written again
+  warp_mma<8>(
+      "mma_m16n8k8_tf32 needs whole warps", d, a, b, -5,
+      [&](const Warp& w, int r, int k) { return element(w.a[(r % 8) * 4 + k % 4][(r >= 8) + 2 * (k >= 4)]); },
+      [&](const Warp& w, int k, int c) { return element(w.b[c * 4 + k % 4][k >= 4]); });
 }
 
 }  // namespace emu
