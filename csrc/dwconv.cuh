@@ -1193,16 +1193,26 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
   wgrad_mma_finish<T>(p, t, acc, reinterpret_cast<float*>(xs), non_finite, split, o, item_begin, item_end);
 }
 
-// The tensor-core grad-weight's plan when the call qualifies (fp16/bf16 only: the caller checks the dtype).
-inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* tile) {
-  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
-      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw)
-    return false;
+// The items of a tensor-core grad-weight (wgrad_mma_kernel, wgrad_tf32_kernel): (image, g tile of up to 64 x 64,
+// th x tw with tw a multiple of 8), and the splits of each channel's items (about 4 blocks per SM in all).
+inline MmaWGradTile wgrad_mma_items(const WGrad& p, const DeviceLimits& lim) {
   MmaWGradTile t{};
   t.tiles_h = ceil_div(p.ho, 64);
   t.th = static_cast<int>(ceil_div(p.ho, t.tiles_h));
   t.tiles_w = ceil_div(p.wo, 64);
   t.tw = static_cast<int>(ceil_div(ceil_div(p.wo, t.tiles_w), 8) * 8);
+  t.items = p.n * t.tiles_h * t.tiles_w;
+  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
+  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
+  return t;
+}
+
+// The tensor-core grad-weight's plan when the call qualifies (fp16/bf16 only: the caller checks the dtype).
+inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* tile) {
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
+      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw)
+    return false;
+  MmaWGradTile t = wgrad_mma_items(p, lim);
   const int kb = mma_k_blocks(t.tw);  // the band of g's row is tw wide
   t.xrows = t.th + 31;
   t.cols = 16 * (kb + 2);  // A fragments of k-blocks < kb + 2; >= tw + kw - 1
@@ -1214,9 +1224,6 @@ inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile
   if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
   t.smem = (static_cast<size_t>(t.xrows) * t.rs + 2 * static_cast<size_t>(t.gcs)) * 2 + 16;
   if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
-  t.items = p.n * t.tiles_h * t.tiles_w;
-  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
-  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
   *tile = t;
   return true;
 }
@@ -1303,11 +1310,7 @@ inline bool plan_wgrad_tf32(const WGrad& p, const DeviceLimits& lim, MmaWGradTil
       p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw ||
       (!p.tf32 && (p.ho < kSplitMinSide || p.wo < kSplitMinSide)))
     return false;
-  MmaWGradTile t{};
-  t.tiles_h = ceil_div(p.ho, 64);
-  t.th = static_cast<int>(ceil_div(p.ho, t.tiles_h));
-  t.tiles_w = ceil_div(p.wo, 64);
-  t.tw = static_cast<int>(ceil_div(ceil_div(p.wo, t.tiles_w), 8) * 8);
+  MmaWGradTile t = wgrad_mma_items(p, lim);
   const int kb = t.tw / 8 + 1;     // the band of g's row is tw wide
   t.xrows = t.th + kWgMaxK - 1;
   t.cols = 8 * (4 + kb - 1);       // A fragments of k-blocks < 4 + kb - 1; >= tw + kw - 1
@@ -1320,9 +1323,6 @@ inline bool plan_wgrad_tf32(const WGrad& p, const DeviceLimits& lim, MmaWGradTil
   if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
   t.smem = parts * (static_cast<size_t>(t.xrows) * t.rs + static_cast<size_t>(t.th) * t.gw) * sizeof(float) + 16;
   if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
-  t.items = p.n * t.tiles_h * t.tiles_w;
-  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
-  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
   *tile = t;
   return true;
 }
