@@ -496,22 +496,31 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   store_mma_outputs<T>(p, acc, t.nts, plane, o, i0 + r0, j0 + 2 * quad);
 }
 
+// Whether a call suits the tensor-core correlations (corr_mma_kernel, corr_tf32_kernel): NCHW, unit stride and
+// dilation, one input plane per output plane, 13 <= kw <= 65, kh <= 65, sm_80+; if so, their blocks in `t`: 64
+// output rows (+ kh - 1 staged) by nts n-tiles of 8 columns (balanced column tiles).
+inline bool mma_corr_blocks(const Corr& p, const DeviceLimits& lim, MmaTile* t) {
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
+      p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw)
+    return false;
+  *t = MmaTile{};
+  t->rows = kMmaRows + p.kh - 1;
+  t->tiles_h = ceil_div(p.out_h, kMmaRows);
+  t->tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
+  t->nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t->tiles_w), 8));
+  return true;
+}
+
 // The tensor-core tile when the call qualifies (see corr_mma_kernel) and it fits in shared memory.
 template <typename T>
 bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
   static_assert(!std::is_same_v<T, float>, "fp16 and bf16 only");
-  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
-      p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw)
-    return false;
-  MmaTile t{};
+  MmaTile t;
+  if (!mma_corr_blocks(p, lim, &t)) return false;
   const int kb = mma_k_blocks(p.kw);
-  t.rows = kMmaRows + p.kh - 1;
   t.cols = 16 * (kb + 3);    // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
   t.rs = t.cols + 8;         // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
   t.fw = 16 * kb + 16;       // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
-  t.tiles_h = ceil_div(p.out_h, kMmaRows);
-  t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
-  t.nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t.tiles_w), 8));  // balanced column tiles
   t.fcs = second_copy_offset(p.kh * t.fw);
   t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
   if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
@@ -711,20 +720,13 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
 
 // The TF32 tile when the call qualifies (see corr_tf32_kernel) and it fits in shared memory.
 inline bool plan_corr_tf32(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
-  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
-      p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw ||
-      (!p.tf32 && (p.out_h < kSplitMinSide || p.out_w < kSplitMinSide)))
+  MmaTile t;
+  if ((!p.tf32 && (p.out_h < kSplitMinSide || p.out_w < kSplitMinSide)) || !mma_corr_blocks(p, lim, &t))
     return false;
-  MmaTile t{};
   const int kb = mma_tf32_k_blocks(p.kw);
-  t.rows = kMmaRows + p.kh - 1;
   t.cols = 8 * (kMmaMaxTiles + kb - 1);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
   t.rs = t.cols + 4;                     // 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
-  t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f_lane + 8 (kKB - 1) + 4 at most, f_lane <= 8 + 3
-  t.tiles_h = ceil_div(p.out_h, kMmaRows);
-  t.tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
-  t.nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t.tiles_w), 8));  // balanced column tiles
-  t.fcs = 0;
+  t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f0 + 8 (kKB - 1) + 4 at most, f0 <= 8 + 3
   const size_t parts = p.tf32 ? 1 : 2;
   t.smem = parts * (static_cast<size_t>(t.rows) * t.rs + static_cast<size_t>(p.kh) * t.fw) * sizeof(float) + 16;
   if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
@@ -1193,26 +1195,28 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
   wgrad_mma_finish<T>(p, t, acc, reinterpret_cast<float*>(xs), non_finite, split, o, item_begin, item_end);
 }
 
-// The items of a tensor-core grad-weight (wgrad_mma_kernel, wgrad_tf32_kernel): (image, g tile of up to 64 x 64,
-// th x tw with tw a multiple of 8), and the splits of each channel's items (about 4 blocks per SM in all).
-inline MmaWGradTile wgrad_mma_items(const WGrad& p, const DeviceLimits& lim) {
-  MmaWGradTile t{};
-  t.tiles_h = ceil_div(p.ho, 64);
-  t.th = static_cast<int>(ceil_div(p.ho, t.tiles_h));
-  t.tiles_w = ceil_div(p.wo, 64);
-  t.tw = static_cast<int>(ceil_div(ceil_div(p.wo, t.tiles_w), 8) * 8);
-  t.items = p.n * t.tiles_h * t.tiles_w;
+// Whether a call suits the tensor-core grad-weights (wgrad_mma_kernel, wgrad_tf32_kernel): NCHW, unit stride and
+// dilation, 13 <= kw <= 32, kh <= 32, sm_80+; if so, their items in `t`: (image, g tile of up to 64 x 64, th x tw
+// with tw a multiple of 8), and the splits of each channel's items (about 4 blocks per SM in all).
+inline bool wgrad_mma_items(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* t) {
+  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
+      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw)
+    return false;
+  *t = MmaWGradTile{};
+  t->tiles_h = ceil_div(p.ho, 64);
+  t->th = static_cast<int>(ceil_div(p.ho, t->tiles_h));
+  t->tiles_w = ceil_div(p.wo, 64);
+  t->tw = static_cast<int>(ceil_div(ceil_div(p.wo, t->tiles_w), 8) * 8);
+  t->items = p.n * t->tiles_h * t->tiles_w;
   const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
-  t.splits = want < 1 ? 1 : (want < t.items ? want : t.items);
-  return t;
+  t->splits = want < 1 ? 1 : (want < t->items ? want : t->items);
+  return true;
 }
 
 // The tensor-core grad-weight's plan when the call qualifies (fp16/bf16 only: the caller checks the dtype).
 inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* tile) {
-  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
-      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw)
-    return false;
-  MmaWGradTile t = wgrad_mma_items(p, lim);
+  MmaWGradTile t;
+  if (!wgrad_mma_items(p, lim, &t)) return false;
   const int kb = mma_k_blocks(t.tw);  // the band of g's row is tw wide
   t.xrows = t.th + 31;
   t.cols = 16 * (kb + 2);  // A fragments of k-blocks < kb + 2; >= tw + kw - 1
@@ -1306,17 +1310,13 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, Mma
 
 // The TF32 grad-weight's plan when the call qualifies (see wgrad_tf32_kernel).
 inline bool plan_wgrad_tf32(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* tile) {
-  if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
-      p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw ||
-      (!p.tf32 && (p.ho < kSplitMinSide || p.wo < kSplitMinSide)))
-    return false;
-  MmaWGradTile t = wgrad_mma_items(p, lim);
+  MmaWGradTile t;
+  if ((!p.tf32 && (p.ho < kSplitMinSide || p.wo < kSplitMinSide)) || !wgrad_mma_items(p, lim, &t)) return false;
   const int kb = t.tw / 8 + 1;     // the band of g's row is tw wide
   t.xrows = t.th + kWgMaxK - 1;
   t.cols = 8 * (4 + kb - 1);       // A fragments of k-blocks < 4 + kb - 1; >= tw + kw - 1
   t.rs = t.cols + 4;               // as corr_tf32_kernel
   t.gw = 8 * kb + 2 * kTf32Pad;    // B reads row + 8 (kKB - 1) + 7 + 8 at most
-  t.gcs = 0;
   const int parts = p.tf32 ? 1 : 2;
   // the warps' sums (kMmaWarps x 1024 floats) go over the x tile: at least that many floats of it
   const int64_t red_rows = ceil_div(kMmaWarps * 2 * 4 * 4 * 32, parts * t.rs);
