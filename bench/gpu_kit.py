@@ -898,9 +898,9 @@ def headline(rehearse):
     """(case, dtypes) in order of value: a stage cut at its budget loses the least useful ones."""
     from bench import suites
     if rehearse:
-        return [(case, ("fp32",)) for case in suites.tiny()]
+        return [(case, ("fp32", "tf32") if case.op == "dwconv2d" else ("fp32",)) for case in suites.tiny()]
     by_name = {c.name: c for c in suites.replknet31b() + suites.slak() + suites.unireplknet() + suites.rednet50()}
-    plan = [("replknet31b-s1", ("fp32", "bf16")), ("rednet50-s1", ("fp32", "bf16")),
+    plan = [("replknet31b-s1", ("fp32", "bf16", "tf32")), ("rednet50-s1", ("fp32", "bf16")),
             ("replknet31b-s4", ("fp32", "bf16")), ("slak-s1-51x5", ("fp32",)), ("rednet50-s2-stride2", ("fp32",)),
             ("replknet31b-s1", ("fp16",)), ("replknet31b-s2", ("fp32", "bf16")), ("replknet31b-s3", ("fp32",)),
             ("unireplknet-28", ("fp32",)), ("unireplknet-14", ("fp32",)), ("unireplknet-7", ("fp32",)),
@@ -938,7 +938,7 @@ def measure(args, plan, backends, suite, directions="fwd,bwd,fwdbwd", compile=Fa
     from bench import roofline
     device = device_for(args)
     torch.backends.cudnn.benchmark = True  # PyTorch at its best
-    set_tf32(False)  # fp32 rows are exact fp32, for every backend and baseline
+    set_tf32(False)  # fp32 rows are exact fp32 (roofline.run_benchmark turns TF32 on for the "tf32" rows alone)
     peaks = load_peaks(args, device)
     bargs = bench_args(args, backends, directions, compile)
     measured = []
@@ -988,7 +988,8 @@ def prewarm_worker(task):
                 from bench import roofline
                 inputs = roofline.make_inputs(case, torch_dtype(dtype_name), device, seed=index)
                 fn, _ = op_call(case, "triton")
-                three_directions(fn, inputs["x"], inputs["weight"], None, inputs["grad"])
+                with roofline.conv_tf32(dtype_name == "tf32"):  # TF32 dots are other kernels
+                    three_directions(fn, inputs["x"], inputs["weight"], None, inputs["grad"])
                 done += 1
             except Exception as error:  # noqa: BLE001 - the timing process compiles what is missing
                 print(f"prewarm {index}: {case.name} {dtype_name}: {type(error).__name__}: {error}", flush=True)

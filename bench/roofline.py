@@ -20,6 +20,7 @@ frees the torch profiler records (profile_memory=True) during the call, i.e. the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import itertools
@@ -47,7 +48,10 @@ import largeconv  # noqa: E402
 from largeconv import dispatch  # noqa: E402
 from largeconv.reference import involution2d_reference  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+# "fp32" is exact fp32 for every backend and baseline (TF32 off); "tf32" the same data with TF32 allowed for convs
+# (torch.backends.cudnn.allow_tf32), as PyTorch's default on GPUs leaves it
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+          "fp64": torch.float64}
 BASELINES = {"dwconv2d": ("torch", "torch_cl"), "involution2d": ("torch", "torch_compile")}
 LARGECONV_BACKENDS = ("cpu", "triton", "cuda", "auto")
 ALL_BACKENDS = ("torch", "torch_cl", "torch_compile") + LARGECONV_BACKENDS
@@ -367,6 +371,18 @@ def reference_output(case, inputs, device):
         torch.backends.cudnn.allow_tf32 = old
 
 
+@contextlib.contextmanager
+def conv_tf32(on):
+    """TF32 for fp32 convs on (the "tf32" rows) or off (every other row), restored afterwards. The legacy flag:
+    largeconv reads it back through the per-op API (arguments.cudnn_conv_allows_tf32)."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
 def tolerance(dtype, device):
     if dtype == torch.float32:
         return 5e-3 if device.type == "cuda" else 1e-4  # TF32 may be on for convs on GPU
@@ -398,51 +414,52 @@ def run_benchmark(cases, args, device, peaks, progress=True, env=None):
         if reason is None and needed > args.max_mem_gb * 1e9:
             reason = f"needs ~{needed / 1e9:.1f} GB, over --max-mem-gb {args.max_mem_gb:g}"
         rel_err, check = float("nan"), ""
-        for direction in directions:
-            bar.set_postfix_str(f"{case.name} {backend} {dtype_name} {direction}", refresh=False)
-            row = dict(env, case=case.name, op=case.op, backend=backend, dtype=dtype_name, direction=direction,
-                       layout="channels_last" if channels_last(backend) else "nchw",
-                       n=case.n, c=case.c, h=case.h, w=case.w, kh=case.kernel[0], kw=case.kernel[1],
-                       stride=case.stride, dilation=case.dilation, groups=case.groups,
-                       loadavg=f"{os.getloadavg()[0]:.2f}", input_sets=n_sets,
-                       peak_fma_gflops=peaks["fma_fp32"], peak_bw_gbs=peaks["bandwidth"])
-            c = case_counts(case, dtype, direction)
-            row.update(out_h=c["out_h"], out_w=c["out_w"], flops=c["flops"], flops_dense=c["flops_dense"],
-                       min_bytes=c["min_bytes"], ai=c["flops"] / c["min_bytes"])
-            if reason is not None:
-                row.update(status="skipped", reason=reason)
-            else:
-                try:
-                    if sets is None:
-                        sets = InputSets(case, dtype, device)
-                    fn = op_function(case, backend, compile_cache)
-                    if check == "":
-                        if reference is None:
-                            reference = reference_output(case, sets[0], device)
-                        out = prepare("fwd", fn, sets[0], backend)().float().contiguous()
-                        rel_err = ((out - reference).norm() / reference.norm()).item()
-                        check = "ok" if rel_err <= tolerance(dtype, device) else "FAIL"
-                        del out
-                    for attempt in range(1 + args.retries):  # re-measure when other work disturbed the timing
-                        seconds, repeats, used, others = time_calls(
-                            lambda i: prepare(direction, fn, sets[i], backend), n_sets, device, args.min_time,
-                            args.min_reps)
-                        if not others > 2 * args.quiet_cores:
-                            break
-                        if args.wait_quiet > 0:  # no idle wait before a measurement: clocks would drop
-                            wait_until_quiet(args.wait_quiet, args.quiet_cores)
-                    mem = peak_memory_mb(prepare(direction, fn, sets[0], backend), device) if args.memory \
-                        else float("nan")
-                    fill_measurement(row, seconds, repeats, peaks)
-                    row.update(status="ok", reason="", peak_mem_mb=mem, input_sets=used, background_cpu=others,
-                               attempts=attempt + 1)
-                except Exception as error:  # record and go on: one broken backend must not stop the run
-                    row.update(status="error", reason=f"{type(error).__name__}: {first_line(error)}")
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-            row.update(rel_err=rel_err, check=check)
-            rows.append(row)
-            bar.update(1)
+        with conv_tf32(dtype_name == "tf32"):  # every backend and baseline of the row alike
+            for direction in directions:
+                bar.set_postfix_str(f"{case.name} {backend} {dtype_name} {direction}", refresh=False)
+                row = dict(env, case=case.name, op=case.op, backend=backend, dtype=dtype_name, direction=direction,
+                           layout="channels_last" if channels_last(backend) else "nchw",
+                           n=case.n, c=case.c, h=case.h, w=case.w, kh=case.kernel[0], kw=case.kernel[1],
+                           stride=case.stride, dilation=case.dilation, groups=case.groups,
+                           loadavg=f"{os.getloadavg()[0]:.2f}", input_sets=n_sets,
+                           peak_fma_gflops=peaks["fma_fp32"], peak_bw_gbs=peaks["bandwidth"])
+                c = case_counts(case, dtype, direction)
+                row.update(out_h=c["out_h"], out_w=c["out_w"], flops=c["flops"], flops_dense=c["flops_dense"],
+                           min_bytes=c["min_bytes"], ai=c["flops"] / c["min_bytes"])
+                if reason is not None:
+                    row.update(status="skipped", reason=reason)
+                else:
+                    try:
+                        if sets is None:
+                            sets = InputSets(case, dtype, device)
+                        fn = op_function(case, backend, compile_cache)
+                        if check == "":
+                            if reference is None:
+                                reference = reference_output(case, sets[0], device)
+                            out = prepare("fwd", fn, sets[0], backend)().float().contiguous()
+                            rel_err = ((out - reference).norm() / reference.norm()).item()
+                            check = "ok" if rel_err <= tolerance(dtype, device) else "FAIL"
+                            del out
+                        for attempt in range(1 + args.retries):  # re-measure when other work disturbed the timing
+                            seconds, repeats, used, others = time_calls(
+                                lambda i: prepare(direction, fn, sets[i], backend), n_sets, device, args.min_time,
+                                args.min_reps)
+                            if not others > 2 * args.quiet_cores:
+                                break
+                            if args.wait_quiet > 0:  # no idle wait before a measurement: clocks would drop
+                                wait_until_quiet(args.wait_quiet, args.quiet_cores)
+                        mem = peak_memory_mb(prepare(direction, fn, sets[0], backend), device) if args.memory \
+                            else float("nan")
+                        fill_measurement(row, seconds, repeats, peaks)
+                        row.update(status="ok", reason="", peak_mem_mb=mem, input_sets=used, background_cpu=others,
+                                   attempts=attempt + 1)
+                    except Exception as error:  # record and go on: one broken backend must not stop the run
+                        row.update(status="error", reason=f"{type(error).__name__}: {first_line(error)}")
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                row.update(rel_err=rel_err, check=check)
+                rows.append(row)
+                bar.update(1)
     bar.close()
     add_speedups(rows)
     return rows

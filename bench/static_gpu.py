@@ -840,6 +840,13 @@ def tf32_row_nops(nts, k_blocks, products):
     return groups * k_blocks * products
 
 
+def warp_kernel_rows(h, ho, kh, lo):
+    """How many kernel rows a tensor-core correlation warp runs (csrc/dwconv.cuh warp_kernel_rows): those that bring
+    input to its output rows lo .. lo + 15 (below ho) at "same" padding, unit stride."""
+    off, hi = (kh - 1) // 2, min(lo + 15, ho - 1)
+    return max(0, min(kh, h + off - lo) - max(0, off - hi))
+
+
 def cuda_mma_rows():
     """Predicted H100 times of the CUDA tensor-core kernels (csrc/dwconv.cuh corr_mma_kernel, wgrad_mma_kernel,
     corr_tf32_kernel) at the RepLKNet-31B stages, NCHW, for MMA_VARIANTS: the plans of csrc/dwconv.cuh replayed
@@ -906,11 +913,12 @@ def cuda_mma_rows():
                 warp_instr = hmma = wavefronts = 0
                 for tile in range(tiles_h):
                     busy = cdiv(min(64, ho - 64 * tile), 16)
+                    run = sum(warp_kernel_rows(h, ho, kh, 64 * tile + 16 * warp) for warp in range(busy))
                     staged = min(64 + kh - 1, 16 * busy + kh - 1) * cols + kh * fw
-                    per_block = busy * kh * per_row + staged / 32 * loops["stage_instr"]
+                    per_block = run * per_row + staged / 32 * loops["stage_instr"]
                     warp_instr += n * c * tiles_w * per_block
-                    hmma += n * c * tiles_w * busy * kh * nts * kb * products
-                    wavefronts += n * c * tiles_w * (busy * kh * lds_row + 2 * parts * staged / 32)
+                    hmma += n * c * tiles_w * run * nts * kb * products
+                    wavefronts += n * c * tiles_w * (run * lds_row + 2 * parts * staged / 32)
             elif direction == "grad-weight":
                 tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
                 th, tw = cdiv(ho, tiles_h), cdiv(cdiv(wo, tiles_w), 8) * 8
@@ -947,11 +955,12 @@ def cuda_mma_rows():
                 warp_instr = hmma = wavefronts = 0
                 for tile in range(tiles_h):
                     busy = cdiv(min(64, ho - 64 * tile), 16)
+                    run = sum(warp_kernel_rows(h, ho, kh, 64 * tile + 16 * warp) for warp in range(busy))
                     staged = min(64 + kh - 1, 16 * busy + kh - 1) * cols + 2 * kh * fw
-                    per_block = busy * kh * per_row + staged / 32 * loops["stage_instr"]
+                    per_block = run * per_row + staged / 32 * loops["stage_instr"]
                     warp_instr += n * c * tiles_w * per_block
-                    hmma += n * c * tiles_w * busy * kh * nts * kb
-                    wavefronts += n * c * tiles_w * (busy * kh * loops["lds"] + 2 * staged / 32)
+                    hmma += n * c * tiles_w * run * nts * kb
+                    wavefronts += n * c * tiles_w * (run * loops["lds"] + 2 * staged / 32)
             regs, stack = resources[name]
             resident, warps_per_sched = occupancy(regs, smem, 4)
             waves = blocks / (sm90.H100["sms"] * max(resident, 1))

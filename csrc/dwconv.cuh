@@ -399,6 +399,19 @@ LC_D MmaBlock mma_block(const Corr& p, const MmaTile& t) {
   return b;
 }
 
+// The kernel rows [begin, end) of a warp's products: those that bring input to one of its output rows (i0 + 16 warp
+// .. + 15, below out_h). The others meet only the zero padding, as the non-finite redo's taps do not either. Empty
+// past busy_rows. Unit stride and dilation (mma_corr_blocks): output row i meets input row i - off_h + a.
+struct KernelRows {
+  int begin, end;
+};
+LC_D KernelRows warp_kernel_rows(const Corr& p, const MmaBlock& b, int warp) {
+  if (16 * warp >= b.busy_rows) return {0, 0};
+  const int64_t lo = b.i0 + 16 * warp, hi = lo + 15 < p.out_h ? lo + 15 : p.out_h - 1;
+  const int64_t begin = p.off_h - hi, end = p.in_h + p.off_h - lo;
+  return {begin > 0 ? static_cast<int>(begin) : 0, end < p.kh ? static_cast<int>(end) : p.kh};
+}
+
 // Whether a lane's accumulators (n-tiles x the m16n8 C fragment) are all finite.
 LC_D bool all_finite(const float (&acc)[kMmaMaxTiles][4]) {
   bool finite = true;
@@ -464,8 +477,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
 
   const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
   const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
-  const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
-  for (int a = 0; a < kernel_rows; ++a) {
+  const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
+  for (int a = kernel_rows.begin; a < kernel_rows.end; ++a) {
     // A: staged rows r0 + a and r0 + a + 8 (the kernel row's shift is an address); B: filter row a's band
     uint32_t af[kKB + 3][4], bf[kKB][2][2];
     load_a_fragments(af, xs + (r0 + a) * t.rs + 2 * quad, t.rs);
@@ -687,9 +700,9 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   float acc[kMmaMaxTiles][4] = {};
 
   const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
-  const int kernel_rows = 16 * warp < busy_rows ? p.kh : 0;
+  const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
   const int k_blocks = t.nts + kKB - 1;  // the A k-blocks the block's n-tiles meet
-  for (int a = 0; a < kernel_rows; ++a) {
+  for (int a = kernel_rows.begin; a < kernel_rows.end; ++a) {
     // B: filter row a's band; A: staged rows r0 + a (+8), columns 8 kb + quad (+4)
     uint32_t bf[kParts][kKB][2];
     load_tf32_band<kSplit>(bf, fs + a * t.fw + kTf32Pad + quad - group, filter_elems);

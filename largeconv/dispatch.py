@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from .arguments import is_channels_last
+from .arguments import cudnn_conv_allows_tf32, is_channels_last
 from .cpu import FFT_MIN_TAPS
 
 BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
@@ -181,8 +181,12 @@ def _bucket(n: int) -> int:
 
 def cache_key(op, direction, x, kernel_size, geometry, shape=None) -> tuple:
     """Kernel size, stride, padding and dilation exactly; batch, channels and spatial size (x's, or `shape` of a
-    tensor laid out like x) bucketed."""
-    return (op, direction, str(x.device), str(x.dtype).removeprefix("torch."), is_channels_last(x),
+    tensor laid out like x) bucketed. fp32 on CUDA with TF32 allowed for convs is a dtype of its own ("float32-tf32"):
+    the fastest candidate differs (cuDNN and the cuda backend switch to one TF32 product)."""
+    dtype = str(x.dtype).removeprefix("torch.")
+    if x.is_cuda and x.dtype == torch.float32 and cudnn_conv_allows_tf32():
+        dtype += "-tf32"
+    return (op, direction, str(x.device), dtype, is_channels_last(x),
             tuple(_bucket(n) for n in (x.shape if shape is None else shape)), tuple(kernel_size),
             tuple(tuple(g) if isinstance(g, (tuple, list)) else g for g in geometry))  # geometry: ints or pairs
 

@@ -105,6 +105,27 @@ def test_dwconv_fp32_with_tf32_allowed(shape, monkeypatch):
             assert err > 1e-6, f"{name}: relative error {err:.3g}: exact fp32, TF32 not used"
 
 
+def test_auto_measures_tf32_apart(monkeypatch):
+    """auto's cache keeps fp32 with TF32 allowed apart from exact fp32 (their fastest backends differ), and auto's
+    calls honour the setting: within the design's 1e-3 with TF32 (cuDNN may run depthwise convs exactly anyway),
+    fp32-exact without."""
+    import largeconv
+    from largeconv import dispatch
+    x = randn((2, 16, 28, 28), torch.float32, "nchw")
+    weight = randn((16, 1, 31, 31), torch.float32, "nchw", scale=1.0 / 31)
+    geometry = ((1, 1), (15, 15, 15, 15), (1, 1))
+    exact_key = dispatch.cache_key("dwconv2d", "forward", x, (31, 31), geometry)
+    want = F.conv2d(x.double(), weight.double(), None, 1, 15, 1, 16)
+    exact = rel_error(largeconv.dwconv2d(x, weight, None, 1, 15), want)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    tf32_key = dispatch.cache_key("dwconv2d", "forward", x, (31, 31), geometry)
+    assert tf32_key != exact_key and tf32_key[3] == "float32-tf32", (exact_key, tf32_key)
+    assert exact <= 1e-5, f"exact fp32 under auto: relative error {exact:.3g}"
+    tf32 = rel_error(largeconv.dwconv2d(x, weight, None, 1, 15), want)
+    assert tf32 <= 1e-3, f"TF32 allowed, under auto: relative error {tf32:.3g}"
+    assert tf32_key in dispatch.auto_choices() and exact_key in dispatch.auto_choices()
+
+
 DW_EDGE_CASES = {
     # name: (n, c, h, w, kernel, extra keyword arguments)
     "k1": (2, 8, 9, 10, (1, 1), {}),

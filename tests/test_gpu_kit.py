@@ -103,6 +103,7 @@ def test_rehearsal_runs_every_stage(tmp_path):
     assert re.search(r"conv1d-2x8x64-k31 +cpu +fp32 +grad_weight +[\d.]+\n", summary), summary
     timed = [r for r in rows if r["suite"] == "headline" and r["status"] == "ok"]
     assert {"torch", "torch_cl", "cpu"} <= {r["backend"] for r in timed}
+    assert {"fp32", "tf32"} <= {r["dtype"] for r in timed}  # fp32 exact, and with TF32 allowed
     assert all(float(r["time_ms"]) > 0 for r in timed)
     assert any(r["suite"] == "weak" and r["backend"] == "auto" and r["reason"].startswith("auto picked") for r in rows)
     per_call = [r for r in rows if r["suite"] == "per-call"]

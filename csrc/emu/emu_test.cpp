@@ -430,6 +430,10 @@ int main(int argc, char** argv) {
       {1, 2, 66, 67, 1, 13, 13, 1, 1, 1, 1, 0, 0, 0, 0, true},      // "valid", a partial second tile
       {1, 2, 20, 60, 1, 5, 51, 1, 1, 1, 1, 2, 2, 25, 25, true},     // SLaK's 5x51
       {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true, true},  // NaN / Inf, 2 x 3 tiles
+      // warps skip the kernel rows that meet only padding: whole warps of it (rows 0-15), asymmetric reaches
+      {1, 2, 20, 30, 1, 15, 15, 1, 1, 1, 1, 30, 24, 7, 7, true},
+      {1, 2, 40, 33, 1, 17, 13, 1, 1, 1, 1, 2, 19, 6, 6, true},
+      {1, 2, 40, 33, 1, 17, 13, 1, 1, 1, 1, 2, 19, 6, 6, true, true},  // the same, NaN / Inf
   };
   //                   b  c   h   w  G  k  s  p  d
   const InvCase inv_cases[] = {
