@@ -237,3 +237,17 @@ def cudnn_conv_allows_tf32() -> bool:
         if precision != "none":
             return precision == "tf32"
     return False
+
+
+def cuda_matmul_fp32_precision() -> str:
+    """How torch's fp32 CUDA matmuls may round their operands: "ieee" (not at all), "tf32" or "bf16"; read through
+    the per-backend API where torch has it (torch.backends.cuda.matmul.fp32_precision, else the global setting),
+    which the legacy setters (allow_tf32, set_float32_matmul_precision) also write."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    for precision in (matmul.fp32_precision, torch.backends.fp32_precision):
+        if precision != "none":
+            return precision
+    return "ieee"
+

@@ -8,7 +8,9 @@ import importlib
 
 import torch
 
-from .arguments import cudnn_conv_allows_tf32, dwconv2d_output_hw, memory_format_of
+import torch.nn.functional as F
+
+from .arguments import cudnn_conv_allows_tf32, cuda_matmul_fp32_precision, dwconv2d_output_hw, memory_format_of
 
 BUILD_HINT = ("the CUDA extension largeconv._C is not built: install with a CUDA build of torch and nvcc present, "
               "or FORCE_CUDA=1 pip install --no-build-isolation -e .")
@@ -59,10 +61,13 @@ def _empty(shape, like, memory_format=None):
 # ---- depthwise convolution ------------------------------------------------------------------------------------
 
 # fp32 NCHW large kernels run on tensor cores (csrc/dwconv.cuh, corr_tf32_kernel, wgrad_tf32_kernel): in TF32 where
-# PyTorch allows it for its convs, else as 3xTF32 (about fp32's accuracy).
+# PyTorch allows it for its convs, else as 3xTF32 (about fp32's accuracy). Small maps that every output's window
+# covers whole run as dense products instead (below).
 def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
     out_h, out_w = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
     out = _empty((x.shape[0], weight.shape[0], out_h, out_w), x)
+    if covers_whole_map(x, x.shape, weight.shape, stride, padding, dilation):
+        return dense_forward(x, weight, bias, padding, out)
     torch.ops.largeconv_C.dwconv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation),
                                            cudnn_conv_allows_tf32(), out)
     return out
@@ -70,6 +75,8 @@ def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
 
 def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation):
     grad_input = _empty(tuple(input_shape), grad_out)
+    if covers_whole_map(grad_out, input_shape, weight.shape, stride, padding, dilation):
+        return dense_grad_input(grad_out, weight, padding, grad_input)
     torch.ops.largeconv_C.dwconv2d_grad_input(grad_out, weight, list(stride), list(padding), list(dilation),
                                               cudnn_conv_allows_tf32(), grad_input)
     return grad_input
@@ -77,8 +84,97 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
     grad_weight = _empty(tuple(weight_shape), x, torch.contiguous_format)
+    if covers_whole_map(x, x.shape, weight_shape, stride, padding, dilation) and grad_out.is_contiguous():
+        return dense_grad_weight(grad_out, x, padding, grad_weight)
     torch.ops.largeconv_C.dwconv2d_grad_weight(grad_out, x, list(stride), list(padding), list(dilation),
                                                cudnn_conv_allows_tf32(), grad_weight)
+    return grad_weight
+
+
+# ---- small maps that the kernel covers whole: dense products per channel ------------------------------------------
+# Where every output's window spans the whole input plane (unit stride and dilation, and padding such that
+# top >= Ho - 1 and top <= kh - H, the same across: "same" padding with K >= 2H - 1, as RepLKNet-31B's 14x14 K27
+# and 7x7 K13 stages), channel c's conv is a dense (H*W) x (Ho*Wo) matrix of its filter taps, T[(p, q), (i, j)] =
+# f[top + p - i, left + q - j], with no entry outside the filter: batched matrix products (cuBLAS) then form exactly
+# the conv's products, so NaN and Inf come out as in the direct sums, and do no wasted work, where the tiled kernels
+# would run every tap of the K x K window (most of it over padding). fp32 throughout (half inputs widened; their
+# values are exact in TF32 too), and only where torch's fp32 matmul precision rounds no more than the conv may.
+
+DENSE_MIN_TAPS = 49  # large kernels only: below, the tiled kernels keep the shapes they were measured on
+DENSE_MAX_BYTES = 1 << 26  # the matrices' fp32 bytes at most: this, or 4x x's
+
+
+def covers_whole_map(t, input_shape, weight_shape, stride, padding, dilation) -> bool:
+    """Whether the call runs as dense products: `t` the NCHW tensor it reads (x, or grad_out for grad-input)."""
+    n, c, h, w = input_shape
+    kh, kw = weight_shape[2:]
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or weight_shape[0] != c or kh * kw < DENSE_MIN_TAPS \
+            or not t.is_contiguous():
+        return False
+    top, bottom, left, right = padding
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    if not (ho - 1 <= top <= kh - h and wo - 1 <= left <= kw - w):
+        return False
+    if 4 * c * h * w * ho * wo > max(DENSE_MAX_BYTES, 16 * n * c * h * w):
+        return False
+    precision = cuda_matmul_fp32_precision()
+    return precision == "ieee" or precision == "tf32" and (t.dtype != torch.float32 or cudnn_conv_allows_tf32())
+
+
+def _dense_taps(weight, in_hw, out_hw, padding):
+    """(C, H*W, Ho*Wo) fp32: [c, (p, q), (i, j)] = weight[c, 0, top + p - i, left + q - j]."""
+    c, _, kh, kw = weight.shape
+    (h, w), (ho, wo), top, left = in_hw, out_hw, padding[0], padding[2]
+    flipped = weight.reshape(c, kh, kw).flip(1, 2).float()  # [c, kh - 1 - a, kw - 1 - b] = f[c, a, b]
+    # with p' = H - 1 - p: f[top + p - i] = flipped[kh - top - H + p' + i], one window of `flipped` per (p', q')
+    windows = flipped.as_strided((c, h, w, ho, wo), (kh * kw, kw, 1, kw, 1), (kh - top - h) * kw + kw - left - w)
+    return windows.flip(1, 2).reshape(c, h * w, ho * wo)
+
+
+def _as_matrices(t):
+    """(N, C, H, W) -> its (C, N, H*W) view (fp32)."""
+    n, c = t.shape[:2]
+    return t.float().reshape(n, c, -1).transpose(0, 1)
+
+
+def _store(result, into):
+    """(C, N, M) fp32 into the NCHW tensor `into`."""
+    into.view(into.shape[0], into.shape[1], -1).transpose(0, 1).copy_(result)
+    return into
+
+
+def dense_forward(x, weight, bias, padding, out):
+    result = torch.bmm(_as_matrices(x), _dense_taps(weight, x.shape[2:], out.shape[2:], padding))
+    if bias is not None:
+        result += bias.float().view(-1, 1, 1)
+    return _store(result, out)
+
+
+def dense_grad_input(grad_out, weight, padding, grad_input):
+    taps = _dense_taps(weight, grad_input.shape[2:], grad_out.shape[2:], padding)
+    return _store(torch.bmm(_as_matrices(grad_out), taps.transpose(1, 2)), grad_input)
+
+
+def _antidiagonal_sums(t):
+    """(..., R, S) -> (..., R + S - 1): [..., k] = sum over r of t[..., r, k - r] (rows shifted right by r, summed)."""
+    *batch, r, s = t.shape
+    padded = F.pad(t, (0, r)).reshape(*batch, r * (s + r))
+    return padded[..., :r * (s + r - 1)].reshape(*batch, r, s + r - 1).sum(-2)
+
+
+def dense_grad_weight(grad_out, x, padding, grad_weight):
+    (n, c, h, w), (ho, wo) = x.shape, grad_out.shape[2:]
+    kh, kw = grad_weight.shape[2:]
+    top, left = padding[0], padding[2]
+    # pairs[c, p', q', i, j] = sum_n x[n, c, H - 1 - p', W - 1 - q'] grad_out[n, c, i, j]: tap (a, b) of the
+    # flipped filter is (kh - top - H + p' + i, kw - left - W + q' + j), so the taps are the sums over p' + i, q' + j
+    pairs = torch.bmm(_as_matrices(x).transpose(1, 2), _as_matrices(grad_out)).view(c, h, w, ho, wo).flip(1, 2)
+    cols = _antidiagonal_sums(pairs.permute(0, 1, 3, 2, 4))  # (c, p', i, W + Wo - 1)
+    taps = _antidiagonal_sums(cols.permute(0, 3, 1, 2)).transpose(1, 2)  # (c, H + Ho - 1, W + Wo - 1)
+    flipped = torch.zeros(c, kh, kw, dtype=torch.float32, device=x.device)
+    a0, b0 = kh - top - h, kw - left - w
+    flipped[:, a0:a0 + h + ho - 1, b0:b0 + w + wo - 1] = taps
+    grad_weight.copy_(flipped.flip(1, 2).view(grad_weight.shape))
     return grad_weight
 
 

@@ -43,6 +43,9 @@ _CPU_CANDIDATES = ("cpu", "torch")
 # fp32 working copies of a bf16/fp16 input (8x PyTorch's estimate), which a limit of 4 wrongly dropped, so auto
 # picked PyTorch for every bf16 call it could have run 4-6x faster (conv1d (32,512,1000), measured 2026-11-27).
 WORKSPACE_RATIO_LIMIT = 16
+# On a GPU a workspace this small is never the reason to drop a candidate, whatever the ratio (the cuda backend's
+# dense products of a 7x7 map at batch 8: ~30 MB, 18x the input).
+WORKSPACE_FLOOR_BYTES = 1 << 28
 # What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
 # (ops.dwconv2d) uses once torch wins every direction; `settle` charges it to every direction of a dwconv2d call
 # that is not all torch (one fused direction puts the whole call on the custom ops). CPU: measured
@@ -345,6 +348,10 @@ def workspace_bytes(name, op, direction, x, kernel_size) -> int:
         return x.numel() * elem
     if name == "cpu":  # fp32 working copies: dwconv2d's FFT spectra (~4 inputs), else a padded input and an output
         return (4 if op == "dwconv2d" else 2) * x.numel() * max(elem, 4)
+    if name == "cuda" and op == "dwconv2d" and all(k >= 2 * n - 1 for k, n in zip(kernel_size, x.shape[2:])):
+        # a kernel that covers the map ("same" padding): the dense products (cuda.covers_whole_map), whose fp32
+        # tap matrices, or grad-weight's pairs, are (H*W)^2 per channel, with a copy or two
+        return max(x.numel() * elem, 3 * 4 * x.shape[1] * (x.shape[2] * x.shape[3]) ** 2)
     return x.numel() * elem
 
 
@@ -352,7 +359,7 @@ def _within_memory(names, op, direction, x, kernel_size, run_args):
     estimates = {name: workspace_bytes(name, op, direction, x, kernel_size) for name in names}
     limit = WORKSPACE_RATIO_LIMIT * min(estimates.values())
     if x.device.type == "cuda":
-        limit = min(limit, torch.cuda.mem_get_info(x.device)[0])
+        limit = min(max(limit, WORKSPACE_FLOOR_BYTES), torch.cuda.mem_get_info(x.device)[0])
     kept = [name for name in names if estimates[name] <= limit]
     return kept or [min(estimates, key=estimates.get)]
 

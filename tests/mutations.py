@@ -215,6 +215,8 @@ MUTATIONS = [
     M("cuda-mma-rows-short", "csrc/dwconv.cuh", "end = p.in_h + p.off_h - lo;", "end = p.in_h + p.off_h - lo - 1;",
       ("tests/test_cuda_build.py", "-k", "emulation and dwconv2d"),
       "tensor-core correlations: a warp's last kernel row that meets the input skipped as padding"),
+    M("cuda-dense-wgrad-flip", "largeconv/cuda.py", "b0:b0 + w + wo - 1] = taps", "b0:b0 + w + wo - 1] = taps.flip(2)",
+      ("tests/test_cuda_dense.py",), "dense products: grad-weight's tap columns mirrored"),
     M("cuda-tf32-wgrad-band", "csrc/dwconv.cuh",
       "load_tf32_band<kSplit>(bf, gs + r * t.gw + kTf32Pad + quad - group, g_elems);",
       "load_tf32_band<kSplit>(bf, gs + r * t.gw + kTf32Pad + quad - group + 1, g_elems);",

@@ -206,6 +206,15 @@ def test_memory_hungry_candidates_are_dropped(dtype):
     assert dispatch._within_memory(["cpu", "torch"], "dwconv1d", "forward", x1, (31,), ()) == ["cpu", "torch"]
 
 
+def test_cuda_dense_products_count_their_matrices():
+    """The cuda backend's dense products on maps the kernel covers hold (H*W)^2 fp32 values per channel (and a copy
+    or two); elsewhere its estimate is the input's size."""
+    x = torch.randn(8, 16, 7, 7)
+    assert dispatch.workspace_bytes("cuda", "dwconv2d", "forward", x, (13, 13)) == 3 * 4 * 16 * 49 ** 2
+    assert dispatch.workspace_bytes("cuda", "dwconv2d", "forward", x, (11, 13)) == x.numel() * 4
+    assert dispatch.workspace_bytes("torch", "dwconv2d", "forward", x, (13, 13)) == x.numel() * 4
+
+
 def test_calls_where_auto_picked_torch_skip_the_custom_op(monkeypatch):
     """Once auto chose torch for every direction, the call is PyTorch's own (F.conv2d and its autograd): no custom
     op, no second dispatch. The result still equals F.conv2d."""

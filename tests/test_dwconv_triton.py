@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from largeconv.arguments import dwconv2d_output_hw, is_channels_last
 from largeconv.kernels import dwconv as dw
-from numerics import assert_close, poisoned_allocations
+from numerics import assert_close, assert_nonfinite_like, nonfinite_references, poisoned_allocations
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(dw.unsupported_reason(torch.empty(1, 1, 1, 1, device=DEVICE), (1, 1)) is not None,
@@ -192,52 +192,6 @@ def spoil(t, count=3):
     for i, where in enumerate(torch.randperm(t.numel(), device=t.device)[:count].tolist()):
         flat[where] = (float("nan"), float("inf"), -float("inf"))[i % 3]
     return t
-
-
-def value_class(t):
-    """0 finite, 1 NaN, 2 +Inf, 3 -Inf, elementwise."""
-    return torch.where(t.isnan(), 1, torch.where(t == float("inf"), 2, torch.where(t == -float("inf"), 3, 0)))
-
-
-def reference_skipping_padding(x, weight, bias, stride, padding, dilation, grad_out):
-    """Output and gradients (float64) of the convolution in which a tap over padding adds nothing, rather than
-    the padding's zero times the tap (0 * Inf = NaN): PyTorch's CUDA depthwise kernels compute it so."""
-    (n, c, _, _), (co, _, kh, kw) = x.shape, weight.shape
-    x = x.detach().double().requires_grad_()
-    weight = weight.detach().double().requires_grad_()
-    cols = F.unfold(x, (kh, kw), dilation, padding, stride).view(n, c, 1, kh * kw, -1)
-    inside = F.unfold(torch.ones_like(x[:1, :1]), (kh, kw), dilation, padding, stride).view(1, 1, 1, kh * kw, -1)
-    out = torch.where(inside > 0, cols * weight.view(1, c, co // c, kh * kw, 1), 0.0).sum(3)
-    out = out.reshape(grad_out.shape) + (0 if bias is None else bias.double().view(-1, 1, 1))
-    return (out.detach(), *torch.autograd.grad(out, (x, weight), grad_out.double()))
-
-
-def nonfinite_references(x, weight, bias, stride, padding, dilation, grad_out):
-    """(output, grad input, grad weight) as F.conv2d has them in each of its three ways with a NaN/Inf where a
-    filter tap (or grad_out, for grad-weight) meets padding: on CPU float64 multiplies the padding's zeros (NaN),
-    fp32 does so in some directions, PyTorch's CUDA kernels skip the padded tap. Elsewhere the three agree."""
-    top, bottom, left, right = padding
-    assert (top, left) == (bottom, right), "F.conv2d pads symmetrically"
-    refs = [reference_skipping_padding(x, weight, bias, stride, (top, left), dilation, grad_out)]
-    for dtype in (torch.float64, x.dtype):
-        x_, w_ = x.detach().to(dtype).requires_grad_(), weight.detach().to(dtype).requires_grad_()
-        ref = F.conv2d(x_, w_, None if bias is None else bias.to(dtype), stride, (top, left), dilation,
-                       groups=x.shape[1])
-        refs.append((ref.detach(), *torch.autograd.grad(ref, (x_, w_), grad_out.to(dtype))))
-    return list(zip(*refs))
-
-
-def assert_nonfinite_like(got, refs, name):
-    """Every element NaN, +Inf, -Inf or finite as in one of F.conv2d's ways (`refs`); the finite ones within the
-    usual bounds."""
-    got_class = value_class(got)
-    wrong = torch.stack([got_class != value_class(r) for r in refs]).all(0)
-    assert not wrong.any(), (f"{name}: {int(wrong.sum())} of {got.numel()} elements NaN/Inf/finite unlike F.conv2d "
-                             f"(NaN {int(got.isnan().sum())} vs {int(refs[0].isnan().sum())}, Inf "
-                             f"{int(got.isinf().sum())} vs {int(refs[0].isinf().sum())})")
-    finite = (got_class == 0) & (value_class(refs[0]) == 0)
-    if finite.any():
-        assert_close(got[finite], refs[0][finite], what=f"{name} (finite elements)")
 
 
 def check_nonfinite(x, weight, bias, stride, padding, dilation, grad_out,
