@@ -840,6 +840,45 @@ def tf32_row_nops(nts, k_blocks, products):
     return groups * k_blocks * products
 
 
+# cuBLAS batched GEMMs of a few hundred rows and columns: an assumption, not fitted (no GPU run of them yet)
+GEMM_SHARE = 0.5
+
+
+def cuda_dense_rows():
+    """Predicted H100 times of the cuda backend's dense products (largeconv/cuda.py covers_whole_map: maps that
+    every output's window covers, RepLKNet-31B s3 and s4 at "same" padding), NCHW, bias-free as the kit times them:
+    each launch of the composition as max(FLOPs at GEMM_SHARE of the peak (fp32: FFMA; tf32: the TF32 tensor
+    cores, where torch's matmul precision and the conv both allow it), bytes at BANDWIDTH) plus a launch; fp32
+    buffers throughout (bf16 inputs widened as they are read, results narrowed as they are stored)."""
+    rows = []
+    for case in (c for c in HEADLINE if c.name.startswith("replknet31b")):
+        n, c, h, w = case.shape
+        if case.kernel[0] < 2 * h - 1 or case.kernel[1] < 2 * w - 1:
+            continue  # not covered: the tiled kernels (cuda_mma_rows)
+        hw, x, m = h * w, n * c * h * w, c * (h * w) ** 2
+        for dtype in ("fp32", "tf32", "bf16"):
+            el = 2 if dtype == "bf16" else 4
+            gemm = (TENSOR_PEAK["float32"] if dtype == "tf32" else FFMA_PEAK) * GEMM_SHARE
+            widen = [(0, x * (el + 4))] if dtype == "bf16" else []  # x.float() (grad-weight: grad_out too)
+            # the taps' matrices; the product (reads x and the matrices, writes the result); the store into NCHW
+            correlation = [(0, 4 * m), *widen, (2 * n * m, 4 * (2 * x + m)), (0, 4 * x + el * x)]
+            # the pairs' product; their flip; the (q, j) sums: pad the permuted pairs, sum them; the (p, i) sums
+            cols = c * h * h * (2 * w - 1)
+            grad_weight = [*widen, *widen, (2 * n * m, 4 * (2 * x + m)), (0, 8 * m), (0, 4 * (m + 2 * m)),
+                           (0, 4 * (2 * m + cols)), (0, 4 * 4 * cols)]
+            for direction, launches in (("forward", correlation), ("grad-input", correlation),
+                                        ("grad-weight", grad_weight)):
+                times = [max(f / gemm, b / BANDWIDTH) + LAUNCH_S for f, b in launches]
+                flops, _ = useful(case, direction, el)
+                gemm_s = sum(f / gemm for f, _ in launches)
+                rows.append(dict(case=case.name, dtype=dtype, direction=direction, launches=len(launches),
+                                 gemm_ms=gemm_s * 1e3, memory_ms=sum(b for _, b in launches) / BANDWIDTH * 1e3,
+                                 predicted_ms=sum(times) * 1e3, useful_flops=flops,
+                                 floor_ms=flops / (TENSOR_PEAK["float32"] if dtype == "tf32" else FFMA_PEAK) * 1e3,
+                                 bound="gemm" if gemm_s > sum(times) / 2 else "memory"))
+    return rows
+
+
 def warp_kernel_rows(h, ho, kh, lo):
     """How many kernel rows a tensor-core correlation warp runs (csrc/dwconv.cuh warp_kernel_rows): those that bring
     input to its output rows lo .. lo + 15 (below ho) at "same" padding, unit stride."""
@@ -1007,7 +1046,7 @@ MIX_COLUMNS = ["FFMA", "HGMMA", "HMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "
                "convert", "other"]
 
 
-def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=()):
+def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=(), dense_rows=()):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "predicted.csv"), "w", newline="") as f:
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
@@ -1019,6 +1058,10 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                                  floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
         for r in mma_rows:
             writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-nchw", dtype=r["dtype"],
+                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
+                                 floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
+        for r in dense_rows:
+            writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-dense", dtype=r["dtype"],
                                  direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
                                  floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
     lines = [
@@ -1101,6 +1144,18 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   f"{r['executed_vs_useful']:.2f} | {r['issue_ms']:.3f} | {r['tensor_ms']:.3f} | {r['l1_ms']:.3f} | "
                   f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
                   for r in mma_rows]
+    if dense_rows:
+        lines += ["", "## cuda backend, dense products on covered maps (largeconv/cuda.py), NCHW: predicted", "",
+                  "`cuda_dense_rows` (its docstring): where every output's window covers the map (RepLKNet-31B s3 "
+                  "and s4, \"same\" padding) the cuda backend runs torch.bmm products instead of the tiled kernels "
+                  f"above; each launch max(FLOPs at {GEMM_SHARE:.0%} of the peak (an assumption), bytes at HBM "
+                  "bandwidth) + a launch. fp32 exact (FFMA), tf32 (TF32 allowed for convs and matmuls), bf16 "
+                  "(widened to fp32). floor = useful FLOPs at the FFMA (fp32, bf16) or TF32 peak.", "",
+                  "| case | dtype | direction | launches | GEMM ms | memory ms | predicted ms | floor ms | bound |",
+                  "|" + "---|" * 9]
+        lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | {r['launches']} | {r['gemm_ms']:.3f} | "
+                  f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
+                  for r in dense_rows]
     lines += ["", "## CUDA C++ kernels (csrc/): nvcc --resource-usage -Xptxas -v, sm_90", "",
               "| file | kernel | registers | spill stores B | spill loads B | static smem B (dynamic is set at launch) | stack B |", "|---|---|---|---|---|---|---|"]
     for row in cuda_rows:
@@ -1185,7 +1240,10 @@ def main(argv=None):
     mma_rows = [] if args.no_cuda else cuda_mma_rows()
     for r in mma_rows:
         print(f"cuda tensor-core {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
-    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows)
+    dense_rows = cuda_dense_rows()
+    for r in dense_rows:
+        print(f"cuda dense {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
+    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows, dense_rows)
     print(f"wrote {args.out}/report.md and predicted.csv")
 
 

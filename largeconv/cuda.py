@@ -5,12 +5,14 @@ fills it. Kernel designs are described at the top of csrc/dwconv.cuh, csrc/dwcon
 Importing this module never fails: without the extension, `unsupported_reason` says how to build it.
 """
 import importlib
+import os
 
 import torch
 
 import torch.nn.functional as F
 
-from .arguments import cudnn_conv_allows_tf32, cuda_matmul_fp32_precision, dwconv2d_output_hw, memory_format_of
+from .arguments import (cuda_matmul_fp32_precision, cudnn_conv_allows_tf32, dwconv2d_output_hw, is_channels_last,
+                        memory_format_of)
 
 BUILD_HINT = ("the CUDA extension largeconv._C is not built: install with a CUDA build of torch and nvcc present, "
               "or FORCE_CUDA=1 pip install --no-build-isolation -e .")
@@ -84,7 +86,7 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
 
 def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
     grad_weight = _empty(tuple(weight_shape), x, torch.contiguous_format)
-    if covers_whole_map(x, x.shape, weight_shape, stride, padding, dilation) and grad_out.is_contiguous():
+    if covers_whole_map(x, x.shape, weight_shape, stride, padding, dilation) and not is_channels_last(grad_out):
         return dense_grad_weight(grad_out, x, padding, grad_weight)
     torch.ops.largeconv_C.dwconv2d_grad_weight(grad_out, x, list(stride), list(padding), list(dilation),
                                                cudnn_conv_allows_tf32(), grad_weight)
@@ -105,11 +107,12 @@ DENSE_MAX_BYTES = 1 << 26  # the matrices' fp32 bytes at most: this, or 4x x's
 
 
 def covers_whole_map(t, input_shape, weight_shape, stride, padding, dilation) -> bool:
-    """Whether the call runs as dense products: `t` the NCHW tensor it reads (x, or grad_out for grad-input)."""
+    """Whether the call runs as dense products: `t` the tensor it reads (x, or grad_out for grad-input), any strides
+    but channels_last."""
     n, c, h, w = input_shape
     kh, kw = weight_shape[2:]
     if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or weight_shape[0] != c or kh * kw < DENSE_MIN_TAPS \
-            or not t.is_contiguous():
+            or is_channels_last(t):  # results follow t's layout; these products write NCHW
         return False
     top, bottom, left, right = padding
     ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
@@ -117,6 +120,9 @@ def covers_whole_map(t, input_shape, weight_shape, stride, padding, dilation) ->
         return False
     if 4 * c * h * w * ho * wo > max(DENSE_MAX_BYTES, 16 * n * c * h * w):
         return False
+    if torch.are_deterministic_algorithms_enabled() and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (
+            ":4096:8", ":16:8"):
+        return False  # torch would raise on a cuBLAS call (its rule); the tiled kernels are deterministic anyway
     precision = cuda_matmul_fp32_precision()
     return precision == "ieee" or precision == "tf32" and (t.dtype != torch.float32 or cudnn_conv_allows_tf32())
 

@@ -109,6 +109,17 @@ def test_which_calls_go_dense(kwargs, expected):
     assert call_covered(**kwargs) is expected
 
 
+def test_dense_takes_any_strides_but_channels_last():
+    """grad_out of y.sum() is an expanded tensor (stride 0): the products read it as it is; channels_last inputs
+    keep the tiled kernels (their results must be channels_last)."""
+    x, weight = torch.randn(2, 3, 7, 7), torch.randn(3, 1, 13, 13)
+    grad_out = torch.ones(1, 1, 1, 1).expand(2, 3, 7, 7)
+    assert cuda_backend.covers_whole_map(grad_out, x.shape, weight.shape, (1, 1), (6,) * 4, (1, 1))
+    with poisoned_allocations():
+        got = cuda_backend.dense_grad_input(grad_out, weight, (6,) * 4, torch.empty_like(x))
+    assert_close(got, conv_directions(x, weight, None, (6,) * 4, grad_out, torch.float64)[1])
+
+
 @pytest.mark.parametrize("matmul, conv_tf32, dtype, expected", [
     ("ieee", False, torch.float32, True),
     ("tf32", False, torch.float32, False),  # the conv must stay exact, torch's matmuls would not
@@ -121,3 +132,14 @@ def test_dense_only_where_matmul_precision_fits(monkeypatch, matmul, conv_tf32, 
     monkeypatch.setattr(cuda_backend, "cuda_matmul_fp32_precision", lambda: matmul)
     monkeypatch.setattr(cuda_backend, "cudnn_conv_allows_tf32", lambda: conv_tf32)
     assert call_covered(dtype=dtype) is expected
+
+
+def test_dense_not_under_deterministic_mode_without_cublas_config(monkeypatch):
+    """torch raises on a cuBLAS call in deterministic mode unless CUBLAS_WORKSPACE_CONFIG is set: the tiled kernels
+    (deterministic) run those calls."""
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert call_covered() is False
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    assert call_covered() is True
+
