@@ -1,5 +1,14 @@
 """Follow-up probes for what a GPU run of the kit found (bench/results/h100, 2026-11-27): run on the GPU box.
 
+    python3 bench/gpu_probe.py ncu [OUT]   Nsight Compute on one launch of each kernel the static model leans on an
+                                           assumption for (NCU_CASES: mma.sync TF32 / 3xTF32 / bf16 tensor pipes,
+                                           the dense products' cuBLAS GEMMs, Triton's Toeplitz dots, the involution's
+                                           memory traffic): duration, tensor and FMA pipe busy %, instructions,
+                                           DRAM / L2 / shared bytes; raw CSV to OUT/ncu.csv and a table to stdout,
+                                           next to bench/results/static-sm90/predicted.csv. Needs the extension
+                                           built (the kit's build stage) and ncu; ~1-2 minutes. --rehearse: the
+                                           cases once on CPU tensors (torch backend), no ncu (tests)
+
     python3 bench/gpu_probe.py profile     per backend (torch, cuda, triton, auto) on small layers: GPU ms of fwd and
                                            fwd+bwd (do_bench) next to host ms per fwd+bwd call, and the profiler's
                                            top ops by self CPU time for auto and cuda (the kit saw a ~1 ms floor)
@@ -27,11 +36,11 @@ def _bad_calls():
     x3 = torch.randn(2, 8, 50, device="cuda")
     w3 = torch.randn(8, 1, 5, device="cuda")
     return {
-        "dw2d_out_size": lambda: ops.dwconv2d_forward(x4, w4, None, [1, 1], [0, 0, 0, 0], [1, 1],
+        "dw2d_out_size": lambda: ops.dwconv2d_forward(x4, w4, None, [1, 1], [0, 0, 0, 0], [1, 1], False,
                                                       torch.empty_like(x4)),
-        "dw2d_dtype": lambda: ops.dwconv2d_forward(x4, w4.half(), None, [1, 1], [2, 2, 2, 2], [1, 1],
+        "dw2d_dtype": lambda: ops.dwconv2d_forward(x4, w4.half(), None, [1, 1], [2, 2, 2, 2], [1, 1], False,
                                                    torch.empty_like(x4)),
-        "dw2d_cpu_tensor": lambda: ops.dwconv2d_forward(x4.cpu(), w4, None, [1, 1], [2, 2, 2, 2], [1, 1],
+        "dw2d_cpu_tensor": lambda: ops.dwconv2d_forward(x4.cpu(), w4, None, [1, 1], [2, 2, 2, 2], [1, 1], False,
                                                         torch.empty_like(x4)),
         "dw1d_out_size": lambda: ops.dwconv1d_forward(x3, w3, None, 1, [0, 0], 1, torch.empty_like(x3)),
         "dw1d_dtype": lambda: ops.dwconv1d_forward(x3, w3.half(), None, 1, [2, 2], 1, torch.empty_like(x3)),
@@ -111,6 +120,130 @@ def profile():
     print("auto picked:", dispatch.auto_choices(), flush=True)
 
 
+# ---- Nsight Compute ------------------------------------------------------------------------------------------------
+
+# (name, op, backend, dtype, TF32 allowed, direction, (N, C, H, W), K): one launch each under an NVTX range of its name
+# (no "/": ncu's --nvtx-include reads it as nesting); the name's case part matches bench/results/static-sm90
+NCU_CASES = [
+    ("replknet31b-s1.cuda.tf32.forward", "dwconv2d", "cuda", torch.float32, True, "forward", (64, 128, 56, 56), 31),
+    ("replknet31b-s1.cuda.fp32.forward", "dwconv2d", "cuda", torch.float32, False, "forward", (64, 128, 56, 56), 31),
+    ("replknet31b-s1.cuda.bf16.forward", "dwconv2d", "cuda", torch.bfloat16, False, "forward", (64, 128, 56, 56), 31),
+    ("replknet31b-s1.cuda.tf32.grad-weight", "dwconv2d", "cuda", torch.float32, True, "grad-weight",
+     (64, 128, 56, 56), 31),
+    ("replknet31b-s1.cuda.bf16.grad-weight", "dwconv2d", "cuda", torch.bfloat16, False, "grad-weight",
+     (64, 128, 56, 56), 31),
+    ("replknet31b-s3.cuda.fp32.forward", "dwconv2d", "cuda", torch.float32, False, "forward", (64, 512, 14, 14), 27),
+    ("replknet31b-s3.cuda.fp32.grad-weight", "dwconv2d", "cuda", torch.float32, False, "grad-weight",
+     (64, 512, 14, 14), 27),
+    ("replknet31b-s1.triton.bf16.forward", "dwconv2d", "triton", torch.bfloat16, False, "forward",
+     (64, 128, 56, 56), 31),
+    ("rednet50-s1.triton.fp32.forward", "involution2d", "triton", torch.float32, False, "forward", (64, 64, 56, 56), 7),
+]
+NCU_METRICS = [
+    "gpu__time_duration.sum", "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
+    "sm__inst_executed_pipe_tensor_op_hmma.sum", "sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active",
+    "smsp__inst_executed.sum", "sm__warps_active.avg.pct_of_peak_sustained_active", "dram__bytes.sum",
+    "lts__t_bytes.sum", "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum", "launch__registers_per_thread",
+]
+
+
+def _ncu_call(op, backend, dtype, direction, shape, k, device):
+    """An argument-free callable running one direction once, on fresh random inputs."""
+    import largeconv
+    from largeconv import dispatch
+    n, c, h, w = shape
+    x = torch.randn(shape, device=device).to(dtype)
+    if op == "dwconv2d":
+        weight = (torch.randn(c, 1, k, k, device=device) / k).to(dtype)
+        grad = torch.randn(shape, device=device).to(dtype)
+        geometry = ((1, 1), (k // 2,) * 4, (1, 1))
+        module = dispatch.backend_module(backend)
+        if direction == "forward":
+            return lambda: module.dwconv2d_forward(x, weight, None, *geometry)
+        return lambda: module.dwconv2d_grad_weight(grad, x, weight.shape, *geometry)
+    weight = torch.randn(n, c // 16 * k * k, h, w, device=device).to(dtype)  # RedNet: 16 channels per group
+    return lambda: largeconv.involution2d(x, weight, k, 1, k // 2, backend=backend)
+
+
+def ncu_cases(rehearse=False):
+    """Each case: a warm-up call (Triton compiles and autotunes there), then one call in an NVTX range of its name."""
+    device = "cpu" if rehearse else "cuda"
+    for name, op, backend, dtype, tf32, direction, shape, k in NCU_CASES:
+        if rehearse:  # tiny, on the torch backend: the case table and the calls, not the kernels
+            backend, shape = "torch", (2, 16, 7, 7)
+        torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            call = _ncu_call(op, backend, dtype, direction, shape, k, device)
+            call()
+            if rehearse:
+                call()
+            else:
+                torch.cuda.synchronize()
+                torch.cuda.nvtx.range_push(name)
+                try:
+                    call()
+                    torch.cuda.synchronize()
+                finally:
+                    torch.cuda.nvtx.range_pop()
+            print(f"{name}: ok", flush=True)
+        except Exception as error:  # noqa: BLE001 - a probe reports and goes on
+            print(f"{name}: {type(error).__name__}: {str(error)[:200]}", flush=True)
+
+
+def ncu(out="."):
+    """ncu over ncu_cases (metrics it does not know are left out), then one line per case: its launches' summed
+    duration, the tensor / FMA pipes' busy % of the longest launch, ... (raw rows in OUT/ncu.csv)."""
+    known = subprocess.run(["ncu", "--query-metrics"], capture_output=True, text=True).stdout
+    metrics = [m for m in NCU_METRICS if m.split(".")[0] in known]
+    csv_path = Path(out) / "ncu.csv"
+    cmd = ["ncu", "--nvtx", *[a for case in NCU_CASES for a in ("--nvtx-include", f"{case[0]}/")],
+           "--metrics", ",".join(metrics), "--clock-control", "none", "--csv", "--page", "raw",
+           "--log-file", str(csv_path), sys.executable, __file__, "ncu-cases"]
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(proc.stdout[-4000:] + proc.stderr[-2000:], f"(ncu: exit {proc.returncode}, "
+          f"{time.perf_counter() - start:.0f} s; metrics left out: {sorted(set(NCU_METRICS) - set(metrics))})",
+          flush=True)
+    print("\n".join(ncu_table(csv_path.read_text() if csv_path.exists() else "", metrics)), flush=True)
+
+
+def ncu_table(text, metrics):
+    """Lines, one per case, from ncu's raw CSV (`text`: log lines, a header, a units row, one row per launch): its
+    launches' summed duration, then each metric of its longest launch, with units."""
+    import csv
+    import io
+    if '"ID"' not in text:
+        return ["ncu wrote no CSV rows"]
+    rows = list(csv.DictReader(io.StringIO(text[text.find('"ID"'):])))
+    units = next((r for r in rows if not r["ID"].strip()), {})
+    launches = {}
+    for row in rows:
+        if row["ID"].strip().isdigit():  # a launch; its NVTX range is one of its columns
+            case = next((c[0] for c in NCU_CASES if c[0] in " ".join(map(str, row.values()))), "(no range)")
+            launches.setdefault(case, []).append(row)
+
+    def num(row, key):
+        try:
+            return float(str(row.get(key, "nan")).replace(",", ""))
+        except ValueError:
+            return float("nan")
+    lines = []
+    for case, rows_ in launches.items():
+        longest = max(rows_, key=lambda r: num(r, "gpu__time_duration.sum"))
+        total = sum(num(r, "gpu__time_duration.sum") for r in rows_)
+        lines.append(f"{case}: {len(rows_)} launches, {total:.6g} {units.get('gpu__time_duration.sum', '')}; "
+                     f"longest {longest.get('Kernel Name', '?')[:70]}: " + ", ".join(
+                         f"{m} {num(longest, m):.4g} {units.get(m, '')}".rstrip()
+                         for m in metrics if m != "gpu__time_duration.sum"))
+    return lines
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "profile"
-    {"profile": profile, "throws": throws}.get(what, lambda: throw(sys.argv[2]))()
+    if what == "ncu":
+        ncu(sys.argv[2] if len(sys.argv) > 2 else ".")
+    elif what == "ncu-cases":
+        ncu_cases(rehearse="--rehearse" in sys.argv)
+    else:
+        {"profile": profile, "throws": throws}.get(what, lambda: throw(sys.argv[2]))()

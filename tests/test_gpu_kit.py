@@ -352,3 +352,29 @@ def test_per_call_rows_judge_only_the_targeted_rows(tmp_path, monkeypatch):
     written = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert [r["check"] for r in written] == ["ok", "FAIL", ""]
     assert written[2]["backend"] == "torch" and "0.100 ms per direction" in written[2]["reason"]
+
+
+def test_ncu_probe_cases_run(capsys):
+    """bench/gpu_probe.py ncu's cases, tiny on CPU tensors (the torch backend): every one builds and runs."""
+    from bench import gpu_probe
+    gpu_probe.ncu_cases(rehearse=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(gpu_probe.NCU_CASES) and all(line.endswith(": ok") for line in lines), lines
+
+
+def test_ncu_table_reads_the_raw_csv():
+    """ncu's raw CSV as --csv --page raw --log-file writes it: log lines, a header, a units row, one row per launch,
+    the NVTX range in a column of its own."""
+    from bench import gpu_probe
+    case = gpu_probe.NCU_CASES[0][0]
+    text = "\n".join([
+        '==PROF== Connected to process 1',
+        '"ID","Kernel Name","NVTX","gpu__time_duration.sum","dram__bytes.sum"',
+        '"","","","nsecond","byte"',
+        f'"0","corr_tf32_kernel","{case}","250,000","40,000"',
+        f'"1","fill_kernel","{case}","5,000","1,000"',
+        '"2","other","","7","8"'])
+    lines = gpu_probe.ncu_table(text, ["gpu__time_duration.sum", "dram__bytes.sum"])
+    assert lines[0] == (f"{case}: 2 launches, 255000 nsecond; longest corr_tf32_kernel: dram__bytes.sum 4e+04 byte")
+    assert lines[1].startswith("(no range): 1 launches")
+    assert gpu_probe.ncu_table("==PROF== nothing", []) == ["ncu wrote no CSV rows"]
