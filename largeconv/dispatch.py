@@ -266,10 +266,13 @@ def _cuda_order(op, direction, x, taps):
     """The fixed rule's preference on CUDA for dwconv2d and involution2d. Measured on one H100 (batch 64, 2026-11-27,
     bench/results/h100/run2): cuda beats PyTorch in every direction timed from 13x13 on (fp32 and bf16, maps 7x7 to
     90x180), except the forward on 7x7 maps (RepLKNet-31B s4, K13: PyTorch 0.124 ms, cuda 0.275); at 56x56, bf16
-    K31, triton beats cuda (forward 1.96 vs 2.12 ms, backward 3.68 vs 4.87; fp16 follows bf16, untimed), and the
-    NCHW involution on triton beats cuda 1.4-4.8x (stride 1 and 2, fp32 and bf16). Below 7x7 kernels, smaller maps
-    for the involution on triton and channels_last involution are not timed: the prediction of
-    bench/results/static-sm90 stands there (PyTorch below 7x7, cuda from it)."""
+    K31, triton beat cuda's FMA kernels (forward 1.96 vs 2.12 ms, backward 3.68 vs 4.87), and the NCHW involution
+    on triton beats cuda 1.4-4.8x (stride 1 and 2, fp32 and bf16). Since that run cuda runs fp16/bf16 NCHW large
+    kernels on tensor cores: predicted 0.156 ms forward against Triton's 0.685 at 56x56 (static report), so NCHW
+    fp16/bf16 goes to cuda first (channels_last, still FMA kernels in both, keeps triton) until a GPU re-measures;
+    either way far from PyTorch's 7.80 ms. Below 7x7 kernels, smaller maps for the involution on triton and
+    channels_last involution are not timed: the prediction of bench/results/static-sm90 stands there (PyTorch below
+    7x7, cuda from it)."""
     h, w = x.shape[-2:]
     large_map = h >= 56 and w >= 56
     if op == "involution2d":
@@ -278,7 +281,7 @@ def _cuda_order(op, direction, x, taps):
         return ("torch",)
     if direction == "forward" and h * w <= 49:
         return ("torch", "cuda", "triton")
-    if x.dtype in (torch.float16, torch.bfloat16) and large_map:
+    if x.dtype in (torch.float16, torch.bfloat16) and large_map and is_channels_last(x):
         return ("triton", "cuda", "torch")
     return ("cuda", "triton", "torch")
 
