@@ -879,11 +879,31 @@ def cuda_dense_rows():
     return rows
 
 
-def warp_kernel_rows(h, ho, kh, lo):
-    """How many kernel rows a tensor-core correlation warp runs (csrc/dwconv.cuh warp_kernel_rows): those that bring
-    input to its output rows lo .. lo + 15 (below ho) at "same" padding, unit stride."""
-    off, hi = (kh - 1) // 2, min(lo + 15, ho - 1)
-    return max(0, min(kh, h + off - lo) - max(0, off - hi))
+def corr_blocks(n, h, ho, kh):
+    """The row tiles of one plane column of a tensor-core correlation (csrc/dwconv.cuh mma_corr_blocks, mma_block,
+    mma_half, warp_kernel_rows), "same" padding, unit stride: (stacks per channel, [(kernel rows its warps run in
+    all, staged rows)] per row tile), and whether the tiles are packed (a channel's planes stacked)."""
+    off = (kh - 1) // 2
+    packed = ho % 16 == 8 and ho >= 56 and n > 1
+    tiles = []
+    for tile in range(cdiv((n if packed else 1) * ho, 64)):
+        v = 64 * tile
+        i0 = v % ho if packed else v
+        rows0 = min(64, ho - i0)
+        rows1 = 64 - rows0 if packed and v // ho + 1 < n else 0
+        run = 0
+        for warp in range(cdiv(rows0 + rows1, 16)):
+            begin, end = kh, 0
+            for half in range(2):
+                u = 16 * warp + 8 * half
+                lo = i0 + u if rows1 == 0 or u < rows0 else u - rows0
+                if lo < ho:
+                    begin = min(begin, max(0, off - min(lo + 7, ho - 1)))
+                    end = max(end, min(kh, h + off - lo))
+            run += max(0, end - begin)
+        staged = min(64 + kh - 1, 16 * cdiv(rows0, 16) + kh - 1) if not rows1 else rows0 + rows1 + 2 * (kh - 1)
+        tiles.append((run, staged))
+    return (1 if packed else n), tiles, packed
 
 
 def cuda_mma_rows():
@@ -940,8 +960,9 @@ def cuda_mma_rows():
                 nts = cdiv(cdiv(wo, tiles_w), 8)
                 cols, fw = 8 * (8 + kb - 1), 8 * kb + 16
                 rs = cols + 4
-                smem = parts * ((64 + kh - 1) * rs + kh * fw) * 4 + 16
-                blocks = n * c * tiles_h * tiles_w
+                stacks, tiles, packed = corr_blocks(n, h, ho, kh)
+                smem = parts * ((64 + (2 if packed else 1) * (kh - 1)) * rs + kh * fw) * 4 + 16
+                blocks = stacks * c * len(tiles) * tiles_w
                 loops = mma_loops(functions[name])
                 # per kernel row: the loop's instructions less its products (it holds a path for each n-tile count)
                 # and the A loads of k-blocks past nts + kb - 1, plus the HMMA the row runs and their NOP / WARPSYNC
@@ -950,14 +971,12 @@ def cuda_mma_rows():
                            + tf32_row_nops(nts, kb, products))
                 lds_row = loops["lds"] - (8 - nts) * 4 * parts
                 warp_instr = hmma = wavefronts = 0
-                for tile in range(tiles_h):
-                    busy = cdiv(min(64, ho - 64 * tile), 16)
-                    run = sum(warp_kernel_rows(h, ho, kh, 64 * tile + 16 * warp) for warp in range(busy))
-                    staged = min(64 + kh - 1, 16 * busy + kh - 1) * cols + kh * fw
+                for run, staged_rows in tiles:
+                    staged = staged_rows * cols + kh * fw
                     per_block = run * per_row + staged / 32 * loops["stage_instr"]
-                    warp_instr += n * c * tiles_w * per_block
-                    hmma += n * c * tiles_w * run * nts * kb * products
-                    wavefronts += n * c * tiles_w * (run * lds_row + 2 * parts * staged / 32)
+                    warp_instr += stacks * c * tiles_w * per_block
+                    hmma += stacks * c * tiles_w * run * nts * kb * products
+                    wavefronts += stacks * c * tiles_w * (run * lds_row + 2 * parts * staged / 32)
             elif direction == "grad-weight":
                 tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
                 th, tw = cdiv(ho, tiles_h), cdiv(cdiv(wo, tiles_w), 8) * 8
@@ -987,19 +1006,18 @@ def cuda_mma_rows():
                 cols, fw = 16 * (kb + 3), 16 * kb + 16
                 rs = cols + 8
                 fcs = second_copy_offset(kh * fw)
-                smem = ((64 + kh - 1) * rs + 2 * fcs) * 2 + 16
-                blocks = n * c * tiles_h * tiles_w
+                stacks, tiles, packed = corr_blocks(n, h, ho, kh)
+                smem = ((64 + (2 if packed else 1) * (kh - 1)) * rs + 2 * fcs) * 2 + 16
+                blocks = stacks * c * len(tiles) * tiles_w
                 loops = mma_loops(functions[name])
                 per_row = loops["instr"] - (8 - nts) * kb  # the n-tile guard skips those HMMA
                 warp_instr = hmma = wavefronts = 0
-                for tile in range(tiles_h):
-                    busy = cdiv(min(64, ho - 64 * tile), 16)
-                    run = sum(warp_kernel_rows(h, ho, kh, 64 * tile + 16 * warp) for warp in range(busy))
-                    staged = min(64 + kh - 1, 16 * busy + kh - 1) * cols + 2 * kh * fw
+                for run, staged_rows in tiles:
+                    staged = staged_rows * cols + 2 * kh * fw
                     per_block = run * per_row + staged / 32 * loops["stage_instr"]
-                    warp_instr += n * c * tiles_w * per_block
-                    hmma += n * c * tiles_w * run * nts * kb
-                    wavefronts += n * c * tiles_w * (run * loops["lds"] + 2 * staged / 32)
+                    warp_instr += stacks * c * tiles_w * per_block
+                    hmma += stacks * c * tiles_w * run * nts * kb
+                    wavefronts += stacks * c * tiles_w * (run * loops["lds"] + 2 * staged / 32)
             regs, stack = resources[name]
             resident, warps_per_sched = occupancy(regs, smem, 4)
             waves = blocks / (sm90.H100["sms"] * max(resident, 1))

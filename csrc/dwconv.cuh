@@ -311,7 +311,9 @@ inline bool plan_corr(const Corr& p, const DeviceLimits& lim, CorrTile* tile) {
 // the 1-D correlation of staged input rows with filter row a is a product with its banded Toeplitz matrix,
 // T_a[j][w] = f[a][j - w] (zero outside 0 <= j - w < kw), run by mma.sync m16n8k16 with fp32 accumulators.
 // A block: one plane, kMmaRows x 8 nts outputs, 4 warps of 16 rows x nts <= 8 n-tiles of 8 columns (nts balances
-// the column tiles: a 56-column map takes one tile of 7, not 64 columns of which 8 are waste). The input tile
+// the column tiles: a 56-column map takes one tile of 7, not 64 columns of which 8 are waste); where a plane's rows
+// would leave the last warp half idle (56 rows), a block's 64 rows run on over the next image's plane of the same
+// channel instead (packed: MmaBlock, mma_corr_blocks). The input tile
 // (rows + kh - 1, columns + kw - 1, zero outside the image) and the filter rows (zero-padded by 16 on each side)
 // are staged once in shared memory as T; A fragments are read straight from the staged rows (row r + a for kernel
 // row a: the shift costs nothing), B fragments from the padded filter row. An n-tile's band meets kKB k-blocks of
@@ -332,10 +334,12 @@ struct MmaTile {
   int fw;              // padded filter row (elements); two copies of kh rows (see corr_mma_kernel)
   int fcs;             // the second copy's offset (elements): second_copy_offset
   int nts;             // n-tiles of 8 columns per block
-  int64_t tiles_w, tiles_h;
+  int64_t tiles_w, tiles_h;  // column tiles; row tiles per stack
+  int64_t stacks;      // planes, or packed: channels (the stack of a channel's planes, one image after another)
+  bool packed;         // see mma_corr_blocks
   size_t smem;         // bytes: staged input, then filter rows
 
-  LC_HD int64_t blocks(int64_t planes) const { return planes * tiles_h * tiles_w; }
+  LC_HD int64_t blocks() const { return stacks * tiles_h * tiles_w; }
 };
 
 // k-blocks of 16 columns that the band of one 8-column n-tile meets: columns 8nt .. 8nt + 7 + kw - 1 start at
@@ -346,15 +350,16 @@ LC_HD int mma_k_blocks(int kw) { return (kw + 14) / 16 + 1; }
 // two copies' words that one B-fragment load reads sit 16 banks apart (at a multiple of 64 they shared banks).
 LC_HD int second_copy_offset(int elements) { return elements + (96 - elements % 64) % 64; }
 
-// A fragments of k-blocks 0 .. kBlocks - 1 for 16 staged rows: x0 = the lane's first row + 2 quad, rows rs apart.
+// A fragments of k-blocks 0 .. kBlocks - 1 for 16 staged rows: x0 = the lane's row + 2 quad in the first 8 rows,
+// x1 in the second 8 (x0 + 8 rs, or another stretch of the staged tile: see MmaBlock).
 template <int kBlocks, typename T>
-LC_D void load_a_fragments(uint32_t (&af)[kBlocks][4], const T* x0, int rs) {
+LC_D void load_a_fragments(uint32_t (&af)[kBlocks][4], const T* x0, const T* x1) {
 #pragma unroll
   for (int kb = 0; kb < kBlocks; ++kb) {
     af[kb][0] = load_pair(x0 + 16 * kb);
-    af[kb][1] = load_pair(x0 + 8 * rs + 16 * kb);
+    af[kb][1] = load_pair(x1 + 16 * kb);
     af[kb][2] = load_pair(x0 + 16 * kb + 8);
-    af[kb][3] = load_pair(x0 + 8 * rs + 16 * kb + 8);
+    af[kb][3] = load_pair(x1 + 16 * kb + 8);
   }
 }
 
@@ -373,13 +378,17 @@ LC_D void load_band_fragments(uint32_t (&bf)[kKB][2][2], const T* f0) {
     }
 }
 
-// Where a tensor-core correlation block lies: blockIdx.x runs over (plane, row tile, column tile); its tile's first
-// output row and column, the input row and column they read first, and the rows its busy warps cover (warps whose
-// 16 rows all lie past the map skip the products: a 14-row map keeps one warp busy, not four).
+// Where a tensor-core correlation block lies: blockIdx.x runs over (stack, row tile, column tile); its column tile's
+// first output column and the input column it reads first; its rows in one or two segments: segment 0, rows0
+// output rows of plane0 from i0, staged from shared row 0; packed, segment 1 too, the first rows1 rows of plane1
+// (the next image's plane of the same channel), staged from shared row stage1 (each segment with its kh - 1 halo
+// rows). A warp's 16 rows are two halves of 8 (mma_half), each in one segment; warps whose rows all lie past the
+// block's skip the products (a 14-row map keeps one warp busy, not four). Scalars, no arrays: an array indexed by
+// segment went to local memory (sm_90 SASS).
 struct MmaBlock {
-  int64_t plane, n, o;  // plane = n * out_c + o
-  int64_t i0, j0, row0, col0;
-  int busy_rows;
+  int64_t o, j0, col0;
+  int64_t plane0, plane1, i0;
+  int rows0, rows1, stage1, busy_rows;
 };
 
 LC_D MmaBlock mma_block(const Corr& p, const MmaTile& t) {
@@ -387,29 +396,79 @@ LC_D MmaBlock mma_block(const Corr& p, const MmaTile& t) {
   int64_t blk = blockIdx.x;
   const int64_t tile_w = blk % t.tiles_w;
   blk /= t.tiles_w;
-  const int64_t tile_h = blk % t.tiles_h;
-  b.plane = blk / t.tiles_h;
-  b.n = b.plane / p.out_c;
-  b.o = b.plane % p.out_c;
-  b.i0 = tile_h * kMmaRows;
+  const int64_t tile_h = blk % t.tiles_h, stack = blk / t.tiles_h;
   b.j0 = tile_w * 8 * t.nts;
-  b.row0 = b.i0 - p.off_h;
   b.col0 = b.j0 - p.off_w;
-  b.busy_rows = 16 * static_cast<int>(ceil_div(imin(kMmaRows, static_cast<int>(p.out_h - b.i0)), 16));
+  if (!t.packed) {  // stack = plane
+    b.o = stack % p.out_c;
+    b.plane0 = stack;
+    b.i0 = tile_h * kMmaRows;
+    b.rows1 = 0;
+  } else {  // stack = channel; virtual row v = n * out_h + i
+    b.o = stack;
+    const int64_t v = tile_h * kMmaRows, n = v / p.out_h;
+    b.plane0 = n * p.out_c + b.o;
+    b.i0 = v % p.out_h;
+    b.rows1 = n + 1 < p.n ? kMmaRows - imin(kMmaRows, static_cast<int>(p.out_h - b.i0)) : 0;  // out_h >= 56: the
+  }                                                                                           // rest fits one plane
+  b.plane1 = b.plane0 + p.out_c;
+  b.rows0 = imin(kMmaRows, static_cast<int>(p.out_h - b.i0));
+  b.stage1 = b.rows0 + p.kh - 1;
+  b.busy_rows = 16 * static_cast<int>(ceil_div(b.rows0 + b.rows1, 16));
   return b;
 }
 
-// The kernel rows [begin, end) of a warp's products: those that bring input to one of its output rows (i0 + 16 warp
-// .. + 15, below out_h). The others meet only the zero padding, as the non-finite redo's taps do not either. Empty
-// past busy_rows. Unit stride and dilation (mma_corr_blocks): output row i meets input row i - off_h + a.
+// Half h of a warp's 16 rows: its segment, the shared row its first row's staged input starts at, and that row's
+// output row in its segment's plane (past out_h: not stored).
+struct MmaHalf {
+  int seg, staged;
+  int64_t row;
+};
+LC_D MmaHalf mma_half(const MmaBlock& b, int warp, int h) {
+  const int v = 16 * warp + 8 * h;
+  if (b.rows1 == 0 || v < b.rows0) return {0, v, b.i0 + v};
+  return {1, b.stage1 + v - b.rows0, v - b.rows0};
+}
+
+// The kernel rows [begin, end) of a warp's products: those that bring input to one of its output rows (each half's
+// 8, below out_h). The others meet only the zero padding, as the non-finite redo's taps do not either. Empty past
+// busy_rows. Unit stride and dilation (mma_corr_blocks): output row i meets input row i - off_h + a.
 struct KernelRows {
   int begin, end;
 };
 LC_D KernelRows warp_kernel_rows(const Corr& p, const MmaBlock& b, int warp) {
+  KernelRows k{p.kh, 0};
   if (16 * warp >= b.busy_rows) return {0, 0};
-  const int64_t lo = b.i0 + 16 * warp, hi = lo + 15 < p.out_h ? lo + 15 : p.out_h - 1;
-  const int64_t begin = p.off_h - hi, end = p.in_h + p.off_h - lo;
-  return {begin > 0 ? static_cast<int>(begin) : 0, end < p.kh ? static_cast<int>(end) : p.kh};
+  for (int h = 0; h < 2; ++h) {
+    const int64_t lo = mma_half(b, warp, h).row, hi = lo + 7 < p.out_h ? lo + 7 : p.out_h - 1;
+    if (lo >= p.out_h) continue;
+    const int64_t begin = p.off_h - hi, end = p.in_h + p.off_h - lo;
+    k.begin = imin(k.begin, begin > 0 ? static_cast<int>(begin) : 0);
+    k.end = imax(k.end, end < p.kh ? static_cast<int>(end) : p.kh);
+  }
+  return k;
+}
+
+// The input plane segment `seg` of a block reads (forward: x's channel o / in_div; grad-input: grad_out's channel o).
+template <typename T>
+LC_D const T* mma_segment_input(const Corr& p, const MmaBlock& b, int seg) {
+  return static_cast<const T*>(p.in) + ((seg ? b.plane1 : b.plane0) / p.out_c * p.in_c + b.o / p.in_div) * p.in_h *
+                                          p.in_w;
+}
+
+// Stages a block's input rows, each segment's own (its rows + kh - 1 halo, zero outside the image), a warp per row:
+// stage_row(shared row, that row's input row or nullptr, ...) for unpacked tiles up to the busy warps' rows.
+template <typename T, typename StageRow>
+LC_D void stage_mma_rows(const Corr& p, const MmaTile& t, const MmaBlock& b, int warp, StageRow stage_row) {
+  for (int seg = 0; seg < (b.rows1 ? 2 : 1); ++seg) {
+    const T* src = mma_segment_input<T>(p, b, seg);
+    const int first = seg ? b.stage1 : 0;
+    const int staged = seg ? b.rows1 + p.kh - 1 : imin(t.rows, (b.rows1 ? b.rows0 : b.busy_rows) + p.kh - 1);
+    for (int r = warp; r < staged; r += kMmaWarps) {
+      const int64_t gr = (seg ? 0 : b.i0) - p.off_h + r;
+      stage_row(first + r, gr >= 0 && gr < p.in_h ? src + gr * p.in_w : nullptr);
+    }
+  }
 }
 
 // Whether a lane's accumulators (n-tiles x the m16n8 C fragment) are all finite.
@@ -422,26 +481,31 @@ LC_D bool all_finite(const float (&acc)[kMmaMaxTiles][4]) {
   return finite;
 }
 
-// Writes a lane's accumulators (+ bias) to output plane `plane` (channel o): C fragment element e of n-tile nt is
-// output row i + 8 (e / 2), column j + 8 nt + e % 2 (i: the lane's first row, j: its first column in n-tile 0).
+// Writes a lane's accumulators (+ bias) to the outputs of channel o: C fragment element e of n-tile nt is the
+// lane's row in half e / 2 (mma_half, + group), column j + 8 nt + e % 2 (j: the lane's first column in n-tile 0).
 template <typename T>
-LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], int nts, int64_t plane, int64_t o,
-                            int64_t i, int64_t j) {
-  const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
-  T* out = static_cast<T*>(p.out) + plane * p.out_h * p.out_w;
+LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], int nts, const MmaBlock& b, int warp,
+                            int group, int64_t j) {
+  const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[b.o]) : 0.f;
 #pragma unroll
-  for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+  for (int h = 0; h < 2; ++h) {
+    const MmaHalf half = mma_half(b, warp, h);
+    const int64_t oi = half.row + group;
+    if (oi >= p.out_h) continue;
+    T* out = static_cast<T*>(p.out) + ((half.seg ? b.plane1 : b.plane0) * p.out_h + oi) * p.out_w;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (nt >= nts) continue;
-      const int64_t oi = i + 8 * (e / 2), oj = j + 8 * nt + e % 2;
-      if (oi < p.out_h && oj < p.out_w) out[oi * p.out_w + oj] = from_float<T>(acc[nt][e] + bias);
-    }
+    for (int nt = 0; nt < kMmaMaxTiles; ++nt)
+#pragma unroll
+      for (int e = 2 * h; e < 2 * h + 2; ++e) {
+        if (nt >= nts) continue;
+        const int64_t oj = j + 8 * nt + e % 2;
+        if (oj < p.out_w) out[oj] = from_float<T>(acc[nt][e] + bias);
+      }
+  }
 }
 
 template <typename T, int kKB>
 __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTile t) {
-  const T* __restrict__ in = static_cast<const T*>(p.in);
   const T* __restrict__ weight = static_cast<const T*>(p.weight);
   T* xs = reinterpret_cast<T*>(dynamic_smem());
   T* fs = xs + static_cast<size_t>(t.rows) * t.rs;
@@ -450,7 +514,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   const int taps = p.kh * p.kw;
 
   const MmaBlock blk = mma_block(p, t);
-  const int64_t plane = blk.plane, n = blk.n, o = blk.o, i0 = blk.i0, j0 = blk.j0, row0 = blk.row0, col0 = blk.col0;
+  const int64_t o = blk.o, j0 = blk.j0, col0 = blk.col0;
 
   // Filter rows, zero-padded: fs[a * fw + 16 + b] = f[a][b]; the copy at fs + fcs starts one value later.
   // A warp takes a row, lanes along it (a division per element cost ~90 instructions each: sm_90 SASS).
@@ -462,26 +526,24 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
           b >= 0 && b < p.kw ? weight[o * taps + (p.flip ? taps - 1 - k : k)] : from_float<T>(0.f);
     }
   }
-  // Only the input rows the busy warps read (mma_block).
-  const int busy_rows = blk.busy_rows, staged_rows = imin(t.rows, busy_rows + p.kh - 1);
-  // Input tile, zero outside the image; a warp takes a row, lanes along the columns.
-  const T* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
-  for (int r = warp; r < staged_rows; r += kMmaWarps) {
-    const int64_t gr = row0 + r;
-    stage_pairs(xs + r * t.rs, gr >= 0 && gr < p.in_h ? src + gr * p.in_w : nullptr, col0, p.in_w, t.cols, lane);
-  }
+  // Input tile, zero outside the image, only the rows the busy warps read (mma_block); a warp takes a row, lanes
+  // along the columns.
+  stage_mma_rows<T>(p, t, blk, warp, [&](int r, const T* row) {
+    stage_pairs(xs + r * t.rs, row, col0, p.in_w, t.cols, lane);
+  });
   if (tid == 0) *non_finite = 0;
   __syncthreads();
 
   float acc[kMmaMaxTiles][4] = {};
 
-  const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
+  // this lane's staged rows in the two halves of its warp (+ a for kernel row a)
+  const int x0 = mma_half(blk, warp, 0).staged + group, x1 = mma_half(blk, warp, 1).staged + group;
   const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
   const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
   for (int a = kernel_rows.begin; a < kernel_rows.end; ++a) {
-    // A: staged rows r0 + a and r0 + a + 8 (the kernel row's shift is an address); B: filter row a's band
+    // A: staged rows x0 + a and x1 + a (the kernel row's shift is an address); B: filter row a's band
     uint32_t af[kKB + 3][4], bf[kKB][2][2];
-    load_a_fragments(af, xs + (r0 + a) * t.rs + 2 * quad, t.rs);
+    load_a_fragments(af, xs + (x0 + a) * t.rs + 2 * quad, xs + (x1 + a) * t.rs + 2 * quad);
     load_band_fragments(bf, f_lane + a * t.fw);
 #pragma unroll
     for (int nt = 0; nt < kMmaMaxTiles; ++nt)
@@ -498,7 +560,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         if (nt >= t.nts) continue;
-        const int r = r0 + 8 * (e / 2), c = 8 * nt + 2 * quad + e % 2;
+        const int r = e / 2 ? x1 : x0, c = 8 * nt + 2 * quad + e % 2;
         float s = 0.f;
         for (int a = 0; a < p.kh; ++a)
           for (int b = 0; b < p.kw; ++b) s = fmaf(to_float(fs[a * t.fw + 16 + b]), to_float(xs[(r + a) * t.rs + c + b]), s);
@@ -506,44 +568,53 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
       }
   }
 
-  store_mma_outputs<T>(p, acc, t.nts, plane, o, i0 + r0, j0 + 2 * quad);
+  store_mma_outputs<T>(p, acc, t.nts, blk, warp, group, j0 + 2 * quad);
 }
 
 // Whether a call suits the tensor-core correlations (corr_mma_kernel, corr_tf32_kernel): NCHW, unit stride and
 // dilation, one input plane per output plane, 13 <= kw <= 65, kh <= 65, sm_80+; if so, their blocks in `t`: 64
-// output rows (+ kh - 1 staged) by nts n-tiles of 8 columns (balanced column tiles).
-inline bool mma_corr_blocks(const Corr& p, const DeviceLimits& lim, MmaTile* t) {
+// output rows (+ kh - 1 staged) by nts n-tiles of 8 columns (balanced column tiles). `pack`: where a plane's last
+// row tile would leave a warp half idle (out_h = 8 mod 16, from 56 rows: RepLKNet's 56x56 keeps 56 of 64 rows
+// busy), the row tiles run over a channel's planes stacked image after image instead, a tile's rows in at most two
+// planes, each staged with its own halo (kh - 1 more rows of shared memory).
+inline bool mma_corr_blocks(const Corr& p, const DeviceLimits& lim, MmaTile* t, bool pack = true) {
   if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 || p.reps != 1 ||
       p.kw < kMmaMinKw || p.kw > kMmaMaxKw || p.kh > kMmaMaxKw)
     return false;
   *t = MmaTile{};
-  t->rows = kMmaRows + p.kh - 1;
-  t->tiles_h = ceil_div(p.out_h, kMmaRows);
+  t->packed = pack && p.out_h % 16 == 8 && p.out_h >= 56 && p.n > 1;
+  t->rows = kMmaRows + (t->packed ? 2 : 1) * (p.kh - 1);
+  t->stacks = t->packed ? p.out_c : p.n * p.out_c;
+  t->tiles_h = ceil_div((t->packed ? p.n : 1) * p.out_h, kMmaRows);
   t->tiles_w = ceil_div(p.out_w, 8 * kMmaMaxTiles);
   t->nts = static_cast<int>(ceil_div(ceil_div(p.out_w, t->tiles_w), 8));
   return true;
 }
 
-// The tensor-core tile when the call qualifies (see corr_mma_kernel) and it fits in shared memory.
+// The tensor-core tile when the call qualifies (see corr_mma_kernel) and it fits in shared memory (packed if so).
 template <typename T>
 bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
   static_assert(!std::is_same_v<T, float>, "fp16 and bf16 only");
-  MmaTile t;
-  if (!mma_corr_blocks(p, lim, &t)) return false;
-  const int kb = mma_k_blocks(p.kw);
-  t.cols = 16 * (kb + 3);    // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
-  t.rs = t.cols + 8;         // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
-  t.fw = 16 * kb + 16;       // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
-  t.fcs = second_copy_offset(p.kh * t.fw);
-  t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
-  if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
-  *tile = t;
-  return true;
+  for (const bool pack : {true, false}) {
+    MmaTile t;
+    if (!mma_corr_blocks(p, lim, &t, pack)) return false;
+    const int kb = mma_k_blocks(p.kw);
+    t.cols = 16 * (kb + 3);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
+    t.rs = t.cols + 8;       // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
+    t.fw = 16 * kb + 16;     // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
+    t.fcs = second_copy_offset(p.kh * t.fw);
+    t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
+    if (t.smem <= static_cast<size_t>(lim.max_smem_optin)) {
+      *tile = t;
+      return true;
+    }
+  }
+  return false;
 }
 
 template <typename T, typename Launch>
 void run_corr_mma(Launch& launch, const Corr& p, const MmaTile& t) {
-  const unsigned grid = grid_size(t.blocks(p.n * p.out_c)), threads = 32 * kMmaWarps;
+  const unsigned grid = grid_size(t.blocks()), threads = 32 * kMmaWarps;
   switch (mma_k_blocks(p.kw)) {
     case 2: launch(corr_mma_kernel<T, 2>, grid, threads, t.smem, p, t); return;
     case 3: launch(corr_mma_kernel<T, 3>, grid, threads, t.smem, p, t); return;
@@ -584,17 +655,17 @@ LC_D void stage_tf32(float* p, size_t lo_offset, float v) {
   if constexpr (kSplit) p[lo_offset] = is_finite(hi) ? to_tf32(v - hi) : 0.f;
 }
 
-// The A fragments of k-blocks 0 .. k_blocks - 1 (of kA) for 16 staged rows: x0 = the lane's first row + quad, rows
-// rs apart.
+// The A fragments of k-blocks 0 .. k_blocks - 1 (of kA) for 16 staged rows: x0 = the lane's row + quad in the first
+// 8 rows, x1 in the second 8 (as load_a_fragments).
 template <int kA>
-LC_D void load_tf32_a(uint32_t (&af)[kA][4], const float* x0, int rs, int k_blocks) {
+LC_D void load_tf32_a(uint32_t (&af)[kA][4], const float* x0, const float* x1, int k_blocks) {
 #pragma unroll
   for (int kb = 0; kb < kA; ++kb) {
     if (kb >= k_blocks) continue;  // the same for the whole block
     af[kb][0] = float_bits(x0[8 * kb]);
-    af[kb][1] = float_bits(x0[8 * rs + 8 * kb]);
+    af[kb][1] = float_bits(x1[8 * kb]);
     af[kb][2] = float_bits(x0[8 * kb + 4]);
-    af[kb][3] = float_bits(x0[8 * rs + 8 * kb + 4]);
+    af[kb][3] = float_bits(x1[8 * kb + 4]);
   }
 }
 
@@ -651,11 +722,11 @@ LC_D void tf32_row_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], co
 // lo part of the staged rows lies part_elems after the hi part. (One af[2][kA][4] array for both parts spilled 24-40
 // B in the grad-weight kernel, sm_90; two arrays do not.)
 template <int kKB, bool kSplit, int kN, int kA>
-LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* x0, int rs,
-                   size_t part_elems, int k_blocks, int nts) {
+LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* x0,
+                   const float* x1, size_t part_elems, int k_blocks, int nts) {
   uint32_t af[kA][4], af_lo[kA][4];
-  load_tf32_a(af, x0, rs, k_blocks);
-  if constexpr (kSplit) load_tf32_a(af_lo, x0 + part_elems, rs, k_blocks);
+  load_tf32_a(af, x0, x1, k_blocks);
+  if constexpr (kSplit) load_tf32_a(af_lo, x0 + part_elems, x1 + part_elems, k_blocks);
   tf32_row_products<kKB, kSplit ? 2 : 1>(acc, af, bf, nts);
   if constexpr (kSplit) tf32_row_products<kKB, 1>(acc, af_lo, bf, nts);
 }
@@ -663,7 +734,6 @@ LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB
 template <int kKB, bool kSplit>
 __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTile t) {
   constexpr int kParts = kSplit ? 2 : 1;  // hi (and lo) copies of the input tile and of the filter rows
-  const float* __restrict__ in = static_cast<const float*>(p.in);
   const float* __restrict__ weight = static_cast<const float*>(p.weight);
   const size_t tile_elems = static_cast<size_t>(t.rows) * t.rs, filter_elems = static_cast<size_t>(p.kh) * t.fw;
   float* xs = dynamic_smem();
@@ -673,7 +743,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   const int taps = p.kh * p.kw;
 
   const MmaBlock blk = mma_block(p, t);
-  const int64_t plane = blk.plane, n = blk.n, o = blk.o, i0 = blk.i0, j0 = blk.j0, row0 = blk.row0, col0 = blk.col0;
+  const int64_t o = blk.o, j0 = blk.j0, col0 = blk.col0;
   const float* f = weight + o * taps;
   auto tap = [&](int a, int b) { return f[p.flip ? taps - 1 - (a * p.kw + b) : a * p.kw + b]; };
 
@@ -684,30 +754,28 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
       stage_tf32<kSplit>(fs + a * t.fw + c, filter_elems, b >= 0 && b < p.kw ? tap(a, b) : 0.f);
     }
   // Only the input rows the busy warps read (mma_block).
-  const int busy_rows = blk.busy_rows, staged_rows = imin(t.rows, busy_rows + p.kh - 1);
-  const float* src = in + (n * p.in_c + o / p.in_div) * p.in_h * p.in_w;
-  for (int r = warp; r < staged_rows; r += kMmaWarps) {
-    const int64_t gr = row0 + r;
-    const float* row = gr >= 0 && gr < p.in_h ? src + gr * p.in_w : nullptr;
+  stage_mma_rows<float>(p, t, blk, warp, [&](int r, const float* row) {
     for (int c = lane; c < t.cols; c += 32) {
       const int64_t gc = col0 + c;
       stage_tf32<kSplit>(xs + r * t.rs + c, tile_elems, row != nullptr && gc >= 0 && gc < p.in_w ? row[gc] : 0.f);
     }
-  }
+  });
   if (tid == 0) *non_finite = 0;
   __syncthreads();
 
   float acc[kMmaMaxTiles][4] = {};
 
-  const int r0 = warp * 16 + group;  // this lane's first output row in the tile (and r0 + 8)
+  const MmaHalf half0 = mma_half(blk, warp, 0), half1 = mma_half(blk, warp, 1);
+  const int x0 = half0.staged + group, x1 = half1.staged + group;  // this lane's staged rows (+ a)
   const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
   const int k_blocks = t.nts + kKB - 1;  // the A k-blocks the block's n-tiles meet
   for (int a = kernel_rows.begin; a < kernel_rows.end; ++a) {
     // B: filter row a's band; A: staged rows r0 + a (+8), columns 8 kb + quad (+4)
     uint32_t bf[kParts][kKB][2];
     load_tf32_band<kSplit>(bf, fs + a * t.fw + kTf32Pad + quad - group, filter_elems);
-    tf32_row<kKB, kSplit, kMmaMaxTiles, kMmaMaxTiles + kKB - 1>(acc, bf, xs + (r0 + a) * t.rs + quad, t.rs,
-                                                                tile_elems, k_blocks, t.nts);
+    tf32_row<kKB, kSplit, kMmaMaxTiles, kMmaMaxTiles + kKB - 1>(acc, bf, xs + (x0 + a) * t.rs + quad,
+                                                                xs + (x1 + a) * t.rs + quad, tile_elems, k_blocks,
+                                                                t.nts);
   }
 
   if (!all_finite(acc)) *non_finite = 1;
@@ -718,7 +786,9 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         if (nt >= t.nts) continue;
-        const int64_t gr = row0 + r0 + 8 * (e / 2), gc = col0 + 8 * nt + 2 * quad + e % 2;
+        const MmaHalf& h = e / 2 ? half1 : half0;
+        const float* src = mma_segment_input<float>(p, blk, h.seg);
+        const int64_t gr = h.row + group - p.off_h, gc = col0 + 8 * nt + 2 * quad + e % 2;
         float s = 0.f;
         for (int a = 0; a < p.kh; ++a) {
           if (gr + a < 0 || gr + a >= p.in_h) continue;
@@ -728,28 +798,32 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
         acc[nt][e] = s;
       }
   }
-  store_mma_outputs<float>(p, acc, t.nts, plane, o, i0 + r0, j0 + 2 * quad);
+  store_mma_outputs<float>(p, acc, t.nts, blk, warp, group, j0 + 2 * quad);
 }
 
 // The TF32 tile when the call qualifies (see corr_tf32_kernel) and it fits in shared memory.
 inline bool plan_corr_tf32(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
-  MmaTile t;
-  if ((!p.tf32 && (p.out_h < kSplitMinSide || p.out_w < kSplitMinSide)) || !mma_corr_blocks(p, lim, &t))
-    return false;
-  const int kb = mma_tf32_k_blocks(p.kw);
-  t.cols = 8 * (kMmaMaxTiles + kb - 1);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
-  t.rs = t.cols + 4;                     // 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
-  t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f0 + 8 (kKB - 1) + 4 at most, f0 <= 8 + 3
-  const size_t parts = p.tf32 ? 1 : 2;
-  t.smem = parts * (static_cast<size_t>(t.rows) * t.rs + static_cast<size_t>(p.kh) * t.fw) * sizeof(float) + 16;
-  if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
-  *tile = t;
-  return true;
+  if (!p.tf32 && (p.out_h < kSplitMinSide || p.out_w < kSplitMinSide)) return false;
+  for (const bool pack : {true, false}) {
+    MmaTile t;
+    if (!mma_corr_blocks(p, lim, &t, pack)) return false;
+    const int kb = mma_tf32_k_blocks(p.kw);
+    t.cols = 8 * (kMmaMaxTiles + kb - 1);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
+    t.rs = t.cols + 4;                     // 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
+    t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f0 + 8 (kKB - 1) + 4 at most, f0 <= 8 + 3
+    const size_t parts = p.tf32 ? 1 : 2;
+    t.smem = parts * (static_cast<size_t>(t.rows) * t.rs + static_cast<size_t>(p.kh) * t.fw) * sizeof(float) + 16;
+    if (t.smem <= static_cast<size_t>(lim.max_smem_optin)) {
+      *tile = t;
+      return true;
+    }
+  }
+  return false;
 }
 
 template <typename Launch>
 void run_corr_tf32(Launch& launch, const Corr& p, const MmaTile& t) {
-  const unsigned grid = grid_size(t.blocks(p.n * p.out_c)), threads = 32 * kMmaWarps;
+  const unsigned grid = grid_size(t.blocks()), threads = 32 * kMmaWarps;
   auto go = [&](auto kernel) { launch(kernel, grid, threads, t.smem, p, t); };
   switch (mma_tf32_k_blocks(p.kw) * 2 + !p.tf32) {
 #define LC_TF32_CASE(kb)                                 \
@@ -1195,7 +1269,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
       for (int mt = 0; mt < 2; ++mt) {
         if (mt >= mts) continue;  // the same for the whole block
         uint32_t af[kKB + 2][4];
-        load_a_fragments(af, xs + (r + 16 * mt + group) * t.rs + 2 * quad, t.rs);
+        const T* x0 = xs + (r + 16 * mt + group) * t.rs + 2 * quad;
+        load_a_fragments(af, x0, x0 + 8 * t.rs);
 #pragma unroll
         for (int nb = 0; nb < 4; ++nb)
           if (nb < nbs)
@@ -1313,8 +1388,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, Mma
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         if (mt >= mts) continue;  // the same for the whole block
-        tf32_row<kKB, kSplit, 4, 4 + kKB - 1>(acc[mt], bf, xs + (r + 16 * mt + group) * t.rs + quad, t.rs, x_elems,
-                                              k_blocks, nbs);
+        const float* x0 = xs + (r + 16 * mt + group) * t.rs + quad;
+        tf32_row<kKB, kSplit, 4, 4 + kKB - 1>(acc[mt], bf, x0, x0 + 8 * t.rs, x_elems, k_blocks, nbs);
       }
     }
   }

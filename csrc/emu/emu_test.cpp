@@ -434,6 +434,13 @@ int main(int argc, char** argv) {
       {1, 2, 20, 30, 1, 15, 15, 1, 1, 1, 1, 30, 24, 7, 7, true},
       {1, 2, 40, 33, 1, 17, 13, 1, 1, 1, 1, 2, 19, 6, 6, true},
       {1, 2, 40, 33, 1, 17, 13, 1, 1, 1, 1, 2, 19, 6, 6, true, true},  // the same, NaN / Inf
+      // out_h = 8 mod 16 from 56 rows: row tiles over a channel's images stacked (a tile in two planes), three
+      // images (the last tile in one), 72 rows with asymmetric reaches (the halves' kernel rows differ), a
+      // multiplier, NaN / Inf
+      {3, 2, 56, 16, 1, 13, 15, 1, 1, 1, 1, 6, 6, 7, 7, true},
+      {2, 1, 72, 14, 1, 17, 13, 1, 1, 1, 1, 2, 14, 6, 6, true},
+      {2, 2, 56, 14, 2, 13, 13, 1, 1, 1, 1, 6, 6, 6, 6, true},
+      {3, 2, 56, 16, 1, 13, 15, 1, 1, 1, 1, 6, 6, 7, 7, true, true},
   };
   //                   b  c   h   w  G  k  s  p  d
   const InvCase inv_cases[] = {
