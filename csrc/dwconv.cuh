@@ -431,7 +431,7 @@ LC_D MmaHalf mma_half(const MmaBlock& b, int warp, int h) {
 }
 
 // The kernel rows [begin, end) of a warp's products: those that bring input to one of its output rows (each half's
-// 8, below out_h). The others meet only the zero padding, as the non-finite redo's taps do not either. Empty past
+// 8, below out_h). The others meet only zero padding, which the non-finite redo's taps skip too. Empty past
 // busy_rows. Unit stride and dilation (mma_corr_blocks): output row i meets input row i - off_h + a.
 struct KernelRows {
   int begin, end;
