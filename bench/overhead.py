@@ -6,7 +6,8 @@ Rows (overhead.csv / overhead.md in --out):
 - per-call: largeconv.dwconv2d (auto, after its first call) against a direct F.conv2d call on tiny shapes where auto
   picks PyTorch, forward and forward+backward, and LargeDWConv2d against nn.Conv2d; target <= 1.3x (design.md).
 - custom-op path: forward+backward with backend="torch" (every direction through the custom ops' path, on
-  PyTorch's kernels) against F.conv2d's: the per-direction cost that dispatch.CUSTOM_OP_OVERHEAD_S charges.
+  PyTorch's kernels) against F.conv2d's: the per-direction cost that auto charges (dispatch.custom_op_overhead
+  measures it once per process).
 - first call: auto's first forward+backward of a fresh shape (the measurement included) against one call of each
   backend it could run, and its peak memory against each backend's; targets: time <= 2x the slowest candidate's
   single call, memory about the chosen backend's (never the unfold reference's K*K blow-up).
@@ -77,13 +78,13 @@ def _per_call_case(device, n, c, h, w, k):
         rows.append({"kind": "per-call", "case": f"({n},{c},{h}x{w}) K{k}", "direction": direction,
                      "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
                      "target": "<= 1.3", "auto_choice": _choices(x, (k, k))})
-    # What a call whose directions run on the custom ops costs beyond PyTorch's own, per direction: the figure
-    # dispatch.CUSTOM_OP_OVERHEAD_S charges (no target; on a GPU these kernels take microseconds, so it is host time)
+    # What a call whose directions run on the custom ops costs beyond PyTorch's own, per direction: what
+    # dispatch.custom_op_overhead measures for auto (no target; on a GPU these kernels take microseconds: host time)
     t_mine, t_theirs = interleaved_times(custom_op_fb, direct_fb, device, rounds=10)  # ~0.1 ms resolution is enough
     rows.append({"kind": "custom-op path", "case": f"({n},{c},{h}x{w}) K{k}", "direction": "fwdbwd",
                  "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
-                 "target": f"none: {(t_mine - t_theirs) / 3 * 1e3:.3f} ms per direction (CUSTOM_OP_OVERHEAD_S "
-                           f"charges {dispatch.CUSTOM_OP_OVERHEAD_S[device.type] * 1e3:g})",
+                 "target": f"none: {(t_mine - t_theirs) / 3 * 1e3:.3f} ms per direction (auto charges "
+                           f"{dispatch.custom_op_overhead(device) * 1e3:.3f})",
                  "auto_choice": "torch backend, every direction through the custom ops"})
     return rows
 

@@ -47,14 +47,17 @@ WORKSPACE_RATIO_LIMIT = 16
 # dense products of a 7x7 map at batch 8: ~30 MB, 18x the input).
 WORKSPACE_FLOOR_BYTES = 1 << 28
 # What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
-# (ops.dwconv2d) uses once torch wins every direction; `settle` charges it to every direction of a dwconv2d call
-# that is not all torch (one fused direction puts the whole call on the custom ops). CPU: measured
-# 2026-11-27 (2-core Xeon, tiny shapes: fwd+bwd through the custom ops ~1.1 ms above a direct F.conv2d, three
-# directions). CUDA: measured 2026-11-27 on the H100 box (bench/results/h100, bench/gpu_probe.py profile): fwd+bwd of
-# (1,1024,7,7) K=13 through the custom ops with backend "torch" cost 1.1-1.2 ms of host time per call against 0.17 ms
-# for F.conv2d's own, ~0.3 ms per direction; with the 0.1 ms first guessed, auto took that path for a 12 us weight
-# gradient and its fwd+bwd ran 4-7x slower than PyTorch's on small layers (the kit's auto stage).
-CUSTOM_OP_OVERHEAD_S = {"cpu": 3e-4, "cuda": 3e-4}
+# (ops.dwconv2d) uses once torch wins every direction; `settle` charges it to every direction of a call that is not
+# all torch (one fused direction puts the whole call on the custom ops). None: measured on this host, once per
+# device type, when a call first settles (custom_op_overhead); a number is charged as it is. It was a constant
+# 0.3 ms: on CPU from 2026-11-27 (2-core Xeon, ~1.1 ms per fwd+bwd above F.conv2d before eager calls skipped the
+# dispatcher; 2026-11-28 the same machine class measured ~0.07 ms a direction), on CUDA from the H100 box's profiled
+# run (host time of (1,1024,7,7) K=13 through the custom ops, 1.1-1.2 ms against F.conv2d's 0.17 per fwd+bwd, the
+# profiler attached), which kept auto on PyTorch for whole calls where one faster direction would not pay (0.1 ms
+# had made auto's fwd+bwd 4-7x slower on small layers); at batch 1-8 on 7x7 maps it kept PyTorch whatever the
+# kernels (the kit's weak rows, 0.68-0.83x cuDNN on channels_last). The host differs from machine to machine: measure.
+CUSTOM_OP_OVERHEAD_S: dict[str, float | None] = {"cpu": None, "cuda": None}
+_measured_overhead: dict[str, float] = {}
 # A candidate whose calls add up to less than this is timed up to three times and its fastest call counts (cheap,
 # and robust to a busy machine); slower ones once (the first call stays cheap).
 _REPEAT_BELOW_S = 0.02
@@ -210,10 +213,43 @@ def settle(keys) -> None:
     chosen = [_auto_cache.get(key) for key in keys]
     if None in chosen or all(name == "torch" for name in chosen) or by_table():
         return  # (None: the cache was cleared since; measured again first)
-    overhead = CUSTOM_OP_OVERHEAD_S[torch.device(keys[0][2]).type]  # cache_key's third item: the device
+    overhead = custom_op_overhead(torch.device(keys[0][2]))  # cache_key's third item: the device
     fused = sum(t.get(name, math.inf) for t, name in zip(times, chosen)) + overhead * len(keys)
     if sum(t["torch"] for t in times) <= fused:
         _auto_cache.update(dict.fromkeys(keys, "torch"))
+
+
+def custom_op_overhead(device: torch.device) -> float:
+    """Seconds a direction costs through the custom ops beyond PyTorch's own op: CUSTOM_OP_OVERHEAD_S's figure for
+    the device type, else measured once on this host (_measure_custom_op_overhead) and kept."""
+    fixed = CUSTOM_OP_OVERHEAD_S.get(device.type)
+    if fixed is not None:
+        return fixed
+    if device.type not in _measured_overhead:
+        _measured_overhead[device.type] = _measure_custom_op_overhead(device)
+    return _measured_overhead[device.type]
+
+
+def _measure_custom_op_overhead(device: torch.device, rounds: int = 6, batch: int = 5) -> float:
+    """fwd+bwd of a tiny depthwise conv through the custom ops (backend "torch": PyTorch's own kernels run) less
+    F.conv2d's, each the fastest of `rounds` alternating batches of `batch` calls in wall time, synchronized per
+    batch (on a GPU it is the host's time that differs), over the three directions. ~10 ms on a CPU."""
+    from .ops import dwconv2d
+    x = torch.randn(1, 8, 8, 8, device=device, requires_grad=True)
+    w = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
+    g = torch.randn(1, 8, 8, 8, device=device)
+    calls = (lambda: torch.autograd.grad(dwconv2d(x, w, None, 1, 1, 1, backend="torch"), (x, w), g),
+             lambda: torch.autograd.grad(torch.nn.functional.conv2d(x, w, None, 1, 1, 1, 8), (x, w), g))
+    best = [math.inf, math.inf]
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            for _ in range(batch):
+                call()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[i] = min(best[i], (time.perf_counter() - start) / batch)
+    return max(0.0, (best[0] - best[1]) / 3)
 
 
 def auto_still_picks(keys, name: str) -> bool:

@@ -208,6 +208,29 @@ def test_memory_hungry_candidates_are_dropped(dtype):
     assert dispatch._within_memory(["cpu", "torch"], "dwconv1d", "forward", x1, (31,), ()) == ["cpu", "torch"]
 
 
+def test_custom_op_overhead_is_measured_once_per_device_type(monkeypatch):
+    """With no fixed figure, settle's charge is measured on this host (the torch backend through the custom ops
+    against F.conv2d, fwd+bwd of a tiny layer, per direction), once, then kept; a fixed figure wins."""
+    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", None)
+    monkeypatch.setattr(dispatch, "_measured_overhead", {})
+    measured = dispatch.custom_op_overhead(torch.device("cpu"))
+    assert 0 <= measured < 0.05, measured  # ~60-80 us on the 2-core CI machines
+    monkeypatch.setattr(dispatch, "_measure_custom_op_overhead", lambda *a: pytest.fail("measured again"))
+    assert dispatch.custom_op_overhead(torch.device("cpu")) == measured
+    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", 1e-3)
+    assert dispatch.custom_op_overhead(torch.device("cpu")) == 1e-3
+
+
+def test_custom_op_overhead_measures_the_custom_op_path(monkeypatch):
+    """The measurement is the difference of the two paths: a torch backend made 1 ms slower per direction shows."""
+    from largeconv import reference
+    for name in ("dwconv2d_forward", "dwconv2d_grad_input", "dwconv2d_grad_weight"):
+        original = getattr(reference, name)
+        monkeypatch.setattr(reference, name, lambda *a, _f=original: (time.sleep(1e-3), _f(*a))[1])
+    measured = dispatch._measure_custom_op_overhead(torch.device("cpu"), rounds=2, batch=2)
+    assert 0.9e-3 < measured < 0.05, measured
+
+
 def test_cuda_dense_products_count_their_matrices():
     """The cuda backend's dense products on maps the kernel covers hold (H*W)^2 fp32 values per channel (and a copy
     or two); elsewhere its estimate is the input's size."""
