@@ -359,16 +359,11 @@ def environment(device, args):
 def reference_output(case, inputs, device):
     """Forward in fp32 through PyTorch (channels_last for dwconv: oneDNN/cuDNN are fast there), TF32 off."""
     x, w = inputs["x"].float(), inputs["weight"].float()
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            if case.op == "dwconv2d":
-                x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
-                return F.conv2d(x, w, None, case.stride, case.padding, case.dilation, groups=case.c).contiguous()
-            return involution2d_reference(x, w, case.kernel[0], case.stride, case.padding[0], case.dilation)
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
+    with torch.no_grad(), conv_tf32(False):
+        if case.op == "dwconv2d":
+            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+            return F.conv2d(x, w, None, case.stride, case.padding, case.dilation, groups=case.c).contiguous()
+        return involution2d_reference(x, w, case.kernel[0], case.stride, case.padding[0], case.dilation)
 
 
 @contextlib.contextmanager

@@ -855,7 +855,7 @@ def cuda_dense_rows():
         n, c, h, w = case.shape
         if case.kernel[0] < 2 * h - 1 or case.kernel[1] < 2 * w - 1:
             continue  # not covered: the tiled kernels (cuda_mma_rows)
-        hw, x, m = h * w, n * c * h * w, c * (h * w) ** 2
+        x, m = n * c * h * w, c * (h * w) ** 2
         for dtype in ("fp32", "tf32", "bf16"):
             el = 2 if dtype == "bf16" else 4
             gemm = (TENSOR_PEAK["float32"] if dtype == "tf32" else FFMA_PEAK) * GEMM_SHARE
@@ -956,7 +956,7 @@ def cuda_mma_rows():
                 name = f"void largeconv::dw::corr_tf32_kernel<{kb}, {str(products == 3).lower()}>(" \
                        "largeconv::dw::Corr, largeconv::dw::MmaTile)"
                 parts = 2 if products == 3 else 1
-                tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
+                tiles_w = cdiv(wo, 64)
                 nts = cdiv(cdiv(wo, tiles_w), 8)
                 cols, fw = 8 * (8 + kb - 1), 8 * kb + 16
                 rs = cols + 4
@@ -1001,7 +1001,7 @@ def cuda_mma_rows():
                 kb = mma_k_blocks(kw)
                 name = f"void largeconv::dw::corr_mma_kernel<{element}, {kb}>(largeconv::dw::Corr, " \
                        "largeconv::dw::MmaTile)"
-                tiles_h, tiles_w = cdiv(ho, 64), cdiv(wo, 64)
+                tiles_w = cdiv(wo, 64)
                 nts = cdiv(cdiv(wo, tiles_w), 8)
                 cols, fw = 16 * (kb + 3), 16 * kb + 16
                 rs = cols + 8

@@ -250,4 +250,3 @@ def cuda_matmul_fp32_precision() -> str:
         if precision != "none":
             return precision
     return "ieee"
-

@@ -8,7 +8,6 @@ import importlib
 import os
 
 import torch
-
 import torch.nn.functional as F
 
 from .arguments import (cuda_matmul_fp32_precision, cudnn_conv_allows_tf32, dwconv2d_output_hw, is_channels_last,
@@ -114,8 +113,8 @@ def covers_whole_map(t, input_shape, weight_shape, stride, padding, dilation) ->
     if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or weight_shape[0] != c or kh * kw < DENSE_MIN_TAPS \
             or is_channels_last(t):  # results follow t's layout; these products write NCHW
         return False
-    top, bottom, left, right = padding
-    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    top, _, left, _ = padding
+    ho, wo = dwconv2d_output_hw(input_shape, (kh, kw), stride, padding, dilation)
     if not (ho - 1 <= top <= kh - h and wo - 1 <= left <= kw - w):
         return False
     if 4 * c * h * w * ho * wo > max(DENSE_MAX_BYTES, 16 * n * c * h * w):
@@ -169,7 +168,7 @@ def _antidiagonal_sums(t):
 
 
 def dense_grad_weight(grad_out, x, padding, grad_weight):
-    (n, c, h, w), (ho, wo) = x.shape, grad_out.shape[2:]
+    (_, c, h, w), (ho, wo) = x.shape, grad_out.shape[2:]
     kh, kw = grad_weight.shape[2:]
     top, left = padding[0], padding[2]
     # pairs[c, p', q', i, j] = sum_n x[n, c, H - 1 - p', W - 1 - q'] grad_out[n, c, i, j]: tap (a, b) of the

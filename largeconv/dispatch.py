@@ -233,7 +233,7 @@ def custom_op_overhead(device: torch.device) -> float:
 def _measure_custom_op_overhead(device: torch.device, rounds: int = 6, batch: int = 5) -> float:
     """fwd+bwd of a tiny depthwise conv through the custom ops (backend "torch": PyTorch's own kernels run) less
     F.conv2d's, each the fastest of `rounds` alternating batches of `batch` calls in wall time, synchronized per
-    batch (on a GPU it is the host's time that differs), over the three directions. ~10 ms on a CPU."""
+    batch (on a GPU it is the host's time that differs), over the three directions. ~30 ms once on the 2-core CI machines."""
     from .ops import dwconv2d
     x = torch.randn(1, 8, 8, 8, device=device, requires_grad=True)
     w = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
