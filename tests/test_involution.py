@@ -112,6 +112,8 @@ EDGE_CASES = [
     ((1, 4, 2, 9, 9), 3, 1, None, 2),     # dilation 2
     ((1, 4, 1, 10, 8), 5, 2, 2, 2),       # stride 2 with dilation 2 (some phase classes get no tap), G = 1
     ((1, 4, 2, 6, 7), 3, 3, 2, 1),        # stride 3
+    ((1, 4, 2, 13, 11), 5, 3, 4, 2),      # stride 3, dilation 2: one phase's taps 2 offsets apart
+    ((1, 4, 2, 14, 15), 3, 2, 3, 4),      # stride 2, dilation 4: 2 offsets apart, odd phases get no tap
     ((2, 3, 3, 5, 6), 3, 1, 0, 1),        # G = C, no padding
     ((1, 2, 1, 1, 5), 3, 1, None, 1),     # H = 1
     ((1, 2, 1, 5, 5), 3, 1, 0, 2),        # 1x1 output: its layout is ambiguous, grad x must still follow x's
