@@ -4,8 +4,8 @@
 
 Per layer (K=7, group_channels=16, reduction 4; the four stage shapes and one stride-2 layer) and batch: the median
 time of forward+backward of the whole layer (AvgPool/conv1/BN/ReLU, then the span conv and the aggregation,
-unfused or fused) on the cpu backend (bench/roofline.py's time_calls: warm-up, rotating input sets, median, after
-wait_until_quiet), its peak memory (bench.roofline.peak_memory_mb: the CPU allocator's high-water mark during one
+unfused or fused) on the cpu backend (paired_times: unfused and fused calls alternating, after wait_until_quiet;
+the speedup is the median of the rounds' ratios), its peak memory (bench.roofline.peak_memory_mb: the CPU allocator's high-water mark during one
 call beyond what existed before it), the outputs' agreement, and a bytes model: the minimum bytes each layer must
 read and write (every tensor between ops read or written once per use), which on a GPU, where these layers are
 memory-bound, predicts the fused layer's speedup; no GPU has measured it. Writes fused_involution.csv and .md.
@@ -17,22 +17,24 @@ import argparse
 import csv
 import datetime
 import os
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import largeconv  # noqa: E402
 from bench.peaks import device_name  # noqa: E402
-from bench.roofline import cpu_description, git_state, peak_memory_mb, time_calls, wait_until_quiet  # noqa: E402
+from bench.roofline import OtherWork, cpu_description, git_state, peak_memory_mb, wait_until_quiet  # noqa: E402
 
 # (name, channels, input H = W, stride): RedNet-50's involution layers (stage 1-4 stride 1, a stage-2 stride-2)
 LAYERS = [("stage1", 64, 56, 1), ("stage2", 128, 28, 1), ("stage3", 256, 14, 1), ("stage4", 512, 7, 1),
           ("stage2-s2", 128, 56, 2)]
 K, GROUP_CHANNELS, REDUCTION = 7, 16, 4
 COLUMNS = ["date", "device", "threads", "torch", "layer", "batch", "channels", "hw", "stride", "variant", "time_ms",
-           "repeats", "background_cpu", "peak_mem_mb", "rel_err", "min_mb_read", "min_mb_written", "min_mb_total",
-           "triton_mb_total"]
+           "repeats", "speedup", "background_cpu", "peak_mem_mb", "rel_err", "min_mb_read", "min_mb_written",
+           "min_mb_total", "triton_mb_total"]
 
 
 def bytes_model(batch, channels, hw, stride, elem=4):
@@ -74,6 +76,26 @@ def make_layer(channels, stride, fused, seed=0):
     return largeconv.Involution2d(channels, K, stride, GROUP_CHANNELS, REDUCTION, backend="cpu", fused=fused)
 
 
+def paired_times(unfused_calls, fused_calls, min_time, min_rounds=7):
+    """Rounds of one unfused and one fused call, in alternating order (unfused first, then fused first), so that a
+    busy moment or a clock change hits both: timed one after the other, the stride-1 layers' speedups moved by up to
+    0.4x between runs near parity (bench/NOTES.md). Returns the median seconds per call of each, the number of
+    rounds, the median of the rounds' unfused/fused ratios, and the cores other processes used meanwhile."""
+    for call in unfused_calls + fused_calls:  # warm-up: allocator, first-call work
+        call()
+    pairs, monitor, start = [], OtherWork(), time.perf_counter()
+    while len(pairs) < min_rounds or time.perf_counter() - start < 2 * min_time:
+        i, spent = len(pairs), [0.0, 0.0]
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            calls = (unfused_calls, fused_calls)[which]
+            t = time.perf_counter()
+            calls[i % len(calls)]()
+            spent[which] = time.perf_counter() - t
+        pairs.append(spent)
+    unfused, fused = (statistics.median(p[k] for p in pairs) for k in (0, 1))
+    return unfused, fused, len(pairs), statistics.median(u / f for u, f in pairs), monitor.cores()
+
+
 def measure(batch, channels, hw, stride, min_time, wait_quiet):
     plain, fused = make_layer(channels, stride, False), make_layer(channels, stride, True)
     fused.load_state_dict(plain.state_dict())
@@ -95,19 +117,21 @@ def measure(batch, channels, hw, stride, min_time, wait_quiet):
     rel_err = max(((a - b).norm() / b.norm()).item() for a, b in zip(results[1], results[0]))
     del results, out
 
-    rows = {}
-    for name, module in (("unfused", plain), ("fused", fused)):
-        def prepare(i, module=module):
-            x, grad = inputs(i)
-            return lambda: module(x).backward(grad)
+    def prepare(module, i):
+        x, grad = inputs(i)
+        return lambda: module(x).backward(grad)
 
-        wait_until_quiet(wait_quiet)
-        seconds, repeats, _, background = time_calls(prepare, 2, torch.device("cpu"), min_time)
+    wait_until_quiet(wait_quiet)
+    unfused_s, fused_s, rounds, speedup, background = paired_times([prepare(plain, i) for i in range(2)],
+                                                                   [prepare(fused, i) for i in range(2)], min_time)
+    rows = {}
+    for name, module, seconds in (("unfused", plain, unfused_s), ("fused", fused, fused_s)):
         x, grad = inputs(200)
         module(x).backward(grad)  # grads exist before the memory measurement, as in a training step
         x.grad = None
         peak = peak_memory_mb(lambda: module(x).backward(grad), torch.device("cpu"))
-        rows[name] = dict(time_ms=seconds * 1e3, repeats=repeats, background_cpu=background, peak_mem_mb=peak)
+        rows[name] = dict(time_ms=seconds * 1e3, repeats=rounds, background_cpu=background, peak_mem_mb=peak,
+                          speedup=speedup)
     return rows, rel_err
 
 
@@ -129,7 +153,8 @@ def write(rows, out_dir, env, total_s):
              f"wall time {total_s:.0f} s", env["cpu"], "",
              f"Involution2d(C, {K}, stride, group_channels={GROUP_CHANNELS}, reduction_ratio={REDUCTION}, "
              'backend="cpu"), train mode, fp32, NCHW: fused=True vs fused=False (same parameters). Time: median '
-             "of forward+backward calls (bench/roofline.py time_calls); peak memory: the CPU allocator's high-water "
+             "of forward+backward calls, unfused and fused calls alternating (paired_times); speedup: the median of "
+             "the rounds' unfused/fused ratios; peak memory: the CPU allocator's high-water "
              "mark during one call beyond what existed before it; 'other cores' = CPU used by other processes "
              "during the timing. rel err: the larger of output's and grad x's relative difference.", "",
              "Target (issue 15, CPU): fused time < unfused, fused peak memory <= 1/2 of unfused.", "",
@@ -138,7 +163,7 @@ def write(rows, out_dir, env, total_s):
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (layer, batch), pair in pairs.items():
         u, f = pair["unfused"], pair["fused"]
-        speedup, ratio = u["time_ms"] / f["time_ms"], f["peak_mem_mb"] / u["peak_mem_mb"]
+        speedup, ratio = f["speedup"], f["peak_mem_mb"] / u["peak_mem_mb"]
         met = "met" if speedup > 1 and ratio <= 0.5 else (
             "time not met" if ratio <= 0.5 else "memory not met" if speedup > 1 else "neither met")
         lines.append(f"| {layer} | {batch} | {f['channels']} | {f['hw']} | {f['stride']} | {u['time_ms']:.1f} | "

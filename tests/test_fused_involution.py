@@ -477,3 +477,30 @@ def test_benchmark_runs(tmp_path):
     # the kernel: written, read (forward), read (grad x); its gradient: written, read twice; and one more read of
     # grad_out (the unfused grad-x and grad-kernel passes each read it, the fused minimum once)
     assert unfused - fused == pytest.approx(6 * kernel_mb + out_mb)
+
+
+def test_benchmark_pairs_its_timings(monkeypatch):
+    """paired_times alternates which variant runs first in a round, and its speedup is the median of the rounds'
+    ratios, not the ratio of the medians: on a clock where the rounds' (unfused, fused) seconds are (3, 2), (3, 2),
+    (6, 2), (6, 2), (9, 6), the speedup is 1.5 (the ratio of the medians would be 6 / 2 = 3)."""
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import fused_involution as bench
+
+    seconds = {"u": [1, 3, 3, 6, 6, 9], "f": [1, 2, 2, 2, 2, 6]}  # the first of each: the warm-up call
+    now, order = [0.0], []
+
+    def call(name):
+        def run():
+            order.append(name)
+            now[0] += seconds[name][order.count(name) - 1]
+        return run
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    unfused, fused, rounds, speedup, _ = bench.paired_times([call("u")], [call("f")], min_time=0, min_rounds=5)
+    assert rounds == 5
+    assert order[2:] == ["u", "f", "f", "u", "u", "f", "f", "u", "u", "f"]  # after the two warm-up calls
+    assert (unfused, fused, speedup) == (6, 2, 1.5)
