@@ -53,6 +53,8 @@ Model (one H100 SXM: 132 SMs, 4 schedulers per SM issuing one warp instruction p
 - the autotuned kernels: the candidate with the smallest predicted time (what autotuning should find).
 - the CUDA tensor-core kernels (csrc/dwconv.cuh, fp16/bf16 NCHW; cuda_mma_rows): their plans replayed in Python,
   loop counts from their SASS, the same issue / L1 / tensor / DRAM terms, mma.sync at MMA_SYNC_SHARE of the peak.
+- the CUDA involution kernels (csrc/involution.cuh, RedNet's K = 7; cuda_involution_rows): likewise, with the
+  memory-latency term counted per block (its staging and its kernel rows' weight loads).
   The other CUDA kernels get resource usage only (their predictions are hand counts in bench/NOTES.md).
 
 Changed after the first H100 run (2026-11-27; bench/results/h100/measured_vs_predicted.md has every row before and
@@ -1040,6 +1042,97 @@ def cuda_mma_rows():
     return rows
 
 
+# The CUDA involution kernels (csrc/involution.cuh): block threads, pixels per thread along W, channels per chunk
+INV_THREADS, INV_RB, INV_CB = 256, 2, 16
+
+
+def involution_tile(case, direction):
+    """csrc/involution.cuh plan() replayed on an H100: (bx, by, staged planes, ih, iw, chunks, shared bytes, blocks)."""
+    n, c, h, w = case.shape
+    k, s, d = case.kernel[0], case.stride, case.dilation
+    p = d * (k - 1) // 2
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    cg = c // case.groups
+    rows, cols = (h, w) if direction == "grad-input" else (ho, wo)
+    bx = min(cdiv(cols, INV_RB), 32)
+    by = cdiv(rows, cdiv(rows, INV_THREADS // bx))
+    chunks, nc, reach = cdiv(cg, INV_CB), min(cg, INV_CB), (k - 1) * d
+
+    def fill(by):
+        if direction == "grad-input":
+            ih, iw = (by - 1 + reach) // s + 2, (bx * INV_RB - 1 + reach) // s + 2
+        else:
+            ih, iw = (by - 1) * s + reach + 1, (bx * INV_RB - 1) * s + reach + 1
+        smem = nc * ((ih * (iw | 1)) | 1) * 4
+        blocks = n * case.groups * cdiv(rows, by) * cdiv(cols, bx * INV_RB) * (1 if direction == "grad-weight"
+                                                                            else chunks)
+        return ih, iw, smem, blocks
+
+    ih, iw, smem, blocks = fill(by)
+    while (blocks < sm90.H100["sms"] or smem > 64 * 1024) and by > 2:
+        by = (by + 1) // 2
+        ih, iw, smem, blocks = fill(by)
+    return bx, by, nc, ih, iw, chunks, smem, blocks
+
+
+def cuda_involution_rows(functions=None, resources=None):
+    """Predicted H100 times of the CUDA involution kernels (csrc/involution.cuh, the RedNet K = 7 instantiations) at
+    the headline RedNet-50 cases, NCHW, fp32 and bf16: the plan replayed (involution_tile), loop counts from the
+    SASS, and the Triton model's terms: issue (the hot loop per kernel row, or per tap in grad-weight, and the
+    staging loop per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged elements),
+    DRAM (minimum bytes) and memory latency: a block's warps wait together, once per kernel row for its weights
+    (grad-input and forward; grad-weight's stores do not wait) and for the staging: once for fp32 (cp.async), once
+    per staged row for 16-bit inputs (loads through registers, a row at a time)."""
+    if functions is None:
+        functions, resources = cuda_sass("involution.cu")
+    kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
+    rows = []
+    for case in (c for c in HEADLINE if c.op == "involution2d"):
+        unit = case.stride == 1 and case.dilation == 1
+        for dtype, element in (("fp32", "float"), ("bf16", "__nv_bfloat16")):
+            for direction in DIRECTIONS:
+                name = f"void largeconv::inv::{kernels[direction]}<{element}, {str(unit).lower()}, true>(" \
+                       "largeconv::inv::Inv, largeconv::inv::InvTile)"
+                bx, by, nc, ih, iw, chunks, smem, blocks = involution_tile(case, direction)
+                num_warps = cdiv(bx * by, 32)
+                loops = inner_loops(parse_sass(functions[name]))
+                hot = max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b))
+                ffma = sum(op.startswith("FFMA") for _, op, _ in hot)
+                # the NCHW staging loop: cp.async (fp32), else the shortest loop that loads and stores 4 elements
+                async_copy = [b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b)]
+                stage = async_copy[0] if async_copy else min(
+                    (b for b in loops if sum(op.startswith("STS") for _, op, _ in b) == 4), key=len)
+                k = case.kernel[0]
+                macs_per_thread = k * k * INV_CB * INV_RB * (chunks if direction == "grad-weight" else 1)
+                passes = macs_per_thread / ffma  # hot-loop passes per warp and block
+                staged = nc * ih * iw * (chunks if direction == "grad-weight" else 1)
+                warp_instr = blocks * (num_warps * passes * len(hot) + staged / 32 * len(stage) / 4)
+                lds = sum(op.startswith("LDS") for _, op, _ in hot)
+                wavefronts = blocks * (num_warps * passes * lds + staged / 32)
+                staging_rounds = 1 if async_copy else cdiv(nc * ih, max(1, num_warps))
+                rounds = (staging_rounds + (0 if direction == "grad-weight" else k)) * \
+                    (chunks if direction == "grad-weight" else 1)
+                regs, stack = resources[name]
+                resident, warps_per_sched = occupancy(regs, smem, num_warps)
+                waves = blocks / (sm90.H100["sms"] * max(resident, 1))
+                wave_eff = waves / math.ceil(waves)
+                issue = warp_instr / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4)
+                l1 = wavefronts / (sm90.H100["sms"] * CLOCK)
+                latency = blocks * rounds * MEMORY_LATENCY_S / (sm90.H100["sms"] * max(resident, 1))
+                flops, min_bytes = useful(case, direction, 2 if dtype == "bf16" else 4)
+                terms = dict(issue=issue / wave_eff, l1=l1 / wave_eff, latency=latency / wave_eff,
+                             memory=min_bytes / BANDWIDTH)
+                bound = max(terms, key=terms.get)
+                rows.append(dict(case=case.name, dtype=dtype, direction=direction,
+                                 kernel=name.split("(")[0].replace("void ", ""), registers=regs, stack=stack,
+                                 shared=smem, blocks=blocks, blocks_per_sm=resident, hot_instr=len(hot),
+                                 hot_ffma=ffma, stage_instr=len(stage) / 4, rounds=rounds,
+                                 **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
+                                 predicted_ms=(terms[bound] + LAUNCH_S) * 1e3,
+                                 roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound))
+    return rows
+
+
 def demangle(name):
     try:
         return subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip() or name
@@ -1064,7 +1157,8 @@ MIX_COLUMNS = ["FFMA", "HGMMA", "HMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "
                "convert", "other"]
 
 
-def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=(), dense_rows=()):
+def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=(), dense_rows=(),
+          inv_rows=()):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "predicted.csv"), "w", newline="") as f:
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
@@ -1082,6 +1176,10 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
             writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-dense", dtype=r["dtype"],
                                  direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
                                  floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
+        for r in inv_rows:
+            writer.writerow(dict(case=r["case"], op="involution2d", backend="cuda-nchw", dtype=r["dtype"],
+                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
+                                 floor_ms=f"{r['memory_ms']:.4f}", bound=r["bound"]))
     lines = [
         "# Static sm_90 report (H100, no GPU used)",
         "",
@@ -1174,6 +1272,20 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
         lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | {r['launches']} | {r['gemm_ms']:.3f} | "
                   f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
                   for r in dense_rows]
+    if inv_rows:
+        lines += ["", "## CUDA C++ involution kernels (csrc/involution.cuh, RedNet K = 7), NCHW: predicted", "",
+                  "`cuda_involution_rows` (its docstring): the plan replayed, loop counts from the sm_90 SASS, the "
+                  f"issue / L1 / DRAM terms and a memory-latency term ({MEMORY_LATENCY_S * 1e9:.0f} ns a round trip, "
+                  "fitted on a Triton row, not on these kernels): rounds = the round trips a block waits for in turn. "
+                  "% roof = the DRAM time of the minimum bytes / predicted.", "",
+                  "| case | dtype | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | "
+                  "hot-loop instr | hot-loop FFMA | staging instr/element | rounds/block | issue ms | L1 ms | "
+                  "latency ms | memory ms | predicted ms | % roof | bound |", "|" + "---|" * 20]
+        lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | `{r['kernel']}` | {r['registers']} | "
+                  f"{r['stack']} | {r['shared']} | {r['blocks']} | {r['blocks_per_sm']} | {r['hot_instr']} | "
+                  f"{r['hot_ffma']} | {r['stage_instr']:.1f} | {r['rounds']} | {r['issue_ms']:.3f} | "
+                  f"{r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | "
+                  f"{100 * r['roof_fraction']:.0f} | {r['bound']} |" for r in inv_rows]
     lines += ["", "## CUDA C++ kernels (csrc/): nvcc --resource-usage -Xptxas -v, sm_90", "",
               "| file | kernel | registers | spill stores B | spill loads B | static smem B (dynamic is set at launch) | stack B |", "|---|---|---|---|---|---|---|"]
     for row in cuda_rows:
@@ -1261,7 +1373,11 @@ def main(argv=None):
     dense_rows = cuda_dense_rows()
     for r in dense_rows:
         print(f"cuda dense {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
-    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows, dense_rows)
+    inv_rows = [] if args.no_cuda else cuda_involution_rows()
+    for r in inv_rows:
+        print(f"cuda involution {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
+    write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows, dense_rows,
+          inv_rows)
     print(f"wrote {args.out}/report.md and predicted.csv")
 
 

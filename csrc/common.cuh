@@ -114,25 +114,63 @@ LC_D float4 load4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
+// One float copied from global to shared memory without passing through registers (cp.async, sm_80+), or zero
+// when !ok (then src is not read, but must still be a valid address). A thread's copies have landed once it calls
+// cp_async_wait_all (a barrier after that makes them visible to the block). The emulator copies at once.
+LC_D void cp_async_f32(float* dst, const float* src, bool ok) {
+#ifdef LARGECONV_EMULATE
+  *dst = ok ? *src : 0.f;
+#else
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 4 : 0) : "memory");
+#endif
+}
+
+LC_D void cp_async_wait_all() {
+#ifndef LARGECONV_EMULATE
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // NCHW staging: dst[zz * plane_stride + row * row_stride + c] = the input at column col0 + c of row row_base(zz, row)
 // (as float), for zz < planes, row < rows, c < cols; zero where that column is outside [0, width) or row_base gives
-// null (a row outside the input, a plane past the channels). Teams of up to 32 consecutive threads take a row each,
-// lanes along the columns: coalesced loads and no division per element (the generic loop, one (plane, row, column)
-// split per element, spent ~75 instructions on each: sm_90 SASS, 2026-11-27). A partial last warp sits out.
+// null (a row outside the input, a plane past the channels). `safe`: any readable element of the input (the address
+// a zero-filled fp32 copy names). Teams of up to 32 consecutive threads take a row each, lanes along the columns:
+// coalesced loads and no division per element (the generic loop, one (plane, row, column) split per element, spent
+// ~75 instructions on each: sm_90 SASS, 2026-11-27). fp32 goes by cp.async: a thread issues all its copies before
+// waiting once, where loads through registers waited for every row's one or two values before the next row's (~30
+// memory round trips per RedNet-50 involution block, sm_90 SASS 2026-11-28). A partial last warp sits out.
 template <typename T, typename RowBase>
 LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
-                     int64_t width, RowBase row_base, int tid, int nthreads) {
+                     int64_t width, const T* safe, RowBase row_base, int tid, int nthreads) {
   const int team = nthreads < 32 ? nthreads : 32;
   const int teams = nthreads / team, member = tid % team, which = tid / team;
   if (which >= teams) return;
-  for (int pr = which; pr < planes * rows; pr += teams) {
-    const int zz = pr / rows, row = pr % rows;
-    const T* src = row_base(zz, row);
-    float* d = dst + zz * plane_stride + row * row_stride;
+  if constexpr (std::is_same_v<T, float>) {
+    int zz = which / rows, row = which % rows;
+    for (; zz < planes; row += teams) {
+      while (row >= rows) row -= rows, ++zz;  // the next (plane, row) without a division
+      if (zz >= planes) break;
+      const float* src = row_base(zz, row);
+      float* d = dst + zz * plane_stride + row * row_stride;
 #pragma unroll 4
-    for (int c = member; c < cols; c += team) {
-      const int64_t gc = col0 + c;
-      d[c] = src != nullptr && gc >= 0 && gc < width ? to_float(src[gc]) : 0.f;
+      for (int c = member; c < cols; c += team) {
+        const int64_t gc = col0 + c;
+        const bool ok = src != nullptr && gc >= 0 && gc < width;
+        cp_async_f32(d + c, ok ? src + gc : safe, ok);
+      }
+    }
+    cp_async_wait_all();
+  } else {  // 16-bit inputs widen through registers (this form keeps those kernels free of local memory)
+    for (int pr = which; pr < planes * rows; pr += teams) {
+      const int zz = pr / rows, row = pr % rows;
+      const T* src = row_base(zz, row);
+      float* d = dst + zz * plane_stride + row * row_stride;
+#pragma unroll 4
+      for (int c = member; c < cols; c += team) {
+        const int64_t gc = col0 + c;
+        d[c] = src != nullptr && gc >= 0 && gc < width ? to_float(src[gc]) : 0.f;
+      }
     }
   }
 }

@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) corr_tile_kernel(Corr p, CorrTile t)
 
     // Input tile, zero outside the image. Consecutive threads take consecutive addresses of either layout.
     if (!p.channels_last) {
-      stage_rows<T>(xs, t.ps, t.rs, t.bz, t.ih, t.iw, col0, p.in_w, [&](int zz, int row) -> const T* {
+      stage_rows<T>(xs, t.ps, t.rs, t.bz, t.ih, t.iw, col0, p.in_w, in, [&](int zz, int row) -> const T* {
         const int64_t gr = row0 + row;
         if (o0 + zz >= out_c || gr < 0 || gr >= p.in_h) return nullptr;
         const int64_t ci = ((o0 + zz) * p.reps + rep) / p.in_div;
@@ -973,11 +973,11 @@ __global__ void __launch_bounds__(kThreads) wgrad_tile_kernel(WGrad p, WGradTile
     __syncthreads();  // the previous item's tiles (and the zeroed accumulators) are no longer being read
 
     if (!p.channels_last) {
-      stage_rows<T>(gs, t.th * t.tw, t.tw, t.bz, t.th, t.tw, j0, p.wo, [&](int zz, int i) -> const T* {
+      stage_rows<T>(gs, t.th * t.tw, t.tw, t.bz, t.th, t.tw, j0, p.wo, g, [&](int zz, int i) -> const T* {
         const int64_t gi = i0 + i;
         return o0 + zz < co && gi < p.ho ? g + ((n * p.co + o0 + zz) * p.ho + gi) * p.wo : nullptr;
       }, tid, t.threads);
-      stage_rows<T>(xs, t.ps, t.rs, t.bz, t.ih, t.iw, col0, p.w, [&](int zz, int row) -> const T* {
+      stage_rows<T>(xs, t.ps, t.rs, t.bz, t.ih, t.iw, col0, p.w, x, [&](int zz, int row) -> const T* {
         const int64_t gr = row0 + row;
         if (o0 + zz >= co || gr < 0 || gr >= p.h) return nullptr;
         return x + ((n * p.c + (o0 + zz) / p.mult) * p.h + gr) * p.w;

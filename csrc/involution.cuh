@@ -6,8 +6,9 @@
 // Involution is memory-bound: the weight tensor (K*K per pixel and group) is the biggest operand. Every kernel
 // reads each weight (or writes each weight-gradient) element once per chunk of kCB channels (once for RedNet's
 // 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
-// at a time; in registers it serves all the chunk's channels. The channel-indexed operand (x, or grad_out for
-// grad-input) is staged once per tile in shared memory (fp32) with its halo. A block owns one (image, group,
+// at a time (a whole row of 7 for RedNet); in registers it serves all the chunk's channels. The channel-indexed
+// operand (x, or grad_out for grad-input) is staged once per tile in shared memory (fp32) with its halo (cp.async
+// for fp32 inputs: stage_rows). A block owns one (image, group,
 // spatial tile) and up to kCB channels of the group; a thread owns kRB = 2 neighbouring pixels along W and keeps
 // kCB x kRB fp32 accumulators. At stride 1, dilation 1 the two pixels share a sliding register window, so each
 // shared-memory load feeds two FMAs.
@@ -59,7 +60,7 @@ template <typename T>
 LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b, int64_t ch0,
                        int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
   if (!p.channels_last) {
-    stage_rows<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, [&](int cc, int row) -> const T* {
+    stage_rows<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, src, [&](int cc, int row) -> const T* {
       const int64_t gr = row0 + row;
       return gr >= 0 && gr < src_h ? src + ((b * p.c + ch0 + cc) * src_h + gr) * src_w : nullptr;
     }, threadIdx.x, t.threads());
@@ -100,6 +101,9 @@ LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) 
 // predicates (sm_90 SASS, 2026-11-27).
 constexpr int kRedNetK = 7;
 inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg % kCB == 0; }
+// RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two).
+template <bool kRedNet>
+constexpr int kTapsInFlight = kRedNet ? kRedNetK : kKW;
 
 template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
@@ -137,17 +141,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
         }
     }
-    for (int kw0 = 0; kw0 < K; kw0 += kKW) {
-      float wv[kKW][kRB];
+    constexpr int kTaps = kTapsInFlight<kRedNet>;
+    for (int kw0 = 0; kw0 < K; kw0 += kTaps) {
+      float wv[kTaps][kRB];
 #pragma unroll
-      for (int u = 0; u < kKW; ++u) {
+      for (int u = 0; u < kTaps; ++u) {
 #pragma unroll
         for (int r = 0; r < kRB; ++r) {
           wv[u][r] = valid[r] && kw0 + u < K ? to_float(wt[wbase[r] + (kh * K + kw0 + u) * wstep]) : 0.f;
         }
       }
 #pragma unroll
-      for (int u = 0; u < kKW; ++u) {
+      for (int u = 0; u < kTaps; ++u) {
         const int kw = kw0 + u;
         if (kw >= K) break;
 #pragma unroll
@@ -220,10 +225,11 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
 #pragma unroll
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = gr[c * t.ps + q];
         }
-      for (int kwr0 = 0; kwr0 < K; kwr0 += kKW) {
-        float wv[kKW][kRB];
+      constexpr int kTaps = kTapsInFlight<kRedNet>;
+      for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
+        float wv[kTaps][kRB];
 #pragma unroll
-        for (int u = 0; u < kKW; ++u) {
+        for (int u = 0; u < kTaps; ++u) {
           const int kw = K - 1 - kwr0 - u;
 #pragma unroll
           for (int r = 0; r < kRB; ++r) {
@@ -233,7 +239,7 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
           }
         }
 #pragma unroll
-        for (int u = 0; u < kKW; ++u) {
+        for (int u = 0; u < kTaps; ++u) {
           const int kwr = kwr0 + u;
           if (kwr >= K) break;
 #pragma unroll

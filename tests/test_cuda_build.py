@@ -206,3 +206,29 @@ def test_static_model_of_the_tensor_core_kernels():
     for r in rows:
         assert r["hot_local"] == 0 and r["hot_hmma"] > 0 and r["executed_vs_useful"] >= 1, r
         assert r["predicted_ms"] >= r[f"{r['bound']}_ms"] > 0, r
+
+
+def test_static_model_of_the_involution_kernels():
+    """bench/static_gpu.py's section on the CUDA involution kernels finds, in their sm_90 SASS, each RedNet-50
+    headline case's kernel, its FFMA loop and its NCHW staging loop; fp32 stages by cp.async (one round trip a
+    block, where 16-bit inputs wait once per staged row); no prediction beats the DRAM time of the minimum bytes."""
+    if _nvcc() is None:
+        pytest.skip("nvcc not found")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["NVCC"] = _nvcc()
+    code = "import json; from bench import static_gpu; print(json.dumps(static_gpu.cuda_involution_rows()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
+        (c, dtype, d) for c in ("rednet50-s1", "rednet50-s2", "rednet50-s2-stride2") for dtype in ("fp32", "bf16")
+        for d in ("forward", "grad-input", "grad-weight")}
+    for r in rows:
+        assert r["hot_ffma"] > 0 and r["stage_instr"] > 0 and r["blocks_per_sm"] >= 1, r
+        assert r["predicted_ms"] >= r["memory_ms"] > 0 and r["roof_fraction"] <= 1, r
+        staging = 1 if r["dtype"] == "fp32" else 2
+        assert r["rounds"] >= staging, r
+    fp32_rows = {(r["case"], r["direction"]): r for r in rows if r["dtype"] == "fp32"}
+    bf16_rows = {(r["case"], r["direction"]): r for r in rows if r["dtype"] == "bf16"}
+    assert all(fp32_rows[k]["rounds"] < bf16_rows[k]["rounds"] for k in fp32_rows)
