@@ -1042,8 +1042,9 @@ def cuda_mma_rows():
     return rows
 
 
-# The CUDA involution kernels (csrc/involution.cuh): block threads, pixels per thread along W, channels per chunk
-INV_THREADS, INV_RB, INV_CB = 256, 2, 16
+# The CUDA involution kernels (csrc/involution.cuh): block threads, pixels per thread along W, channels per chunk,
+# grad-input's taps of weights loaded together (kKW)
+INV_THREADS, INV_RB, INV_CB, INV_TAPS = 256, 2, 16, 4
 
 
 def involution_tile(case, direction):
@@ -1080,9 +1081,9 @@ def cuda_involution_rows(functions=None, resources=None):
     the headline RedNet-50 cases, NCHW, fp32 and bf16: the plan replayed (involution_tile), loop counts from the
     SASS, and the Triton model's terms: issue (the hot loop per kernel row, or per tap in grad-weight, and the
     staging loop per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged elements),
-    DRAM (minimum bytes) and memory latency: a block's warps wait together, once per kernel row for its weights
-    (grad-input and forward; grad-weight's stores do not wait) and for the staging: once for fp32 (cp.async), once
-    per staged row for 16-bit inputs (loads through registers, a row at a time)."""
+    DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward: once per
+    kernel row; grad-input: once per 4 taps; grad-weight's stores do not wait) and for the staging: once for fp32
+    (cp.async), once per staged row for 16-bit inputs (loads through registers, a row at a time)."""
     if functions is None:
         functions, resources = cuda_sass("involution.cu")
     kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
@@ -1110,8 +1111,9 @@ def cuda_involution_rows(functions=None, resources=None):
                 lds = sum(op.startswith("LDS") for _, op, _ in hot)
                 wavefronts = blocks * (num_warps * passes * lds + staged / 32)
                 staging_rounds = 1 if async_copy else cdiv(nc * ih, max(1, num_warps))
-                rounds = (staging_rounds + (0 if direction == "grad-weight" else k)) * \
-                    (chunks if direction == "grad-weight" else 1)
+                # weights: the forward loads a kernel row's K at once, grad-input INV_TAPS (kKW) at a time
+                weight_rounds = {"forward": k, "grad-input": k * cdiv(k, INV_TAPS), "grad-weight": 0}[direction]
+                rounds = (staging_rounds + weight_rounds) * (chunks if direction == "grad-weight" else 1)
                 regs, stack = resources[name]
                 resident, warps_per_sched = occupancy(regs, smem, num_warps)
                 waves = blocks / (sm90.H100["sms"] * max(resident, 1))

@@ -6,11 +6,10 @@
 // Involution is memory-bound: the weight tensor (K*K per pixel and group) is the biggest operand. Every kernel
 // reads each weight (or writes each weight-gradient) element once per chunk of kCB channels (once for RedNet's
 // 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
-// at a time (a whole row of 7 for RedNet); in registers it serves all the chunk's channels. The channel-indexed
-// operand (x, or grad_out for grad-input) is staged once per tile in shared memory (fp32) with its halo (cp.async
-// for fp32 inputs: stage_rows). A block owns one (image, group,
-// spatial tile) and up to kCB channels of the group; a thread owns kRB = 2 neighbouring pixels along W and keeps
-// kCB x kRB fp32 accumulators. At stride 1, dilation 1 the two pixels share a sliding register window, so each
+// at a time (a whole row of 7 in RedNet's forward); in registers it serves all the chunk's channels. The
+// channel-indexed operand (x, or grad_out for grad-input) is staged once per tile in shared memory (fp32) with its
+// halo (cp.async for fp32 inputs: stage_rows). A block owns one (image, group, spatial tile) and up to kCB
+// channels of the group; a thread owns kRB = 2 neighbouring pixels along W and keeps kCB x kRB fp32 accumulators. At stride 1, dilation 1 the two pixels share a sliding register window, so each
 // shared-memory load feeds two FMAs.
 //
 // The weight gradient sums over the group's channels: with more than kCB channels per group, the block walks the
@@ -101,9 +100,6 @@ LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) 
 // predicates (sm_90 SASS, 2026-11-27).
 constexpr int kRedNetK = 7;
 inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg % kCB == 0; }
-// RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two).
-template <bool kRedNet>
-constexpr int kTapsInFlight = kRedNet ? kRedNetK : kKW;
 
 template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
@@ -141,7 +137,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
         }
     }
-    constexpr int kTaps = kTapsInFlight<kRedNet>;
+    // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two). Not
+    // in grad-input: at 127 registers already, 7 taps spilled there (fp32 8-12 B, 16-bit 24-68 B; sm_90 2026-11-28).
+    constexpr int kTaps = kRedNet ? kRedNetK : kKW;
     for (int kw0 = 0; kw0 < K; kw0 += kTaps) {
       float wv[kTaps][kRB];
 #pragma unroll
@@ -225,11 +223,10 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
 #pragma unroll
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = gr[c * t.ps + q];
         }
-      constexpr int kTaps = kTapsInFlight<kRedNet>;
-      for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
-        float wv[kTaps][kRB];
+      for (int kwr0 = 0; kwr0 < K; kwr0 += kKW) {
+        float wv[kKW][kRB];
 #pragma unroll
-        for (int u = 0; u < kTaps; ++u) {
+        for (int u = 0; u < kKW; ++u) {
           const int kw = K - 1 - kwr0 - u;
 #pragma unroll
           for (int r = 0; r < kRB; ++r) {
@@ -239,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
           }
         }
 #pragma unroll
-        for (int u = 0; u < kTaps; ++u) {
+        for (int u = 0; u < kKW; ++u) {
           const int kwr = kwr0 + u;
           if (kwr >= K) break;
 #pragma unroll

@@ -187,19 +187,25 @@ if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
 
 
-def test_static_model_of_the_tensor_core_kernels():
-    """bench/static_gpu.py's section on the CUDA tensor-core kernels finds, in their sm_90 SASS, each kernel it plans
-    for RepLKNet-31B's stages (bf16; fp32 as TF32 and as 3xTF32) and its HMMA loop, and that loop does not touch
-    local memory (a spill there would cost more than the tensor cores save)."""
+def _static_rows(function):
+    """bench/static_gpu.<function>() run in a fresh process (nvcc on the PATH the model uses, Triton not interpreted),
+    or the test skipped where nvcc is missing."""
     if _nvcc() is None:
         pytest.skip("nvcc not found")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["NVCC"] = _nvcc()
-    code = "import json; from bench import static_gpu; print(json.dumps(static_gpu.cuda_mma_rows()))"
+    code = f"import json; from bench import static_gpu; print(json.dumps(static_gpu.{function}()))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_static_model_of_the_tensor_core_kernels():
+    """bench/static_gpu.py's section on the CUDA tensor-core kernels finds, in their sm_90 SASS, each kernel it plans
+    for RepLKNet-31B's stages (bf16; fp32 as TF32 and as 3xTF32) and its HMMA loop, and that loop does not touch
+    local memory (a spill there would cost more than the tensor cores save)."""
+    rows = _static_rows("cuda_mma_rows")
     assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
         (f"replknet31b-s{s}", dtype, d) for s in range(1, 5) for dtype in ("bf16", "tf32", "fp32")
         for d in ("forward", "grad-input", "grad-weight") if dtype != "fp32" or s < 4}  # 3xTF32 from 14x14 maps
@@ -212,15 +218,7 @@ def test_static_model_of_the_involution_kernels():
     """bench/static_gpu.py's section on the CUDA involution kernels finds, in their sm_90 SASS, each RedNet-50
     headline case's kernel, its FFMA loop and its NCHW staging loop; fp32 stages by cp.async (one round trip a
     block, where 16-bit inputs wait once per staged row); no prediction beats the DRAM time of the minimum bytes."""
-    if _nvcc() is None:
-        pytest.skip("nvcc not found")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["NVCC"] = _nvcc()
-    code = "import json; from bench import static_gpu; print(json.dumps(static_gpu.cuda_involution_rows()))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = _static_rows("cuda_involution_rows")
     assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
         (c, dtype, d) for c in ("rednet50-s1", "rednet50-s2", "rednet50-s2-stride2") for dtype in ("fp32", "bf16")
         for d in ("forward", "grad-input", "grad-weight")}
