@@ -116,9 +116,10 @@ LC_D float4 load4(const float* p) {
 
 // One float copied from global to shared memory without passing through registers (cp.async, sm_80+), or zero
 // when !ok (then src is not read, but must still be a valid address). A thread's copies have landed once it calls
-// cp_async_wait_all (a barrier after that makes them visible to the block). The emulator copies at once.
+// cp_async_wait_all (a barrier after that makes them visible to the block). The emulator and GPUs before sm_80
+// (no cp.async) copy at once, through a register.
 LC_D void cp_async_f32(float* dst, const float* src, bool ok) {
-#ifdef LARGECONV_EMULATE
+#if defined(LARGECONV_EMULATE) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
   *dst = ok ? *src : 0.f;
 #else
   const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -127,7 +128,7 @@ LC_D void cp_async_f32(float* dst, const float* src, bool ok) {
 }
 
 LC_D void cp_async_wait_all() {
-#ifndef LARGECONV_EMULATE
+#if !defined(LARGECONV_EMULATE) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
 }
