@@ -532,7 +532,7 @@ def _fused_pieces(batch, out_h, row_elems):
 def _span_kernel_piece(reduced, span_weight, span_bias, dtype):
     """One piece of the kernel: the 1x1 conv of reduced (n, Cr, h, w) as one batched matmul, (n, G*K*K, h, w) in
     dtype. bmm on the expanded weight writes the product as it lies; matmul's broadcasting computed it transposed
-    and copied it (RedNet-50 stage 4, 8 images: 1.3 against 1.8 ms with the bias, 2-core Xeon)."""
+    and copied it (RedNet-50 stage 4, 8 images: 1.3 against 1.8 ms with the bias, 2-core EPYC)."""
     n, cr, h, w = reduced.shape
     weights, r = span_weight.expand(n, -1, -1), _to_nchw(reduced, dtype).reshape(n, cr, h * w)
     if span_bias is None:
