@@ -1305,7 +1305,8 @@ PARTS = {"fwd": ("forward",), "bwd": ("grad-input", "grad-weight"), "fwdbwd": DI
 
 def compare(results_csv, predicted_csv, baseline_csv=None):
     """Markdown table of every timed Triton row of a GPU run (bench/roofline.py's columns), and of the cuda rows
-    predicted.csv has (the tensor-core kernels' bf16 NCHW RepLKNet-31B rows), against predicted.csv:
+    predicted.csv has (the tensor-core kernels' NCHW RepLKNet-31B rows, the NCHW RedNet-50 involution rows), against
+    predicted.csv:
     fwd = the forward's prediction, bwd = grad-input + grad-weight, fwdbwd = all three (the torch sum of
     grad-weight's partial sums and autograd's own work are not predicted); with `baseline_csv`, an older
     prediction's ratio too. Ratio = measured / predicted."""
@@ -1322,7 +1323,7 @@ def compare(results_csv, predicted_csv, baseline_csv=None):
              + (" baseline predicted ms | baseline ratio | baseline off > 2x |" if old else ""),
              "|" + "---|" * (14 if old else 11)]
     for r in csv.DictReader(open(results_csv)):
-        # Triton rows, and the cuda rows the tensor-core section predicts (bf16 NCHW RepLKNet-31B)
+        # Triton rows, and the cuda rows the CUDA sections predict (NCHW RepLKNet-31B, RedNet-50 involution)
         if r["backend"] not in ("triton", "cuda") or r["status"] != "ok" or not r["time_ms"]:
             continue
         if r["backend"] == "cuda" and predicted(new, r) is None and predicted(old, r) is None:

@@ -118,3 +118,21 @@ def test_static_model_of_the_fused_involution_launches():
     for r in rows:
         assert r["loads"] > 0 and r["spills"] == 0 and r["bound"] in ("issue", "l1", "latency", "l2"), r
         assert 0.01 < r["predicted_ms"] < 10 and r["predicted_ms"] >= r[f"{r['bound']}_ms"], r
+
+
+def test_compare_sets_cuda_involution_rows_beside_their_predictions(tmp_path):
+    """static_gpu.compare (run after a GPU loan: `bench/static_gpu.py --compare`) finds the predictions of the CUDA
+    involution rows: fwd = the forward's, fwdbwd = the three directions' sum; off by more than 2x is flagged."""
+    from bench import static_gpu
+    results, predicted = tmp_path / "results.csv", tmp_path / "predicted.csv"
+    head = "suite,case,op,backend,dtype,layout,direction,status,time_ms\n"
+    results.write_text(head + "headline,rednet50-s1,involution2d,cuda,fp32,nchw,fwd,ok,0.205\n"
+                              "headline,rednet50-s1,involution2d,cuda,fp32,nchw,fwdbwd,ok,0.584\n"
+                              "headline,rednet50-s1,involution2d,cuda,bf16,nchw,fwd,ok,0.1\n")
+    predicted.write_text("case,op,backend,dtype,direction,predicted_ms,floor_ms,bound\n" + "".join(
+        f"rednet50-s1,involution2d,cuda-nchw,fp32,{d},{ms},0.078,memory\n"
+        for d, ms in (("forward", 0.082), ("grad-input", 0.090), ("grad-weight", 0.120))))
+    table = static_gpu.compare(str(results), str(predicted)).splitlines()
+    assert len(table) == 4  # header, rule, the two fp32 rows: no prediction for bf16, no row
+    assert table[2].endswith("| fwd | 0.205 | 0.082 | 2.50 | **yes** |")
+    assert table[3].endswith("| fwdbwd | 0.584 | 0.292 | 2.00 | no |")
