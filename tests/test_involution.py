@@ -289,3 +289,21 @@ def test_triton_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_non_finite_values_stay_where_unfold_puts_them(backend, stride):
+    """Inf and NaN in x, an Inf kernel value on a tap that reads padding (0 * Inf = NaN there too), and a NaN in
+    grad_out: output, grad x and grad weight hold NaN/Inf exactly where the float64 unfold definition does, and its
+    finite values elsewhere (no backend may spread them through a pass, a window or a block)."""
+    x, weight, grad = make(2, 6, 2, 9, 8, 3, stride)
+    x[0, 1, 2, 3], x[1, 4, 5, 5] = float("inf"), float("nan")
+    weight[1, 9 + 0, 0, 0] = float("inf")  # group 1, tap (0, 0) at output (0, 0): reads the top-left padding
+    grad[0, 5, 1, 2] = float("nan")
+    results = run(backend, x, weight, grad, 3, stride, None, 1)
+    for name, got, want in zip(("output", "grad x", "grad weight"), results,
+                               reference(x, weight, grad, 3, stride, None, 1)):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), name
+        assert want.isfinite().any(), name
+        assert_close(got[want.isfinite()], want[want.isfinite()], None, name)
