@@ -1130,7 +1130,7 @@ def cuda_involution_rows(functions=None, resources=None):
                                  shared=smem, blocks=blocks, blocks_per_sm=resident, hot_instr=len(hot),
                                  hot_ffma=ffma, stage_instr=len(stage) / 4, rounds=rounds,
                                  **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
-                                 predicted_ms=(terms[bound] + LAUNCH_S) * 1e3,
+                                 predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=terms["memory"] * 1e3,
                                  roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound))
     return rows
 
@@ -1166,22 +1166,13 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
         writer = csv.DictWriter(f, cols)
         writer.writeheader()
-        for r in best_rows:
-            writer.writerow(dict(case=r["case"], op=r["op"], backend=f"triton-{r['layout']}", dtype=r["dtype"],
-                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
-                                 floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
-        for r in mma_rows:
-            writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-nchw", dtype=r["dtype"],
-                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
-                                 floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
-        for r in dense_rows:
-            writer.writerow(dict(case=r["case"], op="dwconv2d", backend="cuda-dense", dtype=r["dtype"],
-                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
-                                 floor_ms=f"{r['floor_ms']:.4f}", bound=r["bound"]))
-        for r in inv_rows:
-            writer.writerow(dict(case=r["case"], op="involution2d", backend="cuda-nchw", dtype=r["dtype"],
-                                 direction=r["direction"], predicted_ms=f"{r['predicted_ms']:.4f}",
-                                 floor_ms=f"{r['memory_ms']:.4f}", bound=r["bound"]))
+        sources = [(r["op"], f"triton-{r['layout']}", r) for r in best_rows] + \
+            [("dwconv2d", "cuda-nchw", r) for r in mma_rows] + [("dwconv2d", "cuda-dense", r) for r in dense_rows] + \
+            [("involution2d", "cuda-nchw", r) for r in inv_rows]
+        for op, backend, r in sources:
+            writer.writerow(dict(case=r["case"], op=op, backend=backend, dtype=r["dtype"], direction=r["direction"],
+                                 predicted_ms=f"{r['predicted_ms']:.4f}", floor_ms=f"{r['floor_ms']:.4f}",
+                                 bound=r["bound"]))
     lines = [
         "# Static sm_90 report (H100, no GPU used)",
         "",
