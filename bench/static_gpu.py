@@ -1047,8 +1047,9 @@ def cuda_mma_rows():
 INV_THREADS, INV_RB, INV_CB, INV_TAPS = 256, 2, 16, 4
 
 
-def involution_tile(case, direction):
-    """csrc/involution.cuh plan() replayed on an H100: (bx, by, staged planes, ih, iw, chunks, shared bytes, blocks)."""
+def involution_tile(case, direction, elem_bytes=4):
+    """csrc/involution.cuh plan() replayed on an H100 for NCHW inputs of elem_bytes: (bx, by, staged planes, ih, iw,
+    chunks, shared bytes, blocks, raw planes: 16-bit inputs land raw in half the planes' room first)."""
     n, c, h, w = case.shape
     k, s, d = case.kernel[0], case.stride, case.dilation
     p = d * (k - 1) // 2
@@ -1073,7 +1074,9 @@ def involution_tile(case, direction):
     while (blocks < sm90.H100["sms"] or smem > 64 * 1024) and by > 2:
         by = (by + 1) // 2
         ih, iw, smem, blocks = fill(by)
-    return bx, by, nc, ih, iw, chunks, smem, blocks
+    raw_planes = (nc + 1) // 2 if elem_bytes == 2 else 0
+    smem += raw_planes * ih * ((iw + 2) & ~1) * 2
+    return bx, by, nc, ih, iw, chunks, smem, blocks, raw_planes
 
 
 def cuda_involution_rows(functions=None, resources=None):
@@ -1083,7 +1086,8 @@ def cuda_involution_rows(functions=None, resources=None):
     staging loop per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged elements),
     DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward: once per
     kernel row; grad-input: once per 4 taps; grad-weight's stores do not wait) and for the staging: once for fp32
-    (cp.async), once per staged row for 16-bit inputs (loads through registers, a row at a time)."""
+    (cp.async), once per round of raw planes for 16-bit inputs (cp.async of column pairs, then widened: the copy
+    loop per pair and the widening loop per element)."""
     if functions is None:
         functions, resources = cuda_sass("involution.cu")
     kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
@@ -1094,25 +1098,36 @@ def cuda_involution_rows(functions=None, resources=None):
             for direction in DIRECTIONS:
                 name = f"void largeconv::inv::{kernels[direction]}<{element}, {str(unit).lower()}, true>(" \
                        "largeconv::inv::Inv, largeconv::inv::InvTile)"
-                bx, by, nc, ih, iw, chunks, smem, blocks = involution_tile(case, direction)
+                bx, by, nc, ih, iw, chunks, smem, blocks, raw_planes = involution_tile(
+                    case, direction, 2 if dtype == "bf16" else 4)
                 num_warps = cdiv(bx * by, 32)
                 loops = inner_loops(parse_sass(functions[name]))
                 hot = max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b))
                 ffma = sum(op.startswith("FFMA") for _, op, _ in hot)
-                # the NCHW staging loop: cp.async (fp32), else the shortest loop that loads and stores 4 elements
-                async_copy = [b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b)]
-                stage = async_copy[0] if async_copy else min(
-                    (b for b in loops if sum(op.startswith("STS") for _, op, _ in b) == 4), key=len)
+                # the NCHW staging loops, instructions per staged element: the cp.async loop (fp32: unrolled by 4;
+                # 16-bit: a pair per pass) and, for 16-bit inputs, the widening loop (4 loads and stores a pass)
+                copy = next(b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b))
+                stage_per_element = len(copy) / 4
+                if raw_planes:
+                    widen = next(b for b in loops if sum(op.startswith("STS") for _, op, _ in b) == 4
+                                 and sum(op.startswith("LDS") for _, op, _ in b) == 4)
+                    stage_per_element = len(copy) / 2 + len(widen) / 4
                 k = case.kernel[0]
                 macs_per_thread = k * k * INV_CB * INV_RB * (chunks if direction == "grad-weight" else 1)
                 passes = macs_per_thread / ffma  # hot-loop passes per warp and block
+                if direction == "grad-input" and not unit:  # strided: a pass per kernel row reaching the row
+                    passes = k / case.stride
                 staged = nc * ih * iw * (chunks if direction == "grad-weight" else 1)
-                warp_instr = blocks * (num_warps * passes * len(hot) + staged / 32 * len(stage) / 4)
+                warp_instr = blocks * (num_warps * passes * len(hot) + staged / 32 * stage_per_element)
                 lds = sum(op.startswith("LDS") for _, op, _ in hot)
-                wavefronts = blocks * (num_warps * passes * lds + staged / 32)
-                staging_rounds = 1 if async_copy else cdiv(nc * ih, max(1, num_warps))
-                # weights: the forward loads a kernel row's K at once, grad-input INV_TAPS (kKW) at a time
-                weight_rounds = {"forward": k, "grad-input": k * cdiv(k, INV_TAPS), "grad-weight": 0}[direction]
+                # staging: a wavefront per 32 elements stored (fp32); 16-bit adds the raw pairs' and the widening
+                # loads' (2.5)
+                wavefronts = blocks * (num_warps * passes * lds + staged / 32 * (2.5 if raw_planes else 1))
+                staging_rounds = cdiv(nc, raw_planes) if raw_planes else 1
+                # weights: the forward loads a kernel row's K at once, grad-input INV_TAPS (kKW) at a time (strided:
+                # a reaching kernel row's at once)
+                weight_rounds = {"forward": k, "grad-input": k * cdiv(k, INV_TAPS) if unit else passes,
+                                 "grad-weight": 0}[direction]
                 rounds = (staging_rounds + weight_rounds) * (chunks if direction == "grad-weight" else 1)
                 regs, stack = resources[name]
                 resident, warps_per_sched = occupancy(regs, smem, num_warps)
@@ -1128,7 +1143,7 @@ def cuda_involution_rows(functions=None, resources=None):
                 rows.append(dict(case=case.name, dtype=dtype, direction=direction,
                                  kernel=name.split("(")[0].replace("void ", ""), registers=regs, stack=stack,
                                  shared=smem, blocks=blocks, blocks_per_sm=resident, hot_instr=len(hot),
-                                 hot_ffma=ffma, stage_instr=len(stage) / 4, rounds=rounds,
+                                 hot_ffma=ffma, stage_instr=stage_per_element, rounds=rounds,
                                  **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
                                  predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=terms["memory"] * 1e3,
                                  roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound))

@@ -114,13 +114,19 @@ LC_D float4 load4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
-// One float copied from global to shared memory without passing through registers (cp.async, sm_80+), or zero
-// when !ok (then src is not read, but must still be a valid address). A thread's copies have landed once it calls
-// cp_async_wait_all (a barrier after that makes them visible to the block). The emulator and GPUs before sm_80
-// (no cp.async) copy at once, through a register.
-LC_D void cp_async_f32(float* dst, const float* src, bool ok) {
-#if defined(LARGECONV_EMULATE) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
-  *dst = ok ? *src : 0.f;
+// Four bytes (a float, or two neighbouring 16-bit values) copied from global to shared memory without passing
+// through registers (cp.async, sm_80+), or zeros when !ok (then src is not read, but must still be a valid address).
+// Both addresses are 4-byte aligned. A thread's copies have landed once it calls cp_async_wait_all (a barrier after
+// that makes them visible to the block). The emulator and GPUs before sm_80 (no cp.async) copy at once.
+LC_D void cp_async_4(void* dst, const void* src, bool ok) {
+#if defined(LARGECONV_EMULATE)
+  emu::check_aligned(dst, 4);
+  emu::check_aligned(src, 4);
+  uint32_t v = 0;
+  if (ok) memcpy(&v, src, 4);
+  memcpy(dst, &v, 4);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  *static_cast<uint32_t*>(dst) = ok ? *static_cast<const uint32_t*>(src) : 0u;
 #else
   const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 4 : 0) : "memory");
@@ -158,7 +164,7 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
       for (int c = member; c < cols; c += team) {
         const int64_t gc = col0 + c;
         const bool ok = src != nullptr && gc >= 0 && gc < width;
-        cp_async_f32(d + c, ok ? src + gc : safe, ok);
+        cp_async_4(d + c, ok ? src + gc : safe, ok);
       }
     }
     cp_async_wait_all();
@@ -172,6 +178,41 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
         const int64_t gc = col0 + c;
         d[c] = src != nullptr && gc >= 0 && gc < width ? to_float(src[gc]) : 0.f;
       }
+    }
+  }
+}
+
+// stage_rows for 16-bit inputs by cp.async: column pairs (4 bytes, even global columns) go to `raw` untouched, then
+// widen to fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >=
+// cols + 2, even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait
+// once per row. Needs 4-byte aligned rows (an even width and an aligned tensor; `safe` is aligned) and all the
+// block's threads: each round ends in a barrier.
+template <typename T, typename RowBase>
+LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
+                           int64_t width, const T* safe, RowBase row_base, T* raw, int raw_planes, int raw_cols,
+                           int tid, int nthreads) {
+  const int team = nthreads < 32 ? nthreads : 32;
+  const int teams = nthreads / team, member = tid % team, which = tid / team;
+  const int lead = static_cast<int>(col0 & 1);  // raw column k holds global column col0 - lead + k
+  for (int z0 = 0; z0 < planes; z0 += raw_planes) {
+    const int np = planes - z0 < raw_planes ? planes - z0 : raw_planes;
+    if (z0 > 0) __syncthreads();  // done widening the previous round's values
+    for (int pr = which; which < teams && pr < np * rows; pr += teams) {
+      const T* src = row_base(z0 + pr / rows, pr % rows);
+      T* d = raw + pr * raw_cols;
+      for (int q = 2 * member; q < raw_cols; q += 2 * team) {
+        const int64_t gc = col0 - lead + q;  // even, so gc + 1 < width too
+        const bool ok = src != nullptr && gc >= 0 && gc < width;
+        cp_async_4(d + q, ok ? src + gc : safe, ok);
+      }
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    for (int pr = which; which < teams && pr < np * rows; pr += teams) {
+      const T* s = raw + pr * raw_cols + lead;
+      float* d = dst + (z0 + pr / rows) * plane_stride + pr % rows * row_stride;
+#pragma unroll 4
+      for (int c = member; c < cols; c += team) d[c] = to_float(s[c]);
     }
   }
 }

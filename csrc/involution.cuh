@@ -40,9 +40,10 @@ struct Inv {
 };
 
 // A block: by rows x (bx * kRB) columns of pixels (of y for forward / grad-weight, of x for grad-input), the
-// channel-indexed operand staged as nc planes of ih x iw floats (row stride rs, plane stride ps).
+// channel-indexed operand staged as nc planes of ih x iw floats (row stride rs, plane stride ps); 16-bit NCHW inputs
+// land first in raw_planes planes of ih x raw_cols 16-bit values after them (stage_rows_pairs).
 struct InvTile {
-  int bx, by, ih, iw, rs, ps, nc;
+  int bx, by, ih, iw, rs, ps, nc, raw_planes, raw_cols;
   int64_t tiles_h, tiles_w, chunks;
   size_t smem;
 
@@ -53,16 +54,26 @@ LC_HD int64_t weight_offset(const Inv& p, int64_t b, int64_t ch, int64_t i, int6
   return offset4(p.channels_last, b, ch, i, j, static_cast<int64_t>(p.groups) * p.k * p.k, p.ho, p.wo);
 }
 
-// Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem,
-// zero outside. NCHW row by row (stage_rows); channels_last with consecutive threads on consecutive channels.
+// Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem
+// (dst: the block's shared memory), zero outside. NCHW row by row (stage_rows; 16-bit by column pairs where the rows
+// are 4-byte aligned); channels_last with consecutive threads on consecutive channels.
 template <typename T>
 LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b, int64_t ch0,
                        int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
   if (!p.channels_last) {
-    stage_rows<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, src, [&](int cc, int row) -> const T* {
+    auto row_base = [&](int cc, int row) -> const T* {
       const int64_t gr = row0 + row;
       return gr >= 0 && gr < src_h ? src + ((b * p.c + ch0 + cc) * src_h + gr) * src_w : nullptr;
-    }, threadIdx.x, t.threads());
+    };
+    if constexpr (sizeof(T) == 2) {
+      if (t.raw_planes > 0 && src_w % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0) {
+        stage_rows_pairs<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, src, row_base,
+                            reinterpret_cast<T*>(dst + t.nc * t.ps), t.raw_planes, t.raw_cols, threadIdx.x,
+                            t.threads());
+        return;
+      }
+    }
+    stage_rows<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, src, row_base, threadIdx.x, t.threads());
     return;
   }
   for (int e = threadIdx.x; e < nc * t.ih * t.iw; e += t.threads()) {
@@ -95,11 +106,12 @@ LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) 
 }
 
 // ---- forward ---------------------------------------------------------------------------------------------------
-// kRedNet: K = 7 and whole chunks of kCB channels (RedNet's layers), known at compile time, so that the tap and
-// channel loops unroll without run-time bounds: the run-time version's hot loop spent 313 of 821 instructions on
-// predicates (sm_90 SASS, 2026-11-27).
+// kRedNet: K = 7, dilation 1 and one chunk of kCB channels per group (RedNet's layers), known at compile time, so
+// that the tap and channel loops unroll without run-time bounds (the run-time version's hot loop spent 313 of 821
+// instructions on predicates, sm_90 SASS 2026-11-27), grad-weight stores each tap's sum straight out and strided
+// grad-input walks only the taps that reach a pixel.
 constexpr int kRedNetK = 7;
-inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg % kCB == 0; }
+inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg == kCB && p.d == 1; }
 
 template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
@@ -185,8 +197,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
 // ---- grad-input ------------------------------------------------------------------------------------------------
 //   dx[b, c, h, w] = sum_{kh, kw} w[b, g*K*K + kh*K + kw, i, j] * gy[b, c, i, j],  i*s = h + p - kh*d, j*s likewise
 // Tiles are over dx; grad_out rows ilo = floor((h0 + p - (K-1)*d) / s) .. and columns likewise are staged.
+// The strided RedNet path held 160 registers unbounded (one block per SM); two blocks' worth does not spill it.
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
-__global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) {
+__global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_input_kernel(Inv p, InvTile t) {
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* gs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
@@ -248,6 +261,47 @@ __global__ void __launch_bounds__(kThreads) grad_input_kernel(Inv p, InvTile t) 
 #pragma unroll
             for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
           }
+        }
+      }
+    }
+  } else if constexpr (kRedNet) {
+    // stride s > 1, dilation 1: the taps that reach column w are kw = (w + p) mod s + m*s, m = 0, 1, ..., and the
+    // grad_out column (w + p - kw) / s steps back by one with m: each pixel walks its own ceil(K / s) taps of a
+    // kernel row (the loop below meets all K*K and keeps ~1/s^2 of the products), its weights loaded together.
+    constexpr int kM = (kRedNetK + 1) / 2;  // taps per kernel row and pixel, s >= 2
+    // (32-bit: rows and columns < 2^31, and a 64-bit division is a call)
+    const int hp = static_cast<int>(hh) + p.p, s = p.s;
+    int kw0[kRB], jtop[kRB];
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) {
+      kw0[r] = (static_cast<int>(w0) + r + p.p) % s;
+      jtop[r] = (static_cast<int>(w0) + r + p.p - kw0[r]) / s;
+    }
+#pragma unroll 1
+    for (int kh = hp % s; kh < K; kh += s) {  // the kernel rows that reach row hh
+      const int i = (hp - kh) / s;
+      if (hh >= p.h || i >= p.ho) continue;
+      if (i < 0) break;
+      const float* gr = gs + (i - ilo) * t.rs;
+      const int64_t wrow = weight_offset(p, pos.b, wch0 + kh * K, i, 0);
+      float wv[kRB][kM];
+      int col[kRB][kM];
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) {
+#pragma unroll
+        for (int m = 0; m < kM; ++m) {
+          const int kw = kw0[r] + m * s, j = jtop[r] - m;
+          const bool ok = kw < K && w0 + r < p.w && j >= 0 && j < p.wo;
+          wv[r][m] = ok ? to_float(wt[wrow + kw * wstep + j * jstep]) : 0.f;
+          col[r][m] = ok ? j - static_cast<int>(jlo) : 0;  // column 0 is staged: a safe read, times zero
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kCB; ++c) {
+#pragma unroll
+        for (int r = 0; r < kRB; ++r) {
+#pragma unroll
+          for (int m = 0; m < kM; ++m) acc[c][r] = fmaf(wv[r][m], gr[c * t.ps + col[r][m]], acc[c][r]);
         }
       }
     }
@@ -339,6 +393,7 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
             for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
           }
       }
+#pragma unroll(kRedNet ? kRedNetK : 1)
       for (int kw = 0; kw < K; ++kw) {
         float a[kRB] = {};
 #pragma unroll
@@ -359,7 +414,7 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
         for (int r = 0; r < kRB; ++r) {
           if (!valid[r]) continue;
           const int64_t off = wbase[r] + (kh * K + kw) * wstep;
-          if (t.chunks == 1) {
+          if (kRedNet || t.chunks == 1) {
             out[off] = from_float<T>(a[r]);
           } else {  // running sum over the chunks in fp32, in order
             const float v = chunk == 0 ? a[r] : p.workspace[off] + a[r];
@@ -465,7 +520,9 @@ __global__ void __launch_bounds__(kThreads) grad_weight_naive_kernel(Inv p) {
 enum class Dir { kForward, kGradInput, kGradWeight };
 
 // Pixel tile over (rows, cols) of the kernel's own output; false when even one row of kRB pixels does not fit.
-inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, InvTile* tile) {
+// 16-bit NCHW inputs (elem_bytes 2) stage through half the planes' raw values: two memory round trips, and a tile
+// whose smem is 5/4 of the fp32 one (RedNet-50 stage 1: 3 blocks/SM still).
+inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, InvTile* tile) {
   const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
   const int64_t col_groups = ceil_div(cols, kRB);
   int bx = static_cast<int>(col_groups < 32 ? col_groups : 32);
@@ -491,7 +548,10 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, InvTile* tile) 
     t.tiles_h = ceil_div(rows, by);
     t.tiles_w = ceil_div(cols, static_cast<int64_t>(bx) * kRB);
     t.chunks = chunks;
-    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * sizeof(float);
+    t.raw_planes = elem_bytes == 2 && !p.channels_last ? (nc + 1) / 2 : 0;
+    t.raw_cols = static_cast<int>((iw + 2) & ~int64_t{1});  // iw + the pair's lead column, even
+    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * sizeof(float) +
+             static_cast<size_t>(t.raw_planes) * static_cast<size_t>(ih) * t.raw_cols * 2;
     return true;
   };
   auto blocks = [&]() { return p.b * p.groups * t.tiles_h * t.tiles_w * (dir == Dir::kGradWeight ? 1 : chunks); };
@@ -501,7 +561,8 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, InvTile* tile) 
     by = (by + 1) / 2;
     ok = fill();
   }
-  while (ok && t.smem > kSoftSmem && by > 2) {
+  // (the fp32 planes only: the same tile for every dtype)
+  while (ok && static_cast<size_t>(t.nc) * t.ps * sizeof(float) > kSoftSmem && by > 2) {
     by = (by + 1) / 2;
     ok = fill();
   }
@@ -533,7 +594,7 @@ template <typename T, typename Launch>
 void run_forward(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   InvTile t;
-  if (!plan(p, Dir::kForward, lim, &t)) {
+  if (!plan(p, Dir::kForward, lim, sizeof(T), &t)) {
     launch(forward_naive_kernel<T>, naive_grid(p.b * p.c * p.ho * p.wo), kThreads, 0, p);
   } else {
     const bool unit = p.s == 1 && p.d == 1, rednet = rednet_shape(p);
@@ -547,7 +608,7 @@ template <typename T, typename Launch>
 void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   InvTile t;
-  if (!plan(p, Dir::kGradInput, lim, &t)) {
+  if (!plan(p, Dir::kGradInput, lim, sizeof(T), &t)) {
     launch(grad_input_naive_kernel<T>, naive_grid(p.b * p.c * p.h * p.w), kThreads, 0, p);
   } else {
     const bool unit = p.s == 1 && p.d == 1, rednet = rednet_shape(p);
@@ -557,10 +618,11 @@ void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   }
 }
 
+// The fp32 plan's answer: a 16-bit tile needs more shared memory, so it plans only where the fp32 one does.
 inline size_t grad_weight_workspace_bytes(const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   InvTile t;
-  if (!plan(p, Dir::kGradWeight, lim, &t) || t.chunks == 1) return 0;
+  if (!plan(p, Dir::kGradWeight, lim, sizeof(float), &t) || t.chunks == 1) return 0;
   return static_cast<size_t>(p.b * p.groups * p.k * p.k * p.ho * p.wo) * sizeof(float);
 }
 
@@ -569,7 +631,7 @@ template <typename T, typename Launch>
 void run_grad_weight(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   InvTile t;
-  if (!plan(p, Dir::kGradWeight, lim, &t)) {
+  if (!plan(p, Dir::kGradWeight, lim, sizeof(T), &t)) {
     launch(grad_weight_naive_kernel<T>, naive_grid(p.b * p.groups * p.k * p.k * p.ho * p.wo), kThreads, 0, p);
     return;
   }

@@ -447,7 +447,7 @@ int main(int argc, char** argv) {
       {2, 8, 9, 9, 2, 3, 1, 1, 1},      // 4 channels per group
       {1, 32, 12, 11, 2, 7, 1, 3, 1},   // RedNet-like: 16 channels per group, K=7
       {1, 40, 8, 9, 2, 5, 1, 2, 1},     // 20 channels per group: two chunks (grad-weight running sum)
-      {1, 64, 9, 10, 2, 7, 1, 3, 1},    // K=7, 32 channels per group: two whole chunks (the compile-time kernels)
+      {1, 64, 9, 10, 2, 7, 1, 3, 1},    // K=7, 32 channels per group: two whole chunks (the run-time kernels)
       {2, 16, 13, 11, 1, 7, 2, 3, 1},   // stride 2, odd sizes
       {1, 8, 10, 10, 4, 3, 1, 2, 2},    // dilation 2
       {1, 4, 10, 9, 2, 15, 1, 7, 1},    // K=15 > H
@@ -458,6 +458,13 @@ int main(int argc, char** argv) {
       {1, 34, 9, 8, 1, 3, 2, 1, 1},     // three chunks, stride 2
       {1, 32, 12, 11, 2, 7, 1, 3, 1, true},  // NaN / Inf in x and grad_out
       {2, 16, 13, 11, 1, 7, 2, 3, 1, true},  // the same, stride 2
+      // even widths: 16-bit NCHW tiles stage by column pairs (odd first column: K = 7; even: K = 5)
+      {1, 32, 12, 12, 2, 7, 1, 3, 1, true},
+      {2, 16, 14, 12, 1, 7, 2, 3, 1, true},
+      {1, 40, 8, 10, 2, 5, 1, 2, 1},
+      // strided RedNet grad-input (each pixel its own taps): stride 3; stride 2 with padding 2
+      {1, 16, 13, 14, 1, 7, 3, 3, 1},
+      {1, 32, 12, 12, 2, 7, 2, 2, 1},
   };
 
   // 1-D: K = 3, 7, 15, 31 have compile-time kernels, the others the run-time-K one; stride / dilation != 1 the
