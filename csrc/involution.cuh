@@ -54,6 +54,11 @@ LC_HD int64_t weight_offset(const Inv& p, int64_t b, int64_t ch, int64_t i, int6
   return offset4(p.channels_last, b, ch, i, j, static_cast<int64_t>(p.groups) * p.k * p.k, p.ho, p.wo);
 }
 
+// Elements between a pixel's weights for neighbouring taps. The tiled kernels take offsets within an image's weights
+// in 32 bits (a 64-bit product per tap was most of the forward's address arithmetic, sm_90 SASS 2026-11-28), so
+// plan() sends images of 2^31 weights or more to the one-thread-per-output kernels.
+LC_HD int weight_tap_step(const Inv& p) { return p.channels_last ? 1 : static_cast<int>(p.ho * p.wo); }
+
 // Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem
 // (dst: the block's shared memory), zero outside. NCHW row by row (stage_rows; 16-bit by column pairs where the rows
 // are 4-byte aligned); channels_last with consecutive threads on consecutive channels.
@@ -118,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);
-  const int K = kRedNet ? kRedNetK : p.k;
+  const int K = kRedNet ? kRedNetK : p.k, D = kRedNet ? 1 : p.d;
   const int c0 = static_cast<int>(pos.chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
   const int64_t ch0 = pos.g * p.cg + c0;
   stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
@@ -130,16 +135,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   bool valid[kRB];
 #pragma unroll
   for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
-  // The weights of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wbase[r].
-  const int64_t wch0 = pos.g * K * K, wstep = p.channels_last ? 1 : p.ho * p.wo;
-  int64_t wbase[kRB];
+  // The weights of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wp[r] (an invalid pixel
+  // reads image 0's, in bounds, and never stores).
+  const int64_t wch0 = pos.g * K * K;
+  const int wstep = weight_tap_step(p);
+  const T* wp[kRB];
 #pragma unroll
-  for (int r = 0; r < kRB; ++r) wbase[r] = valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0;
+  for (int r = 0; r < kRB; ++r) wp[r] = wt + (valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0);
 
   float acc[kCB][kRB] = {};
 #pragma unroll 1
   for (int kh = 0; kh < K; ++kh) {
-    const float* xr = xs + (ty * p.s + kh * p.d) * t.rs + tx * kRB * p.s;
+    const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * kRB * p.s;
     float win[kCB][kRB];  // kUnit: win[c][r] = x of pixel r at the current tap
     if constexpr (kUnit) {
 #pragma unroll
@@ -158,7 +165,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
       for (int u = 0; u < kTaps; ++u) {
 #pragma unroll
         for (int r = 0; r < kRB; ++r) {
-          wv[u][r] = valid[r] && kw0 + u < K ? to_float(wt[wbase[r] + (kh * K + kw0 + u) * wstep]) : 0.f;
+          wv[u][r] = kw0 + u < K ? to_float(wp[r][(kh * K + kw0 + u) * wstep]) : 0.f;
         }
       }
 #pragma unroll
@@ -176,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
             for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
           } else {
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * p.d], acc[c][r]);
+            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * D], acc[c][r]);
           }
         }
       }
@@ -197,9 +204,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
 // ---- grad-input ------------------------------------------------------------------------------------------------
 //   dx[b, c, h, w] = sum_{kh, kw} w[b, g*K*K + kh*K + kw, i, j] * gy[b, c, i, j],  i*s = h + p - kh*d, j*s likewise
 // Tiles are over dx; grad_out rows ilo = floor((h0 + p - (K-1)*d) / s) .. and columns likewise are staged.
-// The strided RedNet path held 160 registers unbounded (one block per SM); two blocks' worth does not spill it.
+// RedNet: two blocks' worth of registers (unbounded, ptxas took 160-167: one block per SM).
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
-__global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_input_kernel(Inv p, InvTile t) {
+__global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(Inv p, InvTile t) {
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* gs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
@@ -216,18 +223,27 @@ __global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_inpu
   const int64_t hh = pos.i0 + ty, w0 = pos.j0 + tx * kRB;
   const int64_t wch0 = pos.g * K * K;
   // weight (kernel channel wch0 + tap, row i, column j) lies at weight_offset(.., wch0, i, 0) + tap*wstep + j*jstep
-  const int64_t wstep = p.channels_last ? 1 : p.ho * p.wo, jstep = p.channels_last ? p.groups * K * K : 1;
+  const int wstep = weight_tap_step(p), jstep = p.channels_last ? p.groups * K * K : 1;
   float acc[kCB][kRB] = {};
 
   if constexpr (kUnit) {
     // i = hh + p - kh is staged row ty + (K-1-kh); j = w0 + r + p - kw is staged column tx*kRB + r + (K-1-kw):
-    // walking kw downwards slides the window like the forward.
+    // walking kw downwards slides the window like the forward. RedNet loads a kernel row's weights at once.
+    constexpr int kTaps = kRedNet ? kRedNetK : kKW;
+    const int wo = static_cast<int>(p.wo);
+    int jr[kRB];  // j = jr[r] - kw
+    bool col_ok[kRB];
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) {
+      jr[r] = static_cast<int>(w0) + r + p.p;
+      col_ok[r] = w0 + r < p.w;
+    }
 #pragma unroll 1
     for (int khr = 0; khr < K; ++khr) {
       const int kh = K - 1 - khr;
       const int64_t i = hh + p.p - kh;
       const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
-      const int64_t wrow = row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0;
+      const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0);
       const float* gr = gs + (ty + khr) * t.rs + tx * kRB;
       float win[kCB][kRB];
 #pragma unroll
@@ -236,20 +252,19 @@ __global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_inpu
 #pragma unroll
           for (int q = 0; q < kRB - 1; ++q) win[c][q] = gr[c * t.ps + q];
         }
-      for (int kwr0 = 0; kwr0 < K; kwr0 += kKW) {
-        float wv[kKW][kRB];
+      for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
+        float wv[kTaps][kRB];
 #pragma unroll
-        for (int u = 0; u < kKW; ++u) {
+        for (int u = 0; u < kTaps; ++u) {
           const int kw = K - 1 - kwr0 - u;
 #pragma unroll
           for (int r = 0; r < kRB; ++r) {
-            const int64_t j = w0 + r + p.p - kw;
-            wv[u][r] = row_ok && kw >= 0 && w0 + r < p.w && j >= 0 && j < p.wo
-                           ? to_float(wt[wrow + kw * wstep + j * jstep]) : 0.f;
+            const int j = jr[r] - kw;
+            wv[u][r] = row_ok && col_ok[r] && kw >= 0 && j >= 0 && j < wo ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
           }
         }
 #pragma unroll
-        for (int u = 0; u < kKW; ++u) {
+        for (int u = 0; u < kTaps; ++u) {
           const int kwr = kwr0 + u;
           if (kwr >= K) break;
 #pragma unroll
@@ -283,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_inpu
       if (hh >= p.h || i >= p.ho) continue;
       if (i < 0) break;
       const float* gr = gs + (i - ilo) * t.rs;
-      const int64_t wrow = weight_offset(p, pos.b, wch0 + kh * K, i, 0);
+      const T* wrow = wt + weight_offset(p, pos.b, wch0 + kh * K, i, 0);
       float wv[kRB][kM];
       int col[kRB][kM];
 #pragma unroll
@@ -292,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_inpu
         for (int m = 0; m < kM; ++m) {
           const int kw = kw0[r] + m * s, j = jtop[r] - m;
           const bool ok = kw < K && w0 + r < p.w && j >= 0 && j < p.wo;
-          wv[r][m] = ok ? to_float(wt[wrow + kw * wstep + j * jstep]) : 0.f;
+          wv[r][m] = ok ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
           col[r][m] = ok ? j - static_cast<int>(jlo) : 0;  // column 0 is staged: a safe read, times zero
         }
       }
@@ -346,8 +361,9 @@ __global__ void __launch_bounds__(kThreads, kRedNet && !kUnit ? 2 : 1) grad_inpu
 
 // ---- grad-weight -----------------------------------------------------------------------------------------------
 //   dw[b, g*K*K + k, i, j] = sum_{c in group g} gy[b, c, i, j] * x[b, c, i*s + kh*d - p, j*s + kw*d - p]
+// Two blocks' worth of registers: the strided RedNet path held 187 unbounded (one block per SM).
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
-__global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t) {
+__global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(Inv p, InvTile t) {
   const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
   float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, 1);  // the block walks all channel chunks itself
@@ -356,9 +372,10 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
   bool valid[kRB];
 #pragma unroll
   for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
-  const int K = kRedNet ? kRedNetK : p.k;
+  const int K = kRedNet ? kRedNetK : p.k, D = kRedNet ? 1 : p.d;
   // The weight gradient of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wbase[r].
-  const int64_t wch0 = pos.g * K * K, wstep = p.channels_last ? 1 : p.ho * p.wo;
+  const int64_t wch0 = pos.g * K * K;
+  const int wstep = weight_tap_step(p);
   int64_t wbase[kRB];
 #pragma unroll
   for (int r = 0; r < kRB; ++r) wbase[r] = valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0;
@@ -383,7 +400,7 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
 
 #pragma unroll 1
     for (int kh = 0; kh < K; ++kh) {
-      const float* xr = xs + (ty * p.s + kh * p.d) * t.rs + tx * kRB * p.s;
+      const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * kRB * p.s;
       float win[kCB][kRB];
       if constexpr (kUnit) {
 #pragma unroll
@@ -407,13 +424,13 @@ __global__ void __launch_bounds__(kThreads) grad_weight_kernel(Inv p, InvTile t)
             for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
           } else {
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) a[r] = fmaf(gv[c][r], xr[c * t.ps + r * p.s + kw * p.d], a[r]);
+            for (int r = 0; r < kRB; ++r) a[r] = fmaf(gv[c][r], xr[c * t.ps + r * p.s + kw * D], a[r]);
           }
         }
 #pragma unroll
         for (int r = 0; r < kRB; ++r) {
           if (!valid[r]) continue;
-          const int64_t off = wbase[r] + (kh * K + kw) * wstep;
+          const int64_t off = wbase[r] + (kh * K + kw) * wstep;  // (32-bit product: plan())
           if (kRedNet || t.chunks == 1) {
             out[off] = from_float<T>(a[r]);
           } else {  // running sum over the chunks in fp32, in order
@@ -531,6 +548,7 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
   const int nc = static_cast<int>(p.cg < kCB ? p.cg : kCB);
   const int64_t reach = static_cast<int64_t>(p.k - 1) * p.d;
 
+  if (static_cast<int64_t>(p.groups) * p.k * p.k * p.ho * p.wo >= (int64_t{1} << 31)) return false;  // weight_tap_step
   InvTile t{};
   auto fill = [&]() -> bool {
     int64_t ih, iw;
