@@ -1044,7 +1044,12 @@ def cuda_mma_rows():
 
 # The CUDA involution kernels (csrc/involution.cuh): block threads, pixels per thread along W, channels per chunk,
 # grad-input's taps of weights loaded together (kKW)
-INV_THREADS, INV_RB, INV_CB, INV_TAPS = 256, 2, 16, 4
+INV_THREADS, INV_CB, INV_TAPS = 256, 16, 4
+
+
+def inv_pixels_per_thread(case):
+    """csrc/involution.cuh pixels_per_thread: 2 at stride 1, dilation 1, else 1."""
+    return 2 if case.stride == 1 and case.dilation == 1 else 1
 
 
 def involution_tile(case, direction, elem_bytes=4):
@@ -1056,17 +1061,18 @@ def involution_tile(case, direction, elem_bytes=4):
     ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
     cg = c // case.groups
     rows, cols = (h, w) if direction == "grad-input" else (ho, wo)
-    bx = min(cdiv(cols, INV_RB), 32)
+    rb = inv_pixels_per_thread(case)
+    bx = min(cdiv(cols, rb), 32)
     by = cdiv(rows, cdiv(rows, INV_THREADS // bx))
     chunks, nc, reach = cdiv(cg, INV_CB), min(cg, INV_CB), (k - 1) * d
 
     def fill(by):
         if direction == "grad-input":
-            ih, iw = (by - 1 + reach) // s + 2, (bx * INV_RB - 1 + reach) // s + 2
+            ih, iw = (by - 1 + reach) // s + 2, (bx * rb - 1 + reach) // s + 2
         else:
-            ih, iw = (by - 1) * s + reach + 1, (bx * INV_RB - 1) * s + reach + 1
+            ih, iw = (by - 1) * s + reach + 1, (bx * rb - 1) * s + reach + 1
         smem = nc * ((ih * (iw | 1)) | 1) * 4
-        blocks = n * case.groups * cdiv(rows, by) * cdiv(cols, bx * INV_RB) * (1 if direction == "grad-weight"
+        blocks = n * case.groups * cdiv(rows, by) * cdiv(cols, bx * rb) * (1 if direction == "grad-weight"
                                                                             else chunks)
         return ih, iw, smem, blocks
 
@@ -1113,7 +1119,8 @@ def cuda_involution_rows(functions=None, resources=None):
                                  and sum(op.startswith("LDS") for _, op, _ in b) == 4)
                     stage_per_element = len(copy) / 2 + len(widen) / 4
                 k = case.kernel[0]
-                macs_per_thread = k * k * INV_CB * INV_RB * (chunks if direction == "grad-weight" else 1)
+                macs_per_thread = k * k * INV_CB * inv_pixels_per_thread(case) * (
+                    chunks if direction == "grad-weight" else 1)
                 passes = macs_per_thread / ffma  # hot-loop passes per warp and block
                 if direction == "grad-input" and not unit:  # strided: a pass per kernel row reaching the row
                     passes = k / case.stride

@@ -6,11 +6,12 @@
 // Involution is memory-bound: the weight tensor (K*K per pixel and group) is the biggest operand. Every kernel
 // reads each weight (or writes each weight-gradient) element once per chunk of kCB channels (once for RedNet's
 // 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
-// at a time (a whole row of 7 in RedNet's forward); in registers it serves all the chunk's channels. The
+// at a time (a whole kernel row of 7 for RedNet); in registers it serves all the chunk's channels. The
 // channel-indexed operand (x, or grad_out for grad-input) is staged once per tile in shared memory (fp32) with its
-// halo (cp.async for fp32 inputs: stage_rows). A block owns one (image, group, spatial tile) and up to kCB
-// channels of the group; a thread owns kRB = 2 neighbouring pixels along W and keeps kCB x kRB fp32 accumulators. At stride 1, dilation 1 the two pixels share a sliding register window, so each
-// shared-memory load feeds two FMAs.
+// halo (cp.async: stage_rows, stage_rows_pairs). A block owns one (image, group, spatial tile) and up to kCB
+// channels of the group; a thread owns rb neighbouring pixels along W (pixels_per_thread) and keeps kCB x rb fp32
+// accumulators. At stride 1, dilation 1 its two pixels share a sliding register window, so each shared-memory load
+// feeds two FMAs.
 //
 // The weight gradient sums over the group's channels: with more than kCB channels per group, the block walks the
 // channel chunks in order, keeping the running fp32 sum in a workspace (same element, same thread: deterministic,
@@ -23,7 +24,9 @@ namespace largeconv {
 namespace inv {
 
 constexpr int kThreads = 256;
-constexpr int kRB = 2;   // pixels per thread along W
+// Pixels per thread along W: two at stride 1, dilation 1, where they share a sliding window of staged inputs; one
+// otherwise (a strided tile stages ~s^2 inputs per output: one pixel a thread doubles the threads per staged byte).
+constexpr LC_HD int pixels_per_thread(bool unit) { return unit ? 2 : 1; }
 constexpr int kCB = 16;  // channels per block (chunk): the RedNet group width
 constexpr int kKW = 4;   // taps whose weights are loaded together (several global loads in flight)
 constexpr size_t kSoftSmem = 64 * 1024;
@@ -39,11 +42,11 @@ struct Inv {
   bool channels_last;
 };
 
-// A block: by rows x (bx * kRB) columns of pixels (of y for forward / grad-weight, of x for grad-input), the
+// A block: by rows x (bx * rb) columns of pixels (of y for forward / grad-weight, of x for grad-input), the
 // channel-indexed operand staged as nc planes of ih x iw floats (row stride rs, plane stride ps); 16-bit NCHW inputs
 // land first in raw_planes planes of ih x raw_cols 16-bit values after them (stage_rows_pairs).
 struct InvTile {
-  int bx, by, ih, iw, rs, ps, nc, raw_planes, raw_cols;
+  int bx, by, rb, ih, iw, rs, ps, nc, raw_planes, raw_cols;
   int64_t tiles_h, tiles_w, chunks;
   size_t smem;
 
@@ -99,7 +102,7 @@ struct BlockPos {
 LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) {
   int64_t blk = blockIdx.x;
   BlockPos pos;
-  pos.j0 = (blk % t.tiles_w) * t.bx * kRB;
+  pos.j0 = (blk % t.tiles_w) * t.bx * t.rb;
   blk /= t.tiles_w;
   pos.i0 = (blk % t.tiles_h) * t.by;
   blk /= t.tiles_h;
@@ -120,6 +123,7 @@ inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg == kCB &
 
 template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
+  constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);
@@ -131,40 +135,40 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   __syncthreads();
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
-  const int64_t i = pos.i0 + ty, j = pos.j0 + tx * kRB;
-  bool valid[kRB];
+  const int64_t i = pos.i0 + ty, j = pos.j0 + tx * RB;
+  bool valid[RB];
 #pragma unroll
-  for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
+  for (int r = 0; r < RB; ++r) valid[r] = i < p.ho && j + r < p.wo;
   // The weights of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wp[r] (an invalid pixel
   // reads image 0's, in bounds, and never stores).
   const int64_t wch0 = pos.g * K * K;
   const int wstep = weight_tap_step(p);
-  const T* wp[kRB];
+  const T* wp[RB];
 #pragma unroll
-  for (int r = 0; r < kRB; ++r) wp[r] = wt + (valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0);
+  for (int r = 0; r < RB; ++r) wp[r] = wt + (valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0);
 
-  float acc[kCB][kRB] = {};
+  float acc[kCB][RB] = {};
 #pragma unroll 1
   for (int kh = 0; kh < K; ++kh) {
-    const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * kRB * p.s;
-    float win[kCB][kRB];  // kUnit: win[c][r] = x of pixel r at the current tap
+    const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
+    float win[kCB][RB];  // kUnit: win[c][r] = x of pixel r at the current tap
     if constexpr (kUnit) {
 #pragma unroll
       for (int c = 0; c < kCB; ++c)
         if (c < nc) {
 #pragma unroll
-          for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+          for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
         }
     }
     // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two). Not
     // in grad-input: at 127 registers already, 7 taps spilled there (fp32 8-12 B, 16-bit 24-68 B; sm_90 2026-11-28).
     constexpr int kTaps = kRedNet ? kRedNetK : kKW;
     for (int kw0 = 0; kw0 < K; kw0 += kTaps) {
-      float wv[kTaps][kRB];
+      float wv[kTaps][RB];
 #pragma unroll
       for (int u = 0; u < kTaps; ++u) {
 #pragma unroll
-        for (int r = 0; r < kRB; ++r) {
+        for (int r = 0; r < RB; ++r) {
           wv[u][r] = kw0 + u < K ? to_float(wp[r][(kh * K + kw0 + u) * wstep]) : 0.f;
         }
       }
@@ -176,14 +180,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
         for (int c = 0; c < kCB; ++c) {
           if (c >= nc) continue;
           if constexpr (kUnit) {
-            win[c][kRB - 1] = xr[c * t.ps + kw + kRB - 1];
+            win[c][RB - 1] = xr[c * t.ps + kw + RB - 1];
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+            for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
 #pragma unroll
-            for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
           } else {
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * D], acc[c][r]);
+            for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * D], acc[c][r]);
           }
         }
       }
@@ -195,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   for (int c = 0; c < kCB; ++c) {
     if (c >= nc) continue;
 #pragma unroll
-    for (int r = 0; r < kRB; ++r) {
+    for (int r = 0; r < RB; ++r) {
       if (valid[r]) out[offset4(p.channels_last, pos.b, ch0 + c, i, j + r, p.c, p.ho, p.wo)] = from_float<T>(acc[c][r]);
     }
   }
@@ -207,6 +211,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
 // RedNet: two blocks' worth of registers (unbounded, ptxas took 160-167: one block per SM).
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
 __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(Inv p, InvTile t) {
+  constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   float* gs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
@@ -220,21 +225,21 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
   __syncthreads();
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
-  const int64_t hh = pos.i0 + ty, w0 = pos.j0 + tx * kRB;
+  const int64_t hh = pos.i0 + ty, w0 = pos.j0 + tx * RB;
   const int64_t wch0 = pos.g * K * K;
   // weight (kernel channel wch0 + tap, row i, column j) lies at weight_offset(.., wch0, i, 0) + tap*wstep + j*jstep
   const int wstep = weight_tap_step(p), jstep = p.channels_last ? p.groups * K * K : 1;
-  float acc[kCB][kRB] = {};
+  float acc[kCB][RB] = {};
 
   if constexpr (kUnit) {
-    // i = hh + p - kh is staged row ty + (K-1-kh); j = w0 + r + p - kw is staged column tx*kRB + r + (K-1-kw):
+    // i = hh + p - kh is staged row ty + (K-1-kh); j = w0 + r + p - kw is staged column tx*RB + r + (K-1-kw):
     // walking kw downwards slides the window like the forward. RedNet loads a kernel row's weights at once.
     constexpr int kTaps = kRedNet ? kRedNetK : kKW;
     const int wo = static_cast<int>(p.wo);
-    int jr[kRB];  // j = jr[r] - kw
-    bool col_ok[kRB];
+    int jr[RB];  // j = jr[r] - kw
+    bool col_ok[RB];
 #pragma unroll
-    for (int r = 0; r < kRB; ++r) {
+    for (int r = 0; r < RB; ++r) {
       jr[r] = static_cast<int>(w0) + r + p.p;
       col_ok[r] = w0 + r < p.w;
     }
@@ -244,21 +249,21 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       const int64_t i = hh + p.p - kh;
       const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
       const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0);
-      const float* gr = gs + (ty + khr) * t.rs + tx * kRB;
-      float win[kCB][kRB];
+      const float* gr = gs + (ty + khr) * t.rs + tx * RB;
+      float win[kCB][RB];
 #pragma unroll
       for (int c = 0; c < kCB; ++c)
         if (c < nc) {
 #pragma unroll
-          for (int q = 0; q < kRB - 1; ++q) win[c][q] = gr[c * t.ps + q];
+          for (int q = 0; q < RB - 1; ++q) win[c][q] = gr[c * t.ps + q];
         }
       for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
-        float wv[kTaps][kRB];
+        float wv[kTaps][RB];
 #pragma unroll
         for (int u = 0; u < kTaps; ++u) {
           const int kw = K - 1 - kwr0 - u;
 #pragma unroll
-          for (int r = 0; r < kRB; ++r) {
+          for (int r = 0; r < RB; ++r) {
             const int j = jr[r] - kw;
             wv[u][r] = row_ok && col_ok[r] && kw >= 0 && j >= 0 && j < wo ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
           }
@@ -270,11 +275,11 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 #pragma unroll
           for (int c = 0; c < kCB; ++c) {
             if (c >= nc) continue;
-            win[c][kRB - 1] = gr[c * t.ps + kwr + kRB - 1];
+            win[c][RB - 1] = gr[c * t.ps + kwr + RB - 1];
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+            for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
 #pragma unroll
-            for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
           }
         }
       }
@@ -286,9 +291,9 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
     constexpr int kM = (kRedNetK + 1) / 2;  // taps per kernel row and pixel, s >= 2
     // (32-bit: rows and columns < 2^31, and a 64-bit division is a call)
     const int hp = static_cast<int>(hh) + p.p, s = p.s;
-    int kw0[kRB], jtop[kRB];
+    int kw0[RB], jtop[RB];
 #pragma unroll
-    for (int r = 0; r < kRB; ++r) {
+    for (int r = 0; r < RB; ++r) {
       kw0[r] = (static_cast<int>(w0) + r + p.p) % s;
       jtop[r] = (static_cast<int>(w0) + r + p.p - kw0[r]) / s;
     }
@@ -299,10 +304,10 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       if (i < 0) break;
       const float* gr = gs + (i - ilo) * t.rs;
       const T* wrow = wt + weight_offset(p, pos.b, wch0 + kh * K, i, 0);
-      float wv[kRB][kM];
-      int col[kRB][kM];
+      float wv[RB][kM];
+      int col[RB][kM];
 #pragma unroll
-      for (int r = 0; r < kRB; ++r) {
+      for (int r = 0; r < RB; ++r) {
 #pragma unroll
         for (int m = 0; m < kM; ++m) {
           const int kw = kw0[r] + m * s, j = jtop[r] - m;
@@ -314,7 +319,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 #pragma unroll
       for (int c = 0; c < kCB; ++c) {
 #pragma unroll
-        for (int r = 0; r < kRB; ++r) {
+        for (int r = 0; r < RB; ++r) {
 #pragma unroll
           for (int m = 0; m < kM; ++m) acc[c][r] = fmaf(wv[r][m], gr[c * t.ps + col[r][m]], acc[c][r]);
         }
@@ -327,10 +332,10 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       const int64_t i = ti / p.s;
       const float* gr = gs + (i - ilo) * t.rs;
       for (int kw = 0; kw < K; ++kw) {
-        float wv[kRB];
-        int col[kRB];
+        float wv[RB];
+        int col[RB];
 #pragma unroll
-        for (int r = 0; r < kRB; ++r) {
+        for (int r = 0; r < RB; ++r) {
           const int64_t tj = w0 + r + p.p - static_cast<int64_t>(kw) * p.d;
           const bool ok = w0 + r < p.w && tj >= 0 && tj % p.s == 0 && tj / p.s < p.wo;
           wv[r] = ok ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * K + kw, i, tj / p.s)]) : 0.f;
@@ -340,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
         for (int c = 0; c < kCB; ++c) {
           if (c >= nc) continue;
 #pragma unroll
-          for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(wv[r], gr[c * t.ps + col[r]], acc[c][r]);
+          for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[r], gr[c * t.ps + col[r]], acc[c][r]);
         }
       }
     }
@@ -351,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
   for (int c = 0; c < kCB; ++c) {
     if (c >= nc) continue;
 #pragma unroll
-    for (int r = 0; r < kRB; ++r) {
+    for (int r = 0; r < RB; ++r) {
       if (hh < p.h && w0 + r < p.w) {
         out[offset4(p.channels_last, pos.b, ch0 + c, hh, w0 + r, p.c, p.h, p.w)] = from_float<T>(acc[c][r]);
       }
@@ -364,21 +369,22 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 // Two blocks' worth of registers: the strided RedNet path held 187 unbounded (one block per SM).
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
 __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(Inv p, InvTile t) {
+  constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
   float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, 1);  // the block walks all channel chunks itself
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
-  const int64_t i = pos.i0 + ty, j = pos.j0 + tx * kRB;
-  bool valid[kRB];
+  const int64_t i = pos.i0 + ty, j = pos.j0 + tx * RB;
+  bool valid[RB];
 #pragma unroll
-  for (int r = 0; r < kRB; ++r) valid[r] = i < p.ho && j + r < p.wo;
+  for (int r = 0; r < RB; ++r) valid[r] = i < p.ho && j + r < p.wo;
   const int K = kRedNet ? kRedNetK : p.k, D = kRedNet ? 1 : p.d;
   // The weight gradient of this thread's pixels: kernel channel wch0 + tap lies `tap * wstep` past wbase[r].
   const int64_t wch0 = pos.g * K * K;
   const int wstep = weight_tap_step(p);
-  int64_t wbase[kRB];
+  int64_t wbase[RB];
 #pragma unroll
-  for (int r = 0; r < kRB; ++r) wbase[r] = valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0;
+  for (int r = 0; r < RB; ++r) wbase[r] = valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0;
   T* out = static_cast<T*>(p.out);
 
   for (int64_t chunk = 0; chunk < t.chunks; ++chunk) {
@@ -387,11 +393,11 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
     if (chunk > 0) __syncthreads();  // done reading the previous chunk's tile
     stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
                  pos.j0 * p.s - p.p);
-    float gv[kCB][kRB];
+    float gv[kCB][RB];
 #pragma unroll
     for (int c = 0; c < kCB; ++c) {
 #pragma unroll
-      for (int r = 0; r < kRB; ++r) {
+      for (int r = 0; r < RB; ++r) {
         gv[c][r] = c < nc && valid[r]
                        ? to_float(gy[offset4(p.channels_last, pos.b, ch0 + c, i, j + r, p.c, p.ho, p.wo)]) : 0.f;
       }
@@ -400,35 +406,35 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
 
 #pragma unroll 1
     for (int kh = 0; kh < K; ++kh) {
-      const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * kRB * p.s;
-      float win[kCB][kRB];
+      const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
+      float win[kCB][RB];
       if constexpr (kUnit) {
 #pragma unroll
         for (int c = 0; c < kCB; ++c)
           if (c < nc) {
 #pragma unroll
-            for (int q = 0; q < kRB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
           }
       }
 #pragma unroll(kRedNet ? kRedNetK : 1)
       for (int kw = 0; kw < K; ++kw) {
-        float a[kRB] = {};
+        float a[RB] = {};
 #pragma unroll
         for (int c = 0; c < kCB; ++c) {
           if (c >= nc) continue;
           if constexpr (kUnit) {
-            win[c][kRB - 1] = xr[c * t.ps + kw + kRB - 1];
+            win[c][RB - 1] = xr[c * t.ps + kw + RB - 1];
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) a[r] = fmaf(gv[c][r], win[c][r], a[r]);
+            for (int r = 0; r < RB; ++r) a[r] = fmaf(gv[c][r], win[c][r], a[r]);
 #pragma unroll
-            for (int q = 0; q < kRB - 1; ++q) win[c][q] = win[c][q + 1];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
           } else {
 #pragma unroll
-            for (int r = 0; r < kRB; ++r) a[r] = fmaf(gv[c][r], xr[c * t.ps + r * p.s + kw * D], a[r]);
+            for (int r = 0; r < RB; ++r) a[r] = fmaf(gv[c][r], xr[c * t.ps + r * p.s + kw * D], a[r]);
           }
         }
 #pragma unroll
-        for (int r = 0; r < kRB; ++r) {
+        for (int r = 0; r < RB; ++r) {
           if (!valid[r]) continue;
           const int64_t off = wbase[r] + (kh * K + kw) * wstep;  // (32-bit product: plan())
           if (kRedNet || t.chunks == 1) {
@@ -536,12 +542,13 @@ __global__ void __launch_bounds__(kThreads) grad_weight_naive_kernel(Inv p) {
 // ---- plans -----------------------------------------------------------------------------------------------------
 enum class Dir { kForward, kGradInput, kGradWeight };
 
-// Pixel tile over (rows, cols) of the kernel's own output; false when even one row of kRB pixels does not fit.
+// Pixel tile over (rows, cols) of the kernel's own output; false when even one row of rb pixels does not fit.
 // 16-bit NCHW inputs (elem_bytes 2) stage through half the planes' raw values: two memory round trips, and a tile
 // whose smem is 5/4 of the fp32 one (RedNet-50 stage 1: 3 blocks/SM still).
 inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, InvTile* tile) {
   const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
-  const int64_t col_groups = ceil_div(cols, kRB);
+  const int rb = pixels_per_thread(p.s == 1 && p.d == 1);
+  const int64_t col_groups = ceil_div(cols, rb);
   int bx = static_cast<int>(col_groups < 32 ? col_groups : 32);
   int by = static_cast<int>(ceil_div(rows, ceil_div(rows, kThreads / bx)));
   const int64_t chunks = ceil_div(p.cg, kCB);
@@ -554,17 +561,17 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
     int64_t ih, iw;
     if (dir == Dir::kGradInput) {  // grad_out rows feeding by dx rows (a bound; see the kernel)
       ih = (by - 1 + reach) / p.s + 2;
-      iw = (static_cast<int64_t>(bx) * kRB - 1 + reach) / p.s + 2;
+      iw = (static_cast<int64_t>(bx) * rb - 1 + reach) / p.s + 2;
     } else {
       ih = static_cast<int64_t>(by - 1) * p.s + reach + 1;
-      iw = static_cast<int64_t>(bx * kRB - 1) * p.s + reach + 1;
+      iw = static_cast<int64_t>(bx * rb - 1) * p.s + reach + 1;
     }
     const int64_t rs = iw | 1, ps = (ih * rs) | 1;
     if (ih * iw > (1 << 24)) return false;
-    t.bx = bx; t.by = by; t.nc = nc;
+    t.bx = bx; t.by = by; t.rb = rb; t.nc = nc;
     t.ih = static_cast<int>(ih); t.iw = static_cast<int>(iw); t.rs = static_cast<int>(rs); t.ps = static_cast<int>(ps);
     t.tiles_h = ceil_div(rows, by);
-    t.tiles_w = ceil_div(cols, static_cast<int64_t>(bx) * kRB);
+    t.tiles_w = ceil_div(cols, static_cast<int64_t>(bx) * rb);
     t.chunks = chunks;
     t.raw_planes = elem_bytes == 2 && !p.channels_last ? (nc + 1) / 2 : 0;
     t.raw_cols = static_cast<int>((iw + 2) & ~int64_t{1});  // iw + the pair's lead column, even
