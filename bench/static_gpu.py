@@ -1318,8 +1318,8 @@ PARTS = {"fwd": ("forward",), "bwd": ("grad-input", "grad-weight"), "fwdbwd": DI
 
 def compare(results_csv, predicted_csv, baseline_csv=None):
     """Markdown table of every timed Triton row of a GPU run (bench/roofline.py's columns), and of the cuda rows
-    predicted.csv has (the tensor-core kernels' NCHW RepLKNet-31B rows, the NCHW RedNet-50 involution rows), against
-    predicted.csv:
+    predicted.csv has (the tensor-core kernels' NCHW RepLKNet-31B rows, or the dense products' where the kernel
+    covers the map, and the NCHW RedNet-50 involution rows), against predicted.csv:
     fwd = the forward's prediction, bwd = grad-input + grad-weight, fwdbwd = all three (the torch sum of
     grad-weight's partial sums and autograd's own work are not predicted); with `baseline_csv`, an older
     prediction's ratio too. Ratio = measured / predicted."""
@@ -1329,8 +1329,16 @@ def compare(results_csv, predicted_csv, baseline_csv=None):
     new, old = predictions(predicted_csv), predictions(baseline_csv)
 
     def predicted(table, r):
-        keys = [(r["case"], f"{r['backend']}-{r['layout']}", r["dtype"], d) for d in PARTS.get(r["direction"], ())]
-        return sum(table[k] for k in keys) if keys and all(k in table for k in keys) else None
+        # cuda rows on maps its kernel covers run the dense products (largeconv/cuda.py covers_whole_map): those
+        # predictions first where they exist
+        backends = [f"{r['backend']}-{r['layout']}"]
+        if r["backend"] == "cuda":
+            backends.insert(0, "cuda-dense")
+        for backend in backends:
+            keys = [(r["case"], backend, r["dtype"], d) for d in PARTS.get(r["direction"], ())]
+            if keys and all(k in table for k in keys):
+                return sum(table[k] for k in keys)
+        return None
     lines = ["| suite | case | op | backend | dtype | layout | direction | measured ms | predicted ms | ratio "
              "| off > 2x |"
              + (" baseline predicted ms | baseline ratio | baseline off > 2x |" if old else ""),

@@ -265,7 +265,8 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 #pragma unroll
           for (int r = 0; r < RB; ++r) {
             const int j = jr[r] - kw;
-            wv[u][r] = row_ok && col_ok[r] && kw >= 0 && j >= 0 && j < wo ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
+            const bool ok = row_ok && col_ok[r] && kw >= 0 && j >= 0 && j < wo;
+            wv[u][r] = ok ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
           }
         }
 #pragma unroll

@@ -136,3 +136,20 @@ def test_compare_sets_cuda_involution_rows_beside_their_predictions(tmp_path):
     assert len(table) == 4  # header, rule, the two fp32 rows: no prediction for bf16, no row
     assert table[2].endswith("| fwd | 0.205 | 0.082 | 2.50 | **yes** |")
     assert table[3].endswith("| fwdbwd | 0.584 | 0.292 | 2.00 | no |")
+
+
+def test_compare_takes_the_dense_prediction_where_cuda_runs_dense_products(tmp_path):
+    """On maps the kernel covers (RepLKNet-31B s3/s4) the cuda backend runs dense products: compare sets its rows
+    beside those predictions (cuda-dense), not the tiled kernels' (cuda-nchw), which stay for the other maps."""
+    from bench import static_gpu
+    results, predicted = tmp_path / "results.csv", tmp_path / "predicted.csv"
+    head = "suite,case,op,backend,dtype,layout,direction,status,time_ms\n"
+    results.write_text(head + "headline,replknet31b-s4,dwconv2d,cuda,fp32,nchw,fwd,ok,0.05\n"
+                              "headline,replknet31b-s1,dwconv2d,cuda,fp32,nchw,fwd,ok,1.0\n")
+    predicted.write_text("case,op,backend,dtype,direction,predicted_ms,floor_ms,bound\n"
+                         "replknet31b-s4,dwconv2d,cuda-nchw,fp32,forward,0.176,0.001,issue\n"
+                         "replknet31b-s4,dwconv2d,cuda-dense,fp32,forward,0.033,0.005,memory\n"
+                         "replknet31b-s1,dwconv2d,cuda-nchw,fp32,forward,0.742,0.074,issue\n")
+    table = static_gpu.compare(str(results), str(predicted)).splitlines()
+    assert table[2].endswith("| fwd | 0.050 | 0.033 | 1.52 | no |")
+    assert table[3].endswith("| fwd | 1.000 | 0.742 | 1.35 | no |")
