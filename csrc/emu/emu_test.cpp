@@ -30,11 +30,14 @@ struct EmuLaunch {
 // Exactly sized heap buffer (AddressSanitizer sees one element past the end).
 template <typename T>
 struct Buffer {
-  explicit Buffer(size_t n) : n(n), p(static_cast<T*>(std::malloc((n ? n : 1) * sizeof(T)))) {}
-  ~Buffer() { std::free(p); }
+  // offset: p starts that many elements into the allocation (a misaligned tensor, as a view can be)
+  explicit Buffer(size_t n, size_t offset = 0)
+      : n(n), base(static_cast<T*>(std::malloc((n + offset ? n + offset : 1) * sizeof(T)))), p(base + offset) {}
+  ~Buffer() { std::free(base); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   size_t n;
+  T* base;
   T* p;
 };
 
@@ -294,6 +297,7 @@ bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
 struct InvCase {
   int b, c, h, w, groups, k, s, p, d;
   bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
+  bool misaligned = false;  // x and grad_out start one element into their allocations (16-bit: 2-byte aligned)
 };
 
 template <typename T>
@@ -304,7 +308,8 @@ bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* ms
   a.wo = (q.w + 2 * q.p - q.d * (q.k - 1) - 1) / q.s + 1;
   a.channels_last = cl;
   const int64_t kk = static_cast<int64_t>(q.k) * q.k, wc = q.groups * kk, cg = q.c / q.groups;
-  Buffer<T> x(a.b * a.c * a.h * a.w), wt(a.b * wc * a.ho * a.wo), g(a.b * a.c * a.ho * a.wo);
+  Buffer<T> x(a.b * a.c * a.h * a.w, q.misaligned), wt(a.b * wc * a.ho * a.wo);
+  Buffer<T> g(a.b * a.c * a.ho * a.wo, q.misaligned);
   std::vector<double> xv, wv, gv;
   fill_random(x, xv);
   fill_random(wt, wv);
@@ -465,6 +470,7 @@ int main(int argc, char** argv) {
       // strided RedNet grad-input (each pixel its own taps): stride 3; stride 2 with padding 2
       {1, 16, 13, 14, 1, 7, 3, 3, 1},
       {1, 32, 12, 12, 2, 7, 2, 2, 1},
+      {1, 32, 12, 12, 2, 7, 1, 3, 1, false, true},  // misaligned 16-bit rows: staged through registers
   };
 
   // 1-D: K = 3, 7, 15, 31 have compile-time kernels, the others the run-time-K one; stride / dilation != 1 the
@@ -544,9 +550,9 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < sizeof(inv_cases) / sizeof(inv_cases[0]); ++i) {
           const InvCase& q = inv_cases[i];
           char name[256];
-          std::snprintf(name, sizeof name, "involution[%zu] %s %s %s b%d c%d %dx%d G%d k%d s%d p%d d%d%s", i, l.name,
-                        dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d,
-                        q.non_finite ? " nan/inf" : "");
+          std::snprintf(name, sizeof name, "involution[%zu] %s %s %s b%d c%d %dx%d G%d k%d s%d p%d d%d%s%s", i,
+                        l.name, dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d,
+                        q.non_finite ? " nan/inf" : "", q.misaligned ? " misaligned" : "");
           if (!std::strstr(name, filter)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
