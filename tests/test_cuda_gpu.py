@@ -313,14 +313,29 @@ def inv_reference(x, weight, grad, k, s, p, d, dtype):
     return out.detach(), grad_x, grad_w
 
 
-def check_involution(b, c, h, w, k, groups, dtype, layout, s=1, p=None, d=1):
+def off_by_one_element(t):
+    """t's values in a tensor that starts one element into its storage (a view can: 16-bit rows then sit 2 bytes
+    off a 4-byte boundary, where the CUDA involution stages through registers instead of 4-byte copies)."""
+    storage = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+    if t.is_contiguous():
+        out = storage[1:].view(t.shape)
+    else:  # channels_last
+        n, c, h, w = t.shape
+        out = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    out.copy_(t)
+    return out
+
+
+def check_involution(b, c, h, w, k, groups, dtype, layout, s=1, p=None, d=1, misaligned=False):
     p = d * (k - 1) // 2 if p is None else p
     ho, wo = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size in (h, w))
     x = randn((b, c, h, w), dtype, layout)
+    x = off_by_one_element(x) if misaligned else x
     weight = randn((b, groups * k * k, ho, wo), dtype, layout, scale=1.0 / k)
     with poisoned_allocations():
         out = cuda_backend.involution2d_forward(x, weight, k, s, p, d)
     grad = randn(out.shape, dtype, layout)
+    grad = off_by_one_element(grad) if misaligned else grad
     with poisoned_allocations():
         grad_x = cuda_backend.involution2d_grad_input(grad, weight, x.shape, k, s, p, d)
         grad_w = cuda_backend.involution2d_grad_weight(grad, x, weight.shape, k, s, p, d)
@@ -358,6 +373,7 @@ INV_EDGE_CASES = {
     "wide_group_48ch": (2, 96, 14, 14, 7, 2, {}),  # 48 channels per group: three chunks in grad-weight
     "one_channel_per_group": (2, 8, 11, 12, 3, 8, {}),
     "wide_map": (1, 32, 6, 200, 7, 2, {}),
+    "misaligned_rednet": (2, 32, 12, 12, 7, 2, {"misaligned": True}),
 }
 
 
