@@ -696,7 +696,6 @@ def fused_involution_rows(probes=None):
     of DRAM in all). Passes: forward B*G*tiles programs x C/G channels; grad-reduced
     B*tiles x C channels; grad-span the same channel steps over 4 programs per SM; grad-input B*G*tiles x K*K taps;
     each x the warps, over the channels a step takes (from the kernel: 2 in the dK loop)."""
-    from largeconv.kernels import involution_fused as fused
     batch, c, hw, k, stride = FUSED_LAYER
     shape = sm90.FUSED_INVOLUTION_SHAPES["kit-first-layer"] = (batch, c, hw, hw, k, stride)
     own_pool = probes is None
