@@ -565,6 +565,24 @@ int main(int argc, char** argv) {
       }
     }
   }
+  {
+    // The tiled involution kernels take weight offsets within an image in 32 bits: an image of 2^31 weights or more
+    // plans no tile (the one-thread-per-output kernels run), one just under does (no tensor is allocated here).
+    const char* name = "involution[plan] images of >= 2^31 weights take the naive kernels";
+    if (std::strstr(name, filter)) {
+      InvArgs a;
+      a.b = 1; a.c = 64; a.groups = 4; a.k = 7; a.s = 1; a.p = 3; a.d = 1;
+      a.h = a.ho = 1; a.w = a.wo = (int64_t{1} << 31) / (4 * 49) + 1;  // G*K*K*ho*wo just past 2^31
+      inv::InvTile t;
+      const bool past = inv::plan(inv::make_inv(a), inv::Dir::kForward, roomy, 4, &t);
+      a.w = a.wo = a.wo - 2;
+      const bool under = inv::plan(inv::make_inv(a), inv::Dir::kForward, roomy, 4, &t);
+      const bool ok = !past && under;
+      ++run;
+      if (!ok) ++failures;
+      std::printf("%s %s (planned past: %d, under: %d)\n", ok ? "ok  " : "FAIL", name, past, under);
+    }
+  }
   std::printf("%d/%d cases passed, %llu kernel launches\n", run - failures, run,
               static_cast<unsigned long long>(emu::g_launches));
   return failures > 255 ? 255 : failures;
