@@ -1086,7 +1086,7 @@ def involution_tile(case, direction, elem_bytes=4):
 
 def cuda_involution_rows(functions=None, resources=None):
     """Predicted H100 times of the CUDA involution kernels (csrc/involution.cuh, the RedNet K = 7 instantiations) at
-    the headline RedNet-50 cases, NCHW, fp32 and bf16: the plan replayed (involution_tile), loop counts from the
+    every RedNet-50 involution (bench/suites.py rednet50, batch 64), NCHW, fp32 and bf16: the plan replayed (involution_tile), loop counts from the
     SASS, and the Triton model's terms: issue (the hot loop per kernel row, or per tap in grad-weight, and the
     staging loop per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged elements),
     DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward: once per
@@ -1097,7 +1097,7 @@ def cuda_involution_rows(functions=None, resources=None):
         functions, resources = cuda_sass("involution.cu")
     kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
     rows = []
-    for case in (c for c in HEADLINE if c.op == "involution2d"):
+    for case in suites.rednet50():  # every RedNet-50 involution (the model is cheap; the kit times the headline)
         unit = case.stride == 1 and case.dilation == 1
         for dtype, element in (("fp32", "float"), ("bf16", "__nv_bfloat16")):
             for direction in DIRECTIONS:

@@ -216,12 +216,13 @@ def test_static_model_of_the_tensor_core_kernels():
 
 def test_static_model_of_the_involution_kernels():
     """bench/static_gpu.py's section on the CUDA involution kernels finds, in their sm_90 SASS, each RedNet-50
-    headline case's kernel, its FFMA loop and its NCHW staging loops; staging is by cp.async (one round trip a
+    involution's kernel, its FFMA loop and its NCHW staging loops; staging is by cp.async (one round trip a
     block for fp32, two for 16-bit inputs: half the planes' raw column pairs at a time, then widened); no prediction
     beats the DRAM time of the minimum bytes."""
+    from bench import suites
     rows = _static_rows("cuda_involution_rows")
     assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
-        (c, dtype, d) for c in ("rednet50-s1", "rednet50-s2", "rednet50-s2-stride2") for dtype in ("fp32", "bf16")
+        (c.name, dtype, d) for c in suites.rednet50() for dtype in ("fp32", "bf16")
         for d in ("forward", "grad-input", "grad-weight")}
     for r in rows:
         assert r["hot_ffma"] > 0 and r["stage_instr"] > 0 and r["blocks_per_sm"] >= 1, r
