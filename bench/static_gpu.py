@@ -1041,9 +1041,8 @@ def cuda_mma_rows():
     return rows
 
 
-# The CUDA involution kernels (csrc/involution.cuh): block threads, pixels per thread along W, channels per chunk,
-# grad-input's taps of weights loaded together (kKW)
-INV_THREADS, INV_CB, INV_TAPS = 256, 16, 4
+# The CUDA involution kernels (csrc/involution.cuh): block threads, channels per chunk
+INV_THREADS, INV_CB = 256, 16
 
 
 def inv_pixels_per_thread(case):
@@ -1086,13 +1085,13 @@ def involution_tile(case, direction, elem_bytes=4):
 
 def cuda_involution_rows(functions=None, resources=None):
     """Predicted H100 times of the CUDA involution kernels (csrc/involution.cuh, the RedNet K = 7 instantiations) at
-    every RedNet-50 involution (bench/suites.py rednet50, batch 64), NCHW, fp32 and bf16: the plan replayed (involution_tile), loop counts from the
-    SASS, and the Triton model's terms: issue (the hot loop per kernel row, or per tap in grad-weight, and the
-    staging loop per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged elements),
-    DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward: once per
-    kernel row; grad-input: once per 4 taps; grad-weight's stores do not wait) and for the staging: once for fp32
-    (cp.async), once per round of raw planes for 16-bit inputs (cp.async of column pairs, then widened: the copy
-    loop per pair and the widening loop per element)."""
+    every RedNet-50 involution (bench/suites.py rednet50, batch 64), NCHW, fp32 and bf16: the plan replayed
+    (involution_tile), loop counts from the SASS, and the Triton model's terms: issue (the hot loop per kernel row
+    and the staging loops per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged
+    elements), DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward and
+    grad-input: once per kernel row that reaches the pixel; grad-weight's stores do not wait) and for the staging:
+    once for fp32 (cp.async), once per round of raw planes for 16-bit inputs (cp.async of column pairs, then
+    widened: the copy loop per pair and the widening loop per element)."""
     if functions is None:
         functions, resources = cuda_sass("involution.cu")
     kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
@@ -1130,10 +1129,8 @@ def cuda_involution_rows(functions=None, resources=None):
                 # loads' (2.5)
                 wavefronts = blocks * (num_warps * passes * lds + staged / 32 * (2.5 if raw_planes else 1))
                 staging_rounds = cdiv(nc, raw_planes) if raw_planes else 1
-                # weights: the forward loads a kernel row's K at once, grad-input INV_TAPS (kKW) at a time (strided:
-                # a reaching kernel row's at once)
-                weight_rounds = {"forward": k, "grad-input": k * cdiv(k, INV_TAPS) if unit else passes,
-                                 "grad-weight": 0}[direction]
+                # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop
+                weight_rounds = {"forward": k, "grad-input": passes if not unit else k, "grad-weight": 0}[direction]
                 rounds = (staging_rounds + weight_rounds) * (chunks if direction == "grad-weight" else 1)
                 regs, stack = resources[name]
                 resident, warps_per_sched = occupancy(regs, smem, num_warps)

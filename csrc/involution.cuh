@@ -160,8 +160,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
           for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
         }
     }
-    // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two). Not
-    // in grad-input: at 127 registers already, 7 taps spilled there (fp32 8-12 B, 16-bit 24-68 B; sm_90 2026-11-28).
+    // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two)
     constexpr int kTaps = kRedNet ? kRedNetK : kKW;
     for (int kw0 = 0; kw0 < K; kw0 += kTaps) {
       float wv[kTaps][RB];
