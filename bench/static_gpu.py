@@ -178,12 +178,33 @@ def classify(op):
     return "other"
 
 
+def all_loops(instructions):
+    """(first, last) address of each loop: a backward branch and its target."""
+    return [(target, addr) for addr, op, args in instructions if op.startswith("BRA")
+            for target in [int(m.group(1), 16) for m in [re.search(r"0x([0-9a-f]+)", args)] if m] if target < addr]
+
+
 def inner_loops(instructions):
     """The instructions of each innermost loop (a backward branch with no loop inside it)."""
-    loops = [(target, addr) for addr, op, args in instructions if op.startswith("BRA")
-             for target in [int(m.group(1), 16) for m in [re.search(r"0x([0-9a-f]+)", args)] if m] if target < addr]
+    loops = all_loops(instructions)
     inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
     return [[i for i in instructions if lo <= i[0] <= hi] for lo, hi in inner]
+
+
+def row_cost(instructions, inner, per_lane, marker):
+    """Warp instructions of one pass of the loop around the innermost loop `inner` (a staging loop's row loop) where a
+    lane handles per_lane items, an item being an instruction starting with `marker` (a copy, a store) and its share
+    of `inner`: the row loop's own instructions (outside the loops nested in it), its remainder items (the ones
+    unrolling left outside `inner`) counted as the items they are, plus per_lane items."""
+    loops = all_loops(instructions)
+    lo, hi = inner[0][0], inner[-1][0]
+    outer = min((lp for lp in loops if lp[0] <= lo and hi <= lp[1] and lp != (lo, hi)), key=lambda lp: lp[1] - lp[0])
+    nested = [lp for lp in loops if outer[0] <= lp[0] and lp[1] <= outer[1] and lp != outer]
+    own = [op for a, op, _ in instructions
+           if outer[0] <= a <= outer[1] and not any(n[0] <= a <= n[1] for n in nested)]
+    per_item = len(inner) / sum(op.startswith(marker) for _, op, _ in inner)
+    remainder = sum(op.startswith(marker) for op in own)
+    return max(0.0, len(own) - remainder * per_item) + per_lane * per_item
 
 
 def hot_loop(instructions):
@@ -1083,6 +1104,44 @@ def involution_tile(case, direction, elem_bytes=4):
     return bx, by, nc, ih, iw, chunks, smem, blocks, raw_planes
 
 
+# csrc/involution.cuh's banded tensor-core kernels (band_mma_kernel, band_wgrad_kernel): rows per block (a warp
+# each), the kernel size
+BAND_ROWS, BAND_K = 8, 7
+
+
+def band_tile(case, direction, elem_bytes):
+    """csrc/involution.cuh plan_band() replayed for NCHW inputs of elem_bytes: (tiles a row: n-tiles of 8 pixels,
+    or grad-weight's m-tiles of 16; blocks, shared bytes, 8-byte copies staged per block, kernel name), or None where
+    the FMA kernels run (fp32, strides, dilation, widths not a multiple of 4: RedNet-50's 14 and 7)."""
+    n, c, h, w = case.shape
+    k = case.kernel[0]
+    if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB or w % 4:
+        return None  # (RedNet's padding 3: the lead columns plan_band asks for)
+    rows, cols = h, w  # stride 1, "same" padding: output and input maps agree
+
+    def stride8(v):  # band_stride: 8 (mod 16)
+        return v + ((8 - v % 16) + 16) % 16
+    if direction == "grad-weight":
+        tiles = 1 if cols <= 16 else 2 if cols <= 32 else 4
+        tile_cols = 16 * tiles
+        a_rs = tile_cols + 8
+        a_ps = stride8((BAND_ROWS + k - 1) * a_rs)
+        smem = INV_CB * a_ps * 2 + k * BAND_ROWS * tile_cols * 4  # x raw, the fp32 slice of a kernel row's taps
+        copies = INV_CB * (BAND_ROWS + k - 1) * a_rs // 4
+        name = f"void largeconv::inv::band_wgrad_kernel<__nv_bfloat16, {tiles}>("
+    else:
+        tiles = 2 if cols <= 16 else 4 if cols <= 32 else 7
+        tile_cols = 8 * tiles
+        a_rs, w_rs = tile_cols + 8, tile_cols + (4 if direction == "grad-input" else 0)  # grad-input's lead columns
+        a_ps, w_ts = stride8((BAND_ROWS + k - 1) * a_rs), stride8(BAND_ROWS * w_rs)
+        smem = (INV_CB * a_ps + k * k * w_ts) * 2
+        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs + k * k * BAND_ROWS * w_rs) // 4
+        grad_input = str(direction == "grad-input").lower()
+        name = f"void largeconv::inv::band_mma_kernel<__nv_bfloat16, {grad_input}, {tiles}>("
+    blocks = n * case.groups * cdiv(rows, BAND_ROWS) * cdiv(cols, tile_cols)
+    return tiles, blocks, smem, copies, name + "largeconv::inv::Inv, largeconv::inv::BandTile)"
+
+
 def cuda_involution_rows(functions=None, resources=None):
     """Predicted H100 times of the CUDA involution kernels (csrc/involution.cuh, the RedNet K = 7 instantiations) at
     every RedNet-50 involution (bench/suites.py rednet50, batch 64), NCHW, fp32 and bf16: the plan replayed
@@ -1100,6 +1159,10 @@ def cuda_involution_rows(functions=None, resources=None):
         unit = case.stride == 1 and case.dilation == 1
         for dtype, element in (("fp32", "float"), ("bf16", "__nv_bfloat16")):
             for direction in DIRECTIONS:
+                band = band_tile(case, direction, 2 if dtype == "bf16" else 4)
+                if band:
+                    rows.append(band_row(case, dtype, direction, band, functions, resources))
+                    continue
                 name = f"void largeconv::inv::{kernels[direction]}<{element}, {str(unit).lower()}, true>(" \
                        "largeconv::inv::Inv, largeconv::inv::InvTile)"
                 bx, by, nc, ih, iw, chunks, smem, blocks, raw_planes = involution_tile(
@@ -1108,14 +1171,18 @@ def cuda_involution_rows(functions=None, resources=None):
                 loops = inner_loops(parse_sass(functions[name]))
                 hot = max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b))
                 ffma = sum(op.startswith("FFMA") for _, op, _ in hot)
-                # the NCHW staging loops, instructions per staged element: the cp.async loop (fp32: unrolled by 4;
-                # 16-bit: a pair per pass) and, for 16-bit inputs, the widening loop (4 loads and stores a pass)
+                # the NCHW staging loops, a warp a row (row_cost): each row's set-up and a lane's copies,
+                # ceil(row / 32): the cp.async loop (fp32: unrolled by 4; 16-bit: a pair per pass) and, for 16-bit
+                # inputs, the widening loop (4 loads and stores a pass). Rows are short (14-70 elements): the set-up
+                # is much of it (session 13's model counted the copies alone).
+                sass = parse_sass(functions[name])
                 copy = next(b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b))
-                stage_per_element = len(copy) / 4
+                per_row = row_cost(sass, copy, cdiv(((iw + 2) & ~1) // 2 if raw_planes else iw, 32), "LDGSTS")
                 if raw_planes:
                     widen = next(b for b in loops if sum(op.startswith("STS") for _, op, _ in b) == 4
                                  and sum(op.startswith("LDS") for _, op, _ in b) == 4)
-                    stage_per_element = len(copy) / 2 + len(widen) / 4
+                    per_row += row_cost(sass, widen, cdiv(iw, 32), "STS")
+                stage_per_element = per_row / iw * 32  # warp instructions per 32 staged elements
                 k = case.kernel[0]
                 macs_per_thread = k * k * INV_CB * inv_pixels_per_thread(case) * (
                     chunks if direction == "grad-weight" else 1)
@@ -1151,6 +1218,44 @@ def cuda_involution_rows(functions=None, resources=None):
                                  predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=terms["memory"] * 1e3,
                                  roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound))
     return rows
+
+
+def band_row(case, dtype, direction, band, functions, resources):
+    """cuda_involution_rows' row for a banded tensor-core launch: issue (the hot loop per pass: forward and
+    grad-input's n-tile loop, 7 HMMA, per n-tile and warp; grad-weight's kernel-row loop, 3 HMMA per m-tile, its band
+    entries' shared stores and the row's global stores, per kernel row and warp; the copy loop per 8-byte cp.async,
+    a thread's copies 32 a warp instruction), L1 (a wavefront per shared load or store of the hot loop: the strides
+    keep them conflict-free; two per 32 copies), tensor (the HMMA at MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum
+    bytes) and latency (one round trip a block: all its staging, then the products)."""
+    tiles, blocks, smem, copies, name = band
+    loops = inner_loops(parse_sass(functions[name]))
+    hot = max(loops, key=lambda b: sum(op.startswith("HMMA") for _, op, _ in b))
+    hmma = sum(op.startswith("HMMA") for _, op, _ in hot)
+    # copy_quads' loop: the compiler unrolls it by 4 and keeps a one-copy remainder loop; the unrolled one per copy
+    copy_loops = [b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b)]
+    per_copy = min(len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in copy_loops)
+    lds = sum(op.startswith(("LDS", "STS")) for _, op, _ in hot)
+    passes = BAND_ROWS * (BAND_K if direction == "grad-weight" else tiles)  # hot-loop passes per block, all warps
+    warp_instr = blocks * (passes * len(hot) + copies / 32 * per_copy)
+    wavefronts = blocks * (passes * lds + copies / 32 * 2)
+    regs, stack = resources[name]
+    resident, warps_per_sched = occupancy(regs, smem, BAND_ROWS)
+    waves = blocks / (sm90.H100["sms"] * max(resident, 1))
+    wave_eff = waves / math.ceil(waves)
+    flops, min_bytes = useful(case, direction, 2)
+    terms = dict(issue=warp_instr / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4),
+                 l1=wavefronts / (sm90.H100["sms"] * CLOCK),
+                 latency=blocks * MEMORY_LATENCY_S / (sm90.H100["sms"] * max(resident, 1)),
+                 tensor=blocks * passes * hmma * 4096 / (TENSOR_PEAK["bfloat16"] * MMA_SYNC_SHARE))
+    terms = {k: v / wave_eff for k, v in terms.items()}
+    terms["memory"] = min_bytes / BANDWIDTH
+    bound = max(terms, key=terms.get)
+    return dict(case=case.name, dtype=dtype, direction=direction, kernel=name.split("(")[0].replace("void ", ""),
+                registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident, hot_instr=len(hot),
+                hot_ffma=0, hot_hmma=hmma, stage_instr=per_copy, rounds=1,
+                **{f"{k}_ms": v * 1e3 for k, v in terms.items() if k != "tensor"},
+                predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=terms["memory"] * 1e3,
+                roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound)
 
 
 def demangle(name):
@@ -1288,9 +1393,12 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   "`cuda_involution_rows` (its docstring): the plan replayed, loop counts from the sm_90 SASS, the "
                   f"issue / L1 / DRAM terms and a memory-latency term ({MEMORY_LATENCY_S * 1e9:.0f} ns a round trip, "
                   "fitted on a Triton row, not on these kernels): rounds = the round trips a block waits for in turn. "
+                  "Staged: elements (FMA kernels: a warp a row, the row's set-up included) or 8-byte copies (the "
+                  "banded tensor-core kernels, `band_*`: hot-loop FFMA 0, their HMMA per pass in the hot loop). "
                   "% roof = the DRAM time of the minimum bytes / predicted.", "",
                   "| case | dtype | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | "
-                  "hot-loop instr | hot-loop FFMA | staging instr/element | rounds/block | issue ms | L1 ms | "
+                  "hot-loop instr | hot-loop FFMA | staging warp instr per 32 staged | rounds/block | issue ms | "
+                  "L1 ms | "
                   "latency ms | memory ms | predicted ms | % roof | bound |", "|" + "---|" * 20]
         lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | `{r['kernel']}` | {r['registers']} | "
                   f"{r['stack']} | {r['shared']} | {r['blocks']} | {r['blocks_per_sm']} | {r['hot_instr']} | "

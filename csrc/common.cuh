@@ -133,6 +133,22 @@ LC_D void cp_async_4(void* dst, const void* src, bool ok) {
 #endif
 }
 
+// cp_async_4 for 8 bytes (four 16-bit values): both addresses 8-byte aligned.
+LC_D void cp_async_8(void* dst, const void* src, bool ok) {
+#if defined(LARGECONV_EMULATE)
+  emu::check_aligned(dst, 8);
+  emu::check_aligned(src, 8);
+  uint64_t v = 0;
+  if (ok) memcpy(&v, src, 8);
+  memcpy(dst, &v, 8);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  *static_cast<uint2*>(dst) = ok ? *static_cast<const uint2*>(src) : make_uint2(0u, 0u);
+#else
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 8 : 0) : "memory");
+#endif
+}
+
 LC_D void cp_async_wait_all() {
 #if !defined(LARGECONV_EMULATE) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
   asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -187,11 +203,62 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
   }
 }
 
-// stage_rows for 16-bit inputs by cp.async: column pairs (4 bytes, even global columns) go to `raw` untouched, then
-// widen to fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >=
-// cols + 2, even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait
-// once per row. Needs 4-byte aligned rows (an even width and an aligned tensor; `safe` is aligned) and all the
-// block's threads: each round ends in a barrier.
+// 16-bit rows by cp.async in 4-byte column pairs, untouched: dst[z * plane_stride + row * row_stride + q] = the
+// input at column first(z) + q of row row_base(z, row), for z < planes, row < rows, q < cols (even); zero where the
+// column is outside [0, width) or row_base gives null. first(z) is even, row_stride and plane_stride are even, the
+// rows 4-byte aligned (an even width and an aligned tensor; `safe`, any aligned element, is named by zero fills).
+// Teams of up to 32 threads take a row each; the caller waits (cp_async_wait_all) and then syncs.
+template <typename T, typename RowBase, typename First>
+LC_D void copy_rows_pairs(T* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t width,
+                          const T* safe, RowBase row_base, First first, int tid, int nthreads) {
+  const int team = nthreads < 32 ? nthreads : 32;
+  const int teams = nthreads / team, member = tid % team, which = tid / team;
+  if (which >= teams) return;
+  for (int pr = which; pr < planes * rows; pr += teams) {
+    const int zz = pr / rows, row = pr % rows;
+    const T* src = row_base(zz, row);
+    const T* from = src != nullptr ? src : safe;
+    const unsigned in_width = src != nullptr ? static_cast<unsigned>(width) : 0u;  // a row outside: all zero
+    const int col0 = first(zz);
+    T* d = dst + zz * plane_stride + row * row_stride;
+    for (int q = 2 * member; q < cols; q += 2 * team) {
+      const int gc = col0 + q;  // even, so gc + 1 < width too
+      const bool ok = static_cast<unsigned>(gc) < in_width;
+      cp_async_4(d + q, from + (ok ? gc : 0), ok);
+    }
+  }
+}
+
+// 16-bit rows by cp.async in 8-byte column quads, the tile's shape known at compile time (kPlanes x kRows rows of
+// kQuads quads, copied by kThreads threads), with 32-bit source offsets: dst[z * plane_stride + row * row_stride +
+// c] = the input at column first(z) + c of the row at offset row_offset(z, row) from src (-1: a row outside, zeros),
+// zero outside [0, width). A thread keeps one quad column and walks the rows kThreads / kQuads apart: narrow rows
+// leave few lanes idle and a copy costs no division by a run-time value (copy_rows_pairs spent ~60 SASS
+// instructions a row on rows of 17-36 pairs, a flat split of the copies ~40 a pair: sm_90, 2026-11-28).
+// first(z), width, the strides and src's offsets are multiples of 4; src and dst 8-byte aligned.
+template <int kPlanes, int kRows, int kQuads, int kThreads, typename T, typename RowOffset, typename First>
+LC_D void copy_quads(T* dst, int plane_stride, int row_stride, int width, const T* src, RowOffset row_offset,
+                     First first, int tid) {
+  constexpr unsigned kStep = kThreads / kQuads;  // rows a pass
+  static_assert(kStep >= 1, "a row wider than the block");
+  const int c = 4 * (tid % kQuads);
+  unsigned pr = tid / kQuads, zz = pr / kRows, row = pr % kRows;
+  if (pr >= kStep) return;  // the threads past the last whole row of a pass sit out
+  for (; pr < kPlanes * kRows; pr += kStep) {
+    const int off = row_offset(zz, row), gc = first(zz) + c;
+    const bool ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
+    cp_async_8(dst + zz * plane_stride + row * row_stride + c, src + (ok ? off + gc : 0), ok);
+    row += kStep;
+    zz += row / kRows;  // (unsigned divisions by constants: a multiply and a shift)
+    row %= kRows;
+  }
+}
+
+// stage_rows for 16-bit inputs by cp.async: column pairs go to `raw` untouched (copy_rows_pairs), then widen to
+// fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >= cols + 2,
+// even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait once per
+// row. Needs 4-byte aligned rows (an even width and an aligned tensor; `safe` is aligned) and all the block's
+// threads: each round ends in a barrier.
 template <typename T, typename RowBase>
 LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
                            int64_t width, const T* safe, RowBase row_base, T* raw, int raw_planes, int raw_cols,
@@ -203,17 +270,9 @@ LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int pla
   for (int z0 = 0; z0 < planes; z0 += raw_planes) {
     const int np = planes - z0 < raw_planes ? planes - z0 : raw_planes;
     if (z0 > 0) __syncthreads();  // done widening the previous round's values
-    for (int pr = which; which < teams && pr < np * rows; pr += teams) {
-      const T* src = row_base(z0 + pr / rows, pr % rows);
-      const T* from = src != nullptr ? src : safe;
-      const unsigned in_width = src != nullptr ? static_cast<unsigned>(width) : 0u;
-      T* d = raw + pr * raw_cols;
-      for (int q = 2 * member; q < raw_cols; q += 2 * team) {
-        const int gc = first + q;  // even, so gc + 1 < width too
-        const bool ok = static_cast<unsigned>(gc) < in_width;
-        cp_async_4(d + q, from + (ok ? gc : 0), ok);
-      }
-    }
+    copy_rows_pairs<T>(
+        raw, rows * raw_cols, raw_cols, np, rows, raw_cols, width, safe,
+        [&](int zz, int row) { return row_base(z0 + zz, row); }, [&](int) { return first; }, tid, nthreads);
     cp_async_wait_all();
     __syncthreads();
     for (int pr = which; which < teams && pr < np * rows; pr += teams) {

@@ -18,6 +18,9 @@
 // no atomics). Cases whose tile does not fit in shared memory use one-thread-per-output kernels.
 #pragma once
 
+#include <algorithm>
+#include <initializer_list>
+
 #include "common.cuh"
 
 namespace largeconv {
@@ -94,6 +97,8 @@ LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, cons
     dst[cc * t.ps + row * t.rs + col] = v;
   }
 }
+
+enum class Dir { kForward, kGradInput, kGradWeight };
 
 // Block index -> (image, group, channel chunk, row tile, column tile).
 struct BlockPos {
@@ -466,53 +471,65 @@ LC_D void decode(const Inv& p, int64_t idx, int64_t C, int64_t H, int64_t W, int
   }
 }
 
+// One output of the forward / grad-input as a direct sum over its taps, in fp32 (the naive kernels; the
+// tensor-core kernels' redo of a non-finite sum). The forward multiplies padding's zeros too, as the unfold
+// definition and the tiled kernels do: an Inf weight on a tap over padding gives NaN.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) forward_naive_kernel(Inv p) {
+LC_D float forward_direct(const Inv& p, int64_t b, int64_t c, int64_t i, int64_t j) {
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
+  const int64_t wch0 = (c / p.cg) * p.k * p.k;
+  float acc = 0.f;
+  for (int kh = 0; kh < p.k; ++kh) {
+    const int64_t hh = i * p.s + static_cast<int64_t>(kh) * p.d - p.p;
+    for (int kw = 0; kw < p.k; ++kw) {
+      const int64_t ww = j * p.s + static_cast<int64_t>(kw) * p.d - p.p;
+      const bool inside = hh >= 0 && hh < p.h && ww >= 0 && ww < p.w;
+      acc = fmaf(to_float(wt[weight_offset(p, b, wch0 + kh * p.k + kw, i, j)]),
+                 inside ? to_float(x[offset4(p.channels_last, b, c, hh, ww, p.c, p.h, p.w)]) : 0.f, acc);
+    }
+  }
+  return acc;
+}
+
+template <typename T>
+LC_D float grad_input_direct(const Inv& p, int64_t b, int64_t c, int64_t hh, int64_t ww) {
+  const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
+  const T* __restrict__ wt = static_cast<const T*>(p.weight);
+  const int64_t wch0 = (c / p.cg) * p.k * p.k;
+  float acc = 0.f;
+  for (int kh = 0; kh < p.k; ++kh) {
+    const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
+    if (ti < 0 || ti % p.s != 0 || ti / p.s >= p.ho) continue;
+    for (int kw = 0; kw < p.k; ++kw) {
+      const int64_t tj = ww + p.p - static_cast<int64_t>(kw) * p.d;
+      if (tj < 0 || tj % p.s != 0 || tj / p.s >= p.wo) continue;
+      acc = fmaf(to_float(wt[weight_offset(p, b, wch0 + kh * p.k + kw, ti / p.s, tj / p.s)]),
+                 to_float(gy[offset4(p.channels_last, b, c, ti / p.s, tj / p.s, p.c, p.ho, p.wo)]), acc);
+    }
+  }
+  return acc;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) forward_naive_kernel(Inv p) {
   const int64_t total = p.b * p.c * p.ho * p.wo;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t b, c, i, j;
     decode(p, idx, p.c, p.ho, p.wo, &b, &c, &i, &j);
-    const int64_t wch0 = (c / p.cg) * p.k * p.k;
-    float acc = 0.f;
-    for (int kh = 0; kh < p.k; ++kh) {
-      const int64_t hh = i * p.s + static_cast<int64_t>(kh) * p.d - p.p;
-      if (hh < 0 || hh >= p.h) continue;
-      for (int kw = 0; kw < p.k; ++kw) {
-        const int64_t ww = j * p.s + static_cast<int64_t>(kw) * p.d - p.p;
-        if (ww < 0 || ww >= p.w) continue;
-        acc = fmaf(to_float(wt[weight_offset(p, b, wch0 + kh * p.k + kw, i, j)]),
-                   to_float(x[offset4(p.channels_last, b, c, hh, ww, p.c, p.h, p.w)]), acc);
-      }
-    }
-    static_cast<T*>(p.out)[idx] = from_float<T>(acc);
+    static_cast<T*>(p.out)[idx] = from_float<T>(forward_direct<T>(p, b, c, i, j));
   }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) grad_input_naive_kernel(Inv p) {
-  const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
-  const T* __restrict__ wt = static_cast<const T*>(p.weight);
   const int64_t total = p.b * p.c * p.h * p.w;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t b, c, hh, ww;
     decode(p, idx, p.c, p.h, p.w, &b, &c, &hh, &ww);
-    const int64_t wch0 = (c / p.cg) * p.k * p.k;
-    float acc = 0.f;
-    for (int kh = 0; kh < p.k; ++kh) {
-      const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
-      if (ti < 0 || ti % p.s != 0 || ti / p.s >= p.ho) continue;
-      for (int kw = 0; kw < p.k; ++kw) {
-        const int64_t tj = ww + p.p - static_cast<int64_t>(kw) * p.d;
-        if (tj < 0 || tj % p.s != 0 || tj / p.s >= p.wo) continue;
-        acc = fmaf(to_float(wt[weight_offset(p, b, wch0 + kh * p.k + kw, ti / p.s, tj / p.s)]),
-                   to_float(gy[offset4(p.channels_last, b, c, ti / p.s, tj / p.s, p.c, p.ho, p.wo)]), acc);
-      }
-    }
-    static_cast<T*>(p.out)[idx] = from_float<T>(acc);
+    static_cast<T*>(p.out)[idx] = from_float<T>(grad_input_direct<T>(p, b, c, hh, ww));
   }
 }
 
@@ -528,19 +545,327 @@ __global__ void __launch_bounds__(kThreads) grad_weight_naive_kernel(Inv p) {
     decode(p, idx, wc, p.ho, p.wo, &b, &ch, &i, &j);
     const int64_t g = ch / (p.k * p.k), kk = ch % (p.k * p.k);
     const int64_t hh = i * p.s + (kk / p.k) * p.d - p.p, ww = j * p.s + (kk % p.k) * p.d - p.p;
-    float acc = 0.f;
-    if (hh >= 0 && hh < p.h && ww >= 0 && ww < p.w) {
-      for (int64_t c = g * p.cg; c < (g + 1) * p.cg; ++c) {
-        acc = fmaf(to_float(gy[offset4(p.channels_last, b, c, i, j, p.c, p.ho, p.wo)]),
-                   to_float(x[offset4(p.channels_last, b, c, hh, ww, p.c, p.h, p.w)]), acc);
-      }
+    float acc = 0.f;  // padding's zeros multiplied (a NaN gradient stays NaN there), as the tiled kernels do
+    const bool inside = hh >= 0 && hh < p.h && ww >= 0 && ww < p.w;
+    for (int64_t c = g * p.cg; c < (g + 1) * p.cg; ++c) {
+      acc = fmaf(to_float(gy[offset4(p.channels_last, b, c, i, j, p.c, p.ho, p.wo)]),
+                 inside ? to_float(x[offset4(p.channels_last, b, c, hh, ww, p.c, p.h, p.w)]) : 0.f, acc);
     }
     static_cast<T*>(p.out)[idx] = from_float<T>(acc);
   }
 }
 
+// ---- 16-bit on tensor cores: forward and grad-input as banded products ------------------------------------------
+// RedNet's shapes (kRedNet) at stride 1, NCHW, fp16/bf16. Per kernel row kh and 8 neighbouring pixels n of one row
+// (forward: of y; grad-input: of dx), one mma.m16n8k16 over the group's 16 channels c and 16 staged columns k of
+// the channel operand (forward: x; grad-input: grad_out):
+//   D[c, n] += sum_k A[c, k] B[k, n],  B[k, n] = pixel n's weight for tap kw(k, n) where 0 <= kw < 7, else 0,
+//   forward kw = k - n - e, grad-input kw = 6 - (k - n - e), e = the first column's offset past a multiple of 4
+//   (band_lead: the staged columns start there).
+// 7 of B's 16 rows per column are taps (44% of the products useful), but a product takes ~13 warp instructions
+// where the FFMA kernels spent ~2 per useful multiply-add of its 896. The operand and the block's weights are
+// staged untouched by 8-byte cp.async (copy_quads), the weights by the pixel they serve (grad-input: tap (kh, kw)
+// shifted by p - kh rows and p - kw columns), so that a lane's four B entries sit at offsets fixed for the whole
+// kernel; the tile's shape is a template parameter, so the hot loop's shared loads take immediate offsets. The zero
+// entries of B meet other pixels' inputs: a NaN or Inf there turns a finite sum into NaN, as does an Inf weight
+// times a zero of padding, so every non-finite sum is taken again directly (forward_direct, grad_input_direct). A
+// warp owns one row of the block's tile.
+constexpr int kBandRows = 8;  // rows of a tile: a warp each
+
+// A stride of 8 (mod 16) 16-bit values: the eight rows (channels, or taps) a load instruction reads land in
+// different 4-byte bank groups (with grad-input's lead columns too, at the paddings plan_band takes: 3 mod 4).
+constexpr LC_HD int band_stride(int n) { return n + ((8 - n % 16) + 16) % 16; }
+
+// Staged rows start at a multiple of 4 columns (8-byte copies); a row meant to start at column `col` holds it at
+// this offset (two's complement: right for negative columns too).
+constexpr LC_HD int band_lead(int col) { return col & 3; }
+
+// Shared memory of a tile of kBandRows rows x nt n-tiles of 8 pixels, in 16-bit values: the channel operand
+// [16][kBandRows + 6][a_rs] (16 columns from each n-tile's start), then the weights [49][kBandRows][w_rs]
+// (grad-input: up to 3 lead columns, band_lead; at 3 blocks per SM on RedNet-50's 56 columns, 75 KB, there is no
+// room to spare).
+struct BandLayout {
+  int nt;
+  bool grad_input;
+  constexpr LC_HD int cols() const { return 8 * nt; }
+  constexpr LC_HD int a_rs() const { return cols() + 8; }
+  constexpr LC_HD int a_ps() const { return band_stride((kBandRows + kRedNetK - 1) * a_rs()); }
+  constexpr LC_HD int w_rs() const { return cols() + (grad_input ? 4 : 0); }
+  constexpr LC_HD int w_ts() const { return band_stride(kBandRows * w_rs()); }
+  constexpr LC_HD size_t smem() const { return (static_cast<size_t>(kCB) * a_ps() + kRedNetK * kRedNetK * w_ts()) * 2; }
+};
+
+struct BandTile {
+  int nt;  // forward, grad-input: n-tiles of 8 pixels a row (2, 4, 7); grad-weight: m-tiles of 16 (1, 2, 4)
+  int64_t tiles_h, tiles_w;
+};
+
+// The band kernel's non-finite sums taken again (bit 4 nt + 2 h + r of redo: channel c + 8h, column col + 8 nt + r
+// of row `row`; out points at channel c's row). Not inlined: inlined, the forward took 94 registers (2 blocks per
+// SM), or under the 3-block bound spilled into its hot loop (sm_90, 2026-11-28).
+template <typename T, bool kGradInput>
+__device__ __noinline__ void band_redo(const Inv& p, int64_t b, int64_t c, int64_t row, int col, uint32_t redo,
+                                       T* out) {
+  const int64_t plane = kGradInput ? p.h * p.w : p.ho * p.wo;
+  for (int bit = 0; redo != 0; ++bit, redo >>= 1) {
+    if (!(redo & 1u)) continue;
+    const int64_t ch = c + 8 * (bit / 2 % 2);
+    const int j = col + bit / 4 * 8 + bit % 2;
+    const float v = kGradInput ? grad_input_direct<T>(p, b, ch, row, j) : forward_direct<T>(p, b, ch, row, j);
+    out[(ch - c) * plane + j] = from_float<T>(v);
+  }
+}
+
+template <typename T, bool kGradInput, int kNT>
+__global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, BandTile t) {
+  constexpr int K = kRedNetK;
+  constexpr BandLayout L{kNT, kGradInput};
+  T* as = reinterpret_cast<T*>(dynamic_smem());
+  T* ws = as + kCB * L.a_ps();
+  int64_t blk = blockIdx.x;
+  const int j0 = static_cast<int>(blk % t.tiles_w) * L.cols();  // the tile's first pixel (forward: y; else dx)
+  blk /= t.tiles_w;
+  const int64_t i0 = blk % t.tiles_h * kBandRows;
+  blk /= t.tiles_h;
+  const int64_t g = blk % p.groups, b = blk / p.groups, ch0 = g * kCB;
+
+  // the channel operand: forward x rows i0 - p.., columns j0 - p - e..; grad-input grad_out rows i0 + p - 6..,
+  // columns j0 + p - 6 - e.. (e <= 2: plan_band)
+  // (offsets within the group's planes in 32 bits: plan_band)
+  const int src_h = static_cast<int>(kGradInput ? p.ho : p.h), src_w = static_cast<int>(kGradInput ? p.wo : p.w);
+  const T* src = static_cast<const T*>(kGradInput ? p.grad_out : p.x) + (b * p.c + ch0) * src_h * src_w;
+  const int arow0 = static_cast<int>(kGradInput ? i0 + p.p - (K - 1) : i0 - p.p);
+  const int e = band_lead(kGradInput ? j0 + p.p - (K - 1) : j0 - p.p);
+  const int acol0 = (kGradInput ? j0 + p.p - (K - 1) : j0 - p.p) - e;
+  copy_quads<kCB, kBandRows + K - 1, L.a_rs() / 4, kBandRows * 32>(
+      as, L.a_ps(), L.a_rs(), src_w, src,
+      [&](int cc, int row) {
+        const int gr = arow0 + row;
+        return static_cast<unsigned>(gr) < static_cast<unsigned>(src_h) ? (cc * src_h + gr) * src_w : -1;
+      },
+      [&](int) { return acol0; }, threadIdx.x);
+  // the weights of tap (kh, kw) at rows i0 + r, columns j0 + c; grad-input: rows + p - kh, columns + p - kw, from the
+  // multiple of 4 at or before (band_lead)
+  const int ho = static_cast<int>(p.ho), wo = static_cast<int>(p.wo), wrow0 = static_cast<int>(i0);
+  const T* wt = static_cast<const T*>(p.weight) + (b * p.groups + g) * K * K * ho * wo;
+  copy_quads<K * K, kBandRows, L.w_rs() / 4, kBandRows * 32>(
+      ws, L.w_ts(), L.w_rs(), wo, wt,
+      [&](int tap, int row) {
+        const int gr = wrow0 + row + (kGradInput ? p.p - tap / K : 0);
+        return static_cast<unsigned>(gr) < static_cast<unsigned>(ho) ? (tap * ho + gr) * wo : -1;
+      },
+      [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & ~3; }, threadIdx.x);
+  cp_async_wait_all();
+  __syncthreads();
+
+  // This lane's A rows (channels n, n + 8) and B entries: rows k = 2q, 2q + 1, 2q + 8, 2q + 9 of column n (PTX's
+  // fragment layouts); an entry off the band reads tap 0 and is masked to zero.
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n = lane / 4, q = lane % 4;
+  const T* a_lane = as + (kGradInput ? warp + K - 1 : warp) * L.a_rs() + n * L.a_ps() + 2 * q;
+  const T* w_lane[4];
+  uint32_t mask[2] = {0u, 0u};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const int d = 2 * q + (s & 1) + (s >> 1) * 8 - n - e, kw = kGradInput ? K - 1 - d : d;
+    const bool on_band = d >= 0 && d < K;
+    w_lane[s] = ws + warp * L.w_rs() + (on_band ? kw * L.w_ts() + n + (kGradInput ? band_lead(p.p - kw) : 0) : 0);
+    if (on_band) mask[s >> 1] |= 0xffffu << (16 * (s & 1));
+  }
+  const int64_t row = i0 + warp, out_h = kGradInput ? p.h : p.ho, out_w = kGradInput ? p.w : p.wo;
+  T* out = static_cast<T*>(p.out) + ((b * p.c + ch0 + n) * out_h + row) * out_w;  // channel n's row
+  const bool row_ok = row < out_h;
+  uint32_t redo = 0;  // bit 4 nt + 2 h + r: the sum of channel n + 8h, pixel 2q + r of n-tile nt is not finite
+#pragma unroll 1
+  for (int nt = 0; nt < kNT; ++nt) {
+    float acc[4] = {};
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+      const T* ar = a_lane + (kGradInput ? -kh : kh) * L.a_rs() + nt * 8;
+      const uint32_t a[4] = {load_pair(ar), load_pair(ar + 8 * L.a_ps()), load_pair(ar + 8),
+                             load_pair(ar + 8 * L.a_ps() + 8)};
+      const int wk = kh * K * L.w_ts() + nt * 8;
+      const uint32_t bv[2] = {(bits16(w_lane[0][wk]) | bits16(w_lane[1][wk]) << 16) & mask[0],
+                              (bits16(w_lane[2][wk]) | bits16(w_lane[3][wk]) << 16) & mask[1]};
+      mma_m16n8k16<T>(acc, a, bv);
+    }
+    const int col = j0 + nt * 8 + 2 * q;  // and col + 1: widths are even
+    if (!row_ok || col >= out_w) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      store_pair(out + 8 * h * out_h * out_w + col, from_float<T>(acc[2 * h]), from_float<T>(acc[2 * h + 1]));
+      redo |= (is_finite(acc[2 * h]) ? 0u : 1u << (4 * nt + 2 * h)) |
+              (is_finite(acc[2 * h + 1]) ? 0u : 2u << (4 * nt + 2 * h));
+    }
+  }
+  if (redo != 0) band_redo<T, kGradInput>(p, b, ch0 + n, row, j0 + 2 * q, redo, out);
+}
+
+// ---- grad-weight on tensor cores: per kernel row kh and 16 pixels m of one row, three mma.m16n8k16 over the
+// group's 16 channels c (RedNet's shapes at stride 1, NCHW, fp16/bf16):
+//   D[m, col] = sum_c grad_out[c, m] x[c, col] for 24 staged columns from the m-tile's start,
+// of which the band col = m + kw + e (kw < 7, e = band_lead(-p)) is the weight gradient of pixel m's tap (kh, kw):
+// 112 of the 384 products are useful, each of them a whole sum (no other pixel's input enters it: no redo). A
+// (grad_out, pixels x channels) is read once per m-tile from global memory into registers; B (x, channel pairs at a
+// column) from the tile staged as the forward's; a lane's band entries go to an fp32 [7 taps][rows][columns] slice in
+// shared memory, from which each warp stores its own row's 7 taps after each kernel row, two pixels a lane.
+struct BandWgradLayout {
+  int nm;
+  constexpr LC_HD int cols() const { return 16 * nm; }
+  constexpr LC_HD int a_rs() const { return cols() + 8; }
+  constexpr LC_HD int a_ps() const { return band_stride((kBandRows + kRedNetK - 1) * a_rs()); }
+  // fp32 slice; a tap stride of 0 (mod 32) words keeps a store instruction's band entries in different banks
+  constexpr LC_HD int d_ts() const { return kBandRows * cols(); }
+  constexpr LC_HD size_t smem() const {
+    return static_cast<size_t>(kCB) * a_ps() * 2 + static_cast<size_t>(kRedNetK) * d_ts() * 4;
+  }
+};
+
+template <typename T, int kNM>
+__global__ void __launch_bounds__(kBandRows * 32, 3) band_wgrad_kernel(Inv p, BandTile t) {
+  constexpr int K = kRedNetK;
+  constexpr BandWgradLayout L{kNM};
+  T* as = reinterpret_cast<T*>(dynamic_smem());
+  float* ds = reinterpret_cast<float*>(as + kCB * L.a_ps());  // (a_ps is even: 4-byte aligned)
+  int64_t blk = blockIdx.x;
+  const int j0 = static_cast<int>(blk % t.tiles_w) * L.cols();
+  blk /= t.tiles_w;
+  const int64_t i0 = blk % t.tiles_h * kBandRows;
+  blk /= t.tiles_h;
+  const int64_t g = blk % p.groups, b = blk / p.groups, ch0 = g * kCB;
+  const int e = band_lead(j0 - p.p);
+
+  // x rows i0 - p.., columns j0 - p - e.., as the forward stages them
+  // (offsets within the group's planes in 32 bits: plan_band)
+  const int h = static_cast<int>(p.h), w = static_cast<int>(p.w), xrow0 = static_cast<int>(i0) - p.p;
+  const T* x = static_cast<const T*>(p.x) + (b * p.c + ch0) * h * w;
+  copy_quads<kCB, kBandRows + K - 1, L.a_rs() / 4, kBandRows * 32>(
+      as, L.a_ps(), L.a_rs(), w, x,
+      [&](int cc, int row) {
+        const int gr = xrow0 + row;
+        return static_cast<unsigned>(gr) < static_cast<unsigned>(h) ? (cc * h + gr) * w : -1;
+      },
+      [&](int) { return j0 - p.p - e; }, threadIdx.x);
+
+  // A fragments (rows: pixels n, n + 8 of each m-tile; k: channel pairs 2q, 2q + 8), zero off the map
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n = lane / 4, q = lane % 4;
+  const int64_t row = i0 + warp;
+  const T* gy = static_cast<const T*>(p.grad_out) + ((b * p.c + ch0) * p.ho + row) * p.wo;
+  uint32_t a[kNM][4];
+#pragma unroll
+  for (int u = 0; u < kNM; ++u) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {  // a[r]: pixel n + 8 (r % 2), channels 2q + 8 (r / 2) and the next
+      const int j = j0 + 16 * u + n + 8 * (r % 2), c = 2 * q + 8 * (r / 2);
+      const bool ok = row < p.ho && j < p.wo;
+      a[u][r] = ok ? bits16(gy[c * p.ho * p.wo + j]) | bits16(gy[(c + 1) * p.ho * p.wo + j]) << 16 : 0u;
+    }
+  }
+  cp_async_wait_all();
+  __syncthreads();
+
+  // This lane's D entries (PTX's layout): d[2h + r] is pixel n + 8h, column 8t + 2q + r of n-tile t: tap
+  // kw = 8t + 2q + r - n - 8h - e, kept where 0 <= kw < 7 at ds[kw][warp][16u + n + 8h].
+  const int d0 = 2 * q - n - e;
+  float* d_lane = ds + warp * L.cols() + n;
+  const bool row_ok = row < p.ho;
+  T* dw = static_cast<T*>(p.out) + ((b * p.groups + g) * K * K * p.ho + row) * p.wo + j0 + 2 * lane;  // tap 0
+#pragma unroll 1
+  for (int kh = 0; kh < K; ++kh) {
+    const T* xr = as + (warp + kh) * L.a_rs() + 2 * q * L.a_ps() + n;  // channel 2q, column n
+#pragma unroll
+    for (int u = 0; u < kNM; ++u) {
+      float acc[3][4] = {};
+#pragma unroll
+      for (int nt = 0; nt < 3; ++nt) {  // the three products first: independent, back to back
+        const T* xc = xr + 16 * u + 8 * nt;
+        const uint32_t bv[2] = {bits16(xc[0]) | bits16(xc[L.a_ps()]) << 16,
+                                bits16(xc[8 * L.a_ps()]) | bits16(xc[9 * L.a_ps()]) << 16};
+        mma_m16n8k16<T>(acc[nt], a[u], bv);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 3; ++nt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (nt - h < 0 || nt - h > 1) continue;  // kw in 8 (nt - h) + [-9, 7]: off the band for every lane
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int kw = d0 + 8 * nt + r - 8 * h;
+            if (kw >= 0 && kw < K) d_lane[kw * L.d_ts() + 16 * u + 8 * h] = acc[nt][2 * h + r];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // this warp's row of the kernel row's 7 taps, two pixels a lane
+    if (row_ok && 2 * lane < L.cols() && j0 + 2 * lane < p.wo) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        const float* v = ds + kw * L.d_ts() + warp * L.cols() + 2 * lane;
+        store_pair(dw + static_cast<int64_t>(kh * K + kw) * p.ho * p.wo, from_float<T>(v[0]), from_float<T>(v[1]));
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// The banded tensor-core path: RedNet's shapes at stride 1, 16-bit NCHW, widths a multiple of 4 (8-byte copies), on a
+// device with tensor cores; the pointers' alignment is the caller's check (band_aligned). False where it does not
+// apply or fit.
+inline bool plan_band(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, BandTile* tile) {
+  // 8-byte copies: widths a multiple of 4 columns, and at most 2 lead columns before the operand's first (the 16
+  // columns of a product reach 8 + 6 + e); a group's planes and an image's weights are addressed in 32 bits
+  const int64_t limit = int64_t{1} << 31;
+  if (!lim.tensor_cores || elem_bytes != 2 || p.channels_last || !rednet_shape(p) || p.s != 1 || p.w % 4 != 0 ||
+      p.wo % 4 != 0 || band_lead(-p.p) > 2 || band_lead(p.p - (kRedNetK - 1)) > 2 ||
+      static_cast<int64_t>(p.groups) * p.k * p.k * p.ho * p.wo >= limit || kCB * p.h * p.w >= limit ||
+      kCB * p.ho * p.wo >= limit) {
+    return false;
+  }
+  const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
+  BandTile t{};
+  int tile_cols;
+  size_t smem;
+  if (dir == Dir::kGradWeight) {  // m-tiles of 16 pixels: 1, 2, 4 (RedNet-50's 14, 28, 56 columns)
+    t.nt = cols <= 16 ? 1 : cols <= 32 ? 2 : 4;
+    tile_cols = BandWgradLayout{t.nt}.cols();
+    smem = BandWgradLayout{t.nt}.smem();
+  } else {  // n-tiles of 8 pixels: 2, 4, 7
+    t.nt = cols <= 16 ? 2 : cols <= 32 ? 4 : 7;
+    tile_cols = BandLayout{t.nt, dir == Dir::kGradInput}.cols();
+    smem = BandLayout{t.nt, dir == Dir::kGradInput}.smem();
+  }
+  if (smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  t.tiles_h = ceil_div(rows, kBandRows);
+  t.tiles_w = ceil_div(cols, tile_cols);
+  *tile = t;
+  return true;
+}
+
+template <typename T, bool kGradInput, typename Launch>
+void launch_band(Launch& launch, const Inv& p, const BandTile& t) {
+  auto kernel = t.nt == 2 ? band_mma_kernel<T, kGradInput, 2>
+                          : t.nt == 4 ? band_mma_kernel<T, kGradInput, 4> : band_mma_kernel<T, kGradInput, 7>;
+  launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32,
+         BandLayout{t.nt, kGradInput}.smem(), p, t);
+}
+
+template <typename T, typename Launch>
+void launch_band_wgrad(Launch& launch, const Inv& p, const BandTile& t) {
+  auto kernel = t.nt == 1 ? band_wgrad_kernel<T, 1> : t.nt == 2 ? band_wgrad_kernel<T, 2> : band_wgrad_kernel<T, 4>;
+  launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32, BandWgradLayout{t.nt}.smem(),
+         p, t);
+}
+
+// Whether the banded kernels may run on these tensors: the operands they copy by 8 bytes 8-byte aligned, the output
+// they store in 4-byte pairs 4-byte aligned.
+inline bool band_aligned(std::initializer_list<const void*> copied, const void* out) {
+  for (const void* q : copied) {
+    if (reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
+  }
+  return reinterpret_cast<uintptr_t>(out) % 4 == 0;
+}
+
 // ---- plans -----------------------------------------------------------------------------------------------------
-enum class Dir { kForward, kGradInput, kGradWeight };
 
 // Pixel tile over (rows, cols) of the kernel's own output; false when even one row of rb pixels does not fit.
 // 16-bit NCHW inputs (elem_bytes 2) stage through half the planes' raw values: two memory round trips, and a tile
@@ -618,6 +943,13 @@ inline int64_t tile_blocks(const Inv& p, const InvTile& t, bool with_chunks) {
 template <typename T, typename Launch>
 void run_forward(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
+  if constexpr (sizeof(T) == 2) {
+    BandTile bt;
+    if (plan_band(p, Dir::kForward, lim, sizeof(T), &bt) && band_aligned({a.x, a.weight}, a.out)) {
+      launch_band<T, false>(launch, p, bt);
+      return;
+    }
+  }
   InvTile t;
   if (!plan(p, Dir::kForward, lim, sizeof(T), &t)) {
     launch(forward_naive_kernel<T>, naive_grid(p.b * p.c * p.ho * p.wo), kThreads, 0, p);
@@ -632,6 +964,13 @@ void run_forward(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
 template <typename T, typename Launch>
 void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
+  if constexpr (sizeof(T) == 2) {
+    BandTile bt;
+    if (plan_band(p, Dir::kGradInput, lim, sizeof(T), &bt) && band_aligned({a.grad_out, a.weight}, a.out)) {
+      launch_band<T, true>(launch, p, bt);
+      return;
+    }
+  }
   InvTile t;
   if (!plan(p, Dir::kGradInput, lim, sizeof(T), &t)) {
     launch(grad_input_naive_kernel<T>, naive_grid(p.b * p.c * p.h * p.w), kThreads, 0, p);
@@ -655,6 +994,13 @@ inline size_t grad_weight_workspace_bytes(const InvArgs& a, const DeviceLimits& 
 template <typename T, typename Launch>
 void run_grad_weight(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
+  if constexpr (sizeof(T) == 2) {
+    BandTile bt;
+    if (plan_band(p, Dir::kGradWeight, lim, sizeof(T), &bt) && band_aligned({a.x}, a.out)) {
+      launch_band_wgrad<T>(launch, p, bt);
+      return;
+    }
+  }
   InvTile t;
   if (!plan(p, Dir::kGradWeight, lim, sizeof(T), &t)) {
     launch(grad_weight_naive_kernel<T>, naive_grid(p.b * p.groups * p.k * p.k * p.ho * p.wo), kThreads, 0, p);

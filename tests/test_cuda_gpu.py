@@ -385,6 +385,35 @@ def test_involution_edge_cases(case, dtype, layout):
     check_involution(b, c, h, w, k, groups, dtype, layout, **kwargs)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_involution_non_finite_values_stay_where_unfold_puts_them(stride, dtype, layout):
+    """RedNet's shape (K = 7, 16 channels a group; fp16/bf16 NCHW at stride 1: the banded tensor-core kernels, whose
+    zero band entries meet other pixels' inputs): Inf and NaN in x, an Inf weight on a tap over padding (0 * Inf =
+    NaN) and a NaN in grad_out land exactly where the float64 unfold definition puts them, finite values elsewhere."""
+    b, c, h, w, k, groups, p = 2, 32, 12, 16, 7, 2, 3
+    ho, wo = ((size + 2 * p - k) // stride + 1 for size in (h, w))
+    x = randn((b, c, h, w), dtype, layout)
+    weight = randn((b, groups * k * k, ho, wo), dtype, layout, scale=1.0 / k)
+    grad = randn((b, c, ho, wo), dtype, layout)
+    x[0, 1, 2, 3], x[1, 20, 5, 9] = float("inf"), float("nan")
+    weight[1, k * k, 0, 0] = float("inf")  # group 1, tap (0, 0) of output (0, 0): over the top-left padding
+    grad[0, 5, 1, 2] = float("nan")
+    with poisoned_allocations():
+        out = cuda_backend.involution2d_forward(x, weight, k, stride, p, 1)
+        grad_x = cuda_backend.involution2d_grad_input(grad, weight, x.shape, k, stride, p, 1)
+        grad_w = cuda_backend.involution2d_grad_weight(grad, x, weight.shape, k, stride, p, 1)
+    torch.cuda.synchronize()
+    ref = inv_reference(x, weight, grad, k, stride, p, 1, torch.float64)
+    low = inv_reference(x, weight, grad, k, stride, p, 1, dtype) if dtype != torch.float32 else [None] * 3
+    for name, got, want, want_low in zip(("forward", "grad_input", "grad_weight"), (out, grad_x, grad_w), ref, low):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), name
+        assert want.isfinite().any(), name
+        finite = want.isfinite()
+        assert_close(got[finite], want[finite], None if want_low is None else want_low[finite], what=name)
+
+
 # ---- the backend's contract -------------------------------------------------------------------------------------
 
 def test_unsupported_reason_on_cuda_tensors():

@@ -32,6 +32,7 @@
 #define __device__
 #define __global__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 #define __syncthreads() ::emu::sync_threads(__LINE__)
 

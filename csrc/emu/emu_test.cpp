@@ -169,7 +169,10 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, bool tf32, std::s
               const bool inside = hh >= 0 && hh < a.h && ww >= 0 && ww < a.w;
               const size_t xi = inside ? idx4(cl, n, o / k.mult, hh, ww, a.c, a.h, a.w) : 0;
               dw_padded[wi] += gv[yi] * (inside ? xv[xi] : 0.0);
-              if (!inside) continue;
+              if (!inside) {  // the unfold definition multiplies padding's zeros (an Inf weight gives NaN)
+                y[yi] += wv[wi] * 0.0;
+                continue;
+              }
               y[yi] += wv[wi] * xv[xi];
               ymag[yi] += std::fabs(wv[wi] * xv[xi]);
               dx[xi] += gv[yi] * wv[wi];
@@ -297,7 +300,7 @@ bool run_dw1(const Dw1Case& k, const DeviceLimits& lim, std::string* msg) {
 struct InvCase {
   int b, c, h, w, groups, k, s, p, d;
   bool non_finite = false;  // a NaN and an Inf planted in x and in grad_out
-  bool misaligned = false;  // x and grad_out start one element into their allocations (16-bit: 2-byte aligned)
+  int misaligned = 0;  // x and grad_out start this many elements into their allocations (16-bit, 1: 2-byte aligned)
 };
 
 template <typename T>
@@ -317,6 +320,10 @@ bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* ms
   if (q.non_finite) {
     plant_non_finite(x, xv, 1.0);
     plant_non_finite(g, gv, -1.0);
+    // an Inf weight on tap (0, 0) of output (0, 0), group 0: over padding where p > 0 (unfold: 0 * Inf = NaN)
+    const size_t at = idx4(cl, 0, 0, 0, 0, wc, a.ho, a.wo);
+    wt.p[at] = from_float<T>(INFINITY);
+    wv[at] = INFINITY;
   }
 
   std::vector<double> y(g.n, 0), ymag(g.n, 0), dx(x.n, 0), dxmag(x.n, 0), dwr(wt.n, 0), dwmag(wt.n, 0);
@@ -333,7 +340,10 @@ bool run_inv(const InvCase& q, bool cl, const DeviceLimits& lim, std::string* ms
               const bool inside = hh >= 0 && hh < a.h && ww >= 0 && ww < a.w;
               const size_t xi = inside ? idx4(cl, b, c, hh, ww, a.c, a.h, a.w) : 0;
               dw_padded[wi] += gv[yi] * (inside ? xv[xi] : 0.0);
-              if (!inside) continue;
+              if (!inside) {  // the unfold definition multiplies padding's zeros (an Inf weight gives NaN)
+                y[yi] += wv[wi] * 0.0;
+                continue;
+              }
               y[yi] += wv[wi] * xv[xi];
               ymag[yi] += std::fabs(wv[wi] * xv[xi]);
               dx[xi] += gv[yi] * wv[wi];
@@ -470,7 +480,20 @@ int main(int argc, char** argv) {
       // strided RedNet grad-input (each pixel its own taps): stride 3; stride 2 with padding 2
       {1, 16, 13, 14, 1, 7, 3, 3, 1},
       {1, 32, 12, 12, 2, 7, 2, 2, 1},
-      {1, 32, 12, 12, 2, 7, 1, 3, 1, false, true},  // misaligned 16-bit rows: staged through registers
+      {1, 32, 12, 12, 2, 7, 1, 3, 1, false, 1},  // misaligned 16-bit rows: staged through registers
+      // fp16/bf16 NCHW RedNet shapes at stride 1, widths a multiple of 4 (roomy device): the banded tensor-core
+      // kernels; row tiles and partial tiles, two column tiles, padding 7 (reach past the kernel), NaN / Inf, x and
+      // grad_out 4-byte but not 8-byte aligned (16-bit: the FMA kernels, by column pairs); padding 2 / 4 / 0 with
+      // widths of 2 (mod 4) keep the FMA kernels
+      {2, 32, 20, 20, 2, 7, 1, 3, 1},
+      {1, 16, 6, 80, 1, 7, 1, 3, 1},
+      {1, 16, 8, 12, 1, 7, 1, 7, 1},
+      {1, 16, 8, 12, 1, 7, 1, 5, 1},  // padding 5: 3 lead columns, past a product's reach (the FMA kernels)
+      {2, 32, 20, 20, 2, 7, 1, 3, 1, true},
+      {1, 32, 12, 12, 2, 7, 1, 3, 1, false, 2},
+      {1, 32, 10, 14, 2, 7, 1, 2, 1},
+      {1, 16, 9, 10, 1, 7, 1, 4, 1},
+      {1, 16, 12, 16, 1, 7, 1, 0, 1},
   };
 
   // 1-D: K = 3, 7, 15, 31 have compile-time kernels, the others the run-time-K one; stride / dilation != 1 the
@@ -552,7 +575,8 @@ int main(int argc, char** argv) {
           char name[256];
           std::snprintf(name, sizeof name, "involution[%zu] %s %s %s b%d c%d %dx%d G%d k%d s%d p%d d%d%s%s", i,
                         l.name, dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d,
-                        q.non_finite ? " nan/inf" : "", q.misaligned ? " misaligned" : "");
+                        q.non_finite ? " nan/inf" : "",
+                        q.misaligned == 1 ? " misaligned" : q.misaligned ? " 4-aligned" : "");
           if (!std::strstr(name, filter)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
