@@ -1062,8 +1062,9 @@ def cuda_mma_rows():
     return rows
 
 
-# The CUDA involution kernels (csrc/involution.cuh): block threads, channels per chunk
-INV_THREADS, INV_CB = 256, 16
+# The CUDA involution kernels (csrc/involution.cuh): block threads, channels per chunk; threads staging a row
+# together (csrc/common.cuh kStageTeam)
+INV_THREADS, INV_CB, STAGE_TEAM = 256, 16, 8
 
 
 def inv_pixels_per_thread(case):
@@ -1171,17 +1172,19 @@ def cuda_involution_rows(functions=None, resources=None):
                 loops = inner_loops(parse_sass(functions[name]))
                 hot = max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b))
                 ffma = sum(op.startswith("FFMA") for _, op, _ in hot)
-                # the NCHW staging loops, a warp a row (row_cost): each row's set-up and a lane's copies,
-                # ceil(row / 32): the cp.async loop (fp32: unrolled by 4; 16-bit: a pair per pass) and, for 16-bit
-                # inputs, the widening loop (4 loads and stores a pass). Rows are short (14-70 elements): the set-up
+                # the NCHW staging loops, a team of STAGE_TEAM lanes a row (row_cost): each row's set-up and a
+                # lane's copies: the cp.async loop (fp32: unrolled by 4; 16-bit: a pair per pass) and, for 16-bit
+                # inputs, the widening loop (4 loads and stores a pass). Rows are short (13-70 elements): the set-up
                 # is much of it (session 13's model counted the copies alone).
                 sass = parse_sass(functions[name])
                 copy = next(b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b))
-                per_row = row_cost(sass, copy, cdiv(((iw + 2) & ~1) // 2 if raw_planes else iw, 32), "LDGSTS")
+                # a warp's pass: 32 / STAGE_TEAM rows, a lane's share of one
+                per_row = row_cost(sass, copy, cdiv(((iw + 2) & ~1) // 2 if raw_planes else iw, STAGE_TEAM), "LDGSTS")
                 if raw_planes:
                     widen = next(b for b in loops if sum(op.startswith("STS") for _, op, _ in b) == 4
                                  and sum(op.startswith("LDS") for _, op, _ in b) == 4)
-                    per_row += row_cost(sass, widen, cdiv(iw, 32), "STS")
+                    per_row += row_cost(sass, widen, cdiv(iw, STAGE_TEAM), "STS")
+                per_row *= STAGE_TEAM / 32
                 stage_per_element = per_row / iw * 32  # warp instructions per 32 staged elements
                 k = case.kernel[0]
                 macs_per_thread = k * k * INV_CB * inv_pixels_per_thread(case) * (

@@ -155,10 +155,16 @@ LC_D void cp_async_wait_all() {
 #endif
 }
 
+// Threads that stage one row together (stage_rows, copy_rows_pairs): a row's set-up (its source row, the copy
+// loop's trip count: ~56 SASS instructions) is paid once per team and pass, so a team of 8 on rows of 13-70 elements
+// (RedNet-50's tiles) costs ~20-43 warp instructions a row where a warp-wide team spent 69-95 (sm_90, 2026-11-28);
+// a warp's copies still touch only 4 rows' lines.
+constexpr int kStageTeam = 8;
+
 // NCHW staging: dst[zz * plane_stride + row * row_stride + c] = the input at column col0 + c of row row_base(zz, row)
 // (as float), for zz < planes, row < rows, c < cols; zero where that column is outside [0, width) or row_base gives
 // null (a row outside the input, a plane past the channels). `safe`: any readable element of the input (the address
-// a zero-filled fp32 copy names). Teams of up to 32 consecutive threads take a row each, lanes along the columns:
+// a zero-filled fp32 copy names). Teams of kStageTeam consecutive threads take a row each, lanes along the columns:
 // coalesced loads and no division per element (the generic loop, one (plane, row, column) split per element, spent
 // ~75 instructions on each: sm_90 SASS, 2026-11-27). fp32 goes by cp.async: a thread issues all its copies before
 // waiting once, where loads through registers waited for every row's one or two values before the next row's (~30
@@ -166,7 +172,7 @@ LC_D void cp_async_wait_all() {
 template <typename T, typename RowBase>
 LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
                      int64_t width, const T* safe, RowBase row_base, int tid, int nthreads) {
-  const int team = nthreads < 32 ? nthreads : 32;
+  const int team = nthreads < kStageTeam ? nthreads : kStageTeam;
   const int teams = nthreads / team, member = tid % team, which = tid / team;
   if (which >= teams) return;
   if constexpr (std::is_same_v<T, float>) {
@@ -207,11 +213,11 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
 // input at column first(z) + q of row row_base(z, row), for z < planes, row < rows, q < cols (even); zero where the
 // column is outside [0, width) or row_base gives null. first(z) is even, row_stride and plane_stride are even, the
 // rows 4-byte aligned (an even width and an aligned tensor; `safe`, any aligned element, is named by zero fills).
-// Teams of up to 32 threads take a row each; the caller waits (cp_async_wait_all) and then syncs.
+// Teams of kStageTeam threads take a row each; the caller waits (cp_async_wait_all) and then syncs.
 template <typename T, typename RowBase, typename First>
 LC_D void copy_rows_pairs(T* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t width,
                           const T* safe, RowBase row_base, First first, int tid, int nthreads) {
-  const int team = nthreads < 32 ? nthreads : 32;
+  const int team = nthreads < kStageTeam ? nthreads : kStageTeam;
   const int teams = nthreads / team, member = tid % team, which = tid / team;
   if (which >= teams) return;
   for (int pr = which; pr < planes * rows; pr += teams) {
@@ -263,7 +269,7 @@ template <typename T, typename RowBase>
 LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
                            int64_t width, const T* safe, RowBase row_base, T* raw, int raw_planes, int raw_cols,
                            int tid, int nthreads) {
-  const int team = nthreads < 32 ? nthreads : 32;
+  const int team = nthreads < kStageTeam ? nthreads : kStageTeam;
   const int teams = nthreads / team, member = tid % team, which = tid / team;
   const int lead = static_cast<int>(col0 & 1);  // raw column k holds global column col0 - lead + k
   const int first = static_cast<int>(col0) - lead;  // even (32-bit columns, as in stage_rows)
