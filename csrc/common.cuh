@@ -114,38 +114,26 @@ LC_D float4 load4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
-// Four bytes (a float, or two neighbouring 16-bit values) copied from global to shared memory without passing
-// through registers (cp.async, sm_80+), or zeros when !ok (then src is not read, but must still be a valid address).
-// Both addresses are 4-byte aligned. A thread's copies have landed once it calls cp_async_wait_all (a barrier after
-// that makes them visible to the block). The emulator and GPUs before sm_80 (no cp.async) copy at once.
-LC_D void cp_async_4(void* dst, const void* src, bool ok) {
+// kBytes (4: a float or two 16-bit values; 8: four 16-bit values) copied from global to shared memory without
+// passing through registers (cp.async, sm_80+), or zeros when !ok (then src is not read, but must still be a valid
+// address). Both addresses are kBytes-aligned. A thread's copies have landed once it calls cp_async_wait_all (a
+// barrier after that makes them visible to the block). The emulator and GPUs before sm_80 (no cp.async) copy at once.
+template <int kBytes>
+LC_D void cp_async(void* dst, const void* src, bool ok) {
+  static_assert(kBytes == 4 || kBytes == 8, "cp.async.ca copies 4, 8 or 16 bytes; 4 and 8 are used");
+  using Word = std::conditional_t<kBytes == 4, uint32_t, uint64_t>;
 #if defined(LARGECONV_EMULATE)
-  emu::check_aligned(dst, 4);
-  emu::check_aligned(src, 4);
-  uint32_t v = 0;
-  if (ok) memcpy(&v, src, 4);
-  memcpy(dst, &v, 4);
+  emu::check_aligned(dst, kBytes);
+  emu::check_aligned(src, kBytes);
+  Word v = 0;
+  if (ok) memcpy(&v, src, kBytes);
+  memcpy(dst, &v, kBytes);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  *static_cast<uint32_t*>(dst) = ok ? *static_cast<const uint32_t*>(src) : 0u;
+  *static_cast<Word*>(dst) = ok ? *static_cast<const Word*>(src) : Word{0};
 #else
   const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 4 : 0) : "memory");
-#endif
-}
-
-// cp_async_4 for 8 bytes (four 16-bit values): both addresses 8-byte aligned.
-LC_D void cp_async_8(void* dst, const void* src, bool ok) {
-#if defined(LARGECONV_EMULATE)
-  emu::check_aligned(dst, 8);
-  emu::check_aligned(src, 8);
-  uint64_t v = 0;
-  if (ok) memcpy(&v, src, 8);
-  memcpy(dst, &v, 8);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  *static_cast<uint2*>(dst) = ok ? *static_cast<const uint2*>(src) : make_uint2(0u, 0u);
-#else
-  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 8 : 0) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(to), "l"(src), "n"(kBytes),
+               "r"(ok ? kBytes : 0) : "memory");
 #endif
 }
 
@@ -155,7 +143,7 @@ LC_D void cp_async_wait_all() {
 #endif
 }
 
-// Threads that stage one row together (stage_rows, copy_rows_pairs): a row's set-up (its source row, the copy
+// Threads that stage one row together (stage_rows, stage_rows_pairs): a row's set-up (its source row, the copy
 // loop's trip count: ~56 SASS instructions) is paid once per team and pass, so a team of 8 on rows of 13-70 elements
 // (RedNet-50's tiles) costs ~20-43 warp instructions a row where a warp-wide team spent 69-95 (sm_90, 2026-11-28);
 // a warp's copies still touch only 4 rows' lines.
@@ -191,7 +179,7 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
       for (int c = member; c < cols; c += team) {
         const int gc = first + c;
         const bool ok = static_cast<unsigned>(gc) < in_width;
-        cp_async_4(d + c, from + (ok ? gc : 0), ok);
+        cp_async<4>(d + c, from + (ok ? gc : 0), ok);
       }
     }
     cp_async_wait_all();
@@ -209,37 +197,11 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
   }
 }
 
-// 16-bit rows by cp.async in 4-byte column pairs, untouched: dst[z * plane_stride + row * row_stride + q] = the
-// input at column first(z) + q of row row_base(z, row), for z < planes, row < rows, q < cols (even); zero where the
-// column is outside [0, width) or row_base gives null. first(z) is even, row_stride and plane_stride are even, the
-// rows 4-byte aligned (an even width and an aligned tensor; `safe`, any aligned element, is named by zero fills).
-// Teams of kStageTeam threads take a row each; the caller waits (cp_async_wait_all) and then syncs.
-template <typename T, typename RowBase, typename First>
-LC_D void copy_rows_pairs(T* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t width,
-                          const T* safe, RowBase row_base, First first, int tid, int nthreads) {
-  const int team = nthreads < kStageTeam ? nthreads : kStageTeam;
-  const int teams = nthreads / team, member = tid % team, which = tid / team;
-  if (which >= teams) return;
-  for (int pr = which; pr < planes * rows; pr += teams) {
-    const int zz = pr / rows, row = pr % rows;
-    const T* src = row_base(zz, row);
-    const T* from = src != nullptr ? src : safe;
-    const unsigned in_width = src != nullptr ? static_cast<unsigned>(width) : 0u;  // a row outside: all zero
-    const int col0 = first(zz);
-    T* d = dst + zz * plane_stride + row * row_stride;
-    for (int q = 2 * member; q < cols; q += 2 * team) {
-      const int gc = col0 + q;  // even, so gc + 1 < width too
-      const bool ok = static_cast<unsigned>(gc) < in_width;
-      cp_async_4(d + q, from + (ok ? gc : 0), ok);
-    }
-  }
-}
-
 // 16-bit rows by cp.async in 8-byte column quads, the tile's shape known at compile time (kPlanes x kRows rows of
 // kQuads quads, copied by kThreads threads), with 32-bit source offsets: dst[z * plane_stride + row * row_stride +
 // c] = the input at column first(z) + c of the row at offset row_offset(z, row) from src (-1: a row outside, zeros),
 // zero outside [0, width). A thread keeps one quad column and walks the rows kThreads / kQuads apart: narrow rows
-// leave few lanes idle and a copy costs no division by a run-time value (copy_rows_pairs spent ~60 SASS
+// leave few lanes idle and a copy costs no division by a run-time value (a team per row spent ~60 SASS
 // instructions a row on rows of 17-36 pairs, a flat split of the copies ~40 a pair: sm_90, 2026-11-28).
 // first(z), width, the strides and src's offsets are multiples of 4; src and dst 8-byte aligned.
 template <int kPlanes, int kRows, int kQuads, int kThreads, typename T, typename RowOffset, typename First>
@@ -253,18 +215,18 @@ LC_D void copy_quads(T* dst, int plane_stride, int row_stride, int width, const 
   for (; pr < kPlanes * kRows; pr += kStep) {
     const int off = row_offset(zz, row), gc = first(zz) + c;
     const bool ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
-    cp_async_8(dst + zz * plane_stride + row * row_stride + c, src + (ok ? off + gc : 0), ok);
+    cp_async<8>(dst + zz * plane_stride + row * row_stride + c, src + (ok ? off + gc : 0), ok);
     row += kStep;
     zz += row / kRows;  // (unsigned divisions by constants: a multiply and a shift)
     row %= kRows;
   }
 }
 
-// stage_rows for 16-bit inputs by cp.async: column pairs go to `raw` untouched (copy_rows_pairs), then widen to
-// fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >= cols + 2,
-// even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait once per
-// row. Needs 4-byte aligned rows (an even width and an aligned tensor; `safe` is aligned) and all the block's
-// threads: each round ends in a barrier.
+// stage_rows for 16-bit inputs by cp.async: column pairs (4 bytes, even global columns) go to `raw` untouched, then
+// widen to fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >=
+// cols + 2, even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait
+// once per row. Needs 4-byte aligned rows (an even width and an aligned tensor; `safe` is aligned) and all the
+// block's threads: each round ends in a barrier.
 template <typename T, typename RowBase>
 LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
                            int64_t width, const T* safe, RowBase row_base, T* raw, int raw_planes, int raw_cols,
@@ -276,9 +238,17 @@ LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int pla
   for (int z0 = 0; z0 < planes; z0 += raw_planes) {
     const int np = planes - z0 < raw_planes ? planes - z0 : raw_planes;
     if (z0 > 0) __syncthreads();  // done widening the previous round's values
-    copy_rows_pairs<T>(
-        raw, rows * raw_cols, raw_cols, np, rows, raw_cols, width, safe,
-        [&](int zz, int row) { return row_base(z0 + zz, row); }, [&](int) { return first; }, tid, nthreads);
+    for (int pr = which; which < teams && pr < np * rows; pr += teams) {
+      const T* src = row_base(z0 + pr / rows, pr % rows);
+      const T* from = src != nullptr ? src : safe;
+      const unsigned in_width = src != nullptr ? static_cast<unsigned>(width) : 0u;
+      T* d = raw + pr * raw_cols;
+      for (int q = 2 * member; q < raw_cols; q += 2 * team) {
+        const int gc = first + q;  // even, so gc + 1 < width too
+        const bool ok = static_cast<unsigned>(gc) < in_width;
+        cp_async<4>(d + q, from + (ok ? gc : 0), ok);
+      }
+    }
     cp_async_wait_all();
     __syncthreads();
     for (int pr = which; which < teams && pr < np * rows; pr += teams) {

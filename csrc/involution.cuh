@@ -18,7 +18,6 @@
 // no atomics). Cases whose tile does not fit in shared memory use one-thread-per-output kernels.
 #pragma once
 
-#include <algorithm>
 #include <initializer_list>
 
 #include "common.cuh"
