@@ -1111,14 +1111,19 @@ BAND_ROWS, BAND_K = 8, 7
 
 
 def band_tile(case, direction, elem_bytes):
-    """csrc/involution.cuh plan_band() replayed for NCHW inputs of elem_bytes: (tiles a row: n-tiles of 8 pixels,
-    or grad-weight's m-tiles of 16; blocks, shared bytes, 8-byte copies staged per block, kernel name), or None where
-    the FMA kernels run (fp32, strides, dilation, widths not a multiple of 4: RedNet-50's 14 and 7)."""
+    """csrc/involution.cuh plan_band() replayed for NCHW inputs of elem_bytes (aligned tensors): (tiles a row: n-tiles
+    of 8 pixels, or grad-weight's m-tiles of 16; blocks, shared bytes, copies staged per block, values a copy (4, 2,
+    1: band_vec), staging round trips a block, kernel name), or None where the FMA kernels run (fp32, strides)."""
     n, c, h, w = case.shape
     k = case.kernel[0]
-    if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB or w % 4:
-        return None  # (RedNet's padding 3: the lead columns plan_band asks for)
+    if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB:
+        return None
     rows, cols = h, w  # stride 1, "same" padding: output and input maps agree
+    vec = 4 if w % 4 == 0 else 2 if w % 2 == 0 else 1  # (RedNet's padding 3: 1 lead column at most)
+    threads = BAND_ROWS * 32
+
+    def batches(planes, rows_, vecs):  # copy_vecs' memory round trips: 1 by cp.async, a batch of 16 copies else
+        return 1 if vec > 1 else cdiv(cdiv(planes * rows_, threads // vecs), 16)
 
     def stride8(v):  # band_stride: 8 (mod 16)
         return v + ((8 - v % 16) + 16) % 16
@@ -1128,19 +1133,21 @@ def band_tile(case, direction, elem_bytes):
         a_rs = tile_cols + 8
         a_ps = stride8((BAND_ROWS + k - 1) * a_rs)
         smem = INV_CB * a_ps * 2 + k * BAND_ROWS * tile_cols * 4  # x raw, the fp32 slice of a kernel row's taps
-        copies = INV_CB * (BAND_ROWS + k - 1) * a_rs // 4
-        name = f"void largeconv::inv::band_wgrad_kernel<__nv_bfloat16, {tiles}>("
+        copies = INV_CB * (BAND_ROWS + k - 1) * a_rs // vec
+        rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec)
+        name = f"void largeconv::inv::band_wgrad_kernel<__nv_bfloat16, {tiles}, {vec}>("
     else:
-        tiles = 2 if cols <= 16 else 4 if cols <= 32 else 7
+        tiles = 1 if cols <= 8 else 2 if cols <= 16 else 4 if cols <= 32 else 7
         tile_cols = 8 * tiles
         a_rs, w_rs = tile_cols + 8, tile_cols + (4 if direction == "grad-input" else 0)  # grad-input's lead columns
         a_ps, w_ts = stride8((BAND_ROWS + k - 1) * a_rs), stride8(BAND_ROWS * w_rs)
         smem = (INV_CB * a_ps + k * k * w_ts) * 2
-        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs + k * k * BAND_ROWS * w_rs) // 4
+        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs + k * k * BAND_ROWS * w_rs) // vec
+        rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec) + batches(k * k, BAND_ROWS, w_rs // vec)
         grad_input = str(direction == "grad-input").lower()
-        name = f"void largeconv::inv::band_mma_kernel<__nv_bfloat16, {grad_input}, {tiles}>("
+        name = f"void largeconv::inv::band_mma_kernel<__nv_bfloat16, {grad_input}, {tiles}, {vec}>("
     blocks = n * case.groups * cdiv(rows, BAND_ROWS) * cdiv(cols, tile_cols)
-    return tiles, blocks, smem, copies, name + "largeconv::inv::Inv, largeconv::inv::BandTile)"
+    return tiles, blocks, smem, copies, vec, rounds, name + "largeconv::inv::Inv, largeconv::inv::BandTile)"
 
 
 def cuda_involution_rows(functions=None, resources=None):
@@ -1226,17 +1233,26 @@ def cuda_involution_rows(functions=None, resources=None):
 def band_row(case, dtype, direction, band, functions, resources):
     """cuda_involution_rows' row for a banded tensor-core launch: issue (the hot loop per pass: forward and
     grad-input's n-tile loop, 7 HMMA, per n-tile and warp; grad-weight's kernel-row loop, 3 HMMA per m-tile, its band
-    entries' shared stores and the row's global stores, per kernel row and warp; the copy loop per 8-byte cp.async,
-    a thread's copies 32 a warp instruction), L1 (a wavefront per shared load or store of the hot loop: the strides
-    keep them conflict-free; two per 32 copies), tensor (the HMMA at MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum
-    bytes) and latency (one round trip a block: all its staging, then the products)."""
-    tiles, blocks, smem, copies, name = band
-    loops = inner_loops(parse_sass(functions[name]))
+    entries' shared stores and the row's global stores, per kernel row and warp; staging per copy, a thread's copies
+    32 a warp instruction: copy_vecs' cp.async loop, or for copies of one value the code before the first barrier
+    per 16-bit global load), L1 (a wavefront per shared load or store of the hot loop: the strides keep them
+    conflict-free; two per 32 copies), tensor (the HMMA at MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum bytes)
+    and latency (a round trip a block for all its cp.async staging, one per batch of 16 copies of one value)."""
+    tiles, blocks, smem, copies, vec, rounds, name = band
+    sass = parse_sass(functions[name])
+    loops = inner_loops(sass)
     hot = max(loops, key=lambda b: sum(op.startswith("HMMA") for _, op, _ in b))
+    if not any(op.startswith("HMMA") for _, op, _ in hot):  # one n-tile: no n-tile loop, the code after the barrier
+        barrier = next(i for i, (_, op, _) in enumerate(sass) if op.startswith("BAR"))
+        last = max(i for i, (_, op, _) in enumerate(sass) if op.startswith("HMMA"))
+        hot = sass[barrier + 1:next(i for i in range(last, len(sass)) if sass[i][1].startswith("EXIT")) + 1]
     hmma = sum(op.startswith("HMMA") for _, op, _ in hot)
-    # copy_quads' loop: the compiler unrolls it by 4 and keeps a one-copy remainder loop; the unrolled one per copy
-    copy_loops = [b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b)]
-    per_copy = min(len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in copy_loops)
+    if vec > 1:  # copy_vecs' loop: the compiler unrolls it by 4 and keeps a one-copy remainder loop: the unrolled one
+        copy_loops = [b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b)]
+        per_copy = min(len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in copy_loops)
+    else:  # unrolled batches of loads, then stores: the code up to the barrier (its set-up too) per load
+        barrier = next(i for i, (_, op, _) in enumerate(sass) if op.startswith("BAR"))
+        per_copy = barrier / sum(op.startswith("LDG") for _, op, _ in sass[:barrier])
     lds = sum(op.startswith(("LDS", "STS")) for _, op, _ in hot)
     passes = BAND_ROWS * (BAND_K if direction == "grad-weight" else tiles)  # hot-loop passes per block, all warps
     warp_instr = blocks * (passes * len(hot) + copies / 32 * per_copy)
@@ -1248,14 +1264,14 @@ def band_row(case, dtype, direction, band, functions, resources):
     flops, min_bytes = useful(case, direction, 2)
     terms = dict(issue=warp_instr / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK) / min(1.0, warps_per_sched / 4),
                  l1=wavefronts / (sm90.H100["sms"] * CLOCK),
-                 latency=blocks * MEMORY_LATENCY_S / (sm90.H100["sms"] * max(resident, 1)),
+                 latency=blocks * rounds * MEMORY_LATENCY_S / (sm90.H100["sms"] * max(resident, 1)),
                  tensor=blocks * passes * hmma * 4096 / (TENSOR_PEAK["bfloat16"] * MMA_SYNC_SHARE))
     terms = {k: v / wave_eff for k, v in terms.items()}
     terms["memory"] = min_bytes / BANDWIDTH
     bound = max(terms, key=terms.get)
     return dict(case=case.name, dtype=dtype, direction=direction, kernel=name.split("(")[0].replace("void ", ""),
                 registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident, hot_instr=len(hot),
-                hot_ffma=0, hot_hmma=hmma, stage_instr=per_copy, rounds=1,
+                hot_ffma=0, hot_hmma=hmma, stage_instr=per_copy, rounds=rounds,
                 **{f"{k}_ms": v * 1e3 for k, v in terms.items() if k != "tensor"},
                 predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=terms["memory"] * 1e3,
                 roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound)

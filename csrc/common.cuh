@@ -197,28 +197,69 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
   }
 }
 
-// 16-bit rows by cp.async in 8-byte column quads, the tile's shape known at compile time (kPlanes x kRows rows of
-// kQuads quads, copied by kThreads threads), with 32-bit source offsets: dst[z * plane_stride + row * row_stride +
+// 16-bit rows copied in vectors of kVec values, the tile's shape known at compile time (kPlanes x kRows rows of
+// kVecs vectors, copied by kThreads threads), with 32-bit source offsets: dst[z * plane_stride + row * row_stride +
 // c] = the input at column first(z) + c of the row at offset row_offset(z, row) from src (-1: a row outside, zeros),
-// zero outside [0, width). A thread keeps one quad column and walks the rows kThreads / kQuads apart: narrow rows
+// zero outside [0, width). A thread keeps one vector column and walks the rows kThreads / kVecs apart: narrow rows
 // leave few lanes idle and a copy costs no division by a run-time value (a team per row spent ~60 SASS
 // instructions a row on rows of 17-36 pairs, a flat split of the copies ~40 a pair: sm_90, 2026-11-28).
-// first(z), width, the strides and src's offsets are multiples of 4; src and dst 8-byte aligned.
-template <int kPlanes, int kRows, int kQuads, int kThreads, typename T, typename RowOffset, typename First>
-LC_D void copy_quads(T* dst, int plane_stride, int row_stride, int width, const T* src, RowOffset row_offset,
-                     First first, int tid) {
-  constexpr unsigned kStep = kThreads / kQuads;  // rows a pass
+// kVec 4 and 2 go by 8- and 4-byte cp.async; kVec 1 (odd widths, 2-byte aligned tensors: cp.async copies no less than
+// 4 bytes) loads up to 16 of a thread's values into registers before storing them (a memory round trip per 16
+// copies, not per copy).
+// first(z), width, the strides and src's offsets are multiples of kVec; src and dst 2 * kVec-byte aligned.
+template <int kPlanes, int kRows, int kVecs, int kVec, int kThreads, typename T, typename RowOffset, typename First>
+LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T* src, RowOffset row_offset,
+                    First first, int tid) {
+  static_assert(kVec == 1 || kVec == 2 || kVec == 4, "vectors of 1, 2 or 4 16-bit values");
+  constexpr unsigned kStep = kThreads / kVecs;  // rows a pass
   static_assert(kStep >= 1, "a row wider than the block");
-  const int c = 4 * (tid % kQuads);
-  unsigned pr = tid / kQuads, zz = pr / kRows, row = pr % kRows;
+  const int c = kVec * (tid % kVecs);
+  unsigned pr = tid / kVecs, zz = pr / kRows, row = pr % kRows;
   if (pr >= kStep) return;  // the threads past the last whole row of a pass sit out
-  for (; pr < kPlanes * kRows; pr += kStep) {
+  int to = zz * plane_stride + row * row_stride + c;  // the copy's destination
+  // its source offset from src (0 where !ok: zeros)
+  auto source = [&](bool* ok) {
     const int off = row_offset(zz, row), gc = first(zz) + c;
-    const bool ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
-    cp_async<8>(dst + zz * plane_stride + row * row_stride + c, src + (ok ? off + gc : 0), ok);
-    row += kStep;
-    zz += row / kRows;  // (unsigned divisions by constants: a multiply and a shift)
-    row %= kRows;
+    *ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
+    return *ok ? off + gc : 0;
+  };
+  auto next = [&]() {  // the row kStep rows on (row < kRows before and after: no division)
+    pr += kStep;
+    row += kStep % kRows;
+    zz += kStep / kRows;
+    to += kStep / kRows * plane_stride + kStep % kRows * row_stride;
+    if (kStep % kRows != 0 && row >= kRows) {
+      row -= kRows;
+      ++zz;
+      to += plane_stride - kRows * row_stride;
+    }
+  };
+  if constexpr (kVec > 1) {
+#pragma unroll 4
+    for (; pr < kPlanes * kRows; next()) {
+      bool ok;
+      const int from = source(&ok);
+      cp_async<2 * kVec>(dst + to, src + from, ok);
+    }
+  } else {  // batches of up to 16 copies a thread (a whole 56-column tile's spilled)
+    constexpr unsigned kIters = (kPlanes * kRows + kStep - 1) / kStep, kBatch = kIters < 16 ? kIters : 16;
+#pragma unroll 1
+    for (unsigned i0 = 0; i0 < kIters; i0 += kBatch) {
+      T v[kBatch];
+      int at[kBatch];
+#pragma unroll
+      for (unsigned i = 0; i < kBatch; ++i) {
+        bool ok = false;
+        const int from = pr < kPlanes * kRows ? source(&ok) : 0;
+        at[i] = pr < kPlanes * kRows ? to : -1;
+        v[i] = ok ? src[from] : T{};
+        next();
+      }
+#pragma unroll
+      for (unsigned i = 0; i < kBatch; ++i) {
+        if (at[i] >= 0) dst[at[i]] = v[i];
+      }
+    }
   }
 }
 

@@ -559,25 +559,25 @@ __global__ void __launch_bounds__(kThreads) grad_weight_naive_kernel(Inv p) {
 // (forward: of y; grad-input: of dx), one mma.m16n8k16 over the group's 16 channels c and 16 staged columns k of
 // the channel operand (forward: x; grad-input: grad_out):
 //   D[c, n] += sum_k A[c, k] B[k, n],  B[k, n] = pixel n's weight for tap kw(k, n) where 0 <= kw < 7, else 0,
-//   forward kw = k - n - e, grad-input kw = 6 - (k - n - e), e = the first column's offset past a multiple of 4
-//   (band_lead: the staged columns start there).
-// 7 of B's 16 rows per column are taps (44% of the products useful), but a product takes ~13 warp instructions
-// where the FFMA kernels spent ~2 per useful multiply-add of its 896. The operand and the block's weights are
-// staged untouched by 8-byte cp.async (copy_quads), the weights by the pixel they serve (grad-input: tap (kh, kw)
-// shifted by p - kh rows and p - kw columns), so that a lane's four B entries sit at offsets fixed for the whole
-// kernel; the tile's shape is a template parameter, so the hot loop's shared loads take immediate offsets. The zero
-// entries of B meet other pixels' inputs: a NaN or Inf there turns a finite sum into NaN, as does an Inf weight
-// times a zero of padding, so every non-finite sum is taken again directly (forward_direct, grad_input_direct). A
-// warp owns one row of the block's tile.
+//   forward kw = k - n - e, grad-input kw = 6 - (k - n - e), e = the first column's offset past a multiple of the
+//   copies' width (band_lead: the staged columns start there).
+// 7 of B's 16 rows per column are taps (44% of the products useful), but a product takes ~13 warp instructions where
+// the FFMA kernels spent ~2 per useful multiply-add of its 896. The operand and the block's weights are staged
+// untouched (copy_vecs: 8- or 4-byte cp.async, or single values at odd widths and on 2-byte aligned tensors: band_vec),
+// the weights by the pixel they serve (grad-input: tap (kh, kw) shifted by p - kh rows and p - kw columns), so that a
+// lane's four B entries sit at offsets fixed for the whole kernel; the tile's shape is a template parameter, so the hot
+// loop's shared loads take immediate offsets. The zero entries of B meet other pixels' inputs: a NaN or Inf there turns
+// a finite sum into NaN, as does an Inf weight times a zero of padding, so every non-finite sum is taken again directly
+// (forward_direct, grad_input_direct). A warp owns one row of the block's tile.
 constexpr int kBandRows = 8;  // rows of a tile: a warp each
 
 // A stride of 8 (mod 16) 16-bit values: the eight rows (channels, or taps) a load instruction reads land in
-// different 4-byte bank groups (with grad-input's lead columns too, at the paddings plan_band takes: 3 mod 4).
+// different 4-byte bank groups (with grad-input's lead columns too, at RedNet's padding 3).
 constexpr LC_HD int band_stride(int n) { return n + ((8 - n % 16) + 16) % 16; }
 
-// Staged rows start at a multiple of 4 columns (8-byte copies); a row meant to start at column `col` holds it at
-// this offset (two's complement: right for negative columns too).
-constexpr LC_HD int band_lead(int col) { return col & 3; }
+// Staged rows start at a multiple of `vec` columns (the copies' width: 4, 2 or 1 16-bit values); a row meant to
+// start at column `col` holds it at this offset (two's complement: right for negative columns too).
+constexpr LC_HD int band_lead(int col, int vec) { return col & (vec - 1); }
 
 // Shared memory of a tile of kBandRows rows x nt n-tiles of 8 pixels, in 16-bit values: the channel operand
 // [16][kBandRows + 6][a_rs] (16 columns from each n-tile's start), then the weights [49][kBandRows][w_rs]
@@ -595,9 +595,28 @@ struct BandLayout {
 };
 
 struct BandTile {
-  int nt;  // forward, grad-input: n-tiles of 8 pixels a row (2, 4, 7); grad-weight: m-tiles of 16 (1, 2, 4)
+  int nt;   // forward, grad-input: n-tiles of 8 pixels a row (1, 2, 4, 7); grad-weight: m-tiles of 16 (1, 2, 4)
+  int vec;  // 16-bit values a staging copy (4, 2, 1: band_vec)
   int64_t tiles_h, tiles_w;
 };
+
+// A banded kernel's block: its first column and row, group and image. In 32 bits (grid_size keeps grids under 2^31
+// blocks): a 64-bit division is a call of ~70 instructions, three of them most of a 7x7 map's block set-up.
+struct BandPos {
+  int j0, i0, g, b;
+};
+LC_D BandPos band_pos(const Inv& p, const BandTile& t, int cols) {
+  unsigned blk = blockIdx.x;
+  const unsigned tiles_w = static_cast<unsigned>(t.tiles_w), tiles_h = static_cast<unsigned>(t.tiles_h);
+  BandPos pos;
+  pos.j0 = static_cast<int>(blk % tiles_w) * cols;
+  blk /= tiles_w;
+  pos.i0 = static_cast<int>(blk % tiles_h) * kBandRows;
+  blk /= tiles_h;
+  pos.g = static_cast<int>(blk % static_cast<unsigned>(p.groups));
+  pos.b = static_cast<int>(blk / static_cast<unsigned>(p.groups));
+  return pos;
+}
 
 // The band kernel's non-finite sums taken again (bit 4 nt + 2 h + r of redo: channel c + 8h, column col + 8 nt + r
 // of row `row`; out points at channel c's row). Not inlined: inlined, the forward took 94 registers (2 blocks per
@@ -615,18 +634,15 @@ __device__ __noinline__ void band_redo(const Inv& p, int64_t b, int64_t c, int64
   }
 }
 
-template <typename T, bool kGradInput, int kNT>
+template <typename T, bool kGradInput, int kNT, int kVec>
 __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, BandTile t) {
   constexpr int K = kRedNetK;
   constexpr BandLayout L{kNT, kGradInput};
   T* as = reinterpret_cast<T*>(dynamic_smem());
   T* ws = as + kCB * L.a_ps();
-  int64_t blk = blockIdx.x;
-  const int j0 = static_cast<int>(blk % t.tiles_w) * L.cols();  // the tile's first pixel (forward: y; else dx)
-  blk /= t.tiles_w;
-  const int64_t i0 = blk % t.tiles_h * kBandRows;
-  blk /= t.tiles_h;
-  const int64_t g = blk % p.groups, b = blk / p.groups, ch0 = g * kCB;
+  const BandPos pos = band_pos(p, t, L.cols());
+  const int j0 = pos.j0;  // the tile's first pixel (forward: y; else dx)
+  const int64_t i0 = pos.i0, g = pos.g, b = pos.b, ch0 = g * kCB;
 
   // the channel operand: forward x rows i0 - p.., columns j0 - p - e..; grad-input grad_out rows i0 + p - 6..,
   // columns j0 + p - 6 - e.. (e <= 2: plan_band)
@@ -634,9 +650,9 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
   const int src_h = static_cast<int>(kGradInput ? p.ho : p.h), src_w = static_cast<int>(kGradInput ? p.wo : p.w);
   const T* src = static_cast<const T*>(kGradInput ? p.grad_out : p.x) + (b * p.c + ch0) * src_h * src_w;
   const int arow0 = static_cast<int>(kGradInput ? i0 + p.p - (K - 1) : i0 - p.p);
-  const int e = band_lead(kGradInput ? j0 + p.p - (K - 1) : j0 - p.p);
+  const int e = band_lead(kGradInput ? j0 + p.p - (K - 1) : j0 - p.p, kVec);
   const int acol0 = (kGradInput ? j0 + p.p - (K - 1) : j0 - p.p) - e;
-  copy_quads<kCB, kBandRows + K - 1, L.a_rs() / 4, kBandRows * 32>(
+  copy_vecs<kCB, kBandRows + K - 1, L.a_rs() / kVec, kVec, kBandRows * 32>(
       as, L.a_ps(), L.a_rs(), src_w, src,
       [&](int cc, int row) {
         const int gr = arow0 + row;
@@ -644,16 +660,16 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
       },
       [&](int) { return acol0; }, threadIdx.x);
   // the weights of tap (kh, kw) at rows i0 + r, columns j0 + c; grad-input: rows + p - kh, columns + p - kw, from the
-  // multiple of 4 at or before (band_lead)
+  // multiple of kVec at or before (band_lead)
   const int ho = static_cast<int>(p.ho), wo = static_cast<int>(p.wo), wrow0 = static_cast<int>(i0);
   const T* wt = static_cast<const T*>(p.weight) + (b * p.groups + g) * K * K * ho * wo;
-  copy_quads<K * K, kBandRows, L.w_rs() / 4, kBandRows * 32>(
+  copy_vecs<K * K, kBandRows, L.w_rs() / kVec, kVec, kBandRows * 32>(
       ws, L.w_ts(), L.w_rs(), wo, wt,
       [&](int tap, int row) {
         const int gr = wrow0 + row + (kGradInput ? p.p - tap / K : 0);
         return static_cast<unsigned>(gr) < static_cast<unsigned>(ho) ? (tap * ho + gr) * wo : -1;
       },
-      [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & ~3; }, threadIdx.x);
+      [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & -kVec; }, threadIdx.x);
   cp_async_wait_all();
   __syncthreads();
 
@@ -667,7 +683,7 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
   for (int s = 0; s < 4; ++s) {
     const int d = 2 * q + (s & 1) + (s >> 1) * 8 - n - e, kw = kGradInput ? K - 1 - d : d;
     const bool on_band = d >= 0 && d < K;
-    w_lane[s] = ws + warp * L.w_rs() + (on_band ? kw * L.w_ts() + n + (kGradInput ? band_lead(p.p - kw) : 0) : 0);
+    w_lane[s] = ws + warp * L.w_rs() + (on_band ? kw * L.w_ts() + n + (kGradInput ? band_lead(p.p - kw, kVec) : 0) : 0);
     if (on_band) mask[s >> 1] |= 0xffffu << (16 * (s & 1));
   }
   const int64_t row = i0 + warp, out_h = kGradInput ? p.h : p.ho, out_w = kGradInput ? p.w : p.wo;
@@ -687,13 +703,20 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
                               (bits16(w_lane[2][wk]) | bits16(w_lane[3][wk]) << 16) & mask[1]};
       mma_m16n8k16<T>(acc, a, bv);
     }
-    const int col = j0 + nt * 8 + 2 * q;  // and col + 1: widths are even
+    const int col = j0 + nt * 8 + 2 * q;  // and col + 1 (kVec > 1: widths are even)
     if (!row_ok || col >= out_w) continue;
+    const bool second = kVec > 1 || col + 1 < out_w;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      store_pair(out + 8 * h * out_h * out_w + col, from_float<T>(acc[2 * h]), from_float<T>(acc[2 * h + 1]));
+      T* o = out + 8 * h * out_h * out_w + col;
+      if constexpr (kVec > 1) {
+        store_pair(o, from_float<T>(acc[2 * h]), from_float<T>(acc[2 * h + 1]));
+      } else {  // odd widths: rows start at odd elements
+        o[0] = from_float<T>(acc[2 * h]);
+        if (second) o[1] = from_float<T>(acc[2 * h + 1]);
+      }
       redo |= (is_finite(acc[2 * h]) ? 0u : 1u << (4 * nt + 2 * h)) |
-              (is_finite(acc[2 * h + 1]) ? 0u : 2u << (4 * nt + 2 * h));
+              (is_finite(acc[2 * h + 1]) || !second ? 0u : 2u << (4 * nt + 2 * h));
     }
   }
   if (redo != 0) band_redo<T, kGradInput>(p, b, ch0 + n, row, j0 + 2 * q, redo, out);
@@ -719,25 +742,22 @@ struct BandWgradLayout {
   }
 };
 
-template <typename T, int kNM>
+template <typename T, int kNM, int kVec>
 __global__ void __launch_bounds__(kBandRows * 32, 3) band_wgrad_kernel(Inv p, BandTile t) {
   constexpr int K = kRedNetK;
   constexpr BandWgradLayout L{kNM};
   T* as = reinterpret_cast<T*>(dynamic_smem());
   float* ds = reinterpret_cast<float*>(as + kCB * L.a_ps());  // (a_ps is even: 4-byte aligned)
-  int64_t blk = blockIdx.x;
-  const int j0 = static_cast<int>(blk % t.tiles_w) * L.cols();
-  blk /= t.tiles_w;
-  const int64_t i0 = blk % t.tiles_h * kBandRows;
-  blk /= t.tiles_h;
-  const int64_t g = blk % p.groups, b = blk / p.groups, ch0 = g * kCB;
-  const int e = band_lead(j0 - p.p);
+  const BandPos pos = band_pos(p, t, L.cols());
+  const int j0 = pos.j0;
+  const int64_t i0 = pos.i0, g = pos.g, b = pos.b, ch0 = g * kCB;
+  const int e = band_lead(j0 - p.p, kVec);
 
   // x rows i0 - p.., columns j0 - p - e.., as the forward stages them
   // (offsets within the group's planes in 32 bits: plan_band)
   const int h = static_cast<int>(p.h), w = static_cast<int>(p.w), xrow0 = static_cast<int>(i0) - p.p;
   const T* x = static_cast<const T*>(p.x) + (b * p.c + ch0) * h * w;
-  copy_quads<kCB, kBandRows + K - 1, L.a_rs() / 4, kBandRows * 32>(
+  copy_vecs<kCB, kBandRows + K - 1, L.a_rs() / kVec, kVec, kBandRows * 32>(
       as, L.a_ps(), L.a_rs(), w, x,
       [&](int cc, int row) {
         const int gr = xrow0 + row;
@@ -797,39 +817,58 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_wgrad_kernel(Inv p, Ba
     __syncthreads();
     // this warp's row of the kernel row's 7 taps, two pixels a lane
     if (row_ok && 2 * lane < L.cols() && j0 + 2 * lane < p.wo) {
+      const bool second = kVec > 1 || j0 + 2 * lane + 1 < p.wo;  // (kVec > 1: widths are even)
 #pragma unroll
       for (int kw = 0; kw < K; ++kw) {
         const float* v = ds + kw * L.d_ts() + warp * L.cols() + 2 * lane;
-        store_pair(dw + static_cast<int64_t>(kh * K + kw) * p.ho * p.wo, from_float<T>(v[0]), from_float<T>(v[1]));
+        T* o = dw + static_cast<int64_t>(kh * K + kw) * p.ho * p.wo;
+        if constexpr (kVec > 1) {
+          store_pair(o, from_float<T>(v[0]), from_float<T>(v[1]));
+        } else {  // odd widths: rows start at odd elements
+          o[0] = from_float<T>(v[0]);
+          if (second) o[1] = from_float<T>(v[1]);
+        }
       }
     }
     __syncthreads();
   }
 }
 
-// The banded tensor-core path: RedNet's shapes at stride 1, 16-bit NCHW, widths a multiple of 4 (8-byte copies), on a
-// device with tensor cores; the pointers' alignment is the caller's check (band_aligned). False where it does not
-// apply or fit.
-inline bool plan_band(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, BandTile* tile) {
-  // 8-byte copies: widths a multiple of 4 columns, and at most 2 lead columns before the operand's first (the 16
-  // columns of a product reach 8 + 6 + e); a group's planes and an image's weights are addressed in 32 bits
+// The copies' width (16-bit values) for the banded kernels: the widest of 4, 2, 1 that divides both maps' widths,
+// whose byte size aligns the copied tensors (the output takes 4-byte pair stores from 2 on), and that leaves at most
+// 2 lead columns before the channel operand's first (a product's 16 columns reach 8 + 6 + lead).
+inline int band_vec(const Inv& p, std::initializer_list<const void*> copied, const void* out) {
+  int vec = 4;
+  auto fits = [&](int v) {
+    bool ok = p.w % v == 0 && p.wo % v == 0 && band_lead(-p.p, v) <= 2 && band_lead(p.p - (kRedNetK - 1), v) <= 2;
+    for (const void* q : copied) ok = ok && reinterpret_cast<uintptr_t>(q) % (2 * v) == 0;
+    return ok && (v == 1 || reinterpret_cast<uintptr_t>(out) % 4 == 0);
+  };
+  while (vec > 1 && !fits(vec)) vec /= 2;
+  return vec;
+}
+
+// The banded tensor-core path: RedNet's shapes at stride 1, 16-bit NCHW, on a device with tensor cores, copies of
+// `vec` values (band_vec). False where it does not apply or fit.
+inline bool plan_band(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, int vec, BandTile* tile) {
+  // a group's planes and an image's weights are addressed in 32 bits
   const int64_t limit = int64_t{1} << 31;
-  if (!lim.tensor_cores || elem_bytes != 2 || p.channels_last || !rednet_shape(p) || p.s != 1 || p.w % 4 != 0 ||
-      p.wo % 4 != 0 || band_lead(-p.p) > 2 || band_lead(p.p - (kRedNetK - 1)) > 2 ||
+  if (!lim.tensor_cores || elem_bytes != 2 || p.channels_last || !rednet_shape(p) || p.s != 1 ||
       static_cast<int64_t>(p.groups) * p.k * p.k * p.ho * p.wo >= limit || kCB * p.h * p.w >= limit ||
       kCB * p.ho * p.wo >= limit) {
     return false;
   }
   const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
   BandTile t{};
+  t.vec = vec;
   int tile_cols;
   size_t smem;
-  if (dir == Dir::kGradWeight) {  // m-tiles of 16 pixels: 1, 2, 4 (RedNet-50's 14, 28, 56 columns)
+  if (dir == Dir::kGradWeight) {  // m-tiles of 16 pixels: 1, 2, 4 (RedNet-50's 7 and 14, 28, 56 columns)
     t.nt = cols <= 16 ? 1 : cols <= 32 ? 2 : 4;
     tile_cols = BandWgradLayout{t.nt}.cols();
     smem = BandWgradLayout{t.nt}.smem();
-  } else {  // n-tiles of 8 pixels: 2, 4, 7
-    t.nt = cols <= 16 ? 2 : cols <= 32 ? 4 : 7;
+  } else {  // n-tiles of 8 pixels: 1, 2, 4, 7 (RedNet-50's 7, 14, 28, 56 columns)
+    t.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : 7;
     tile_cols = BandLayout{t.nt, dir == Dir::kGradInput}.cols();
     smem = BandLayout{t.nt, dir == Dir::kGradInput}.smem();
   }
@@ -840,28 +879,50 @@ inline bool plan_band(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_b
   return true;
 }
 
-template <typename T, bool kGradInput, typename Launch>
-void launch_band(Launch& launch, const Inv& p, const BandTile& t) {
-  auto kernel = t.nt == 2 ? band_mma_kernel<T, kGradInput, 2>
-                          : t.nt == 4 ? band_mma_kernel<T, kGradInput, 4> : band_mma_kernel<T, kGradInput, 7>;
-  launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32,
-         BandLayout{t.nt, kGradInput}.smem(), p, t);
+// f(kernel) with the band_mma_kernel instantiation for n-tiles nt and copies of vec values.
+template <typename T, bool kGradInput, int kVec, typename F>
+void with_band_kernel(int nt, F&& f) {
+  switch (nt) {
+    case 1: f(band_mma_kernel<T, kGradInput, 1, kVec>); return;
+    case 2: f(band_mma_kernel<T, kGradInput, 2, kVec>); return;
+    case 4: f(band_mma_kernel<T, kGradInput, 4, kVec>); return;
+    default: f(band_mma_kernel<T, kGradInput, 7, kVec>); return;
+  }
 }
 
-template <typename T, typename Launch>
+template <typename T, bool kGradInput, typename Launch>
+void launch_band(Launch& launch, const Inv& p, const BandTile& t) {
+  auto go = [&](auto kernel) {
+    launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32,
+           BandLayout{t.nt, kGradInput}.smem(), p, t);
+  };
+  if (t.vec == 4) {
+    with_band_kernel<T, kGradInput, 4>(t.nt, go);
+  } else if (t.vec == 2) {
+    with_band_kernel<T, kGradInput, 2>(t.nt, go);
+  } else {
+    with_band_kernel<T, kGradInput, 1>(t.nt, go);
+  }
+}
+
+template <typename T, int kVec, typename Launch>
 void launch_band_wgrad(Launch& launch, const Inv& p, const BandTile& t) {
-  auto kernel = t.nt == 1 ? band_wgrad_kernel<T, 1> : t.nt == 2 ? band_wgrad_kernel<T, 2> : band_wgrad_kernel<T, 4>;
+  auto kernel = t.nt == 1   ? band_wgrad_kernel<T, 1, kVec>
+                : t.nt == 2 ? band_wgrad_kernel<T, 2, kVec>
+                            : band_wgrad_kernel<T, 4, kVec>;
   launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32, BandWgradLayout{t.nt}.smem(),
          p, t);
 }
 
-// Whether the banded kernels may run on these tensors: the operands they copy by 8 bytes 8-byte aligned, the output
-// they store in 4-byte pairs 4-byte aligned.
-inline bool band_aligned(std::initializer_list<const void*> copied, const void* out) {
-  for (const void* q : copied) {
-    if (reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
+template <typename T, typename Launch>
+void launch_band_wgrad(Launch& launch, const Inv& p, const BandTile& t) {
+  if (t.vec == 4) {
+    launch_band_wgrad<T, 4>(launch, p, t);
+  } else if (t.vec == 2) {
+    launch_band_wgrad<T, 2>(launch, p, t);
+  } else {
+    launch_band_wgrad<T, 1>(launch, p, t);
   }
-  return reinterpret_cast<uintptr_t>(out) % 4 == 0;
 }
 
 // ---- plans -----------------------------------------------------------------------------------------------------
@@ -944,7 +1005,7 @@ void run_forward(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   if constexpr (sizeof(T) == 2) {
     BandTile bt;
-    if (plan_band(p, Dir::kForward, lim, sizeof(T), &bt) && band_aligned({a.x, a.weight}, a.out)) {
+    if (plan_band(p, Dir::kForward, lim, sizeof(T), band_vec(p, {a.x, a.weight}, a.out), &bt)) {
       launch_band<T, false>(launch, p, bt);
       return;
     }
@@ -965,7 +1026,7 @@ void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   if constexpr (sizeof(T) == 2) {
     BandTile bt;
-    if (plan_band(p, Dir::kGradInput, lim, sizeof(T), &bt) && band_aligned({a.grad_out, a.weight}, a.out)) {
+    if (plan_band(p, Dir::kGradInput, lim, sizeof(T), band_vec(p, {a.grad_out, a.weight}, a.out), &bt)) {
       launch_band<T, true>(launch, p, bt);
       return;
     }
@@ -995,7 +1056,7 @@ void run_grad_weight(Launch& launch, const InvArgs& a, const DeviceLimits& lim) 
   const Inv p = make_inv(a);
   if constexpr (sizeof(T) == 2) {
     BandTile bt;
-    if (plan_band(p, Dir::kGradWeight, lim, sizeof(T), &bt) && band_aligned({a.x}, a.out)) {
+    if (plan_band(p, Dir::kGradWeight, lim, sizeof(T), band_vec(p, {a.x}, a.out), &bt)) {
       launch_band_wgrad<T>(launch, p, bt);
       return;
     }

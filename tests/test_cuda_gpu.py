@@ -374,6 +374,9 @@ INV_EDGE_CASES = {
     "one_channel_per_group": (2, 8, 11, 12, 3, 8, {}),
     "wide_map": (1, 32, 6, 200, 7, 2, {}),
     "misaligned_rednet": (2, 32, 12, 12, 7, 2, {"misaligned": True}),
+    # 16-bit banded kernels by copies of one value: odd widths, maps grown by padding 5 and shrunk by padding 1
+    "rednet_odd_width_padding5": (2, 32, 9, 13, 7, 2, {"p": 5}),
+    "rednet_odd_wide_padding1": (1, 16, 11, 61, 7, 1, {"p": 1}),
 }
 
 
@@ -388,16 +391,18 @@ def test_involution_edge_cases(case, dtype, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_involution_non_finite_values_stay_where_unfold_puts_them(stride, dtype, layout):
+@pytest.mark.parametrize("w", [16, 14, 7])
+def test_involution_non_finite_values_stay_where_unfold_puts_them(w, stride, dtype, layout):
     """RedNet's shape (K = 7, 16 channels a group; fp16/bf16 NCHW at stride 1: the banded tensor-core kernels, whose
-    zero band entries meet other pixels' inputs): Inf and NaN in x, an Inf weight on a tap over padding (0 * Inf =
-    NaN) and a NaN in grad_out land exactly where the float64 unfold definition puts them, finite values elsewhere."""
-    b, c, h, w, k, groups, p = 2, 32, 12, 16, 7, 2, 3
+    zero band entries meet other pixels' inputs, staged by copies of 4, 2 and 1 values at widths 16, 14 and 7): Inf
+    and NaN in x, an Inf weight on a tap over padding (0 * Inf = NaN) and a NaN in grad_out land exactly where the
+    float64 unfold definition puts them, finite values elsewhere."""
+    b, c, h, k, groups, p = 2, 32, 12, 7, 2, 3
     ho, wo = ((size + 2 * p - k) // stride + 1 for size in (h, w))
     x = randn((b, c, h, w), dtype, layout)
     weight = randn((b, groups * k * k, ho, wo), dtype, layout, scale=1.0 / k)
     grad = randn((b, c, ho, wo), dtype, layout)
-    x[0, 1, 2, 3], x[1, 20, 5, 9] = float("inf"), float("nan")
+    x[0, 1, 2, 3], x[1, 20, 5, w - 2] = float("inf"), float("nan")
     weight[1, k * k, 0, 0] = float("inf")  # group 1, tap (0, 0) of output (0, 0): over the top-left padding
     grad[0, 5, 1, 2] = float("nan")
     with poisoned_allocations():

@@ -404,13 +404,14 @@ int main(int argc, char** argv) {
   // Limits: a roomy device with few SMs (plans shrink tiles to make blocks), a 12 KB device (plans shrink tiles
   // to fit), and a 1 KB device (nothing fits: the one-thread-per-output fallbacks).
   // The roomy device has tensor cores (the NCHW tensor-core correlations: fp16/bf16, fp32 as TF32 or 3xTF32), the
-  // others not.
-  const DeviceLimits roomy{227 * 1024, 4, true}, small{12 * 1024, 1}, none{1024, 1};
+  // others not; "roomy-fma" (no tensor cores) runs the 16-bit involutions only, whose banded kernels take the
+  // roomy device's RedNet shapes at stride 1 from the FMA kernels.
+  const DeviceLimits roomy{227 * 1024, 4, true}, small{12 * 1024, 1}, none{1024, 1}, roomy_fma{227 * 1024, 4};
   struct Lim {
     const char* name;
     DeviceLimits lim;
   };
-  const Lim limits[] = {{"roomy", roomy}, {"small", small}, {"naive", none}};
+  const Lim limits[] = {{"roomy", roomy}, {"small", small}, {"naive", none}, {"roomy-fma", roomy_fma}};
   const DType dtypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
 
   //                 n  c   h    w  m  kh  kw sh sw dh dw  pt  pb  pl  pr
@@ -480,20 +481,28 @@ int main(int argc, char** argv) {
       // strided RedNet grad-input (each pixel its own taps): stride 3; stride 2 with padding 2
       {1, 16, 13, 14, 1, 7, 3, 3, 1},
       {1, 32, 12, 12, 2, 7, 2, 2, 1},
-      {1, 32, 12, 12, 2, 7, 1, 3, 1, false, 1},  // misaligned 16-bit rows: staged through registers
-      // fp16/bf16 NCHW RedNet shapes at stride 1, widths a multiple of 4 (roomy device): the banded tensor-core
-      // kernels; row tiles and partial tiles, two column tiles, padding 7 (reach past the kernel), NaN / Inf, x and
-      // grad_out 4-byte but not 8-byte aligned (16-bit: the FMA kernels, by column pairs); padding 2 / 4 / 0 with
-      // widths of 2 (mod 4) keep the FMA kernels
+      {1, 32, 12, 12, 2, 7, 1, 3, 1, false, 1},  // misaligned 16-bit rows (banded: 2-byte copies)
+      // fp16/bf16 NCHW RedNet shapes at stride 1 (roomy device): the banded tensor-core kernels, copies of 4 values
+      // (widths a multiple of 4, x 8-byte aligned); row tiles and partial tiles, two column tiles, padding 7 (reach
+      // past the kernel), NaN / Inf; copies of 2 (x 4-byte aligned; padding 5 at 12 columns: 3 lead columns for
+      // copies of 4, past a product's reach; widths of 2 mod 4 with padding 2 / 4 / 0)
       {2, 32, 20, 20, 2, 7, 1, 3, 1},
       {1, 16, 6, 80, 1, 7, 1, 3, 1},
       {1, 16, 8, 12, 1, 7, 1, 7, 1},
-      {1, 16, 8, 12, 1, 7, 1, 5, 1},  // padding 5: 3 lead columns, past a product's reach (the FMA kernels)
+      {1, 16, 8, 12, 1, 7, 1, 5, 1},
       {2, 32, 20, 20, 2, 7, 1, 3, 1, true},
       {1, 32, 12, 12, 2, 7, 1, 3, 1, false, 2},
       {1, 32, 10, 14, 2, 7, 1, 2, 1},
       {1, 16, 9, 10, 1, 7, 1, 4, 1},
       {1, 16, 12, 16, 1, 7, 1, 0, 1},
+      // RedNet-50's 14 and 7 columns (copies of 2 and 1; one n-tile of 8 pixels at 7), NaN / Inf; odd widths with
+      // padding 5 (maps grow by 4) and 1 (shrink by 4), several column tiles
+      {2, 32, 14, 14, 2, 7, 1, 3, 1},
+      {2, 32, 7, 7, 2, 7, 1, 3, 1},
+      {1, 16, 14, 14, 1, 7, 1, 3, 1, true},
+      {2, 16, 7, 7, 1, 7, 1, 3, 1, true},
+      {1, 16, 9, 13, 1, 7, 1, 5, 1},
+      {1, 16, 11, 61, 1, 7, 1, 1, 1},
   };
 
   // 1-D: K = 3, 7, 15, 31 have compile-time kernels, the others the run-time-K one; stride / dilation != 1 the
@@ -549,9 +558,12 @@ int main(int argc, char** argv) {
   for (const Lim& l : limits) {
     for (DType d : dtypes) {
       for (int cl = 0; cl < 2; ++cl) {
-        // The small and naive devices run fp32 only (their paths do not depend on the dtype).
-        if (d != DType::kFloat32 && std::strcmp(l.name, "roomy") != 0) continue;
-        for (size_t i = 0; i < 2 * sizeof(dw_cases) / sizeof(dw_cases[0]); ++i) {
+        // The small and naive devices run fp32 only (their paths do not depend on the dtype), roomy-fma 16-bit
+        // involutions only.
+        const bool fma_only = std::strcmp(l.name, "roomy-fma") == 0;
+        if (d != DType::kFloat32 && std::strcmp(l.name, "roomy") != 0 && !fma_only) continue;
+        if (fma_only && d == DType::kFloat32) continue;
+        for (size_t i = 0; !fma_only && i < 2 * sizeof(dw_cases) / sizeof(dw_cases[0]); ++i) {
           // each case, then (tf32) the fp32 ones wide enough for the tensor-core kernels again with TF32 allowed
           const DwCase& k = dw_cases[i % (sizeof(dw_cases) / sizeof(dw_cases[0]))];
           const bool tf32 = i >= sizeof(dw_cases) / sizeof(dw_cases[0]);
