@@ -218,10 +218,10 @@ LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T
   if (pr >= kStep) return;  // the threads past the last whole row of a pass sit out
   int to = zz * plane_stride + row * row_stride + c;  // the copy's destination
   // its source offset from src (0 where !ok: zeros)
-  auto source = [&](bool* ok) {
+  auto source = [&](bool* ok) {  // (unsigned: a 64-bit address without the sign extension)
     const int off = row_offset(zz, row), gc = first(zz) + c;
     *ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
-    return *ok ? off + gc : 0;
+    return *ok ? static_cast<unsigned>(off + gc) : 0u;
   };
   auto next = [&]() {  // the row kStep rows on (row < kRows before and after: no division)
     pr += kStep;
@@ -238,7 +238,7 @@ LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T
 #pragma unroll 4
     for (; pr < kPlanes * kRows; next()) {
       bool ok;
-      const int from = source(&ok);
+      const unsigned from = source(&ok);
       cp_async<2 * kVec>(dst + to, src + from, ok);
     }
   } else {  // batches of up to 16 copies a thread (a whole 56-column tile's spilled)
@@ -250,7 +250,7 @@ LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T
 #pragma unroll
       for (unsigned i = 0; i < kBatch; ++i) {
         bool ok = false;
-        const int from = pr < kPlanes * kRows ? source(&ok) : 0;
+        const unsigned from = pr < kPlanes * kRows ? source(&ok) : 0u;
         at[i] = pr < kPlanes * kRows ? to : -1;
         v[i] = ok ? src[from] : T{};
         next();
