@@ -1141,9 +1141,11 @@ def band_tile(case, direction, elem_bytes):
         tile_cols = 8 * tiles
         a_rs, w_rs = tile_cols + 8, tile_cols + (4 if direction == "grad-input" else 0)  # grad-input's lead columns
         a_ps, w_ts = stride8((BAND_ROWS + k - 1) * a_rs), stride8(BAND_ROWS * w_rs)
-        smem = (INV_CB * a_ps + k * k * w_ts) * 2
-        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs + k * k * BAND_ROWS * w_rs) // vec
-        rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec) + batches(k * k, BAND_ROWS, w_rs // vec)
+        staged = vec > 1  # copies of one value: the weights from global memory in the products (a round trip)
+        smem = (INV_CB * a_ps + (k * k * w_ts if staged else 0)) * 2
+        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs + (k * k * BAND_ROWS * w_rs if staged else 0)) // vec
+        rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec) + (batches(k * k, BAND_ROWS, w_rs // vec)
+                                                                     if staged else 1)
         grad_input = str(direction == "grad-input").lower()
         name = f"void largeconv::inv::band_mma_kernel<__nv_bfloat16, {grad_input}, {tiles}, {vec}>("
     blocks = n * case.groups * cdiv(rows, BAND_ROWS) * cdiv(cols, tile_cols)

@@ -197,72 +197,6 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
   }
 }
 
-// 16-bit rows copied in vectors of kVec values, the tile's shape known at compile time (kPlanes x kRows rows of
-// kVecs vectors, copied by kThreads threads), with 32-bit source offsets: dst[z * plane_stride + row * row_stride +
-// c] = the input at column first(z) + c of the row at offset row_offset(z, row) from src (-1: a row outside, zeros),
-// zero outside [0, width). A thread keeps one vector column and walks the rows kThreads / kVecs apart: narrow rows
-// leave few lanes idle and a copy costs no division by a run-time value (a team per row spent ~60 SASS
-// instructions a row on rows of 17-36 pairs, a flat split of the copies ~40 a pair: sm_90, 2026-11-28).
-// kVec 4 and 2 go by 8- and 4-byte cp.async; kVec 1 (odd widths, 2-byte aligned tensors: cp.async copies no less than
-// 4 bytes) loads up to 16 of a thread's values into registers before storing them (a memory round trip per 16
-// copies, not per copy).
-// first(z), width, the strides and src's offsets are multiples of kVec; src and dst 2 * kVec-byte aligned.
-template <int kPlanes, int kRows, int kVecs, int kVec, int kThreads, typename T, typename RowOffset, typename First>
-LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T* src, RowOffset row_offset,
-                    First first, int tid) {
-  static_assert(kVec == 1 || kVec == 2 || kVec == 4, "vectors of 1, 2 or 4 16-bit values");
-  constexpr unsigned kStep = kThreads / kVecs;  // rows a pass
-  static_assert(kStep >= 1, "a row wider than the block");
-  const int c = kVec * (tid % kVecs);
-  unsigned pr = tid / kVecs, zz = pr / kRows, row = pr % kRows;
-  if (pr >= kStep) return;  // the threads past the last whole row of a pass sit out
-  int to = zz * plane_stride + row * row_stride + c;  // the copy's destination
-  // its source offset from src (0 where !ok: zeros)
-  auto source = [&](bool* ok) {  // (unsigned: a 64-bit address without the sign extension)
-    const int off = row_offset(zz, row), gc = first(zz) + c;
-    *ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
-    return *ok ? static_cast<unsigned>(off + gc) : 0u;
-  };
-  auto next = [&]() {  // the row kStep rows on (row < kRows before and after: no division)
-    pr += kStep;
-    row += kStep % kRows;
-    zz += kStep / kRows;
-    to += kStep / kRows * plane_stride + kStep % kRows * row_stride;
-    if (kStep % kRows != 0 && row >= kRows) {
-      row -= kRows;
-      ++zz;
-      to += plane_stride - kRows * row_stride;
-    }
-  };
-  if constexpr (kVec > 1) {
-#pragma unroll 4
-    for (; pr < kPlanes * kRows; next()) {
-      bool ok;
-      const unsigned from = source(&ok);
-      cp_async<2 * kVec>(dst + to, src + from, ok);
-    }
-  } else {  // batches of up to 16 copies a thread (a whole 56-column tile's spilled)
-    constexpr unsigned kIters = (kPlanes * kRows + kStep - 1) / kStep, kBatch = kIters < 16 ? kIters : 16;
-#pragma unroll 1
-    for (unsigned i0 = 0; i0 < kIters; i0 += kBatch) {
-      T v[kBatch];
-      int at[kBatch];
-#pragma unroll
-      for (unsigned i = 0; i < kBatch; ++i) {
-        bool ok = false;
-        const unsigned from = pr < kPlanes * kRows ? source(&ok) : 0u;
-        at[i] = pr < kPlanes * kRows ? to : -1;
-        v[i] = ok ? src[from] : T{};
-        next();
-      }
-#pragma unroll
-      for (unsigned i = 0; i < kBatch; ++i) {
-        if (at[i] >= 0) dst[at[i]] = v[i];
-      }
-    }
-  }
-}
-
 // stage_rows for 16-bit inputs by cp.async: column pairs (4 bytes, even global columns) go to `raw` untouched, then
 // widen to fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >=
 // cols + 2, even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait
@@ -338,6 +272,91 @@ LC_D void store_pair(T* p, T lo, T hi) {
 #else
   *reinterpret_cast<uint32_t*>(p) = bits16(lo) | bits16(hi) << 16;
 #endif
+}
+
+// Four 16-bit values, two 32-bit words (lo first), as one 8-byte shared-memory store; p is 8-byte aligned.
+template <typename T>
+LC_D void store_words(T* p, uint32_t lo, uint32_t hi) {
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(p, 8);
+  memcpy(p, &lo, 4);
+  memcpy(p + 2, &hi, 4);
+#else
+  *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+#endif
+}
+
+// 16-bit rows copied in vectors of kVec values, the tile's shape known at compile time (kPlanes x kRows rows of
+// kVecs vectors, copied by kThreads threads), with 32-bit source offsets: dst[z * plane_stride + row * row_stride +
+// c] = the input at column first(z) + c of the row at offset row_offset(z, row) from src (-1: a row outside, zeros),
+// zero outside [0, width). A thread keeps one column group and walks the rows apart by a pass's rows: narrow rows
+// leave few lanes idle and a copy costs no division by a run-time value (a team per row spent ~60 SASS
+// instructions a row on rows of 17-36 pairs, a flat split of the copies ~40 a pair: sm_90, 2026-11-28).
+// kVec 4 and 2 go by 8- and 4-byte cp.async, a vector a thread and row. kVec 1 (odd widths, 2-byte aligned tensors:
+// cp.async copies no less than 4 bytes) goes through registers, four neighbouring values a thread and row (one
+// value a thread cost ~38 instructions a value: the row walk and offset per value) and up to 4 rows' loads before
+// their stores (a memory round trip per 4 rows, not per value).
+// first(z), width, the strides and src's offsets are multiples of kVec (kVec 1: strides even, kVecs a multiple of
+// 4); src and dst 2 * kVec-byte aligned.
+template <int kPlanes, int kRows, int kVecs, int kVec, int kThreads, typename T, typename RowOffset, typename First>
+LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T* src, RowOffset row_offset,
+                    First first, int tid) {
+  static_assert(kVec == 1 || kVec == 2 || kVec == 4, "vectors of 1, 2 or 4 16-bit values");
+  constexpr int kEach = kVec > 1 ? 1 : 4;  // vectors a thread and row
+  static_assert(kVecs % kEach == 0, "single values go four a thread");
+  constexpr unsigned kLanes = kVecs / kEach, kStep = kThreads / kLanes;  // threads a row, rows a pass
+  static_assert(kStep >= 1, "a row wider than the block");
+  const int c = kVec * kEach * (tid % kLanes);
+  unsigned pr = tid / kLanes, zz = pr / kRows, row = pr % kRows;
+  if (pr >= kStep) return;  // the threads past the last whole row of a pass sit out
+  int to = zz * plane_stride + row * row_stride + c;  // the copy's destination
+  auto next = [&]() {  // the row kStep rows on (row < kRows before and after: no division)
+    pr += kStep;
+    row += kStep % kRows;
+    zz += kStep / kRows;
+    to += kStep / kRows * plane_stride + kStep % kRows * row_stride;
+    if (kStep % kRows != 0 && row >= kRows) {
+      row -= kRows;
+      ++zz;
+      to += plane_stride - kRows * row_stride;
+    }
+  };
+  if constexpr (kVec > 1) {
+#pragma unroll 4
+    for (; pr < kPlanes * kRows; next()) {
+      const int off = row_offset(zz, row), gc = first(zz) + c;
+      const bool ok = off >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
+      // (unsigned: a 64-bit address without the sign extension)
+      cp_async<2 * kVec>(dst + to, src + (ok ? static_cast<unsigned>(off + gc) : 0u), ok);
+    }
+  } else {
+    constexpr unsigned kIters = (kPlanes * kRows + kStep - 1) / kStep, kBatch = kIters < 4 ? kIters : 4;
+#pragma unroll 1
+    for (unsigned i0 = 0; i0 < kIters; i0 += kBatch) {
+      uint32_t v[kBatch][2];
+      int at[kBatch];
+#pragma unroll
+      for (unsigned i = 0; i < kBatch; ++i) {
+        const bool in_tile = pr < kPlanes * kRows;
+        const int off = in_tile ? row_offset(zz, row) : -1, gc = first(zz) + c;
+        const T* from = src + (off >= 0 ? off + gc : 0);  // (signed: the row's first columns may be padding)
+        uint32_t u[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const bool ok = off >= 0 && static_cast<unsigned>(gc + j) < static_cast<unsigned>(width);
+          u[j] = ok ? bits16(from[j]) : 0u;
+        }
+        v[i][0] = u[0] | u[1] << 16;
+        v[i][1] = u[2] | u[3] << 16;
+        at[i] = in_tile ? to : -1;
+        next();
+      }
+#pragma unroll
+      for (unsigned i = 0; i < kBatch; ++i) {
+        if (at[i] >= 0) store_words(dst + at[i], v[i][0], v[i][1]);
+      }
+    }
+  }
 }
 
 // One staged row of a tensor-core tile: dst[c] = src_row[col0 + c] for c < cols (even), zero where col0 + c is

@@ -582,16 +582,19 @@ constexpr LC_HD int band_lead(int col, int vec) { return col & (vec - 1); }
 // Shared memory of a tile of kBandRows rows x nt n-tiles of 8 pixels, in 16-bit values: the channel operand
 // [16][kBandRows + 6][a_rs] (16 columns from each n-tile's start), then the weights [49][kBandRows][w_rs]
 // (grad-input: up to 3 lead columns, band_lead; at 3 blocks per SM on RedNet-50's 56 columns, 75 KB, there is no
-// room to spare).
+// room to spare) unless they are read from global memory (copies of one value: band_mma_kernel).
 struct BandLayout {
   int nt;
   bool grad_input;
+  bool weights_staged;
   constexpr LC_HD int cols() const { return 8 * nt; }
   constexpr LC_HD int a_rs() const { return cols() + 8; }
   constexpr LC_HD int a_ps() const { return band_stride((kBandRows + kRedNetK - 1) * a_rs()); }
   constexpr LC_HD int w_rs() const { return cols() + (grad_input ? 4 : 0); }
   constexpr LC_HD int w_ts() const { return band_stride(kBandRows * w_rs()); }
-  constexpr LC_HD size_t smem() const { return (static_cast<size_t>(kCB) * a_ps() + kRedNetK * kRedNetK * w_ts()) * 2; }
+  constexpr LC_HD size_t smem() const {
+    return (static_cast<size_t>(kCB) * a_ps() + (weights_staged ? kRedNetK * kRedNetK * w_ts() : 0)) * 2;
+  }
 };
 
 struct BandTile {
@@ -637,7 +640,7 @@ __device__ __noinline__ void band_redo(const Inv& p, int64_t b, int64_t c, int64
 template <typename T, bool kGradInput, int kNT, int kVec>
 __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, BandTile t) {
   constexpr int K = kRedNetK;
-  constexpr BandLayout L{kNT, kGradInput};
+  constexpr BandLayout L{kNT, kGradInput, kVec > 1};
   T* as = reinterpret_cast<T*>(dynamic_smem());
   T* ws = as + kCB * L.a_ps();
   const BandPos pos = band_pos(p, t, L.cols());
@@ -660,33 +663,45 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
       },
       [&](int) { return acol0; }, threadIdx.x);
   // the weights of tap (kh, kw) at rows i0 + r, columns j0 + c; grad-input: rows + p - kh, columns + p - kw, from the
-  // multiple of kVec at or before (band_lead)
+  // multiple of kVec at or before (band_lead). Copies of one value (odd widths) cost ~35 instructions each, more
+  // than the products: those kernels read their B entries straight from global memory instead (each weight once).
   const int ho = static_cast<int>(p.ho), wo = static_cast<int>(p.wo), wrow0 = static_cast<int>(i0);
   const T* wt = static_cast<const T*>(p.weight) + (b * p.groups + g) * K * K * ho * wo;
-  copy_vecs<K * K, kBandRows, L.w_rs() / kVec, kVec, kBandRows * 32>(
-      ws, L.w_ts(), L.w_rs(), wo, wt,
-      [&](int tap, int row) {
-        const int gr = wrow0 + row + (kGradInput ? p.p - tap / K : 0);
-        return static_cast<unsigned>(gr) < static_cast<unsigned>(ho) ? (tap * ho + gr) * wo : -1;
-      },
-      [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & -kVec; }, threadIdx.x);
+  if constexpr (L.weights_staged) {
+    copy_vecs<K * K, kBandRows, L.w_rs() / kVec, kVec, kBandRows * 32>(
+        ws, L.w_ts(), L.w_rs(), wo, wt,
+        [&](int tap, int row) {
+          const int gr = wrow0 + row + (kGradInput ? p.p - tap / K : 0);
+          return static_cast<unsigned>(gr) < static_cast<unsigned>(ho) ? (tap * ho + gr) * wo : -1;
+        },
+        [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & -kVec; }, threadIdx.x);
+  }
   cp_async_wait_all();
   __syncthreads();
 
   // This lane's A rows (channels n, n + 8) and B entries: rows k = 2q, 2q + 1, 2q + 8, 2q + 9 of column n (PTX's
-  // fragment layouts); an entry off the band reads tap 0 and is masked to zero.
+  // fragment layouts); an entry off the band reads tap 0 and is masked to zero. From global memory, entry s of
+  // kernel row kh and n-tile nt is wt[w_off[s] + kh * w_kh + 8 nt] where it is on the band and the y pixel it
+  // belongs to (grad-input: row + p - kh, column + p - kw) is on the map, else zero.
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n = lane / 4, q = lane % 4;
+  const int64_t row = i0 + warp, out_h = kGradInput ? p.h : p.ho, out_w = kGradInput ? p.w : p.wo;
   const T* a_lane = as + (kGradInput ? warp + K - 1 : warp) * L.a_rs() + n * L.a_ps() + 2 * q;
   const T* w_lane[4];
-  uint32_t mask[2] = {0u, 0u};
+  int w_off[4], w_col[4];  // (global B) the offset at kh = 0, nt = 0; the y column the entry serves at nt = 0
+  uint32_t mask[2] = {0u, 0u}, band = 0u;
+  const int hw = ho * wo, w_kh = K * hw - (kGradInput ? wo : 0);
+  const int w_row = static_cast<int>(row) + (kGradInput ? p.p : 0);  // the y row of kernel row 0
 #pragma unroll
   for (int s = 0; s < 4; ++s) {
     const int d = 2 * q + (s & 1) + (s >> 1) * 8 - n - e, kw = kGradInput ? K - 1 - d : d;
     const bool on_band = d >= 0 && d < K;
-    w_lane[s] = ws + warp * L.w_rs() + (on_band ? kw * L.w_ts() + n + (kGradInput ? band_lead(p.p - kw, kVec) : 0) : 0);
+    const int lead = kGradInput ? band_lead(p.p - kw, kVec) : 0;
+    w_lane[s] = ws + warp * L.w_rs() + (on_band ? kw * L.w_ts() + n + lead : 0);
     if (on_band) mask[s >> 1] |= 0xffffu << (16 * (s & 1));
+    w_col[s] = j0 + n + (kGradInput ? p.p - kw : 0);
+    w_off[s] = kw * hw + w_row * wo + w_col[s];
+    band |= on_band ? 1u << s : 0u;
   }
-  const int64_t row = i0 + warp, out_h = kGradInput ? p.h : p.ho, out_w = kGradInput ? p.w : p.wo;
   T* out = static_cast<T*>(p.out) + ((b * p.c + ch0 + n) * out_h + row) * out_w;  // channel n's row
   const bool row_ok = row < out_h;
   uint32_t redo = 0;  // bit 4 nt + 2 h + r: the sum of channel n + 8h, pixel 2q + r of n-tile nt is not finite
@@ -698,9 +713,23 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
       const T* ar = a_lane + (kGradInput ? -kh : kh) * L.a_rs() + nt * 8;
       const uint32_t a[4] = {load_pair(ar), load_pair(ar + 8 * L.a_ps()), load_pair(ar + 8),
                              load_pair(ar + 8 * L.a_ps() + 8)};
-      const int wk = kh * K * L.w_ts() + nt * 8;
-      const uint32_t bv[2] = {(bits16(w_lane[0][wk]) | bits16(w_lane[1][wk]) << 16) & mask[0],
-                              (bits16(w_lane[2][wk]) | bits16(w_lane[3][wk]) << 16) & mask[1]};
+      uint32_t bv[2];
+      if constexpr (L.weights_staged) {
+        const int wk = kh * K * L.w_ts() + nt * 8;
+        bv[0] = (bits16(w_lane[0][wk]) | bits16(w_lane[1][wk]) << 16) & mask[0];
+        bv[1] = (bits16(w_lane[2][wk]) | bits16(w_lane[3][wk]) << 16) & mask[1];
+      } else {
+        const bool y_row = static_cast<unsigned>(w_row - (kGradInput ? kh : 0)) < static_cast<unsigned>(ho);
+        uint32_t v[4];
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          const bool ok = (band >> s & 1u) && y_row &&
+                          static_cast<unsigned>(w_col[s] + 8 * nt) < static_cast<unsigned>(wo);
+          v[s] = ok ? bits16(wt[w_off[s] + kh * w_kh + 8 * nt]) : 0u;
+        }
+        bv[0] = v[0] | v[1] << 16;
+        bv[1] = v[2] | v[3] << 16;
+      }
       mma_m16n8k16<T>(acc, a, bv);
     }
     const int col = j0 + nt * 8 + 2 * q;  // and col + 1 (kVec > 1: widths are even)
@@ -869,8 +898,8 @@ inline bool plan_band(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_b
     smem = BandWgradLayout{t.nt}.smem();
   } else {  // n-tiles of 8 pixels: 1, 2, 4, 7 (RedNet-50's 7, 14, 28, 56 columns)
     t.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : 7;
-    tile_cols = BandLayout{t.nt, dir == Dir::kGradInput}.cols();
-    smem = BandLayout{t.nt, dir == Dir::kGradInput}.smem();
+    tile_cols = BandLayout{t.nt, dir == Dir::kGradInput, vec > 1}.cols();
+    smem = BandLayout{t.nt, dir == Dir::kGradInput, vec > 1}.smem();
   }
   if (smem > static_cast<size_t>(lim.max_smem_optin)) return false;
   t.tiles_h = ceil_div(rows, kBandRows);
@@ -894,7 +923,7 @@ template <typename T, bool kGradInput, typename Launch>
 void launch_band(Launch& launch, const Inv& p, const BandTile& t) {
   auto go = [&](auto kernel) {
     launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32,
-           BandLayout{t.nt, kGradInput}.smem(), p, t);
+           BandLayout{t.nt, kGradInput, t.vec > 1}.smem(), p, t);
   };
   if (t.vec == 4) {
     with_band_kernel<T, kGradInput, 4>(t.nt, go);
