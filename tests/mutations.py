@@ -253,6 +253,10 @@ MUTATIONS = [
       "banded grad-weight at odd widths: each pair's second pixel left unwritten"),
     M("cuda-copy-vecs-zero", "csrc/common.cuh", "u[j] = ok ? bits16(from[j]) : 0u;", "u[j] = bits16(from[j]);",
       EMU_INV, "copies of single 16-bit values (odd widths) fill padding with neighbouring values instead of zeros"),
+    M("cuda-stage-row-range", "csrc/involution.cuh",
+      "return static_cast<unsigned>(gr) < static_cast<unsigned>(h32) ? planes + (cc * h32 + gr) * w32 : nullptr;",
+      "return gr < h32 ? planes + (cc * h32 + gr) * w32 : nullptr;", EMU_INV,
+      "FMA kernels' staging: rows above the map (padding) read from the plane before instead of zero"),
     M("cuda-inv-band-direct-row", "csrc/involution.cuh", "const bool ok = (band >> s & 1u) && y_row &&",
       "const bool ok = (band >> s & 1u) &&", EMU_INV,
       "banded grad-input at odd widths (weights from global memory): taps whose y pixel is above or below the map "
