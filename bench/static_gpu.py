@@ -1112,8 +1112,9 @@ BAND_ROWS, BAND_K = 8, 7
 
 def band_tile(case, direction, elem_bytes):
     """csrc/involution.cuh plan_band() replayed for NCHW inputs of elem_bytes (aligned tensors): (tiles a row: n-tiles
-    of 8 pixels, or grad-weight's m-tiles of 16; blocks, shared bytes, copies staged per block, values a copy (4, 2,
-    1: band_vec), staging round trips a block, kernel name), or None where the FMA kernels run (fp32, strides)."""
+    of 8 pixels, or grad-weight's m-tiles of 16; blocks, shared bytes, copies staged per block (channel operand,
+    weights), values a copy (4, 2, 1: band_vec), staging round trips a block, kernel name), or None where the FMA
+    kernels run (fp32, strides)."""
     n, c, h, w = case.shape
     k = case.kernel[0]
     if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB:
@@ -1133,7 +1134,7 @@ def band_tile(case, direction, elem_bytes):
         a_rs = tile_cols + 8
         a_ps = stride8((BAND_ROWS + k - 1) * a_rs)
         smem = INV_CB * a_ps * 2 + k * BAND_ROWS * tile_cols * 4  # x raw, the fp32 slice of a kernel row's taps
-        copies = INV_CB * (BAND_ROWS + k - 1) * a_rs // vec
+        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs // vec, 0)
         rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec)
         name = f"void largeconv::inv::band_wgrad_kernel<__nv_bfloat16, {tiles}, {vec}>("
     else:
@@ -1143,7 +1144,7 @@ def band_tile(case, direction, elem_bytes):
         a_ps, w_ts = stride8((BAND_ROWS + k - 1) * a_rs), stride8(BAND_ROWS * w_rs)
         staged = vec > 1  # copies of one value: the weights from global memory in the products (a round trip)
         smem = (INV_CB * a_ps + (k * k * w_ts if staged else 0)) * 2
-        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs + (k * k * BAND_ROWS * w_rs if staged else 0)) // vec
+        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs // vec, k * k * BAND_ROWS * w_rs // vec if staged else 0)
         rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec) + (batches(k * k, BAND_ROWS, w_rs // vec)
                                                                      if staged else 1)
         grad_input = str(direction == "grad-input").lower()
@@ -1236,8 +1237,8 @@ def band_row(case, dtype, direction, band, functions, resources):
     """cuda_involution_rows' row for a banded tensor-core launch: issue (the hot loop per pass: forward and
     grad-input's n-tile loop, 7 HMMA, per n-tile and warp; grad-weight's kernel-row loop, 3 HMMA per m-tile, its band
     entries' shared stores and the row's global stores, per kernel row and warp; staging per copy, a thread's copies
-    32 a warp instruction: copy_vecs' cp.async loop, or for copies of one value the code before the first barrier
-    per 16-bit global load), L1 (a wavefront per shared load or store of the hot loop: the strides keep them
+    32 a warp instruction: each copy_vecs call's unrolled cp.async loop for its own copies (the channel operand's,
+    then the weights'), or for copies of one value the code before the first barrier per 16-bit global load), L1 (a wavefront per shared load or store of the hot loop: the strides keep them
     conflict-free; two per 32 copies), tensor (the HMMA at MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum bytes)
     and latency (a round trip a block for all its cp.async staging, one per batch of 16 copies of one value)."""
     tiles, blocks, smem, copies, vec, rounds, name = band
@@ -1249,12 +1250,15 @@ def band_row(case, dtype, direction, band, functions, resources):
         last = max(i for i, (_, op, _) in enumerate(sass) if op.startswith("HMMA"))
         hot = sass[barrier + 1:next(i for i in range(last, len(sass)) if sass[i][1].startswith("EXIT")) + 1]
     hmma = sum(op.startswith("HMMA") for _, op, _ in hot)
-    if vec > 1:  # copy_vecs' loop: the compiler unrolls it by 4 and keeps a one-copy remainder loop: the unrolled one
-        copy_loops = [b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b)]
-        per_copy = min(len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in copy_loops)
+    if vec > 1:  # each copy_vecs loop, unrolled by 4 (plus a one-copy remainder loop): the unrolled ones in order
+        unrolled = [b for b in loops if sum(op.startswith("LDGSTS") for _, op, _ in b) > 1]
+        costs = [len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in sorted(unrolled)]
+        assert len(costs) == sum(n > 0 for n in copies), (name, len(costs))
+        per_copy = sum(n * c for n, c in zip(copies, costs)) / sum(copies)
     else:  # unrolled batches of loads, then stores: the code up to the barrier (its set-up too) per load
         barrier = next(i for i, (_, op, _) in enumerate(sass) if op.startswith("BAR"))
         per_copy = barrier / sum(op.startswith("LDG") for _, op, _ in sass[:barrier])
+    copies = sum(copies)
     lds = sum(op.startswith(("LDS", "STS")) for _, op, _ in hot)
     passes = BAND_ROWS * (BAND_K if direction == "grad-weight" else tiles)  # hot-loop passes per block, all warps
     warp_instr = blocks * (passes * len(hot) + copies / 32 * per_copy)
