@@ -12,6 +12,11 @@
     python3 bench/gpu_probe.py profile     per backend (torch, cuda, triton, auto) on small layers: GPU ms of fwd and
                                            fwd+bwd (do_bench) next to host ms per fwd+bwd call, and the profiler's
                                            top ops by self CPU time for auto and cuda (the kit saw a ~1 ms floor)
+    python3 bench/gpu_probe.py involution  the cuda backend's involution on RedNet-50's layers, bf16 and fp32:
+                                           each direction alone and the layer's fwd+bwd (ms, % of the copy
+                                           bandwidth, the kernels launched), after a batch-2 check against float64
+                                           (--rehearse: CPU, torch backend, batch 2). `ncu OUT --involution`:
+                                           Nsight Compute on the banded tensor-core involution kernels instead
     python3 bench/gpu_probe.py throws      every largeconv_C op called with a bad argument, each in its own process:
                                            "RuntimeError: ..." or "crashed (signal N)" (the kit's pytest segfaulted)
     python3 bench/gpu_probe.py throw NAME  one of them, in this process (for cuda-gdb's backtrace)
@@ -120,6 +125,91 @@ def profile():
     print("auto picked:", dispatch.auto_choices(), flush=True)
 
 
+def involution_times(rehearse=False):
+    """The cuda backend's involution kernels on RedNet-50's layers (batch 64, K=7, 16 channels per group), bf16 and
+    fp32, NCHW: each direction alone (do_bench), its minimum bytes' share of the measured copy bandwidth, and the
+    kernels it launched (profiler); first a batch-2 check of each direction against float64 (the torch backend).
+    `rehearse`: the same steps on CPU tensors at batch 2 through the torch backend, timed by the clock (tests)."""
+    import largeconv
+    from bench import suites
+    from largeconv import dispatch
+    backend, device = ("torch", "cpu") if rehearse else ("cuda", "cuda")
+    module = dispatch.backend_module(backend)
+    bandwidth = _copy_bandwidth(device)
+    print(f"copy bandwidth {bandwidth:.0f} GB/s (read + written)", flush=True)
+    for case in suites.rednet50(batch=2 if rehearse else 64):
+        k, s = case.kernel[0], case.stride
+        ho, wo = ((size + 2 * (k // 2) - k) // s + 1 for size in (case.h, case.w))
+        for dtype in (torch.bfloat16, torch.float32):
+            try:
+                print(f"{case.name} {str(dtype)[6:]}: " + _involution_check(case, dtype, module, device), flush=True)
+                x = torch.randn(case.n, case.c, case.h, case.w, device=device).to(dtype)
+                weight = (torch.randn(case.n, case.groups * k * k, ho, wo, device=device) / k).to(dtype)
+                grad = torch.randn(case.n, case.c, ho, wo, device=device).to(dtype)
+                xg, wg = x.clone().requires_grad_(), weight.clone().requires_grad_()
+                calls = {"forward": lambda: module.involution2d_forward(x, weight, k, s, k // 2, 1),
+                         "grad_input": lambda: module.involution2d_grad_input(grad, weight, x.shape, k, s, k // 2, 1),
+                         "grad_weight": lambda: module.involution2d_grad_weight(grad, x, weight.shape, k, s, k // 2,
+                                                                                1),
+                         "fwd+bwd layer": lambda: torch.autograd.grad(
+                             largeconv.involution2d(xg, wg, k, s, k // 2, backend=backend), (xg, wg), grad)}
+                # each direction reads two of x, weight, grad and writes the third's shape; the layer runs all three
+                min_bytes = sum(t.numel() * t.element_size() for t in (x, weight, grad))
+                for direction, call in calls.items():
+                    ms = _time_ms(call, device)
+                    moved = min_bytes * (3 if direction == "fwd+bwd layer" else 1)
+                    print(f"  {direction:<14} {ms:8.4f} ms  {moved / ms / 1e6:7.0f} GB/s  "
+                          f"{100 * moved / ms / 1e6 / bandwidth:5.1f}% of copy  {_kernels(call, device)}", flush=True)
+            except Exception as error:  # noqa: BLE001  (a probe reports and goes on)
+                print(f"{case.name} {dtype}: {type(error).__name__}: {str(error)[:300]}", flush=True)
+
+
+def _time_ms(call, device):
+    if device == "cuda":
+        import triton.testing
+        return triton.testing.do_bench(call, warmup=10, rep=30)
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _kernels(call, device):
+    """Names of the kernels (CUDA) or top-level ops (CPU) one call runs."""
+    activity = torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
+        call()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type.name == device.upper()]
+    return sorted({e.name[:60] for e in events if device == "cuda" or e.cpu_parent is None})
+
+
+def _copy_bandwidth(device):
+    src = torch.randn(1 << (28 if device == "cuda" else 22), device=device)
+    dst = torch.empty_like(src)
+    ms = min(_time_ms(lambda: dst.copy_(src), device) for _ in range(1 if device == "cuda" else 3))
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def _involution_check(case, dtype, module, device):
+    """Batch 2 of the case, each direction against float64 (torch backend): relative L2 errors."""
+    import largeconv
+    k, s = case.kernel[0], case.stride
+    x = torch.randn(2, case.c, case.h, case.w, device=device)
+    ho, wo = ((size + 2 * (k // 2) - k) // s + 1 for size in (case.h, case.w))
+    weight = torch.randn(2, case.groups * k * k, ho, wo, device=device) / k
+    grad = torch.randn(2, case.c, ho, wo, device=device)
+    x64, w64 = (t.double().requires_grad_() for t in (x, weight))
+    ref = largeconv.involution2d(x64, w64, k, s, k // 2, backend="torch")
+    refs = (ref, *torch.autograd.grad(ref, (x64, w64), grad.double()))
+    xl, wl, gl = (t.to(dtype) for t in (x, weight, grad))
+    got = (module.involution2d_forward(xl, wl, k, s, k // 2, 1),
+           module.involution2d_grad_input(gl, wl, xl.shape, k, s, k // 2, 1),
+           module.involution2d_grad_weight(gl, xl, wl.shape, k, s, k // 2, 1))
+    errors = [((g.double() - r).norm() / r.norm()).item() for g, r in zip(got, refs)]
+    return "batch-2 errors vs float64 " + ", ".join(f"{e:.2e}" for e in errors)
+
+
 # ---- Nsight Compute ------------------------------------------------------------------------------------------------
 
 # (name, op, backend, dtype, TF32 allowed, direction, (N, C, H, W), K): one launch each under an NVTX range of its name
@@ -139,11 +229,20 @@ NCU_CASES = [
      (64, 128, 56, 56), 31),
     ("rednet50-s1.triton.fp32.forward", "involution2d", "triton", torch.float32, False, "forward", (64, 64, 56, 56), 7),
 ]
+# `ncu OUT --involution`: the banded tensor-core involution kernels (bf16, NCHW) at RedNet-50 stages 1 and 3
+INV_NCU_CASES = [(f"rednet50-{stage}.cuda.bf16.{direction}", "involution2d", "cuda", torch.bfloat16, False, direction,
+                  shape, 7) for stage, shape in (("s1", (64, 64, 56, 56)), ("s3", (64, 256, 14, 14)))
+                 for direction in ("forward", "grad-input", "grad-weight")]
 NCU_METRICS = [
     "gpu__time_duration.sum", "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
     "sm__inst_executed_pipe_tensor_op_hmma.sum", "sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active",
     "smsp__inst_executed.sum", "sm__warps_active.avg.pct_of_peak_sustained_active", "dram__bytes.sum",
     "lts__t_bytes.sum", "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum", "launch__registers_per_thread",
+    "dram__throughput.avg.pct_of_peak_sustained_elapsed", "smsp__issue_active.avg.pct_of_peak_sustained_active",
+    "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum", "launch__grid_size", "launch__occupancy_limit_shared_mem",
+    "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio",
 ]
 
 
@@ -162,13 +261,19 @@ def _ncu_call(op, backend, dtype, direction, shape, k, device):
             return lambda: module.dwconv2d_forward(x, weight, None, *geometry)
         return lambda: module.dwconv2d_grad_weight(grad, x, weight.shape, *geometry)
     weight = torch.randn(n, c // 16 * k * k, h, w, device=device).to(dtype)  # RedNet: 16 channels per group
-    return lambda: largeconv.involution2d(x, weight, k, 1, k // 2, backend=backend)
+    if backend != "cuda":
+        return lambda: largeconv.involution2d(x, weight, k, 1, k // 2, backend=backend)
+    import largeconv.cuda as module
+    grad = torch.randn(shape, device=device).to(dtype)
+    return {"forward": lambda: module.involution2d_forward(x, weight, k, 1, k // 2, 1),
+            "grad-input": lambda: module.involution2d_grad_input(grad, weight, x.shape, k, 1, k // 2, 1),
+            "grad-weight": lambda: module.involution2d_grad_weight(grad, x, weight.shape, k, 1, k // 2, 1)}[direction]
 
 
-def ncu_cases(rehearse=False):
+def ncu_cases(rehearse=False, cases=NCU_CASES):
     """Each case: a warm-up call (Triton compiles and autotunes there), then one call in an NVTX range of its name."""
     device = "cpu" if rehearse else "cuda"
-    for name, op, backend, dtype, tf32, direction, shape, k in NCU_CASES:
+    for name, op, backend, dtype, tf32, direction, shape, k in cases:
         if rehearse:  # tiny, on the torch backend: the case table and the calls, not the kernels
             backend, shape = "torch", (2, 16, 7, 7)
         torch.backends.cudnn.allow_tf32 = tf32
@@ -190,25 +295,26 @@ def ncu_cases(rehearse=False):
             print(f"{name}: {type(error).__name__}: {str(error)[:200]}", flush=True)
 
 
-def ncu(out="."):
+def ncu(out=".", cases=NCU_CASES):
     """ncu over ncu_cases (metrics it does not know are left out), then one line per case: its launches' summed
     duration, the tensor / FMA pipes' busy % of the longest launch, ... (raw rows in OUT/ncu.csv)."""
+    which = ["--involution"] if cases is INV_NCU_CASES else []
     known = subprocess.run(["ncu", "--query-metrics"], capture_output=True, text=True).stdout
     metrics = [m for m in NCU_METRICS if m.split(".")[0] in known]
     csv_path = Path(out) / "ncu.csv"
-    cmd = ["ncu", "--nvtx", *[a for case in NCU_CASES for a in ("--nvtx-include", f"{case[0]}/")],
+    cmd = ["ncu", "--nvtx", *[a for case in cases for a in ("--nvtx-include", f"{case[0]}/")],
            "--metrics", ",".join(metrics), "--clock-control", "none", "--csv", "--page", "raw",
-           "--log-file", str(csv_path), sys.executable, __file__, "ncu-cases"]
+           "--log-file", str(csv_path), sys.executable, __file__, "ncu-cases", *which]
     print("$ " + " ".join(cmd), flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     print(proc.stdout[-4000:] + proc.stderr[-2000:], f"(ncu: exit {proc.returncode}, "
           f"{time.perf_counter() - start:.0f} s; metrics left out: {sorted(set(NCU_METRICS) - set(metrics))})",
           flush=True)
-    print("\n".join(ncu_table(csv_path.read_text() if csv_path.exists() else "", metrics)), flush=True)
+    print("\n".join(ncu_table(csv_path.read_text() if csv_path.exists() else "", metrics, cases)), flush=True)
 
 
-def ncu_table(text, metrics):
+def ncu_table(text, metrics, cases=NCU_CASES):
     """Lines, one per case, from ncu's raw CSV (`text`: log lines, a header, a units row, one row per launch): its
     launches' summed duration, then each metric of its longest launch, with units."""
     import csv
@@ -220,7 +326,7 @@ def ncu_table(text, metrics):
     launches = {}
     for row in rows:
         if row["ID"].strip().isdigit():  # a launch; its NVTX range is one of its columns
-            case = next((c[0] for c in NCU_CASES if c[0] in " ".join(map(str, row.values()))), "(no range)")
+            case = next((c[0] for c in cases if c[0] in " ".join(map(str, row.values()))), "(no range)")
             launches.setdefault(case, []).append(row)
 
     def num(row, key):
@@ -241,9 +347,12 @@ def ncu_table(text, metrics):
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "profile"
+    chosen = INV_NCU_CASES if "--involution" in sys.argv else NCU_CASES
     if what == "ncu":
-        ncu(sys.argv[2] if len(sys.argv) > 2 else ".")
+        ncu(sys.argv[2] if len(sys.argv) > 2 else ".", chosen)
     elif what == "ncu-cases":
-        ncu_cases(rehearse="--rehearse" in sys.argv)
+        ncu_cases(rehearse="--rehearse" in sys.argv, cases=chosen)
+    elif what == "involution":
+        involution_times(rehearse="--rehearse" in sys.argv)
     else:
         {"profile": profile, "throws": throws}.get(what, lambda: throw(sys.argv[2]))()

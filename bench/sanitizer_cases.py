@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import largeconv.cuda as cuda_backend  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative L2 vs float64
+TF32_TOLERANCE = 2e-3  # fp32 dwconv2d with TF32 allowed (PyTorch's default for convs: its tensor-core kernels)
 LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
 # (n, c, h, w, (kh, kw), stride, dilation, padding (top, bottom, left, right), multiplier)
@@ -164,19 +165,26 @@ def main(argv=None):
     cuda_backend._empty = poisoned_empty(cuda_backend._empty)
     torch.manual_seed(0)
     failures = runs = 0
-    dtypes, layouts = ([torch.float32], ["nchw"]) if quick else (list(TOLERANCE), list(LAYOUTS))
-    for dtype in dtypes:
+    # (name, dtype, TF32 allowed, tolerance): fp32 is IEEE fp32 only with TF32 off (it is on by default for convs)
+    modes = [(str(dtype)[6:], dtype, False, tol) for dtype, tol in TOLERANCE.items()]
+    modes.append(("tf32", torch.float32, True, TF32_TOLERANCE))
+    modes, layouts = (modes[:1], ["nchw"]) if quick else (modes, list(LAYOUTS))
+    for name, dtype, tf32, tol in modes:
+        torch.backends.cudnn.allow_tf32 = tf32
         for layout in layouts:
             for op, cases, run in (("dwconv2d", DW_CASES, dwconv_case), ("involution2d", INV_CASES, involution_case)):
+                if tf32 and op != "dwconv2d":
+                    continue  # only dwconv2d has TF32 kernels
                 for case in cases[:1] if quick else cases:
                     results = run(case, dtype, layout)
                     torch.cuda.synchronize()
                     for direction, (got, want) in results.items():
                         runs += 1
                         err = rel_error(got, want)
-                        if not err <= TOLERANCE[dtype]:
+                        if not err <= tol:
                             failures += 1
-                            print(f"FAIL {op} {direction} {dtype} {layout} {case}: relative error {err:.3g}")
+                            print(f"FAIL {op} {direction} {name} {layout} {case}: relative error {err:.3g}")
+    torch.backends.cudnn.allow_tf32 = False
     for case in [] if quick else FUSED_CASES:  # after the cuda kernels, and only with time left for it
         if time.monotonic() - START > fused_by:
             print(f"involution2d_fused: not run, {time.monotonic() - START:.0f} s into the run (--fused-by "

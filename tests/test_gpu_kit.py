@@ -354,12 +354,27 @@ def test_per_call_rows_judge_only_the_targeted_rows(tmp_path, monkeypatch):
     assert written[2]["backend"] == "torch" and "0.100 ms per direction" in written[2]["reason"]
 
 
-def test_ncu_probe_cases_run(capsys):
-    """bench/gpu_probe.py ncu's cases, tiny on CPU tensors (the torch backend): every one builds and runs."""
+@pytest.mark.parametrize("cases", ["NCU_CASES", "INV_NCU_CASES"])
+def test_ncu_probe_cases_run(capsys, cases):
+    """bench/gpu_probe.py ncu's cases (and `--involution`'s), tiny on CPU tensors (the torch backend): every one
+    builds and runs."""
     from bench import gpu_probe
-    gpu_probe.ncu_cases(rehearse=True)
+    gpu_probe.ncu_cases(rehearse=True, cases=getattr(gpu_probe, cases))
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(gpu_probe.NCU_CASES) and all(line.endswith(": ok") for line in lines), lines
+    assert len(lines) == len(getattr(gpu_probe, cases)) and all(line.endswith(": ok") for line in lines), lines
+
+
+def test_involution_probe_rehearsal(capsys):
+    """bench/gpu_probe.py involution on CPU (torch backend, batch 2): every RedNet-50 layer and dtype prints its
+    float64 check and four timed rows, and none fails."""
+    from bench import gpu_probe, suites
+    gpu_probe.involution_times(rehearse=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    checks = [line for line in lines if "batch-2 errors vs float64" in line]
+    timed = [line for line in lines if "% of copy" in line]
+    assert len(checks) == 2 * len(suites.rednet50()) and len(timed) == 4 * len(checks), lines
+    errors = [float(e) for line in checks for e in line.split("float64 ")[1].split(", ")]
+    assert max(errors) < 1e-2, checks  # bf16 and fp32 of the torch backend, against float64
 
 
 def test_ncu_table_reads_the_raw_csv():
