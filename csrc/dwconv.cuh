@@ -721,14 +721,27 @@ LC_D void tf32_row_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], co
 // A row's products: TF32, or 3xTF32 (kSplit) as hi x lo + hi x hi, then lo x hi. x0 and k_blocks as load_tf32_a; the
 // lo part of the staged rows lies part_elems after the hi part. (One af[2][kA][4] array for both parts spilled 24-40
 // B in the grad-weight kernel, sm_90; two arrays do not.)
+// kSplit sums the row in fresh accumulators and adds them to acc in fp32 (round to nearest): the tensor cores round
+// each mma's sum toward zero, so a chain of every row's mma into acc drifted toward zero by up to an ulp a step,
+// ~1.3-1.6e-5 relative at 63x63 (H200 run 1, and the emulator, which models the rounding), past fp32's 1e-5; a
+// row's chain is 3 kKB steps. TF32 (1e-3) keeps the one chain.
 template <int kKB, bool kSplit, int kN, int kA>
 LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* x0,
                    const float* x1, size_t part_elems, int k_blocks, int nts) {
   uint32_t af[kA][4], af_lo[kA][4];
   load_tf32_a(af, x0, x1, k_blocks);
-  if constexpr (kSplit) load_tf32_a(af_lo, x0 + part_elems, x1 + part_elems, k_blocks);
-  tf32_row_products<kKB, kSplit ? 2 : 1>(acc, af, bf, nts);
-  if constexpr (kSplit) tf32_row_products<kKB, 1>(acc, af_lo, bf, nts);
+  if constexpr (kSplit) {
+    load_tf32_a(af_lo, x0 + part_elems, x1 + part_elems, k_blocks);
+    float row[kN][4] = {};
+    tf32_row_products<kKB, 2>(row, af, bf, nts);
+    tf32_row_products<kKB, 1>(row, af_lo, bf, nts);
+#pragma unroll
+    for (int nt = 0; nt < kN; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] += row[nt][e];
+  } else {
+    tf32_row_products<kKB, 1>(acc, af, bf, nts);
+  }
 }
 
 template <int kKB, bool kSplit>
