@@ -1133,7 +1133,7 @@ def band_tile(case, direction, elem_bytes):
         tile_cols = 16 * tiles
         a_rs = tile_cols + 8
         a_ps = stride8((BAND_ROWS + k - 1) * a_rs)
-        smem = INV_CB * a_ps * 2 + k * BAND_ROWS * tile_cols * 4  # x raw, the fp32 slice of a kernel row's taps
+        smem = INV_CB * a_ps * 2 + k * (BAND_ROWS * tile_cols + 4) * 4  # x raw, a kernel row's taps' fp32 slice
         copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs // vec, 0)
         rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec)
         name = f"void largeconv::inv::band_wgrad_kernel<__nv_bfloat16, {tiles}, {vec}>("

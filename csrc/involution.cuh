@@ -768,12 +768,17 @@ struct BandWgradLayout {
   constexpr LC_HD int cols() const { return 16 * nm; }
   constexpr LC_HD int a_rs() const { return cols() + 8; }
   constexpr LC_HD int a_ps() const { return band_stride((kBandRows + kRedNetK - 1) * a_rs()); }
-  // fp32 slice; a tap stride of 0 (mod 32) words keeps a store instruction's band entries in different banks
-  constexpr LC_HD int d_ts() const { return kBandRows * cols(); }
+  // fp32 slice, a tap stride of 4 (mod 32) words: a store instruction's lanes (n, q) write tap kw = 2q - n + const
+  // at word kw d_ts + n, bank 8q - 3n + const: 32 different banks. (A stride of 0 mod 32 put the four q of a pixel
+  // in one bank: H200 run 1, 44% of grad-weight's shared wavefronts were bank conflicts, MIO throttle its main stall.)
+  constexpr LC_HD int d_ts() const { return kBandRows * cols() + 4; }
   constexpr LC_HD size_t smem() const {
     return static_cast<size_t>(kCB) * a_ps() * 2 + static_cast<size_t>(kRedNetK) * d_ts() * 4;
   }
 };
+static_assert(BandWgradLayout{1}.d_ts() % 32 == 4 && BandWgradLayout{2}.d_ts() % 32 == 4 &&
+                  BandWgradLayout{4}.d_ts() % 32 == 4,
+              "grad-weight's band stores are conflict-free at a tap stride of 4 (mod 32) words");
 
 template <typename T, int kNM, int kVec>
 __global__ void __launch_bounds__(kBandRows * 32, 3) band_wgrad_kernel(Inv p, BandTile t) {

@@ -377,6 +377,21 @@ def test_involution_probe_rehearsal(capsys):
     assert max(errors) < 1e-2, checks  # bf16 and fp32 of the torch backend, against float64
 
 
+def test_followup_rehearsal(tmp_path):
+    """bench/gpu_followup.sh --rehearse: the kit's env and build stages, then a probe, each step's exit status in
+    followup.txt; no more files than the device tool brings back (8)."""
+    proc = subprocess.run(["bash", "bench/gpu_followup.sh", "--rehearse"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, OUT=str(tmp_path)))
+    from bench import gpu_probe
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = stage_rows(tmp_path)
+    assert {name: row["status"] for name, row in stages.items()} == {"env": "ok", "build": "ok", "wait-build": "ok"}
+    text = (tmp_path / "followup.txt").read_text()
+    assert "== ncu-cases-involution: exit 0" in text, text[-3000:]
+    assert text.count(": ok") == len(gpu_probe.INV_NCU_CASES), text[-3000:]
+    assert len(list(tmp_path.iterdir())) <= 8
+
+
 def test_ncu_table_reads_the_raw_csv():
     """ncu's raw CSV as --csv --page raw --log-file writes it: log lines, a header, a units row, one row per launch,
     the NVTX range in a column of its own."""
