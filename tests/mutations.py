@@ -234,6 +234,10 @@ MUTATIONS = [
       "t.raw_planes > 0 && src_w % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0",
       "t.raw_planes > 0 && src_w % 2 == 0", EMU_INV,
       "16-bit staging by column pairs taken on a tensor that starts 2 bytes off a 4-byte boundary"),
+    M("cuda-inv-wgrad-bank-stride", "csrc/involution.cuh", "return kBandRows * cols() + 4; }",
+      "return kBandRows * cols(); }", EMU_INV,
+      "banded grad-weight's band slice at a tap stride of 0 (mod 32) words: a pixel's four taps of a store in one "
+      "bank (H200 run 1: 44% of its shared wavefronts conflicts); the layout's static_assert must stop it"),
     M("cuda-inv-band-redo", "csrc/involution.cuh", "for (int bit = 0; redo != 0; ++bit, redo >>= 1) {",
       "for (int bit = 0; false && redo != 0; ++bit, redo >>= 1) {", EMU_INV,
       "banded tensor-core involution: a non-finite sum (a NaN or Inf met off the band) kept, not taken again"),
