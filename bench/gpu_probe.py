@@ -135,7 +135,8 @@ def involution_times(rehearse=False):
     from largeconv import dispatch
     backend, device = ("torch", "cpu") if rehearse else ("cuda", "cuda")
     module = dispatch.backend_module(backend)
-    bandwidth = _copy_bandwidth(device)
+    from bench import peaks
+    bandwidth = peaks.measure_bandwidth(torch.device(device), None if device == "cuda" else 64 << 20)
     print(f"copy bandwidth {bandwidth:.0f} GB/s (read + written)", flush=True)
     for case in suites.rednet50(batch=2 if rehearse else 64):
         k, s = case.kernel[0], case.stride
@@ -182,13 +183,6 @@ def _kernels(call, device):
             torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type.name == device.upper()]
     return sorted({e.name[:60] for e in events if device == "cuda" or e.cpu_parent is None})
-
-
-def _copy_bandwidth(device):
-    src = torch.randn(1 << (28 if device == "cuda" else 22), device=device)
-    dst = torch.empty_like(src)
-    ms = min(_time_ms(lambda: dst.copy_(src), device) for _ in range(1 if device == "cuda" else 3))
-    return 2 * src.numel() * 4 / ms / 1e6
 
 
 def _involution_check(case, dtype, module, device):

@@ -152,7 +152,7 @@ bool run_dw(const DwCase& k, bool cl, const DeviceLimits& lim, bool tf32, std::s
   DwArgs a;
   a.tf32 = tf32;
   const double terms = tf32 ? kTf32Terms : 1e-5;
-  const double l2 = std::is_same_v<T, float> && !tf32 ? kFp32Relative : 0;
+  const double l2 = tf32 ? 0 : fp32_relative<T>();
   a.n = k.n; a.c = k.c; a.h = k.h; a.w = k.w; a.co = static_cast<int64_t>(k.c) * k.mult;
   a.kh = k.kh; a.kw = k.kw; a.sh = k.sh; a.sw = k.sw; a.dh = k.dh; a.dw = k.dw; a.pt = k.pt; a.pl = k.pl;
   a.ho = (k.h + k.pt + k.pb - k.dh * (k.kh - 1) - 1) / k.sh + 1;
