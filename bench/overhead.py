@@ -6,8 +6,8 @@ Rows (overhead.csv / overhead.md in --out):
 - per-call: largeconv.dwconv2d (auto, after its first call) against a direct F.conv2d call on tiny shapes where auto
   picks PyTorch, forward and forward+backward, and LargeDWConv2d against nn.Conv2d; target <= 1.3x (design.md).
 - custom-op path: forward+backward with backend="torch" (every direction through the custom ops' path, on
-  PyTorch's kernels) against F.conv2d's: the per-direction cost that auto charges (dispatch.custom_op_overhead
-  measures it once per process).
+  PyTorch's kernels) against F.conv2d's: the per-direction cost of the custom ops (auto's settle times a call both
+  ways before keeping it on them).
 - first call: auto's first forward+backward of a fresh shape (the measurement included) against one call of each
   backend it could run, and its peak memory against each backend's; targets: time <= 2x the slowest candidate's
   single call, memory about the chosen backend's (never the unfold reference's K*K blow-up).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import math
 import os
 import sys
 import time
@@ -78,33 +79,21 @@ def _per_call_case(device, n, c, h, w, k):
         rows.append({"kind": "per-call", "case": f"({n},{c},{h}x{w}) K{k}", "direction": direction,
                      "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
                      "target": "<= 1.3", "auto_choice": _choices(x, (k, k))})
-    # What a call whose directions run on the custom ops costs beyond PyTorch's own, per direction: what
-    # dispatch.custom_op_overhead measures for auto (no target; on a GPU these kernels take microseconds: host time)
+    # What a call whose directions run on the custom ops costs beyond PyTorch's own, per direction (no target; on a
+    # GPU these kernels take microseconds: host time)
     t_mine, t_theirs = interleaved_times(custom_op_fb, direct_fb, device, rounds=10)  # ~0.1 ms resolution is enough
     rows.append({"kind": "custom-op path", "case": f"({n},{c},{h}x{w}) K{k}", "direction": "fwdbwd",
                  "auto_ms": t_mine * 1e3, "reference_ms": t_theirs * 1e3, "ratio": t_mine / t_theirs,
-                 "target": f"none: {(t_mine - t_theirs) / 3 * 1e3:.3f} ms per direction (auto charges "
-                           f"{dispatch.custom_op_overhead(device) * 1e3:.3f})",
+                 "target": f"none: {(t_mine - t_theirs) / 3 * 1e3:.3f} ms per direction",
                  "auto_choice": "torch backend, every direction through the custom ops"})
     return rows
 
 
 def interleaved_times(mine, theirs, device, rounds=40, batch=20):
-    """Seconds per call of each, timed in alternating batches (so a busy moment of the machine hits both) and the
-    fastest batch of each kept: the overhead is a few microseconds on calls of ~100 us, below this machine's noise
-    for one-shot medians. Wall time with a synchronize per batch, so host-side cost counts on a GPU too."""
-    best = {mine: float("inf"), theirs: float("inf")}
-    for fn in (mine, theirs):
-        fn()
-    for _ in range(rounds):
-        for fn in (mine, theirs):
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(batch):
-                fn()
-            synchronize(device)
-            best[fn] = min(best[fn], (time.perf_counter() - start) / batch)
-    return best[mine], best[theirs]
+    """Seconds per call of each, in alternating batches with the fastest batch of each kept (dispatch's timer, the
+    one auto's settle uses): the overhead is a few microseconds on calls of ~100 us, below this machine's noise for
+    one-shot medians. Wall time, so host-side cost counts on a GPU too."""
+    return tuple(dispatch.interleaved_wall_times([mine, theirs], device, batch, enough_s=math.inf, max_rounds=rounds))
 
 
 def _choices(x, kernel):

@@ -202,10 +202,12 @@ def dwconv1d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
         return reference.dwconv1d_forward(x, weight, bias, stride, padding, dilation)
     backend = dispatch.requested_backend(backend)
     geometry, out_shape = (stride, padding, dilation), (x.shape[0], weight.shape[0], out_length)
-    if backend == "auto" and auto_chose_torch(OP, signature, x, weight, geometry, out_shape):
+    custom_args = (stride, list(padding), dilation)
+    if backend == "auto" and auto_chose_torch(OP, signature, x, weight, bias, geometry, out_shape,
+                                              lambda *tensors: _dwconv1d_eager(*tensors, *custom_args, "auto")):
         return reference.dwconv1d_forward(x, weight, bias, *geometry)
     op = torch.ops.largeconv.dwconv1d if dispatcher_needed(x, weight, bias) else _dwconv1d_eager
-    return op(x, weight, bias, stride, list(padding), dilation, backend)
+    return op(x, weight, bias, *custom_args, backend)
 
 
 # ---- module ------------------------------------------------------------------------------------------------------

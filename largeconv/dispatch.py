@@ -47,18 +47,10 @@ WORKSPACE_RATIO_LIMIT = 16
 # On a GPU a workspace this small is never the reason to drop a candidate, whatever the ratio (the cuda backend's
 # dense products of a 7x7 map at batch 8: ~30 MB, 18x the input).
 WORKSPACE_FLOOR_BYTES = 1 << 28
-# What running a direction through the custom-op machinery costs beyond PyTorch's own call, which auto's fast path
-# (ops.dwconv2d) uses once torch wins every direction; `settle` charges it to every direction of a call that is not
-# all torch (one fused direction puts the whole call on the custom ops). None: measured on this host, once per
-# device type, when a call first settles (custom_op_overhead); a number is charged as it is. It was a constant
-# 0.3 ms: on CPU from 2026-11-27 (2-core Xeon, ~1.1 ms per fwd+bwd above F.conv2d before eager calls skipped the
-# dispatcher; 2026-11-28 the same machine class measured ~0.07 ms a direction), on CUDA from the H100 box's profiled
-# run (host time of (1,1024,7,7) K=13 through the custom ops, 1.1-1.2 ms against F.conv2d's 0.17 per fwd+bwd, the
-# profiler attached), which kept auto on PyTorch for whole calls where one faster direction would not pay (0.1 ms
-# had made auto's fwd+bwd 4-7x slower on small layers); at batch 1-8 on 7x7 maps it kept PyTorch whatever the
-# kernels (the kit's weak rows, 0.68-0.83x cuDNN on channels_last). The host differs from machine to machine: measure.
-CUSTOM_OP_OVERHEAD_S: dict[str, float | None] = {"cpu": None, "cuda": None}
-_measured_overhead: dict[str, float] = {}
+# A direction through the custom-op machinery has cost up to ~0.35 ms beyond PyTorch's own call (host time: the H100
+# and H200 boxes, bench/NOTES.md; ~0.07 ms on the 2-core CI machines). `settle` keeps a call on its chosen kernels
+# without timing the whole call where they beat PyTorch's by more than this bound per direction (15x that figure).
+_OVERHEAD_BOUND_S = 5e-3
 # A candidate whose calls add up to less than this is timed up to three times and its fastest call counts (cheap,
 # and robust to a busy machine); slower ones once (the first call stays cheap).
 _REPEAT_BELOW_S = 0.02
@@ -75,6 +67,7 @@ _loaded_keys: set[tuple] = set()
 # table mode skip the rule and, where it picked torch for a whole call, take ops.dwconv2d's fast path.
 _table_choices: dict[tuple, str] = {}
 _auto_times: dict[tuple, dict[str, float]] = {}  # key -> each timed candidate's best seconds, for `settle`
+_settled: dict[tuple, tuple] = {}  # a call's keys -> the choices `settle` kept for them after timing the whole call
 
 
 def check_backend_name(name, argument="backend"):
@@ -202,61 +195,72 @@ def _plain(value):
     return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
 
 
-def settle(keys) -> None:
+def settle(keys, whole_call) -> None:
     """For a dwconv2d or dwconv1d call whose directions have the auto-cache `keys`: once every one of them was
-    measured against torch, and unless all chose torch, compare the two ways the call can run: PyTorch's own op for
-    every direction (ops.auto_chose_torch's fast path) against the chosen backends through the custom ops, which then cost
-    CUSTOM_OP_OVERHEAD_S in every direction; if PyTorch is no slower, choose torch for all the keys. (A key shared
-    with another kind of call, e.g. the forward of inference-only calls, follows this call's choice.)"""
+    measured against torch, and unless all chose torch, compare the two ways the call can run, PyTorch's own op for
+    every direction (ops.auto_chose_torch's fast path) and the chosen backends through the custom ops, by timing
+    the whole call both ways (`whole_call("torch")`, `whole_call("custom")`: its forward and the backward it will
+    run); if PyTorch's is no slower, choose torch for all the keys. Timed once per call and choices. The custom ops'
+    own cost is host time that differs from machine to machine and with the call (an estimate charged per direction
+    kept mixed choices on an H200 that lost 0.46x to PyTorch, bench/NOTES.md session 16), so it is measured, not
+    estimated. (A key shared with another kind of call, e.g. the forward of inference-only calls, follows this
+    call's choice.)"""
     times = [_auto_times.get(key) for key in keys]
     if any(t is None or "torch" not in t or key in _loaded_keys for t, key in zip(times, keys)):
         return  # not all measured against torch yet, or loaded choices (used as they are)
-    chosen = [_auto_cache.get(key) for key in keys]
+    chosen = tuple(_auto_cache.get(key) for key in keys)
     if None in chosen or all(name == "torch" for name in chosen) or by_table():
         return  # (None: the cache was cleared since; measured again first)
-    overhead = custom_op_overhead(torch.device(keys[0][2]))  # cache_key's third item: the device
-    fused = sum(t.get(name, math.inf) for t, name in zip(times, chosen)) + overhead * len(keys)
-    if sum(t["torch"] for t in times) <= fused:
+    device = torch.device(keys[0][2])  # cache_key's third item: the device
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing() or _settled.get(tuple(keys)) == chosen:
+        return
+    chosen_s = sum(t.get(name, math.inf) for t, name in zip(times, chosen))
+    if sum(t["torch"] for t in times) - chosen_s > _OVERHEAD_BOUND_S * len(keys):
+        torch_s, custom_s = math.inf, chosen_s  # far faster whatever the custom ops cost: not worth timing
+    else:
+        torch_s, custom_s = _whole_call_times(keys, whole_call)
+    _settled[tuple(keys)] = chosen
+    if torch_s <= custom_s:
         _auto_cache.update(dict.fromkeys(keys, "torch"))
 
 
-def custom_op_overhead(device: torch.device) -> float:
-    """Seconds a direction costs through the custom ops beyond PyTorch's own op: CUSTOM_OP_OVERHEAD_S's figure for
-    the device type, else measured once on this host (_measure_custom_op_overhead) and kept."""
-    fixed = CUSTOM_OP_OVERHEAD_S.get(device.type)
-    if fixed is not None:
-        return fixed
-    if device.type not in _measured_overhead:
-        _measured_overhead[device.type] = _measure_custom_op_overhead(device)
-    return _measured_overhead[device.type]
+def _whole_call_times(keys, whole_call) -> tuple[float, float]:
+    """Seconds of the whole call PyTorch's way and the custom ops' way (see `settle`)."""
+    return tuple(interleaved_wall_times([lambda: whole_call("torch"), lambda: whole_call("custom")],
+                                        torch.device(keys[0][2])))
 
 
-def _measure_custom_op_overhead(device: torch.device, rounds: int = 6, batch: int = 5) -> float:
-    """fwd+bwd of a tiny depthwise conv through the custom ops (backend "torch": PyTorch's own kernels run) less
-    F.conv2d's, each the fastest of `rounds` alternating batches of `batch` calls in wall time, synchronized per
-    batch (on a GPU it is the host's time that differs), over the three directions. ~30 ms once on the 2-core CI machines."""
-    from .ops import dwconv2d
-    x = torch.randn(1, 8, 8, 8, device=device, requires_grad=True)
-    w = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
-    g = torch.randn(1, 8, 8, 8, device=device)
-    calls = (lambda: torch.autograd.grad(dwconv2d(x, w, None, 1, 1, 1, backend="torch"), (x, w), g),
-             lambda: torch.autograd.grad(torch.nn.functional.conv2d(x, w, None, 1, 1, 1, 8), (x, w), g))
-    best = [math.inf, math.inf]
+def interleaved_wall_times(calls, device, batch=3, enough_s=_REPEAT_BELOW_S, max_rounds=_MAX_ROUNDS):
+    """Seconds per call of each of `calls`: after a warm-up call each, timed in batches of `batch` back-to-back calls
+    in wall time, synchronized per batch (host time counts on a GPU, and the host runs ahead of the GPU within a
+    batch, as in training), the calls alternating batch by batch (a busy moment of the machine hits all of them) and
+    each one's fastest batch counting; rounds until every call has run for `enough_s`, or `max_rounds`. Garbage
+    collection is off meanwhile (a full collection in a long-lived process takes milliseconds)."""
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    best, spent = [math.inf] * len(calls), [0.0] * len(calls)
     collecting = gc.isenabled()
-    gc.disable()  # a full collection in a long-lived process (a test worker) takes milliseconds: keep it out
+    gc.disable()
     try:
-        for _ in range(rounds):
+        for call in calls:
+            call()
+        for _ in range(max_rounds):
             for i, call in enumerate(calls):
+                synchronize()
                 start = time.perf_counter()
                 for _ in range(batch):
                     call()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                best[i] = min(best[i], (time.perf_counter() - start) / batch)
+                synchronize()
+                elapsed = time.perf_counter() - start
+                best[i], spent[i] = min(best[i], elapsed / batch), spent[i] + elapsed
+            if min(spent) >= enough_s:
+                break
     finally:
         if collecting:
             gc.enable()
-    return max(0.0, (best[0] - best[1]) / 3)
+    return best
 
 
 def auto_still_picks(keys, name: str) -> bool:

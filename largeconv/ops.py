@@ -243,10 +243,12 @@ def dwconv2d(x, weight, bias=None, stride=1, padding="same", dilation=1, backend
     x = x.contiguous(memory_format=memory_format_of(x))
     geometry = (stride, padding, dilation)
     out_shape = (x.shape[0], weight.shape[0], *dwconv2d_output_hw(x.shape, weight.shape[2:], *geometry))
-    if backend == "auto" and auto_chose_torch("dwconv2d", signature, x, weight, geometry, out_shape):
+    custom_args = (list(stride), list(padding), list(dilation))
+    if backend == "auto" and auto_chose_torch("dwconv2d", signature, x, weight, bias, geometry, out_shape,
+                                              lambda *tensors: _dwconv2d_eager(*tensors, *custom_args, "auto")):
         return reference.dwconv2d_forward(x, weight, bias, *geometry)
     op = torch.ops.largeconv.dwconv2d if dispatcher_needed(x, weight, bias) else _dwconv2d_eager
-    return op(x, weight, bias, list(stride), list(padding), list(dilation), backend)
+    return op(x, weight, bias, *custom_args, backend)
 
 
 # ---- auto's fast path where it chose PyTorch (dwconv2d, dwconv1d) ---------------------------------------------------
@@ -287,9 +289,10 @@ def remembered_torch_call(signature):
     return None
 
 
-def auto_chose_torch(op, signature, x, weight, geometry, out_shape) -> bool:
+def auto_chose_torch(op, signature, x, weight, bias, geometry, out_shape, custom_op) -> bool:
     """Whether auto has chosen "torch" for every direction this call will run (forward; grad-input if x needs a
-    gradient, of `out_shape`; grad-weight if the weight does); if so the call is remembered by its signature."""
+    gradient, of `out_shape`; grad-weight if the weight does); if so the call is remembered by its signature.
+    `custom_op(x, weight, bias)` runs the call through the custom ops (for dispatch.settle)."""
     if signature is None:
         return False
     kernel = weight.shape[2:]
@@ -299,7 +302,7 @@ def auto_chose_torch(op, signature, x, weight, geometry, out_shape) -> bool:
             keys.append(dispatch.cache_key(op, "grad_input", x, kernel, geometry, out_shape))
         if weight.requires_grad:
             keys.append(dispatch.cache_key(op, "grad_weight", x, kernel, geometry))
-    dispatch.settle(keys)
+    dispatch.settle(keys, lambda way: _whole_call(op, way, x, weight, bias, geometry, custom_op))
     if not dispatch.all_cached_as(keys, "torch"):
         return False
     try:
@@ -309,6 +312,20 @@ def auto_chose_torch(op, signature, x, weight, geometry, out_shape) -> bool:
     except TypeError:  # unhashable: not remembered
         pass
     return True
+
+
+def _whole_call(op, way, x, weight, bias, geometry, custom_op):
+    """One call like this one, on detached aliases of its tensors (no copies, nothing recorded in the caller's
+    graph), its forward on `way` ("torch": PyTorch's own op; "custom": `custom_op`) and the backward the call would
+    run, against a random output gradient."""
+    grad_enabled = torch.is_grad_enabled()
+    leaves = [t.detach().requires_grad_(grad_enabled and t.requires_grad) if t is not None else None
+              for t in (x, weight, bias)]
+    forward = getattr(reference, f"{op}_forward") if way == "torch" else custom_op
+    out = forward(*leaves, *(geometry if way == "torch" else ()))
+    needing = [t for t in leaves if t is not None and t.requires_grad]
+    if needing:
+        torch.autograd.grad(out, needing, torch.randn_like(out))
 
 
 # ---- involution ------------------------------------------------------------------------------------------------

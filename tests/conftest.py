@@ -31,13 +31,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def fixed_custom_op_overhead(monkeypatch):
-    """auto's settle charges the custom ops' per-direction cost, measured once per process by calling the torch
-    backend (dispatch.custom_op_overhead): tests that record or time backend calls would see those calls, so every
-    test charges a fixed 0.3 ms; tests of the measurement set None themselves."""
+def settle_by_the_direction_times(request, monkeypatch):
+    """auto's settle times a call's whole forward and backward both ways (dispatch._whole_call_times); tests that
+    record or fake backend calls would see those calls and times, so unless marked `timed_settle` a test compares
+    the per-direction times auto measured instead, with 0.3 ms charged per direction on the custom ops."""
     from largeconv import dispatch
-    for device in ("cpu", "cuda"):
-        monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, device, 3e-4)
+    monkeypatch.setattr(dispatch, "_settled", {})
+    if "timed_settle" in request.keywords:
+        return
+
+    def direction_times(keys, whole_call):
+        times = [dispatch._auto_times[key] for key in keys]
+        custom = sum(t[dispatch._auto_cache[key]] for t, key in zip(times, keys))
+        return sum(t["torch"] for t in times), custom + 3e-4 * len(keys)
+    monkeypatch.setattr(dispatch, "_whole_call_times", direction_times)
 
 
 @pytest.fixture(autouse=True)

@@ -187,6 +187,11 @@ MUTATIONS = [
     M("dispatch-table-ignored", "largeconv/dispatch.py",
       'return mode == "table" or torch.are_deterministic_algorithms_enabled()', "return False",
       ("tests/test_auto.py",), "auto not reproducible under deterministic mode"),
+    M("dispatch-settle-by-estimate", "largeconv/dispatch.py",
+      "torch_s, custom_s = _whole_call_times(keys, whole_call)", "torch_s, custom_s = math.inf, chosen_s",
+      ("tests/test_auto.py", "-k", "settle"), "mixed choices kept on the per-direction times (H200: 0.46x)"),
+    M("ops-settle-whole-call-no-backward", "largeconv/ops.py", "    if needing:\n", "    if False:\n",
+      ("tests/test_auto.py", "-k", "settle"), "settle times forwards only"),
     # ---- csrc/ (run by the CPU emulator: tests/test_cuda_build.py) ----
     M("cuda-mma-band-shift", "csrc/dwconv.cuh", "bf[q][odd][0] = load_pair(f0 + 16 * q - 8 * odd);",
       "bf[q][odd][0] = load_pair(f0 + 16 * q - 6 * odd);", EMU_DW,

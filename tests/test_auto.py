@@ -208,31 +208,59 @@ def test_memory_hungry_candidates_are_dropped(dtype):
     assert dispatch._within_memory(["cpu", "torch"], "dwconv1d", "forward", x1, (31,), ()) == ["cpu", "torch"]
 
 
-def test_custom_op_overhead_is_measured_once_per_device_type(monkeypatch):
-    """With no fixed figure, settle's charge is measured on this host (the torch backend through the custom ops
-    against F.conv2d, fwd+bwd of a tiny layer, per direction), once, then kept; a fixed figure wins."""
-    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", None)
-    monkeypatch.setattr(dispatch, "_measured_overhead", {})
-    measured = dispatch.custom_op_overhead(torch.device("cpu"))
-    assert 0 <= measured < 0.05, measured  # ~60-80 us on the 2-core CI machines
-    monkeypatch.setattr(dispatch, "_measure_custom_op_overhead", lambda *a: pytest.fail("measured again"))
-    assert dispatch.custom_op_overhead(torch.device("cpu")) == measured
-    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", 1e-3)
-    assert dispatch.custom_op_overhead(torch.device("cpu")) == 1e-3
+SLOW_CPU_BACKWARD = {("cpu", "grad_input"): 3e-3, ("cpu", "grad_weight"): 3e-3, ("torch", "forward"): 1e-3}
 
 
-def test_custom_op_overhead_measures_the_custom_op_path(monkeypatch):
-    """The measurement is the difference of the two paths: a torch backend made 1 ms slower per direction shows."""
-    from largeconv import reference
-    calls = []
-    for name in ("dwconv2d_forward", "dwconv2d_grad_input", "dwconv2d_grad_weight"):
-        original = getattr(reference, name)
-        monkeypatch.setattr(reference, name,
-                            lambda *a, _f=original, _n=name: (calls.append(_n), time.sleep(1e-3), _f(*a))[2])
-    measured = dispatch._measure_custom_op_overhead(torch.device("cpu"), rounds=4, batch=2)
-    # a CI run once measured 0.0 here (2 rounds then): say whether the slowed functions ran at all
-    assert sorted(set(calls)) == ["dwconv2d_forward", "dwconv2d_grad_input", "dwconv2d_grad_weight"], calls
-    assert 0.9e-3 < measured < 0.05, measured
+@pytest.mark.timed_settle
+@pytest.mark.parametrize("delays, settled", [(SLOW_CPU_BACKWARD, "torch"), ({("torch", "forward"): 1e-2}, "cpu")])
+def test_settle_times_the_whole_call_both_ways(monkeypatch, delays, settled):
+    """Where each direction measured faster on a backend (cpu 0.5 ms against torch's 1 ms, faked), settle times the
+    whole call, forward and backward, both ways before keeping it on the custom ops: with the cpu backward really
+    3 ms slower a direction (the custom ops' cost, say) the call goes to PyTorch's own op, though its forward is 1 ms
+    slower; with PyTorch's forward 10 ms slower it stays on cpu. Timed once per call and choices."""
+    seconds = {"largeconv.reference": 1e-3, "largeconv.cpu": 0.5e-3}
+    monkeypatch.setattr(dispatch, "_timed", lambda fn, args, on_gpu: (seconds[fn.__module__], fn(*args)))
+    x, w = torch.randn(1, 3, 9, 9, requires_grad=True), torch.randn(3, 1, 3, 3, requires_grad=True)
+    largeconv.dwconv2d(x, w).sum().backward()  # measures every direction
+    assert set(dispatch.auto_choices().values()) == {"cpu"}
+    for (name, direction), delay in delays.items():
+        module = dispatch.backend_module(name)
+        original = getattr(module, f"dwconv2d_{direction}")
+        monkeypatch.setattr(module, f"dwconv2d_{direction}",
+                            lambda *a, _f=original, _delay=delay: (time.sleep(_delay), _f(*a))[1])
+    timed = []
+    real = dispatch._whole_call_times
+    monkeypatch.setattr(dispatch, "_whole_call_times", lambda *a: timed.append(1) or real(*a))
+    x.grad = w.grad = None
+    out = largeconv.dwconv2d(x, w)  # settles
+    out.backward(torch.ones_like(out))
+    assert set(dispatch.auto_choices().values()) == {settled} and len(timed) == 1
+    xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+    ref = F.conv2d(xr, wr, None, 1, "same", 1, 3)
+    ref.backward(torch.ones_like(ref))
+    for got, expected in ((out, ref), (x.grad, xr.grad), (w.grad, wr.grad)):  # settling left no trace in them
+        assert torch.allclose(got, expected, atol=1e-5)
+    largeconv.dwconv2d(x, w).sum().backward()
+    assert len(timed) == 1  # settled: not timed again
+
+
+@pytest.mark.timed_settle
+def test_settle_keeps_far_faster_kernels_without_timing(monkeypatch):
+    """Kernels that beat PyTorch by more than any custom-op cost seen (5 ms a direction here) are kept untimed."""
+    seconds = {"largeconv.reference": 20e-3, "largeconv.cpu": 0.5e-3}
+    monkeypatch.setattr(dispatch, "_timed", lambda fn, args, on_gpu: (seconds[fn.__module__], fn(*args)))
+    monkeypatch.setattr(dispatch, "_whole_call_times", lambda *a: pytest.fail("timed"))
+    x, w = torch.randn(1, 3, 9, 9, requires_grad=True), torch.randn(3, 1, 3, 3, requires_grad=True)
+    for _ in range(2):
+        largeconv.dwconv2d(x, w).sum().backward()
+    assert set(dispatch.auto_choices().values()) == {"cpu"}
+
+
+def test_interleaved_wall_times_tell_calls_apart():
+    """The timer settle uses: a call that sleeps 2 ms more measures ~2 ms more, per call."""
+    fast, slow = dispatch.interleaved_wall_times([lambda: None, lambda: time.sleep(2e-3)], torch.device("cpu"),
+                                                 enough_s=0.01)
+    assert fast < 1e-3 and 2e-3 <= slow < 0.05, (fast, slow)
 
 
 def test_cuda_dense_products_count_their_matrices():
@@ -266,10 +294,10 @@ def test_calls_where_auto_picked_torch_skip_the_custom_op(monkeypatch):
 @pytest.mark.parametrize("grads, cpu_ms, settled", [(True, 0.9, "torch"), (True, 0.5, "cpu"),
                                                      (False, 0.8, "torch"), (False, 0.6, "cpu")])
 def test_a_fused_direction_pays_for_the_whole_call(monkeypatch, grads, cpu_ms, settled):
-    """One direction on the custom ops puts every direction of the call there (at CUSTOM_OP_OVERHEAD_S each), so auto
-    keeps a faster backend only if the call's total with that cost beats PyTorch's own op for all of it: each of
-    the three directions here is faster on "cpu" (0.5 or 0.9 ms against 1 ms) but 3 x 0.9 + 3 x 0.3 > 3 x 1."""
-    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", 3e-4)
+    """One direction on the custom ops puts every direction of the call there, so auto keeps a faster backend only
+    if the call's total with their cost beats PyTorch's own op for all of it: each of the three directions here is
+    faster on "cpu" (0.5 or 0.9 ms against 1 ms) but 3 x 0.9 + 3 x 0.3 > 3 x 1 (conftest charges 0.3 ms a
+    direction in place of timing the whole call)."""
     seconds = {"largeconv.reference": 1e-3, "largeconv.cpu": cpu_ms * 1e-3}
     monkeypatch.setattr(dispatch, "_timed", lambda fn, args, on_gpu: (seconds[fn.__module__], fn(*args)))
     x, w = torch.randn(1, 3, 9, 9, requires_grad=grads), torch.randn(3, 1, 3, 3, requires_grad=grads)
@@ -313,7 +341,6 @@ def test_dwconv1d_calls_where_auto_picked_torch_are_pytorchs_own(monkeypatch, gr
     its autograd, with no custom op (whose separate grad-input and grad-weight calls cost more than F.conv1d's one
     backward: measured 0.84-0.90x F.conv1d fwd+bwd for auto at K = 3 bf16 before, bench/NOTES.md)."""
     from largeconv import conv1d
-    monkeypatch.setitem(dispatch.CUSTOM_OP_OVERHEAD_S, "cpu", 3e-4)
     seconds = {"largeconv.reference": 1e-3, "largeconv.cpu": cpu_ms * 1e-3}
     monkeypatch.setattr(dispatch, "_timed", lambda fn, args, on_gpu: (seconds[fn.__module__], fn(*args)))
     x, w = torch.randn(2, 3, 20, requires_grad=grads), torch.randn(3, 1, 4, requires_grad=grads)
