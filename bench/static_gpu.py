@@ -1236,11 +1236,17 @@ def cuda_involution_rows(functions=None, resources=None):
 def band_row(case, dtype, direction, band, functions, resources):
     """cuda_involution_rows' row for a banded tensor-core launch: issue (the hot loop per pass: forward and
     grad-input's n-tile loop, 7 HMMA, per n-tile and warp; grad-weight's kernel-row loop, 3 HMMA per m-tile, its band
-    entries' shared stores and the row's global stores, per kernel row and warp; staging per copy, a thread's copies
-    32 a warp instruction: each copy_vecs call's unrolled cp.async loop for its own copies (the channel operand's,
-    then the weights'), or for copies of one value the code before the first barrier per 16-bit global load), L1 (a wavefront per shared load or store of the hot loop: the strides keep them
-    conflict-free; two per 32 copies), tensor (the HMMA at MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum bytes)
-    and latency (a round trip a block for all its cp.async staging, one per batch of 16 copies of one value)."""
+    entries' shared stores and the row's global stores, per kernel row and warp; staging: forward and grad-input's
+    copy-group loop once a group and warp (tiles + 1 groups of 8 columns, cp.async), grad-weight's copy_vecs calls
+    per copy (a thread's copies 32 a warp instruction: each call's unrolled cp.async loop for its own copies), or for
+    copies of one value the code before the first barrier per 16-bit global load), L1 (a wavefront per shared load
+    or store of the hot loop: the strides keep them conflict-free; two per 32 copies), tensor (the HMMA at
+    MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum bytes) and latency (a round trip a block for all its cp.async
+    staging, one per batch of 16 copies of one value).
+    The predicted time is the largest term plus the part of the smaller of issue and DRAM that does not overlap the
+    other: all of it where a block stages its whole tile before computing (H200 run 1: the banded kernels measured
+    issue + DRAM, 2026-11-28), the first two copy groups' share where the products start as the groups land (they
+    need groups nt and nt + 1)."""
     tiles, blocks, smem, copies, vec, rounds, name = band
     sass = parse_sass(functions[name])
     loops = inner_loops(sass)
@@ -1250,7 +1256,11 @@ def band_row(case, dtype, direction, band, functions, resources):
         last = max(i for i, (_, op, _) in enumerate(sass) if op.startswith("HMMA"))
         hot = sass[barrier + 1:next(i for i in range(last, len(sass)) if sass[i][1].startswith("EXIT")) + 1]
     hmma = sum(op.startswith("HMMA") for _, op, _ in hot)
-    if vec > 1:  # each copy_vecs loop, unrolled by 4 (plus a one-copy remainder loop): the unrolled ones in order
+    grouped = vec > 1 and direction != "grad-weight"  # staged in column groups (band_mma_kernel's ColumnCopies)
+    if grouped:
+        group_loop = next(b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b))
+        per_copy = (tiles + 1) * len(group_loop) * 32 / (sum(copies) / BAND_ROWS)  # per 32 copies, as below
+    elif vec > 1:  # each copy_vecs loop, unrolled by 4 (plus a one-copy remainder loop): the unrolled ones in order
         unrolled = [b for b in loops if sum(op.startswith("LDGSTS") for _, op, _ in b) > 1]
         costs = [len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in sorted(unrolled)]
         assert len(costs) == sum(n > 0 for n in copies), (name, len(costs))
@@ -1275,12 +1285,18 @@ def band_row(case, dtype, direction, band, functions, resources):
     terms = {k: v / wave_eff for k, v in terms.items()}
     terms["memory"] = min_bytes / BANDWIDTH
     bound = max(terms, key=terms.get)
+    exposed = (2 / (tiles + 1) if grouped else 1.0) * min(terms["issue"], terms["memory"])
+    predicted = terms[bound] + exposed + LAUNCH_S
     return dict(case=case.name, dtype=dtype, direction=direction, kernel=name.split("(")[0].replace("void ", ""),
                 registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident, hot_instr=len(hot),
                 hot_ffma=0, hot_hmma=hmma, stage_instr=per_copy, rounds=rounds,
-                **{f"{k}_ms": v * 1e3 for k, v in terms.items() if k != "tensor"},
-                predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=terms["memory"] * 1e3,
-                roof_fraction=terms["memory"] / (terms[bound] + LAUNCH_S), bound=bound)
+                **{f"{k}_ms": v * 1e3 for k, v in terms.items() if k != "tensor"}, exposed_ms=exposed * 1e3,
+                predicted_ms=predicted * 1e3, floor_ms=terms["memory"] * 1e3,
+                roof_fraction=terms["memory"] / predicted, bound=bound)
+
+
+def fmt_ms(value):
+    return "-" if value is None else f"{value:.3f}"
 
 
 def demangle(name):
@@ -1421,15 +1437,18 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   "Staged: elements (FMA kernels: a team of 8 lanes a row, the row's set-up included) or copies "
                   "of 4, 2 or 1 16-bit values, the last template argument (the banded tensor-core kernels, `band_*`: "
                   "hot-loop FFMA 0, their HMMA per pass in the hot loop; one n-tile: the code after the staging). "
-                  "% roof = the DRAM time of the minimum bytes / predicted.", "",
+                  "% roof = the DRAM time of the minimum bytes / predicted. Banded kernels: predicted = the largest "
+                  "term + exposed, the part of issue or DRAM (the smaller) that cannot overlap the other (band_row's "
+                  "docstring; the FMA kernels: the largest term).", "",
                   "| case | dtype | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | "
                   "hot-loop instr | hot-loop FFMA | staging warp instr per 32 staged | rounds/block | issue ms | "
                   "L1 ms | "
-                  "latency ms | memory ms | predicted ms | % roof | bound |", "|" + "---|" * 20]
+                  "latency ms | memory ms | exposed ms | predicted ms | % roof | bound |", "|" + "---|" * 21]
         lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | `{r['kernel']}` | {r['registers']} | "
                   f"{r['stack']} | {r['shared']} | {r['blocks']} | {r['blocks_per_sm']} | {r['hot_instr']} | "
                   f"{r['hot_ffma']} | {r['stage_instr']:.1f} | {r['rounds']} | {r['issue_ms']:.3f} | "
-                  f"{r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | "
+                  f"{r['l1_ms']:.3f} | {r['latency_ms']:.3f} | {r['memory_ms']:.3f} | "
+                  f"{fmt_ms(r.get('exposed_ms'))} | {r['predicted_ms']:.3f} | "
                   f"{100 * r['roof_fraction']:.0f} | {r['bound']} |" for r in inv_rows]
     lines += ["", "## CUDA C++ kernels (csrc/): nvcc --resource-usage -Xptxas -v, sm_90", "",
               "| file | kernel | registers | spill stores B | spill loads B | static smem B (dynamic is set at launch) | stack B |", "|---|---|---|---|---|---|---|"]

@@ -116,19 +116,18 @@ LC_D float4 load4(const float* p) {
 
 // kBytes (4: a float or two 16-bit values; 8: four 16-bit values) copied from global to shared memory without
 // passing through registers (cp.async, sm_80+), or zeros when !ok (then src is not read, but must still be a valid
-// address). Both addresses are kBytes-aligned. A thread's copies have landed once it calls cp_async_wait_all (a
-// barrier after that makes them visible to the block). The emulator and GPUs before sm_80 (no cp.async) copy at once.
+// address). Both addresses are kBytes-aligned. A thread's copies have landed once it calls cp_async_wait_all, or
+// cp_async_wait_groups for the groups it closed with cp_async_commit (a barrier after that makes them visible to
+// the block). GPUs before sm_80 (no cp.async) copy at once; the emulator lands a copy only at the wait for it.
 template <int kBytes>
 LC_D void cp_async(void* dst, const void* src, bool ok) {
   static_assert(kBytes == 4 || kBytes == 8, "cp.async.ca copies 4, 8 or 16 bytes; 4 and 8 are used");
-  using Word = std::conditional_t<kBytes == 4, uint32_t, uint64_t>;
 #if defined(LARGECONV_EMULATE)
   emu::check_aligned(dst, kBytes);
   emu::check_aligned(src, kBytes);
-  Word v = 0;
-  if (ok) memcpy(&v, src, kBytes);
-  memcpy(dst, &v, kBytes);
+  emu::cp_async_issue(dst, src, ok, kBytes);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  using Word = std::conditional_t<kBytes == 4, uint32_t, uint64_t>;
   *static_cast<Word*>(dst) = ok ? *static_cast<const Word*>(src) : Word{0};
 #else
   const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -138,8 +137,39 @@ LC_D void cp_async(void* dst, const void* src, bool ok) {
 }
 
 LC_D void cp_async_wait_all() {
-#if !defined(LARGECONV_EMULATE) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
+#if defined(LARGECONV_EMULATE)
+  emu::cp_async_wait_all();
+#elif !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
   asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// Marks a thread's entry into a kernel's non-finite path (its sums taken again directly); the emulator counts them.
+LC_D void note_redo() {
+#if defined(LARGECONV_EMULATE)
+  ++emu::g_redos;
+#endif
+}
+
+// Closes the group of this thread's copies issued since the last commit.
+LC_D void cp_async_commit() {
+#if defined(LARGECONV_EMULATE)
+  emu::cp_async_commit();
+#elif !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most kPending of this thread's committed groups are still in flight: the older ones have landed.
+// (An immediate of the instruction: a loop that waits for one more group each pass commits an empty group each
+// pass instead of counting down.)
+template <int kPending>
+LC_D void cp_async_wait_groups() {
+  static_assert(kPending >= 0, "a count of groups");
+#if defined(LARGECONV_EMULATE)
+  emu::cp_async_wait_group(kPending);
+#elif !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 
@@ -358,6 +388,46 @@ LC_D void copy_vecs(T* dst, int plane_stride, int row_stride, int width, const T
     }
   }
 }
+
+// copy_vecs' cp.async copies (kVec 4 or 2) of [kPlanes][kRows][kCols columns] slices, one thread's share set up once
+// for many slices that differ only by a column shift (a tile staged in column groups, each its own cp.async
+// group): then a slice costs its copies alone, ~6 instructions each, where a copy_vecs call per slice cost ~45 a
+// copy (its row walk and set-up, unrolled over copies most threads do not have: sm_90 SASS, 2026-11-29).
+template <int kPlanes, int kRows, int kCols, int kVec, int kThreads>
+struct ColumnCopies {
+  static_assert(kVec == 2 || kVec == 4, "cp.async of 4 or 8 bytes");
+  static constexpr int kLanes = kCols / kVec, kStep = kThreads / kLanes;  // threads a row, rows a pass
+  static constexpr int kSlots = (kPlanes * kRows + kStep - 1) / kStep;    // copies a thread, at most
+  static_assert(kCols % kVec == 0 && kThreads % kLanes == 0, "whole vectors, whole rows a pass");
+  int to[kSlots];    // the shared offset at shift 0; -1: no such copy
+  int from[kSlots];  // the global offset of the row's column 0; -1: a row of zeros
+  int col[kSlots];   // the global column at shift 0
+
+  template <typename RowOffset, typename First>
+  LC_D ColumnCopies(int plane_stride, int row_stride, RowOffset row_offset, First first, int tid) {
+    const int c = kVec * (tid % kLanes);
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int r = tid / kLanes + i * kStep, zz = r / kRows, row = r % kRows;
+      const bool here = r < kPlanes * kRows;
+      to[i] = here ? zz * plane_stride + row * row_stride + c : -1;
+      from[i] = here ? row_offset(zz, row) : -1;
+      col[i] = here ? first(zz) + c : 0;
+    }
+  }
+
+  // The slice `shift` columns on (dst and the source both): zeros past [0, width) and in rows of zeros.
+  template <typename T>
+  LC_D void issue(T* dst, const T* src, int width, int shift) const {
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      if (to[i] < 0) continue;
+      const int gc = col[i] + shift;
+      const bool ok = from[i] >= 0 && static_cast<unsigned>(gc) < static_cast<unsigned>(width);
+      cp_async<2 * kVec>(dst + to[i] + shift, src + (ok ? static_cast<unsigned>(from[i] + gc) : 0u), ok);
+    }
+  }
+};
 
 // One staged row of a tensor-core tile: dst[c] = src_row[col0 + c] for c < cols (even), zero where col0 + c is
 // outside [0, width) or src_row is null (a row outside the input). A lane takes two neighbouring columns: one

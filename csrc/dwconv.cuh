@@ -555,6 +555,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   if (!all_finite(acc)) *non_finite = 1;
   __syncthreads();
   if (*non_finite) {  // the direct sums over the real taps, for this lane's outputs
+    note_redo();
 #pragma unroll
     for (int nt = 0; nt < kMmaMaxTiles; ++nt)
 #pragma unroll
@@ -794,6 +795,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   if (!all_finite(acc)) *non_finite = 1;
   __syncthreads();
   if (*non_finite) {  // the direct sums over the taps inside the input, for this lane's outputs
+    note_redo();
 #pragma unroll
     for (int nt = 0; nt < kMmaMaxTiles; ++nt)
 #pragma unroll
@@ -1218,6 +1220,7 @@ LC_D void wgrad_mma_finish(const WGrad& p, const MmaWGradTile& t, const float (&
   }
   __syncthreads();
   if (*non_finite) {  // the direct sums over the real taps, a tap per thread
+    note_redo();
     for (int k = tid; k < taps; k += blockDim.x) {
       const int a = k / p.kw, b = k % p.kw;
       float s = 0.f;

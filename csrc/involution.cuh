@@ -659,29 +659,48 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
   const int arow0 = static_cast<int>(kGradInput ? i0 + p.p - (K - 1) : i0 - p.p);
   const int e = band_lead(kGradInput ? j0 + p.p - (K - 1) : j0 - p.p, kVec);
   const int acol0 = (kGradInput ? j0 + p.p - (K - 1) : j0 - p.p) - e;
-  copy_vecs<kCB, kBandRows + K - 1, L.a_rs() / kVec, kVec, kBandRows * 32>(
-      as, L.a_ps(), L.a_rs(), src_w, src,
-      [&](int cc, int row) {
-        const int gr = arow0 + row;
-        return static_cast<unsigned>(gr) < static_cast<unsigned>(src_h) ? (cc * src_h + gr) * src_w : -1;
-      },
-      [&](int) { return acol0; }, threadIdx.x);
   // the weights of tap (kh, kw) at rows i0 + r, columns j0 + c; grad-input: rows + p - kh, columns + p - kw, from the
   // multiple of kVec at or before (band_lead). Copies of one value (odd widths) cost ~35 instructions each, more
   // than the products: those kernels read their B entries straight from global memory instead (each weight once).
   const int ho = static_cast<int>(p.ho), wo = static_cast<int>(p.wo), wrow0 = static_cast<int>(i0);
   const T* wt = static_cast<const T*>(p.weight) + (b * p.groups + g) * K * K * ho * wo;
-  if constexpr (L.weights_staged) {
-    copy_vecs<K * K, kBandRows, L.w_rs() / kVec, kVec, kBandRows * 32>(
-        ws, L.w_ts(), L.w_rs(), wo, wt,
-        [&](int tap, int row) {
-          const int gr = wrow0 + row + (kGradInput ? p.p - tap / K : 0);
-          return static_cast<unsigned>(gr) < static_cast<unsigned>(ho) ? (tap * ho + gr) * wo : -1;
-        },
-        [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & -kVec; }, threadIdx.x);
+  // Staged in kNT + 1 groups of 8 columns (group s: the operand's and the weights' columns 8s to 8s + 8; the last:
+  // the operand's 8 columns past the tile and grad-input's lead weight columns), each its own cp.async group, so
+  // that n-tile nt, which reads groups nt and nt + 1, starts once they have landed while the rest are in flight
+  // (staged whole, the blocks of an SM staged and then computed in step: H200 run 1 measured the sum of the two).
+  // Copies of one value go through registers, all before the first n-tile.
+  const auto a_offset = [&](int cc, int row) {
+    const int gr = arow0 + row;
+    return static_cast<unsigned>(gr) < static_cast<unsigned>(src_h) ? (cc * src_h + gr) * src_w : -1;
+  };
+  const auto w_offset = [&](int tap, int row) {
+    const int gr = wrow0 + row + (kGradInput ? p.p - tap / K : 0);
+    return static_cast<unsigned>(gr) < static_cast<unsigned>(ho) ? (tap * ho + gr) * wo : -1;
+  };
+  const auto w_first = [&](int tap) { return (j0 + (kGradInput ? p.p - tap % K : 0)) & -kVec; };
+  constexpr int kThreads = kBandRows * 32;
+  if constexpr (kVec > 1) {
+    const ColumnCopies<kCB, kBandRows + K - 1, 8, kVec, kThreads> a_copies(
+        L.a_ps(), L.a_rs(), a_offset, [&](int) { return acol0; }, threadIdx.x);
+    const ColumnCopies<K * K, kBandRows, 8, kVec, kThreads> w_copies(L.w_ts(), L.w_rs(), w_offset, w_first,
+                                                                      threadIdx.x);
+#pragma unroll 1
+    for (int grp = 0; grp < kNT; ++grp) {
+      a_copies.issue(as, src, src_w, 8 * grp);
+      w_copies.issue(ws, wt, wo, 8 * grp);
+      cp_async_commit();
+    }
+    a_copies.issue(as, src, src_w, 8 * kNT);
+    if constexpr (kGradInput) {
+      ColumnCopies<K * K, kBandRows, 4, kVec, kThreads>(L.w_ts(), L.w_rs(), w_offset, w_first, threadIdx.x)
+          .issue(ws, wt, wo, 8 * kNT);
+    }
+    cp_async_commit();
+  } else {
+    copy_vecs<kCB, kBandRows + K - 1, L.a_rs(), 1, kThreads>(as, L.a_ps(), L.a_rs(), src_w, src, a_offset,
+                                                              [&](int) { return acol0; }, threadIdx.x);
+    __syncthreads();
   }
-  cp_async_wait_all();
-  __syncthreads();
 
   // This lane's A rows (channels n, n + 8) and B entries: rows k = 2q, 2q + 1, 2q + 8, 2q + 9 of column n (PTX's
   // fragment layouts); an entry off the band reads tap 0 and is masked to zero. From global memory, entry s of
@@ -711,6 +730,11 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
   uint32_t redo = 0;  // bit 4 nt + 2 h + r: the sum of channel n + 8h, pixel 2q + r of n-tile nt is not finite
 #pragma unroll 1
   for (int nt = 0; nt < kNT; ++nt) {
+    if constexpr (kVec > 1) {
+      if (nt > 0) cp_async_commit();  // an empty group, so that kNT - 1 pending means groups <= nt + 1 landed
+      cp_async_wait_groups<kNT - 1>();
+      __syncthreads();
+    }
     float acc[4] = {};
 #pragma unroll
     for (int kh = 0; kh < K; ++kh) {
@@ -752,7 +776,10 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
               (is_finite(acc[2 * h + 1]) || !second ? 0u : 2u << (4 * nt + 2 * h));
     }
   }
-  if (redo != 0) band_redo<T, kGradInput>(p, b, ch0 + n, row, j0 + 2 * q, redo, out);
+  if (redo != 0) {
+    note_redo();
+    band_redo<T, kGradInput>(p, b, ch0 + n, row, j0 + 2 * q, redo, out);
+  }
 }
 
 // ---- grad-weight on tensor cores: per kernel row kh and 16 pixels m of one row, three mma.m16n8k16 over the

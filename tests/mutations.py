@@ -243,6 +243,12 @@ MUTATIONS = [
       "return kBandRows * cols(); }", EMU_INV,
       "banded grad-weight's band slice at a tap stride of 0 (mod 32) words: a pixel's four taps of a store in one "
       "bank (H200 run 1: 44% of its shared wavefronts conflicts); the layout's static_assert must stop it"),
+    M("cuda-inv-band-wait-late", "csrc/involution.cuh", "if (nt > 0) cp_async_commit();",
+      "if (nt > 1) cp_async_commit();", EMU_INV,
+      "banded products read the next copy group before it landed: the poison's NaN sums are taken again directly "
+      "(right values), so only the emulator's count of redos on finite inputs sees it"),
+    M("cuda-inv-band-wait-none", "csrc/involution.cuh", "cp_async_wait_groups<kNT - 1>();",
+      "cp_async_wait_groups<kNT>();", EMU_INV, "the last copy group never waited for"),
     M("cuda-inv-band-redo", "csrc/involution.cuh", "for (int bit = 0; redo != 0; ++bit, redo >>= 1) {",
       "for (int bit = 0; false && redo != 0; ++bit, redo >>= 1) {", EMU_INV,
       "banded tensor-core involution: a non-finite sum (a NaN or Inf met off the band) kept, not taken again"),

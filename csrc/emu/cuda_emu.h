@@ -14,6 +14,7 @@
 
 #include <math.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -148,6 +149,9 @@ inline unsigned char* g_smem = nullptr;
 inline size_t g_smem_bytes = 0;
 inline size_t g_smem_limit = 227 * 1024;
 inline uint64_t g_launches = 0;
+// Threads that took a kernel's non-finite path (the direct sums taken again, note_redo): on finite inputs none may,
+// or a wrong staged value (say, read before its cp.async landed: the NaN poison) would be repaired unseen.
+inline std::atomic<uint64_t> g_redos{0};
 
 inline void sync_threads(int line) { g_barrier->wait(line); }
 
@@ -155,6 +159,44 @@ inline void check_aligned(const void* p, size_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % bytes) fail("misaligned vector access", static_cast<int>(bytes));
 }
 inline unsigned char* shared_memory() { return g_smem; }
+
+// cp.async as the hardware may do it: a copy lands only when its thread waits for its group (cp.async.wait_group,
+// wait_all), so a kernel that reads staged data before waiting for it reads the NaN poison. Source values are taken
+// at issue (the kernels never write what they copy).
+struct PendingCopy {
+  unsigned char* dst;
+  uint64_t value;
+  int bytes, group;
+};
+inline thread_local std::vector<PendingCopy> t_copies;
+inline thread_local int t_committed = 0;  // groups this thread has committed in this block
+
+inline void cp_async_issue(void* dst, const void* src, bool ok, int bytes) {
+  uint64_t value = 0;
+  if (ok) std::memcpy(&value, src, bytes);
+  t_copies.push_back({static_cast<unsigned char*>(dst), value, bytes, t_committed});
+}
+inline void cp_async_commit() { ++t_committed; }
+// Lands every copy but those of the `pending` most recently committed groups (and those not committed yet).
+inline void cp_async_wait_group(int pending) {
+  std::vector<PendingCopy> left;
+  for (const PendingCopy& c : t_copies) {
+    if (c.group < t_committed - pending) {
+      std::memcpy(c.dst, &c.value, c.bytes);
+    } else {
+      left.push_back(c);
+    }
+  }
+  t_copies.swap(left);
+}
+inline void cp_async_wait_all() {
+  cp_async_commit();
+  cp_async_wait_group(0);
+}
+inline void cp_async_block_done() {
+  if (!t_copies.empty()) fail("a block ended with cp.async copies never waited for", static_cast<int>(t_copies.size()));
+  t_committed = 0;
+}
 
 }  // namespace emu
 
@@ -276,6 +318,7 @@ void launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, A.
         if (t == 0) std::memset(buffer, 0xff, smem);  // NaN in every float
         barrier.wait(-1);
         kernel(args...);
+        cp_async_block_done();
         barrier.wait(-2);
       }
     });
