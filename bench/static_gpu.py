@@ -934,7 +934,10 @@ def cuda_mma_rows():
     here, the loops' counts from the SASS (mma_loops), and the terms of the Triton model: issue (all warp
     instructions: hot loop per kernel row or g row, staging per staged element, the epilogue left out), tensor (HMMA
     x its FLOP at MMA_SYNC_SHARE of the operand dtype's dense peak), L1 (a wavefront per shared load of the hot
-    loop, two per 32 staged elements), DRAM (minimum bytes)."""
+    loop, two per 32 staged elements), DRAM (minimum bytes). The predicted time is their sum: H200 run 1 measured
+    RepLKNet-31B stage 1's forward at the sum within 7% (bf16 0.447 ms against 0.477, TF32 0.702 against 0.705,
+    3xTF32 1.89 against 1.95; the largest term had said 0.159, 0.245, 0.742): at 2-6 blocks of 4 warps per SM the
+    shared loads, the products and the rest do not overlap (bench/NOTES.md, session 16)."""
     functions, resources = cuda_sass("dwconv.cu")
     mma_k_blocks = lambda k: (k + 14) // 16 + 1  # noqa: E731  (csrc/dwconv.cuh)
     tf32_k_blocks = lambda k: (k + 14) // 8  # noqa: E731  (csrc/dwconv.cuh mma_tf32_k_blocks)
@@ -1050,14 +1053,14 @@ def cuda_mma_rows():
             flops, min_bytes = useful(case, direction, 2 if dtype == "bf16" else 4)
             memory = min_bytes / BANDWIDTH
             terms = dict(issue=issue, tensor=tensor, l1=l1, memory=memory)
-            bound = max(terms, key=terms.get)
+            bound = max(terms, key=terms.get)  # the largest part of the sum
             rows.append(dict(case=case.name, dtype=dtype, direction=direction,
                              kernel=name.split("(")[0].replace("void ", ""),
                              registers=regs, stack=stack, shared=smem, blocks=blocks, blocks_per_sm=resident,
                              hot_instr=loops["instr"], hot_hmma=loops["hmma"], hot_local=loops["local"],
                              executed_vs_useful=hmma * hmma_flop / (products or 1) / flops,
                              **{f"{k}_ms": v * 1e3 for k, v in terms.items()},
-                             predicted_ms=(terms[bound] + LAUNCH_S) * 1e3, floor_ms=flops / TENSOR_PEAK[peak]
+                             predicted_ms=(sum(terms.values()) + LAUNCH_S) * 1e3, floor_ms=flops / TENSOR_PEAK[peak]
                              * 1e3, bound=bound))
     return rows
 
@@ -1407,8 +1410,9 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   f"mma.sync taken at {MMA_SYNC_SHARE:.0%} of the operand dtype's dense peak (an assumption). Forward "
                   "and grad-input run the same kernel. bf16: mma m16n8k16; tf32: fp32 with TF32 allowed, one TF32 "
                   "product (m16n8k8); fp32: TF32 off, 3xTF32 (three products, about fp32's accuracy; the FMA kernels "
-                  "below 14x14 maps). executed/useful counts one product per step. floor = useful "
-                  "FLOPs at the dense peak of the operand dtype (bf16, TF32).", "",
+                  "below 14x14 maps). executed/useful counts one product per step. predicted = issue + tensor + "
+                  "L1 + memory + a launch (the composition H200 run 1 measured; bound: the largest term). floor = "
+                  "useful FLOPs at the dense peak of the operand dtype (bf16, TF32).", "",
                   "| case | dtype | direction | kernel | regs | stack B | smem B | blocks | blocks/SM | hot-loop instr | "
                   "hot-loop HMMA | executed/useful | issue ms | tensor ms | L1 ms | memory ms | predicted ms | "
                   "floor ms | bound |", "|" + "---|" * 19]
