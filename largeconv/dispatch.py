@@ -315,9 +315,9 @@ def _cuda_order(op, direction, x, taps):
     90x180), except the forward on 7x7 maps (RepLKNet-31B s4, K13: PyTorch 0.124 ms, cuda 0.275); at 56x56, bf16
     K31, triton beat cuda's FMA kernels (forward 1.96 vs 2.12 ms, backward 3.68 vs 4.87), and the NCHW involution
     on triton beats cuda 1.4-4.8x (stride 1 and 2, fp32 and bf16). Since that run cuda runs fp16/bf16 NCHW large
-    kernels on tensor cores: predicted 0.156 ms forward against Triton's 0.685 at 56x56 (static report), so NCHW
-    fp16/bf16 goes to cuda first (channels_last, still FMA kernels in both, keeps triton) until a GPU re-measures;
-    either way far from PyTorch's 7.80 ms. Below 7x7 kernels, smaller maps for the involution on triton and
+    kernels on tensor cores (H200, 2026-11-28: bf16 forward 0.447 ms at 56x56 against Triton's 0.970), and since
+    2026-11-29 channels_last calls of the kind run them on NCHW copies (predicted ~0.5 ms against the FMA kernels'
+    2.82 measured), so fp16/bf16 goes to cuda first in both layouts; either way far from PyTorch's 7.80 ms. Below 7x7 kernels, smaller maps for the involution on triton and
     channels_last involution are not timed: the prediction of bench/results/static-sm90 stands there (PyTorch below
     7x7, cuda from it)."""
     h, w = x.shape[-2:]
@@ -328,8 +328,6 @@ def _cuda_order(op, direction, x, taps):
         return ("torch",)
     if direction == "forward" and h * w <= 49:
         return ("torch", "cuda", "triton")
-    if x.dtype in (torch.float16, torch.bfloat16) and large_map and is_channels_last(x):
-        return ("triton", "cuda", "torch")
     return ("cuda", "triton", "torch")
 
 
@@ -402,6 +400,8 @@ def workspace_bytes(name, op, direction, x, kernel_size) -> int:
         # a kernel that covers the map ("same" padding): the dense products (cuda.covers_whole_map), whose fp32
         # tap matrices, or grad-weight's pairs, are (H*W)^2 per channel, with a copy or two
         return max(x.numel() * elem, 3 * 4 * x.shape[1] * (x.shape[2] * x.shape[3]) ** 2)
+    if name == "cuda" and op == "dwconv2d" and is_channels_last(x):  # NCHW copies of the operands (through_nchw)
+        return 2 * x.numel() * elem
     return x.numel() * elem
 
 

@@ -57,7 +57,9 @@ CUDA_RULE = [
     # bf16 NCHW at 56x56: triton 1.96 ms beat cuda's FMA kernels (2.12); cuda's tensor cores predicted 0.156 ms
     (("dwconv2d", "forward", (64, 128, 56, 56), torch.bfloat16, False, (31, 31)), "cuda"),
     (("dwconv2d", "grad_weight", (64, 128, 56, 56), torch.bfloat16, False, (31, 31)), "cuda"),
-    (("dwconv2d", "grad_weight", (64, 128, 56, 56), torch.bfloat16, True, (31, 31)), "triton"),
+    # channels_last: the NCHW tensor-core kernels on NCHW copies (largeconv/cuda.py through_nchw; predicted ~0.5 ms
+    # forward against the channels_last FMA kernels' 2.82 measured on an H200)
+    (("dwconv2d", "grad_weight", (64, 128, 56, 56), torch.bfloat16, True, (31, 31)), "cuda"),
     (("dwconv2d", "grad_weight", (64, 1024, 7, 7), torch.bfloat16, False, (13, 13)), "cuda"),  # 0.80 vs triton 1.41
     (("dwconv2d", "forward", (64, 128, 56, 56), torch.float32, False, (5, 5)), "torch"),
     (("involution2d", "forward", (64, 64, 56, 56), torch.float32, False, (7, 7)), "triton"),  # 0.32 vs cuda 0.45

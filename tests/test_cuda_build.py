@@ -109,6 +109,43 @@ def test_binding_never_streams_numbers_into_error_messages():
     assert source.count("CHECK_ARG(") > 20  # every argument check goes through it
 
 
+def test_python_knows_the_tensor_core_bounds():
+    """largeconv/cuda.py's copy of csrc/dwconv.cuh's tensor-core bounds (through_nchw sends channels_last calls to
+    the NCHW kernels by them) equals the C++ constants."""
+    from largeconv import cuda
+    source = (CSRC / "dwconv.cuh").read_text()
+
+    def constant(name):
+        return int(re.search(rf"\b{name} = (\d+)", source).group(1))
+    assert (cuda.MMA_MIN_KW, cuda.MMA_MAX_K, cuda.WGRAD_MMA_MAX_K) == (
+        constant("kMmaMinKw"), constant("kMmaMaxKw"), constant("kWgMaxK"))
+
+
+@pytest.mark.parametrize("dtype, tf32, layout, kernel, stride, mult, direction, expected", [
+    (torch.bfloat16, False, "cl", 31, 1, 1, "forward", True),
+    (torch.float16, False, "cl", 13, 1, 1, "grad_input", True),
+    (torch.float32, True, "cl", 31, 1, 1, "grad_weight", True),   # TF32 allowed: tensor cores
+    (torch.float32, False, "cl", 31, 1, 1, "forward", False),     # exact fp32: not measured, stays
+    (torch.bfloat16, False, "nchw", 31, 1, 1, "forward", False),  # NCHW already
+    (torch.bfloat16, False, "cl", 31, 2, 1, "forward", False),    # stride 2: FMA kernels either way
+    (torch.bfloat16, False, "cl", 7, 1, 1, "forward", False),     # below 13 columns
+    (torch.bfloat16, False, "cl", 31, 1, 2, "forward", False),    # a channel multiplier
+    (torch.bfloat16, False, "cl", 63, 1, 1, "forward", True),
+    (torch.bfloat16, False, "cl", 63, 1, 1, "grad_weight", False),  # grad-weight's tensor cores stop at 32
+])
+def test_channels_last_calls_that_take_the_nchw_tensor_core_kernels(monkeypatch, dtype, tf32, layout, kernel,
+                                                                    stride, mult, direction, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    x = torch.randn(2, 8, 20, 20, dtype=dtype)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight_shape = (8 * mult, 1, kernel, kernel)
+    assert largeconv.cuda.through_nchw(x, 8, weight_shape, (stride, stride), (1, 1), direction) == expected
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # no mma.sync
+    assert not largeconv.cuda.through_nchw(x, 8, weight_shape, (stride, stride), (1, 1), direction)
+
+
 # The emulation test's case groups: the binary runs the cases whose name contains the filter.
 EMU_GROUPS = {"dwconv2d": "dwconv[", "dwconv1d": "dwconv1d[", "involution2d": "involution["}
 
