@@ -871,7 +871,8 @@ def cuda_dense_rows():
     every output's window covers, RepLKNet-31B s3 and s4 at "same" padding), NCHW, bias-free as the kit times them:
     each launch of the composition as max(FLOPs at GEMM_SHARE of the peak (fp32: FFMA; tf32: the TF32 tensor
     cores, where torch's matmul precision and the conv both allow it), bytes at BANDWIDTH) plus a launch; fp32
-    buffers throughout (bf16 inputs widened as they are read, results narrowed as they are stored)."""
+    buffers throughout (bf16 inputs widened as they are read, results narrowed as they are stored). Forward and
+    grad-input of planes of at most PLANE_MAX_PIXELS pixels run corr_plane_kernel instead (cuda_plane_rows)."""
     rows = []
     for case in (c for c in HEADLINE if c.name.startswith("replknet31b")):
         n, c, h, w = case.shape
@@ -890,6 +891,8 @@ def cuda_dense_rows():
                            (0, 4 * (2 * m + cols)), (0, 4 * 4 * cols)]
             for direction, launches in (("forward", correlation), ("grad-input", correlation),
                                         ("grad-weight", grad_weight)):
+                if direction != "grad-weight" and h * w <= PLANE_MAX_PIXELS:
+                    continue  # corr_plane_kernel (cuda_plane_rows)
                 times = [max(f / gemm, b / BANDWIDTH) + LAUNCH_S for f, b in launches]
                 flops, _ = useful(case, direction, el)
                 gemm_s = sum(f / gemm for f, _ in launches)
@@ -898,6 +901,39 @@ def cuda_dense_rows():
                                  predicted_ms=sum(times) * 1e3, useful_flops=flops,
                                  floor_ms=flops / (TENSOR_PEAK["float32"] if dtype == "tf32" else FFMA_PEAK) * 1e3,
                                  bound="gemm" if gemm_s > sum(times) / 2 else "memory"))
+    return rows
+
+
+PLANE_MAX_PIXELS = 64  # csrc/dwconv.cuh kPlaneMaxPixels (largeconv/cuda.py keeps the same)
+
+
+def cuda_plane_rows(functions):
+    """Predicted H100 times of corr_plane_kernel (csrc/dwconv.cuh: forward and grad-input of planes of at most
+    PLANE_MAX_PIXELS pixels, here RepLKNet-31B's 7x7 stage, where every window covers the plane): issue (a
+    multiply-add per output and pixel at the covered loop's instructions per multiply-add from the SASS, its body
+    unrolled by 4; the W mod 4 remainder iterations at twice that, an assumption; staging and the epilogue left
+    out) plus DRAM (minimum bytes) plus a launch, the sum (the composition the H200 measured for the tiled kernels,
+    no overlap assumed)."""
+    rows = []
+    for case in (c for c in HEADLINE if c.name.startswith("replknet31b")):
+        n, c, h, w = case.shape
+        if h * w > PLANE_MAX_PIXELS:
+            continue
+        for dtype, element in (("fp32", "float"), ("bf16", "__nv_bfloat16")):
+            name = f"void largeconv::dw::corr_plane_kernel<{element}>(largeconv::dw::Corr, largeconv::dw::PlaneTile)"
+            loops = inner_loops(parse_sass(functions[name]))
+            covered = min((b for b in loops if sum(op.startswith("FFMA") for _, op, _ in b) == 4), key=len)
+            per_fma = len(covered) / 4
+            per_row = (w // 4 * 4 + 2 * (w % 4)) * per_fma
+            for direction in ("forward", "grad-input"):
+                warp_instr = n * c * h * w * h * per_row / 32
+                issue = warp_instr / (sm90.H100["sms"] * ISSUE_PER_SM * CLOCK)
+                flops, min_bytes = useful(case, direction, 2 if dtype == "bf16" else 4)
+                memory = min_bytes / BANDWIDTH
+                rows.append(dict(case=case.name, dtype=dtype, direction=direction, per_fma=per_fma,
+                                 issue_ms=issue * 1e3, memory_ms=memory * 1e3,
+                                 predicted_ms=(issue + memory + LAUNCH_S) * 1e3, floor_ms=flops / FFMA_PEAK * 1e3,
+                                 bound="issue" if issue > memory else "memory"))
     return rows
 
 
@@ -1327,7 +1363,7 @@ MIX_COLUMNS = ["FFMA", "HGMMA", "HMMA", "DFMA", "LDG.32", "LDG.64", "LDG.128", "
 
 
 def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=(), dense_rows=(),
-          inv_rows=()):
+          inv_rows=(), plane_rows=()):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "predicted.csv"), "w", newline="") as f:
         cols = ["case", "op", "backend", "dtype", "direction", "predicted_ms", "floor_ms", "bound"]
@@ -1335,6 +1371,7 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
         writer.writeheader()
         sources = [(r["op"], f"triton-{r['layout']}", r) for r in best_rows] + \
             [("dwconv2d", "cuda-nchw", r) for r in mma_rows] + [("dwconv2d", "cuda-dense", r) for r in dense_rows] + \
+            [("dwconv2d", "cuda-plane", r) for r in plane_rows] + \
             [("involution2d", "cuda-nchw", r) for r in inv_rows]
         for op, backend, r in sources:
             writer.writerow(dict(case=r["case"], op=op, backend=backend, dtype=r["dtype"], direction=r["direction"],
@@ -1433,6 +1470,16 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
         lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | {r['launches']} | {r['gemm_ms']:.3f} | "
                   f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
                   for r in dense_rows]
+    if plane_rows:
+        lines += ["", "## cuda backend, small planes (csrc/dwconv.cuh corr_plane_kernel), NCHW: predicted", "",
+                  "`cuda_plane_rows` (its docstring): forward and grad-input of planes of at most "
+                  f"{PLANE_MAX_PIXELS} pixels sum over the pixels a window meets. predicted = issue + memory + a "
+                  "launch. floor = useful FLOPs at the FFMA peak.", "",
+                  "| case | dtype | direction | instr per multiply-add | issue ms | memory ms | predicted ms | "
+                  "floor ms | bound |", "|" + "---|" * 9]
+        lines += [f"| {r['case']} | {r['dtype']} | {r['direction']} | {r['per_fma']:.1f} | {r['issue_ms']:.3f} | "
+                  f"{r['memory_ms']:.3f} | {r['predicted_ms']:.3f} | {r['floor_ms']:.3f} | {r['bound']} |"
+                  for r in plane_rows]
     if inv_rows:
         lines += ["", "## CUDA C++ involution kernels (csrc/involution.cuh, RedNet K = 7), NCHW: predicted", "",
                   "`cuda_involution_rows` (its docstring): the plan replayed, loop counts from the sm_90 SASS, the "
@@ -1471,8 +1518,8 @@ PARTS = {"fwd": ("forward",), "bwd": ("grad-input", "grad-weight"), "fwdbwd": DI
 
 def compare(results_csv, predicted_csv, baseline_csv=None):
     """Markdown table of every timed Triton row of a GPU run (bench/roofline.py's columns), and of the cuda rows
-    predicted.csv has (the tensor-core kernels' NCHW RepLKNet-31B rows, or the dense products' where the kernel
-    covers the map, and the NCHW RedNet-50 involution rows), against predicted.csv:
+    predicted.csv has (the tensor-core kernels' NCHW RepLKNet-31B rows, or the small planes' kernel or the dense
+    products' where those run, and the NCHW RedNet-50 involution rows), against predicted.csv:
     fwd = the forward's prediction, bwd = grad-input + grad-weight, fwdbwd = all three (the torch sum of
     grad-weight's partial sums and autograd's own work are not predicted); with `baseline_csv`, an older
     prediction's ratio too. Ratio = measured / predicted."""
@@ -1482,16 +1529,12 @@ def compare(results_csv, predicted_csv, baseline_csv=None):
     new, old = predictions(predicted_csv), predictions(baseline_csv)
 
     def predicted(table, r):
-        # cuda rows on maps its kernel covers run the dense products (largeconv/cuda.py covers_whole_map): those
-        # predictions first where they exist
-        backends = [f"{r['backend']}-{r['layout']}"]
-        if r["backend"] == "cuda":
-            backends.insert(0, "cuda-dense")
-        for backend in backends:
-            keys = [(r["case"], backend, r["dtype"], d) for d in PARTS.get(r["direction"], ())]
-            if keys and all(k in table for k in keys):
-                return sum(table[k] for k in keys)
-        return None
+        # cuda, per direction: small planes' kernel, else the dense products on maps the kernel covers
+        # (largeconv/cuda.py), else the tiled kernels
+        backends = (["cuda-plane", "cuda-dense"] if r["backend"] == "cuda" else []) + [f"{r['backend']}-{r['layout']}"]
+        parts = [next((table[k] for k in ((r["case"], b, r["dtype"], d) for b in backends) if k in table), None)
+                 for d in PARTS.get(r["direction"], ())]
+        return sum(parts) if parts and None not in parts else None
     lines = ["| suite | case | op | backend | dtype | layout | direction | measured ms | predicted ms | ratio "
              "| off > 2x |"
              + (" baseline predicted ms | baseline ratio | baseline off > 2x |" if old else ""),
@@ -1550,11 +1593,14 @@ def main(argv=None):
     dense_rows = cuda_dense_rows()
     for r in dense_rows:
         print(f"cuda dense {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
+    plane_rows = [] if args.no_cuda else cuda_plane_rows(cuda_sass("dwconv.cu")[0])
+    for r in plane_rows:
+        print(f"cuda plane {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
     inv_rows = [] if args.no_cuda else cuda_involution_rows()
     for r in inv_rows:
         print(f"cuda involution {r['case']} {r['dtype']} {r['direction']}: {r['predicted_ms']:.3f} ms ({r['bound']})")
     write(rows, best_rows, cuda_rows, time.perf_counter() - start, args.out, fused_rows, mma_rows, dense_rows,
-          inv_rows)
+          inv_rows, plane_rows)
     print(f"wrote {args.out}/report.md and predicted.csv")
 
 

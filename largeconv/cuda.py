@@ -94,7 +94,7 @@ def dwconv2d_forward(x, weight, bias, stride, padding, dilation):
         return out.contiguous(memory_format=torch.channels_last)
     out_h, out_w = dwconv2d_output_hw(x.shape, weight.shape[2:], stride, padding, dilation)
     out = _empty((x.shape[0], weight.shape[0], out_h, out_w), x)
-    if covers_whole_map(x, x.shape, weight.shape, stride, padding, dilation):
+    if covers_whole_map(x, x.shape, weight.shape, stride, padding, dilation) and not small_plane(x):
         return dense_forward(x, weight, bias, padding, out)
     torch.ops.largeconv_C.dwconv2d_forward(x, weight, bias, list(stride), list(padding), list(dilation),
                                            cudnn_conv_allows_tf32(), out)
@@ -106,7 +106,7 @@ def dwconv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation
         grad_input = dwconv2d_grad_input(_nchw(grad_out), weight, input_shape, stride, padding, dilation)
         return grad_input.contiguous(memory_format=torch.channels_last)
     grad_input = _empty(tuple(input_shape), grad_out)
-    if covers_whole_map(grad_out, input_shape, weight.shape, stride, padding, dilation):
+    if covers_whole_map(grad_out, input_shape, weight.shape, stride, padding, dilation) and not small_plane(grad_out):
         return dense_grad_input(grad_out, weight, padding, grad_input)
     torch.ops.largeconv_C.dwconv2d_grad_input(grad_out, weight, list(stride), list(padding), list(dilation),
                                               cudnn_conv_allows_tf32(), grad_input)
@@ -134,6 +134,14 @@ def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
 # values are exact in TF32 too), and only where torch's fp32 matmul precision rounds no more than the conv may.
 
 DENSE_MIN_TAPS = 49  # large kernels only: below, the tiled kernels keep the shapes they were measured on
+# csrc/dwconv.cuh's kPlaneMaxPixels: forward and grad-input of planes this small (what they read: x, grad_out) run
+# corr_plane_kernel, which sums over the pixels a window meets (predicted ~0.02 ms forward at RepLKNet-31B's 7x7
+# stage against the dense products' 0.217 measured on an H200); the weight gradient keeps the dense products.
+PLANE_MAX_PIXELS = 64
+
+
+def small_plane(t) -> bool:
+    return t.shape[2] * t.shape[3] <= PLANE_MAX_PIXELS
 DENSE_MAX_BYTES = 1 << 26  # the matrices' fp32 bytes at most: this, or 4x x's
 
 

@@ -110,15 +110,16 @@ def test_binding_never_streams_numbers_into_error_messages():
 
 
 def test_python_knows_the_tensor_core_bounds():
-    """largeconv/cuda.py's copy of csrc/dwconv.cuh's tensor-core bounds (through_nchw sends channels_last calls to
-    the NCHW kernels by them) equals the C++ constants."""
+    """largeconv/cuda.py's copy of csrc/dwconv.cuh's bounds (through_nchw sends channels_last calls to the NCHW
+    tensor-core kernels by them; small planes skip the dense products for corr_plane_kernel) equals the C++
+    constants."""
     from largeconv import cuda
     source = (CSRC / "dwconv.cuh").read_text()
 
     def constant(name):
         return int(re.search(rf"\b{name} = (\d+)", source).group(1))
-    assert (cuda.MMA_MIN_KW, cuda.MMA_MAX_K, cuda.WGRAD_MMA_MAX_K) == (
-        constant("kMmaMinKw"), constant("kMmaMaxKw"), constant("kWgMaxK"))
+    assert (cuda.MMA_MIN_KW, cuda.MMA_MAX_K, cuda.WGRAD_MMA_MAX_K, cuda.PLANE_MAX_PIXELS) == (
+        constant("kMmaMinKw"), constant("kMmaMaxKw"), constant("kWgMaxK"), constant("kPlaneMaxPixels"))
 
 
 @pytest.mark.parametrize("dtype, tf32, layout, kernel, stride, mult, direction, expected", [

@@ -140,7 +140,8 @@ def test_compare_sets_cuda_involution_rows_beside_their_predictions(tmp_path):
 
 def test_compare_takes_the_dense_prediction_where_cuda_runs_dense_products(tmp_path):
     """On maps the kernel covers (RepLKNet-31B s3/s4) the cuda backend runs dense products: compare sets its rows
-    beside those predictions (cuda-dense), not the tiled kernels' (cuda-nchw), which stay for the other maps."""
+    beside those predictions (cuda-dense), not the tiled kernels' (cuda-nchw), which stay for the other maps; on
+    small planes forward and grad-input run corr_plane_kernel (cuda-plane), taken first, direction by direction."""
     from bench import static_gpu
     results, predicted = tmp_path / "results.csv", tmp_path / "predicted.csv"
     head = "suite,case,op,backend,dtype,layout,direction,status,time_ms\n"
@@ -153,3 +154,13 @@ def test_compare_takes_the_dense_prediction_where_cuda_runs_dense_products(tmp_p
     table = static_gpu.compare(str(results), str(predicted)).splitlines()
     assert table[2].endswith("| fwd | 0.050 | 0.033 | 1.52 | no |")
     assert table[3].endswith("| fwd | 1.000 | 0.742 | 1.35 | no |")
+    # small planes: their kernel's forward and grad-input, the dense grad-weight, per direction
+    results.write_text(head + "headline,replknet31b-s4,dwconv2d,cuda,fp32,nchw,fwd,ok,0.05\n"
+                              "headline,replknet31b-s4,dwconv2d,cuda,fp32,nchw,fwdbwd,ok,0.2\n")
+    with open(predicted, "a") as f:
+        f.write("replknet31b-s4,dwconv2d,cuda-plane,fp32,forward,0.040,0.005,issue\n"
+                "replknet31b-s4,dwconv2d,cuda-plane,fp32,grad-input,0.040,0.005,issue\n"
+                "replknet31b-s4,dwconv2d,cuda-dense,fp32,grad-weight,0.055,0.005,memory\n")
+    table = static_gpu.compare(str(results), str(predicted)).splitlines()
+    assert table[2].endswith("| fwd | 0.050 | 0.040 | 1.25 | no |")
+    assert table[3].endswith("| fwdbwd | 0.200 | 0.135 | 1.48 | no |")

@@ -468,6 +468,14 @@ int main(int argc, char** argv) {
       {1, 3, 12, 10, 1, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3, false, true},     // NaN / Inf in x and grad_out
       {2, 3, 13, 15, 2, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, false, true},     // the same, stride 2, multiplier 2
       {1, 2, 16, 20, 1, 31, 31, 1, 1, 1, 1, 15, 15, 15, 15, true, true},  // the same, 31x31
+      // small planes (<= 64 pixels, fewer than the taps: corr_plane_kernel for forward and grad-input):
+      // RepLKNet-31B's 7x7 stage, K13; NaN / Inf; multiplier 2 (grad-input: the other kernels); asymmetric
+      // padding (6x5 outputs); 12 images, 10 a block
+      {3, 4, 7, 7, 1, 13, 13, 1, 1, 1, 1, 6, 6, 6, 6},
+      {3, 4, 7, 7, 1, 13, 13, 1, 1, 1, 1, 6, 6, 6, 6, false, true},
+      {2, 3, 8, 8, 2, 9, 9, 1, 1, 1, 1, 4, 4, 4, 4},
+      {2, 2, 6, 7, 1, 9, 11, 1, 1, 1, 1, 2, 6, 8, 0},
+      {12, 2, 5, 5, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7},
       // NCHW at unit stride with 13 <= kw <= 65 run the tensor-core correlations (roomy device): several row and
       // column tiles, k-blocks 2..5 (fp16/bf16) and 3..9 (fp32), a multiplier (forward only: grad-input then sums
       // 2 planes), "valid"
