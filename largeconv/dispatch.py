@@ -218,10 +218,27 @@ def settle(keys, whole_call) -> None:
     if sum(t["torch"] for t in times) - chosen_s > _OVERHEAD_BOUND_S * len(keys):
         torch_s, custom_s = math.inf, chosen_s  # far faster whatever the custom ops cost: not worth timing
     else:
-        torch_s, custom_s = _whole_call_times(keys, whole_call)
+        with _saved_tensor_hooks_suspended():
+            torch_s, custom_s = _whole_call_times(keys, whole_call)
     _settled[tuple(keys)] = chosen
     if torch_s <= custom_s:
         _auto_cache.update(dict.fromkeys(keys, "torch"))
+
+
+@contextlib.contextmanager
+def _saved_tensor_hooks_suspended():
+    """Without the saved-tensor hooks in force (torch.utils.checkpoint's non-reentrant mode, save_on_cpu) while
+    settle times its calls: checkpoint counts the tensors a region saves and raised on a forward that had saved
+    the timing calls' too. Through torch's private hook stack: no public way to set hooks aside."""
+    hooks = []
+    while (top := torch._C._autograd._top_saved_tensors_default_hooks(False)) is not None:
+        hooks.append(top)
+        torch._C._autograd._pop_saved_tensors_default_hooks()
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(hooks):
+            torch._C._autograd._push_saved_tensors_default_hooks(pack, unpack)
 
 
 def _whole_call_times(keys, whole_call) -> tuple[float, float]:

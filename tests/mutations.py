@@ -190,6 +190,9 @@ MUTATIONS = [
     M("dispatch-settle-by-estimate", "largeconv/dispatch.py",
       "torch_s, custom_s = _whole_call_times(keys, whole_call)", "torch_s, custom_s = math.inf, chosen_s",
       ("tests/test_auto.py", "-k", "settle"), "mixed choices kept on the per-direction times (H200: 0.46x)"),
+    M("dispatch-settle-hooks-in-force", "largeconv/dispatch.py", "with _saved_tensor_hooks_suspended():",
+      "with contextlib.nullcontext():", ("tests/test_auto.py", "-k", "settle"),
+      "settle's timing inside torch.utils.checkpoint: CheckpointError (saved tensors counted)"),
     M("ops-settle-whole-call-no-backward", "largeconv/ops.py", "    if needing:\n", "    if False:\n",
       ("tests/test_auto.py", "-k", "settle"), "settle times forwards only"),
     # ---- csrc/ (run by the CPU emulator: tests/test_cuda_build.py) ----
