@@ -334,9 +334,9 @@ def _cuda_order(op, direction, x, taps):
     on triton beats cuda 1.4-4.8x (stride 1 and 2, fp32 and bf16). Since that run cuda runs fp16/bf16 NCHW large
     kernels on tensor cores (H200, 2026-11-28: bf16 forward 0.447 ms at 56x56 against Triton's 0.970), and since
     2026-11-29 channels_last calls of the kind run them on NCHW copies (predicted ~0.5 ms against the FMA kernels'
-    2.82 measured), so fp16/bf16 goes to cuda first in both layouts; either way far from PyTorch's 7.80 ms. Below 7x7 kernels, smaller maps for the involution on triton and
-    channels_last involution are not timed: the prediction of bench/results/static-sm90 stands there (PyTorch below
-    7x7, cuda from it)."""
+    2.82 measured), so fp16/bf16 goes to cuda first in both layouts; either way far from PyTorch's 7.80 ms. Below
+    7x7 kernels, smaller maps for the involution on triton and channels_last involution are not timed: the
+    prediction of bench/results/static-sm90 stands there (PyTorch below 7x7, cuda from it)."""
     h, w = x.shape[-2:]
     large_map = h >= 56 and w >= 56
     if op == "involution2d":

@@ -317,7 +317,7 @@ def auto_chose_torch(op, signature, x, weight, bias, geometry, out_shape, custom
 def _whole_call(op, way, x, weight, bias, geometry, custom_op):
     """One call like this one, on detached aliases of its tensors (no copies, nothing recorded in the caller's
     graph), its forward on `way` ("torch": PyTorch's own op; "custom": `custom_op`) and the backward the call would
-    run, against a random output gradient."""
+    run, with the output itself as its gradient (real values, and no draw on the caller's random numbers)."""
     grad_enabled = torch.is_grad_enabled()
     leaves = [t.detach().requires_grad_(grad_enabled and t.requires_grad) if t is not None else None
               for t in (x, weight, bias)]
@@ -325,7 +325,7 @@ def _whole_call(op, way, x, weight, bias, geometry, custom_op):
     out = forward(*leaves, *(geometry if way == "torch" else ()))
     needing = [t for t in leaves if t is not None and t.requires_grad]
     if needing:
-        torch.autograd.grad(out, needing, torch.randn_like(out))
+        torch.autograd.grad(out, needing, out.detach())
 
 
 # ---- involution ------------------------------------------------------------------------------------------------

@@ -235,6 +235,7 @@ def test_settle_times_the_whole_call_both_ways(monkeypatch, delays, settled):
     real = dispatch._whole_call_times
     monkeypatch.setattr(dispatch, "_whole_call_times", lambda *a: timed.append(1) or real(*a))
     x.grad = w.grad = None
+    rng_before = torch.random.get_rng_state()
     out = largeconv.dwconv2d(x, w)  # settles
     out.backward(torch.ones_like(out))
     assert set(dispatch.auto_choices().values()) == {settled} and len(timed) == 1
@@ -245,6 +246,7 @@ def test_settle_times_the_whole_call_both_ways(monkeypatch, delays, settled):
         assert torch.allclose(got, expected, atol=1e-5)
     largeconv.dwconv2d(x, w).sum().backward()
     assert len(timed) == 1  # settled: not timed again
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # settling drew no random numbers
 
 
 @pytest.mark.timed_settle
