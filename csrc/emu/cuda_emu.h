@@ -179,15 +179,15 @@ inline void cp_async_issue(void* dst, const void* src, bool ok, int bytes) {
 inline void cp_async_commit() { ++t_committed; }
 // Lands every copy but those of the `pending` most recently committed groups (and those not committed yet).
 inline void cp_async_wait_group(int pending) {
-  std::vector<PendingCopy> left;
+  size_t kept = 0;  // in place: no allocation per wait (malloc is slow under AddressSanitizer)
   for (const PendingCopy& c : t_copies) {
     if (c.group < t_committed - pending) {
       std::memcpy(c.dst, &c.value, c.bytes);
     } else {
-      left.push_back(c);
+      t_copies[kept++] = c;
     }
   }
-  t_copies.swap(left);
+  t_copies.resize(kept);
 }
 inline void cp_async_wait_all() {
   cp_async_commit();
