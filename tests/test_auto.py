@@ -41,6 +41,14 @@ def _record(monkeypatch, op="dwconv2d", delay_s=None):
     return calls
 
 
+def _busy(seconds):
+    """Spin for `seconds` of wall time: a slowed-down call that competes for the CPU as real work does (a sleeping
+    one got ahead of the computing way when CI's other tests loaded both cores, and settle chose it)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def _fwd_bwd(x, w):
     x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
     out = largeconv.dwconv2d(x, w)
@@ -230,7 +238,7 @@ def test_settle_times_the_whole_call_both_ways(monkeypatch, delays, settled):
         module = dispatch.backend_module(name)
         original = getattr(module, f"dwconv2d_{direction}")
         monkeypatch.setattr(module, f"dwconv2d_{direction}",
-                            lambda *a, _f=original, _delay=delay: (time.sleep(_delay), _f(*a))[1])
+                            lambda *a, _f=original, _delay=delay: (_busy(_delay), _f(*a))[1])
     timed = []
     real = dispatch._whole_call_times
     monkeypatch.setattr(dispatch, "_whole_call_times", lambda *a: timed.append(1) or real(*a))
@@ -266,7 +274,7 @@ def test_settle_times_calls_inside_saved_tensor_hook_regions(monkeypatch, region
             for direction in ("grad_input", "grad_weight"):
                 original = getattr(dispatch.backend_module("cpu"), f"dwconv2d_{direction}")
                 monkeypatch.setattr(dispatch.backend_module("cpu"), f"dwconv2d_{direction}",
-                                    lambda *a, _f=original: (time.sleep(1e-2), _f(*a))[1])
+                                    lambda *a, _f=original: (_busy(1e-2), _f(*a))[1])
         x.grad = w.grad = None
         if region == "checkpoint":
             out = checkpoint(lambda a, b: largeconv.dwconv2d(a, b).sin(), x, w, use_reentrant=False)

@@ -147,8 +147,11 @@ def test_channels_last_calls_that_take_the_nchw_tensor_core_kernels(monkeypatch,
     assert not largeconv.cuda.through_nchw(x, 8, weight_shape, (stride, stride), (1, 1), direction)
 
 
-# The emulation test's case groups: the binary runs the cases whose name contains the filter.
-EMU_GROUPS = {"dwconv2d": "dwconv[", "dwconv1d": "dwconv1d[", "involution2d": "involution["}
+# The emulation test's case groups: the binary runs the cases whose names contain every filter. dwconv2d in parts
+# (by device and dtype), so that test workers share its ~11 minutes.
+EMU_GROUPS = {"dwconv1d": ("dwconv1d[",), "involution2d": ("involution[",),
+              **{f"dwconv2d-{part.replace(' ', '-')}": ("dwconv[", f"] {part} ")
+                 for part in ("roomy f32", "roomy tf32", "roomy f16", "roomy bf16", "small", "naive")}}
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +177,7 @@ def test_kernels_under_cpu_emulation(emu_test_exe, group):
     """csrc/emu/emu_test.cpp runs the real kernels on CPU threads (with AddressSanitizer and a checked
     __syncthreads) against float64 references: all ops, dtypes, layouts, and the tiled / shrunk / fallback plans."""
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1")
-    proc = subprocess.run([str(emu_test_exe), EMU_GROUPS[group]], cwd=emu_test_exe.parent, capture_output=True,
+    proc = subprocess.run([str(emu_test_exe), *EMU_GROUPS[group]], cwd=emu_test_exe.parent, capture_output=True,
                           text=True, timeout=1800, env=env)
     failures = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failures, \

@@ -429,7 +429,12 @@ bool without_redo(bool non_finite, std::string* msg, F run) {
 }
 
 int main(int argc, char** argv) {
-  const char* filter = argc > 1 ? argv[1] : "";
+  // The cases whose names contain every argument (none: all of them).
+  const auto selected = [&](const char* name) {
+    for (int i = 1; i < argc; ++i)
+      if (!std::strstr(name, argv[i])) return false;
+    return true;
+  };
   // Limits: a roomy device with few SMs (plans shrink tiles to make blocks), a 12 KB device (plans shrink tiles
   // to fit), and a 1 KB device (nothing fits: the one-thread-per-output fallbacks).
   // The roomy device has tensor cores (the NCHW tensor-core correlations: fp16/bf16, fp32 as TF32 or 3xTF32), the
@@ -583,7 +588,7 @@ int main(int argc, char** argv) {
         char name[256];
         std::snprintf(name, sizeof name, "dwconv1d[%zu] %s %s n%d c%d l%d m%d k%d s%d d%d p%d,%d%s", i, l.name,
                       dtype_name(d), k.n, k.c, k.l, k.mult, k.k, k.s, k.d, k.pl, k.pr, k.non_finite ? " nan/inf" : "");
-        if (!std::strstr(name, filter)) continue;
+        if (!selected(name)) continue;
         std::string msg;
         const auto start = std::chrono::steady_clock::now();
         const bool ok = without_redo(k.non_finite, &msg, [&] {
@@ -615,7 +620,7 @@ int main(int argc, char** argv) {
           std::snprintf(name, sizeof name, "dwconv[%zu] %s %s %s n%d c%d %dx%d m%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d%s",
                         i, l.name, tf32 ? "tf32" : dtype_name(d), cl ? "NHWC" : "NCHW", k.n, k.c, k.h, k.w, k.mult,
                         k.kh, k.kw, k.sh, k.sw, k.dh, k.dw, k.pt, k.pb, k.pl, k.pr, k.non_finite ? " nan/inf" : "");
-          if (!std::strstr(name, filter)) continue;
+          if (!selected(name)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
           const bool ok = without_redo(k.non_finite, &msg, [&] {
@@ -633,7 +638,7 @@ int main(int argc, char** argv) {
                         l.name, dtype_name(d), cl ? "NHWC" : "NCHW", q.b, q.c, q.h, q.w, q.groups, q.k, q.s, q.p, q.d,
                         q.non_finite ? " nan/inf" : "",
                         q.misaligned == 1 ? " misaligned" : q.misaligned ? " 4-aligned" : "");
-          if (!std::strstr(name, filter)) continue;
+          if (!selected(name)) continue;
           std::string msg;
           const auto start = std::chrono::steady_clock::now();
           const bool ok = without_redo(q.non_finite, &msg, [&] {
@@ -651,7 +656,7 @@ int main(int argc, char** argv) {
     // The tiled involution kernels take weight offsets within an image in 32 bits: an image of 2^31 weights or more
     // plans no tile (the one-thread-per-output kernels run), one just under does (no tensor is allocated here).
     const char* name = "involution[plan] images of >= 2^31 weights take the naive kernels";
-    if (std::strstr(name, filter)) {
+    if (selected(name)) {
       InvArgs a;
       a.b = 1; a.c = 64; a.groups = 4; a.k = 7; a.s = 1; a.p = 3; a.d = 1;
       a.h = a.ho = 1; a.w = a.wo = (int64_t{1} << 31) / (4 * 49) + 1;  // G*K*K*ho*wo just past 2^31
