@@ -134,15 +134,15 @@ def dwconv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation):
 # values are exact in TF32 too), and only where torch's fp32 matmul precision rounds no more than the conv may.
 
 DENSE_MIN_TAPS = 49  # large kernels only: below, the tiled kernels keep the shapes they were measured on
+DENSE_MAX_BYTES = 1 << 26  # the matrices' fp32 bytes at most: this, or 4x x's
 # csrc/dwconv.cuh's kPlaneMaxPixels: forward and grad-input of planes this small (what they read: x, grad_out) run
-# corr_plane_kernel, which sums over the pixels a window meets (predicted ~0.02 ms forward at RepLKNet-31B's 7x7
+# corr_plane_kernel, which sums over the pixels a window meets (predicted 0.042 ms forward at RepLKNet-31B's 7x7
 # stage against the dense products' 0.217 measured on an H200); the weight gradient keeps the dense products.
 PLANE_MAX_PIXELS = 64
 
 
 def small_plane(t) -> bool:
     return t.shape[2] * t.shape[3] <= PLANE_MAX_PIXELS
-DENSE_MAX_BYTES = 1 << 26  # the matrices' fp32 bytes at most: this, or 4x x's
 
 
 def covers_whole_map(t, input_shape, weight_shape, stride, padding, dilation) -> bool:
