@@ -271,7 +271,7 @@ LC_D bool is_finite(float v) { return std::isfinite(v); }
 LC_D bool is_finite(float v) { return isfinite(v); }
 #endif
 
-// ---- tensor cores (mma.sync, sm_80+; the emulator runs emu::mma_m16n8k16, emu::mma_m16n8k8_tf32) ---------------
+// ---- tensor cores (mma.sync, sm_80+; the emulator runs emu::mma_m16n8k16, mma_m16n8k8, mma_m16n8k8_tf32) ----
 // The 16 bits of a half or bfloat16 value.
 #ifdef LARGECONV_EMULATE
 template <typename T> LC_D uint32_t bits16(T v) { return v.bits; }
@@ -462,6 +462,26 @@ LC_D void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
                  "{%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#endif
+}
+
+// The k = 8 shape of mma_m16n8k16: A 16x8 (a[0], a[1] as its), B 8x8 (b as its b[0]).
+template <typename T>
+LC_D void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], uint32_t b) {
+#ifdef LARGECONV_EMULATE
+  emu::mma_m16n8k8<std::is_same_v<T, bf16_t>>(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // as mma_m16n8k16
+#else
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b));
   }
 #endif
 }

@@ -316,11 +316,16 @@ inline bool plan_corr(const Corr& p, const DeviceLimits& lim, CorrTile* tile) {
 // channel instead (packed: MmaBlock, mma_corr_blocks). The input tile
 // (rows + kh - 1, columns + kw - 1, zero outside the image) and the filter rows (zero-padded by 16 on each side)
 // are staged once in shared memory as T; A fragments are read straight from the staged rows (row r + a for kernel
-// row a: the shift costs nothing), B fragments from the padded filter row. An n-tile's band meets kKB k-blocks of
-// 16 columns; because T_a is Toeplitz, the B fragment of (k-block, n-tile) depends only on 16 k-block - 8 n-tile,
-// so each kernel row builds 2 kKB fragments for all 8 n-tiles. A B register holds two neighbouring filter values,
-// at an odd offset for half the lanes: the filter rows are staged twice, the second copy one value earlier, so
-// every pair is one aligned 32-bit load (with one copy: two 16-bit loads and a pack, 40% more instructions).
+// row a: the shift costs nothing), B fragments from the padded filter row. An n-tile's band (its columns + kw - 1)
+// meets kCh chunks of 8 columns from its own first one (band_chunks): pairs of chunks run as m16n8k16, an odd last
+// one as m16n8k8 (K31: 40 columns a product, not the 48 of whole k-blocks of 16). Because T_a is Toeplitz, the B
+// registers of chunk q of every n-tile are the same, kCh per kernel row; the A registers of a chunk (8 rows x 8
+// columns, one per lane: "chunks") serve every n-tile that meets it. A warp takes its kernel rows 8 apart (a, a + 8,
+// ...): its second 8 rows' chunks at row a are its first 8's at a + 8, so each step loads one half's chunks, not
+// two (per kernel row 12 + 5 shared loads for 21 products at K31 and 56 columns, against 36 for 21). A B register
+// holds two neighbouring filter values, at an odd offset for half the lanes: the filter rows are staged twice, the
+// second copy one value earlier, so every pair is one aligned 32-bit load (with one copy: two 16-bit loads and a
+// pack, 40% more instructions).
 // Zeros of the band multiply inputs the output never reads, so a NaN or Inf input would reach outputs that must
 // stay finite (F.conv2d's rule): a block whose sums came out non-finite computes its tile again directly (FMAs over
 // the real taps only, from the staged tile), as corr_tile_kernel does.
@@ -343,8 +348,12 @@ struct MmaTile {
 };
 
 // k-blocks of 16 columns that the band of one 8-column n-tile meets: columns 8nt .. 8nt + 7 + kw - 1 start at
-// 16 (nt / 2) - 8 (nt % 2), so 16 kKB >= kw + 15.
+// 16 (nt / 2) - 8 (nt % 2), so 16 kKB >= kw + 15 (wgrad_mma_kernel).
 LC_HD int mma_k_blocks(int kw) { return (kw + 14) / 16 + 1; }
+
+// Chunks of 8 columns that the band of one 8-column n-tile meets from its first column: 8 kCh >= kw + 7
+// (corr_mma_kernel, corr_tf32_kernel's k-blocks of 8).
+LC_HD int band_chunks(int kw) { return (kw + 14) / 8; }
 
 // Where the second copy of a padded row block of `elements` starts: the next offset of 32 (mod 64) elements, so the
 // two copies' words that one B-fragment load reads sit 16 banks apart (at a multiple of 64 they shared banks).
@@ -504,7 +513,40 @@ LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], 
   }
 }
 
-template <typename T, int kKB>
+// The A chunks of 8 staged rows (a half of a warp's 16) for one kernel row: c[m] holds the lane's row at columns
+// 8 m + 2 quad, + 1 (x: the row + 2 quad); those past `chunks` (the block's n-tiles' reach) are not loaded.
+template <int kN, typename T>
+LC_D void load_chunks(uint32_t (&c)[kN], const T* x, int chunks) {
+#pragma unroll
+  for (int m = 0; m < kN; ++m)
+    if (m < chunks) c[m] = load_pair(x + 8 * m);  // the same for the whole block
+}
+
+// One kernel row's products for a warp whose two halves' chunks are lo and hi: n-tile nt's band meets chunks
+// nt .. nt + kCh - 1, B register q of every n-tile is band[q] (band[q] = f[a][8 q + 2 quad - group], + 1). Chunk
+// pairs run as m16n8k16, an odd last chunk as m16n8k8; the n-tiles inside (independent accumulators in turn).
+template <typename T, int kCh, int kN>
+LC_D void band_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&lo)[kN], const uint32_t (&hi)[kN],
+                        const uint32_t (&band)[kCh], int nts) {
+#pragma unroll
+  for (int q = 0; q + 1 < kCh; q += 2)
+#pragma unroll
+    for (int nt = 0; nt < kMmaMaxTiles; ++nt) {
+      if (nt >= nts) continue;  // the same for the whole block
+      const uint32_t a[4] = {lo[nt + q], hi[nt + q], lo[nt + q + 1], hi[nt + q + 1]}, b[2] = {band[q], band[q + 1]};
+      mma_m16n8k16<T>(acc[nt], a, b);
+    }
+  if constexpr (kCh % 2 == 1) {
+#pragma unroll
+    for (int nt = 0; nt < kMmaMaxTiles; ++nt) {
+      if (nt >= nts) continue;
+      const uint32_t a[2] = {lo[nt + kCh - 1], hi[nt + kCh - 1]};
+      mma_m16n8k8<T>(acc[nt], a, band[kCh - 1]);
+    }
+  }
+}
+
+template <typename T, int kCh>
 __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTile t) {
   const T* __restrict__ weight = static_cast<const T*>(p.weight);
   T* xs = reinterpret_cast<T*>(dynamic_smem());
@@ -539,17 +581,34 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   // this lane's staged rows in the two halves of its warp (+ a for kernel row a)
   const int x0 = mma_half(blk, warp, 0).staged + group, x1 = mma_half(blk, warp, 1).staged + group;
   const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
+  const T* lo_row = xs + x0 * t.rs + 2 * quad;
+  const T* hi_row = xs + x1 * t.rs + 2 * quad;
   const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
-  for (int a = kernel_rows.begin; a < kernel_rows.end; ++a) {
-    // A: staged rows x0 + a and x1 + a (the kernel row's shift is an address); B: filter row a's band
-    uint32_t af[kKB + 3][4], bf[kKB][2][2];
-    load_a_fragments(af, xs + (x0 + a) * t.rs + 2 * quad, xs + (x1 + a) * t.rs + 2 * quad);
-    load_band_fragments(bf, f_lane + a * t.fw);
+  const int chunks = t.nts + kCh - 1;
+  // Whether the second half's chunks at kernel row a are the first half's at a + 8 (false where a packed block's
+  // warp spans two planes: each half then loads its own)
+  const bool chained = x1 == x0 + 8;
+  constexpr int kN = kMmaMaxTiles + kCh - 1;
+  uint32_t u[kN], v[kN], band[kCh];
+  auto load_band = [&](int a) {
 #pragma unroll
-    for (int nt = 0; nt < kMmaMaxTiles; ++nt)
-      if (nt < t.nts)  // the same for the whole block
-#pragma unroll
-        for (int q = 0; q < kKB; ++q) mma_m16n8k16<T>(acc[nt], af[nt / 2 + q], bf[q][nt % 2]);
+    for (int q = 0; q < kCh; ++q) band[q] = load_pair(f_lane + a * t.fw + 8 * q);
+  };
+  // kernel rows first, first + 8, ...: the halves' chunks alternate between u and v (no register copies)
+  for (int first = kernel_rows.begin; first < imin(kernel_rows.begin + 8, kernel_rows.end); ++first) {
+    load_chunks(u, lo_row + first * t.rs, chunks);
+    for (int a = first;;) {
+      load_chunks(v, hi_row + a * t.rs, chunks);
+      load_band(a);
+      band_products<T, kCh>(acc, u, v, band, t.nts);
+      if ((a += 8) >= kernel_rows.end) break;
+      if (!chained) load_chunks(v, lo_row + a * t.rs, chunks);
+      load_chunks(u, hi_row + a * t.rs, chunks);
+      load_band(a);
+      band_products<T, kCh>(acc, v, u, band, t.nts);
+      if ((a += 8) >= kernel_rows.end) break;
+      if (!chained) load_chunks(u, lo_row + a * t.rs, chunks);
+    }
   }
 
   if (!all_finite(acc)) *non_finite = 1;
@@ -599,10 +658,11 @@ bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
   for (const bool pack : {true, false}) {
     MmaTile t;
     if (!mma_corr_blocks(p, lim, &t, pack)) return false;
-    const int kb = mma_k_blocks(p.kw);
-    t.cols = 16 * (kb + 3);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
-    t.rs = t.cols + 8;       // (rs / 2) = 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
-    t.fw = 16 * kb + 16;     // B reads f0 + 16 (kKB - 1) + 9 at most, f0 <= 16 + 6
+    const int ch = band_chunks(p.kw);
+    // the chunks' columns (>= 8 kMmaMaxTiles + kw - 1), a multiple of 16
+    t.cols = 16 * static_cast<int>(ceil_div(kMmaMaxTiles + ch - 1, 2));
+    t.rs = t.cols + 8;  // (rs / 2) = 4 (mod 8) words: a chunk load's 8 rows x 4 words hit 32 banks
+    t.fw = 8 * ch + 16;  // band[q] reads f0 + 8 q + 1 at most, f0 <= 16 + 6
     t.fcs = second_copy_offset(p.kh * t.fw);
     t.smem = (static_cast<size_t>(t.rows) * t.rs + 2 * static_cast<size_t>(t.fcs)) * sizeof(T) + 16;
     if (t.smem <= static_cast<size_t>(lim.max_smem_optin)) {
@@ -616,11 +676,14 @@ bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
 template <typename T, typename Launch>
 void run_corr_mma(Launch& launch, const Corr& p, const MmaTile& t) {
   const unsigned grid = grid_size(t.blocks()), threads = 32 * kMmaWarps;
-  switch (mma_k_blocks(p.kw)) {
-    case 2: launch(corr_mma_kernel<T, 2>, grid, threads, t.smem, p, t); return;
+  switch (band_chunks(p.kw)) {
     case 3: launch(corr_mma_kernel<T, 3>, grid, threads, t.smem, p, t); return;
     case 4: launch(corr_mma_kernel<T, 4>, grid, threads, t.smem, p, t); return;
     case 5: launch(corr_mma_kernel<T, 5>, grid, threads, t.smem, p, t); return;
+    case 6: launch(corr_mma_kernel<T, 6>, grid, threads, t.smem, p, t); return;
+    case 7: launch(corr_mma_kernel<T, 7>, grid, threads, t.smem, p, t); return;
+    case 8: launch(corr_mma_kernel<T, 8>, grid, threads, t.smem, p, t); return;
+    case 9: launch(corr_mma_kernel<T, 9>, grid, threads, t.smem, p, t); return;
   }
   LC_CHECK(false, "no tensor-core tile for kw = " + std::to_string(p.kw));
 }
@@ -629,7 +692,7 @@ void run_corr_mma(Launch& launch, const Corr& p, const MmaTile& t) {
 // TF32 tensor-core correlation: fp32 calls of the kind corr_mma_kernel takes (NCHW, unit stride and dilation, reps
 // 1, 13 <= kw <= 65), by mma.sync m16n8k8 in TF32 with fp32 accumulators. The same tile and Toeplitz products, with
 // k-blocks of 8 columns: an n-tile's band (columns 8 nt .. 8 nt + 7 + kw - 1) meets k-blocks nt .. nt + kKB - 1,
-// kKB = ceil((kw + 7) / 8) (mma_tf32_k_blocks), and the B fragment of (k-block nt + q, n-tile nt) is the same for
+// kKB = ceil((kw + 7) / 8) (band_chunks), and the B fragment of (k-block nt + q, n-tile nt) is the same for
 // every n-tile, T[8 q + k][n] = f[a][8 q + k - n]: kKB B fragments per kernel row serve all n-tiles, each one 32-bit
 // load per register from the filter row zero-padded by 8 (no second copy: no pairs). The A fragment of a k-block is
 // loaded once and used by the n-tiles nt = kb - q it meets.
@@ -644,9 +707,6 @@ constexpr int kTf32Pad = 8;  // zeros staged on each side of a filter row
 // 3xTF32 from maps of this many rows and columns: predicted 1.3x the FMA kernel's measured time at 14x14 and 0.77x
 // at 7x7 (RepLKNet-31B s3, s4; bench/NOTES.md), where the 16-row warp tiles are mostly padding.
 constexpr int kSplitMinSide = 14;
-
-// k-blocks of 8 columns that the band of one 8-column n-tile meets: 8 kKB >= kw + 7.
-LC_HD int mma_tf32_k_blocks(int kw) { return (kw + 14) / 8; }
 
 // One staged value: hi at p, and with kSplit lo at p + lo_offset.
 template <bool kSplit>
@@ -822,7 +882,7 @@ inline bool plan_corr_tf32(const Corr& p, const DeviceLimits& lim, MmaTile* tile
   for (const bool pack : {true, false}) {
     MmaTile t;
     if (!mma_corr_blocks(p, lim, &t, pack)) return false;
-    const int kb = mma_tf32_k_blocks(p.kw);
+    const int kb = band_chunks(p.kw);
     t.cols = 8 * (kMmaMaxTiles + kb - 1);  // the A fragments' columns; >= 8 kMmaMaxTiles + kw - 1
     t.rs = t.cols + 4;                     // 4 (mod 8) words: a fragment load's 8 rows x 4 words hit 32 banks
     t.fw = 8 * kb + 2 * kTf32Pad;          // B reads f0 + 8 (kKB - 1) + 4 at most, f0 <= 8 + 3
@@ -840,7 +900,7 @@ template <typename Launch>
 void run_corr_tf32(Launch& launch, const Corr& p, const MmaTile& t) {
   const unsigned grid = grid_size(t.blocks()), threads = 32 * kMmaWarps;
   auto go = [&](auto kernel) { launch(kernel, grid, threads, t.smem, p, t); };
-  switch (mma_tf32_k_blocks(p.kw) * 2 + !p.tf32) {
+  switch (band_chunks(p.kw) * 2 + !p.tf32) {
 #define LC_TF32_CASE(kb)                                 \
   case 2 * kb: go(corr_tf32_kernel<kb, false>); return; \
   case 2 * kb + 1: go(corr_tf32_kernel<kb, true>); return;

@@ -241,17 +241,31 @@ void warp_mma(const char* name, float (&d)[4], const uint32_t (&a)[4], const uin
 // and a[3] the same at columns +8; b[0] holds B[2t, 2t+1][group], b[1] rows +8; the lower 16 bits of a register
 // hold the lower index.
 template <bool kBf16>
+float half_element(uint32_t reg, int high) {
+  const uint16_t bits = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffffu);
+  return kBf16 ? bfloat16_to_float(bfloat16{bits}) : half_to_float(half{bits});
+}
+
+template <bool kBf16>
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  auto element = [](uint32_t reg, int high) {
-    const uint16_t bits = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffffu);
-    return kBf16 ? bfloat16_to_float(bfloat16{bits}) : half_to_float(half{bits});
-  };
+  constexpr auto element = half_element<kBf16>;
   warp_mma<16>(
       "mma_m16n8k16 needs whole warps", d, a, b, -3,
       [&](const Warp& w, int r, int k) {
         return element(w.a[(r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
       },
       [&](const Warp& w, int k, int c) { return element(w.b[c * 4 + (k % 8) / 2][k >= 8], k % 2); });
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.{bf16,f16}: a[0] and a[1] as mma_m16n8k16's (columns 0..7), b as its b[0].
+template <bool kBf16>
+void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], uint32_t b) {
+  constexpr auto element = half_element<kBf16>;
+  const uint32_t a4[4] = {a[0], a[1], 0, 0}, b2[2] = {b, 0};
+  warp_mma<8>(
+      "mma_m16n8k8 needs whole warps", d, a4, b2, -7,
+      [&](const Warp& w, int r, int k) { return element(w.a[(r % 8) * 4 + k / 2][r >= 8], k % 2); },
+      [&](const Warp& w, int k, int c) { return element(w.b[c * 4 + k / 2][0], k % 2); });
 }
 
 // v rounded to TF32 as cvt.rna.tf32.f32 does: to the nearest value with 10 explicit mantissa bits, ties away from

@@ -482,13 +482,13 @@ int main(int argc, char** argv) {
       {2, 2, 6, 7, 1, 9, 11, 1, 1, 1, 1, 2, 6, 8, 0},
       {12, 2, 5, 5, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7},
       // NCHW at unit stride with 13 <= kw <= 65 run the tensor-core correlations (roomy device): several row and
-      // column tiles, k-blocks 2..5 (fp16/bf16) and 3..9 (fp32), a multiplier (forward only: grad-input then sums
-      // 2 planes), "valid"
+      // column tiles, chunks of 8 columns 3..9, a multiplier (forward only: grad-input then sums 2 planes), "valid"
       {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true},     // 2 x 3 tiles
-      {1, 1, 20, 70, 1, 3, 65, 1, 1, 1, 1, 1, 1, 32, 32, true},     // kw 65: 5 k-blocks, wide tiles
+      {1, 1, 20, 70, 1, 3, 65, 1, 1, 1, 1, 1, 1, 32, 32, true},     // kw 65: 9 chunks, wide tiles
       {1, 2, 12, 40, 2, 13, 41, 1, 1, 1, 1, 6, 6, 20, 20, true},    // kw 41, multiplier 2
       {1, 2, 66, 67, 1, 13, 13, 1, 1, 1, 1, 0, 0, 0, 0, true},      // "valid", a partial second tile
       {1, 2, 20, 60, 1, 5, 51, 1, 1, 1, 1, 2, 2, 25, 25, true},     // SLaK's 5x51
+      {1, 1, 18, 30, 1, 5, 25, 1, 1, 1, 1, 2, 2, 12, 12, true},     // kw 25: 4 chunks (no m16n8k8)
       {1, 2, 70, 150, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true, true},  // NaN / Inf, 2 x 3 tiles
       // warps skip the kernel rows that meet only padding: whole warps of it (rows 0-15), asymmetric reaches
       {1, 2, 20, 30, 1, 15, 15, 1, 1, 1, 1, 30, 24, 7, 7, true},
