@@ -845,6 +845,15 @@ def mma_loops(sass):
                 stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
 
 
+def corr_mma_loop(sass, hmma):
+    """mma_loops for corr_mma_kernel, whose kernel-row loop is compiled once per n-tile count: the loop with `hmma`
+    HMMA (that count's two steps)."""
+    loops = inner_loops(parse_sass(sass))
+    hot = [b for b in loops if sum(op.startswith("HMMA") for _, op, _ in b) == hmma]
+    assert len(hot) == 1, f"{len(hot)} loops with {hmma} HMMA"
+    return dict(mma_loops(sass), instr=len(hot[0]), lds=sum(op.startswith("LDS") for _, op, _ in hot[0]))
+
+
 # The CUDA tensor-core variants: (row dtype, kernel element type, TF32 products per step or None for bf16, FLOP per
 # HMMA, peak). fp32 runs corr_tf32_kernel and wgrad_tf32_kernel: one TF32 product where TF32 is allowed, 3xTF32
 # (exact fp32) where not.
@@ -940,7 +949,9 @@ def cuda_plane_rows(functions):
 def corr_blocks(n, h, ho, kh):
     """The row tiles of one plane column of a tensor-core correlation (csrc/dwconv.cuh mma_corr_blocks, mma_block,
     mma_half, warp_kernel_rows), "same" padding, unit stride: (stacks per channel, [(kernel rows its warps run in
-    all, staged rows)] per row tile), and whether the tiles are packed (a channel's planes stacked)."""
+    all, staged rows, chains, unchained rows)] per row tile), and whether the tiles are packed (a channel's planes
+    stacked). Chains: corr_mma_kernel's runs of kernel rows 8 apart (up to 8 a warp), each loading a half more;
+    unchained rows: the kernel rows of warps whose halves lie in two planes (both halves loaded every step)."""
     off = (kh - 1) // 2
     packed = ho % 16 == 8 and ho >= 56 and n > 1
     tiles = []
@@ -949,7 +960,7 @@ def corr_blocks(n, h, ho, kh):
         i0 = v % ho if packed else v
         rows0 = min(64, ho - i0)
         rows1 = 64 - rows0 if packed and v // ho + 1 < n else 0
-        run = 0
+        run = chains = unchained = 0
         for warp in range(cdiv(rows0 + rows1, 16)):
             begin, end = kh, 0
             for half in range(2):
@@ -959,8 +970,11 @@ def corr_blocks(n, h, ho, kh):
                     begin = min(begin, max(0, off - min(lo + 7, ho - 1)))
                     end = max(end, min(kh, h + off - lo))
             run += max(0, end - begin)
+            chains += min(8, max(0, end - begin))
+            if rows1 and 16 * warp < rows0 < 16 * warp + 16:
+                unchained += max(0, end - begin)
         staged = min(64 + kh - 1, 16 * cdiv(rows0, 16) + kh - 1) if not rows1 else rows0 + rows1 + 2 * (kh - 1)
-        tiles.append((run, staged))
+        tiles.append((run, staged, chains, unchained))
     return (1 if packed else n), tiles, packed
 
 
@@ -976,7 +990,7 @@ def cuda_mma_rows():
     shared loads, the products and the rest do not overlap (bench/NOTES.md, session 16)."""
     functions, resources = cuda_sass("dwconv.cu")
     mma_k_blocks = lambda k: (k + 14) // 16 + 1  # noqa: E731  (csrc/dwconv.cuh)
-    tf32_k_blocks = lambda k: (k + 14) // 8  # noqa: E731  (csrc/dwconv.cuh mma_tf32_k_blocks)
+    band_chunks = lambda k: (k + 14) // 8  # noqa: E731  (csrc/dwconv.cuh)
     rows = []
     for case, (dtype, element, products, hmma_flop, peak) in itertools.product(
             [c for c in HEADLINE if c.name.startswith("replknet31b")], MMA_VARIANTS):
@@ -1013,7 +1027,7 @@ def cuda_mma_rows():
                 hmma = c * items * th * executed
                 wavefronts = c * items * (th * loops["lds"] * mts / 2 + 2 * staged / 32)
             elif products:  # corr_tf32_kernel: k-blocks of 8, fp32 staged as kParts copies, no second filter copy
-                kb = tf32_k_blocks(kw)
+                kb = band_chunks(kw)
                 name = f"void largeconv::dw::corr_tf32_kernel<{kb}, {str(products == 3).lower()}>(" \
                        "largeconv::dw::Corr, largeconv::dw::MmaTile)"
                 parts = 2 if products == 3 else 1
@@ -1032,7 +1046,7 @@ def cuda_mma_rows():
                            + tf32_row_nops(nts, kb, products))
                 lds_row = loops["lds"] - (8 - nts) * 4 * parts
                 warp_instr = hmma = wavefronts = 0
-                for run, staged_rows in tiles:
+                for run, staged_rows, *_ in tiles:
                     staged = staged_rows * cols + kh * fw
                     per_block = run * per_row + staged / 32 * loops["stage_instr"]
                     warp_instr += stacks * c * tiles_w * per_block
@@ -1059,26 +1073,34 @@ def cuda_mma_rows():
                 hmma = c * items * th * mts * nbs * kb
                 wavefronts = c * items * (th * loops["lds"] * share + 2 * staged / 32)
             else:
-                kb = mma_k_blocks(kw)
-                name = f"void largeconv::dw::corr_mma_kernel<{element}, {kb}>(largeconv::dw::Corr, " \
+                chunks = band_chunks(kw)
+                name = f"void largeconv::dw::corr_mma_kernel<{element}, {chunks}>(largeconv::dw::Corr, " \
                        "largeconv::dw::MmaTile)"
                 tiles_w = cdiv(wo, 64)
                 nts = cdiv(cdiv(wo, tiles_w), 8)
-                cols, fw = 16 * (kb + 3), 16 * kb + 16
+                cols, fw = 16 * cdiv(8 + chunks - 1, 2), 8 * chunks + 16
                 rs = cols + 8
                 fcs = second_copy_offset(kh * fw)
                 stacks, tiles, packed = corr_blocks(n, h, ho, kh)
                 smem = ((64 + (2 if packed else 1) * (kh - 1)) * rs + 2 * fcs) * 2 + 16
                 blocks = stacks * c * len(tiles) * tiles_w
-                loops = mma_loops(functions[name])
-                per_row = loops["instr"] - (8 - nts) * kb  # the n-tile guard skips those HMMA
+                # the kernel-row loop of nts n-tiles (csrc/dwconv.cuh mma_kernel_rows): two steps, each one half's
+                # 2 ka A loads, the band's loads and nts products per chunk pair or lone chunk, plus the other half's
+                # loads where unchained (counted apart)
+                ka = (nts + chunks) // 2
+                step_hmma = sum(chunks // 2 + chunks % 2 if nt % 2 == 0 else 1 + (chunks - 1) // 2 + (chunks + 1) % 2
+                                for nt in range(nts))
+                loops = corr_mma_loop(functions[name], 2 * step_hmma)
+                per_step = (loops["instr"] - 4 * ka) / 2
+                lds_step = (loops["lds"] - 4 * ka) / 2
                 warp_instr = hmma = wavefronts = 0
-                for run, staged_rows in tiles:
+                for run, staged_rows, chains, unchained in tiles:
                     staged = staged_rows * cols + 2 * kh * fw
-                    per_block = run * per_row + staged / 32 * loops["stage_instr"]
+                    loads = (chains + unchained) * 2 * ka
+                    per_block = run * per_step + loads + staged / 32 * loops["stage_instr"]
                     warp_instr += stacks * c * tiles_w * per_block
-                    hmma += stacks * c * tiles_w * run * nts * kb
-                    wavefronts += stacks * c * tiles_w * (run * loops["lds"] + 2 * staged / 32)
+                    hmma += stacks * c * tiles_w * run * nts * chunks / 2  # in m16n8k16 (a chunk: half of one)
+                    wavefronts += stacks * c * tiles_w * (run * lds_step + loads + 2 * staged / 32)
             regs, stack = resources[name]
             resident, warps_per_sched = occupancy(regs, smem, 4)
             waves = blocks / (sm90.H100["sms"] * max(resident, 1))

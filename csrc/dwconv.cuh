@@ -513,37 +513,85 @@ LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], 
   }
 }
 
-// The A chunks of 8 staged rows (a half of a warp's 16) for one kernel row: c[m] holds the lane's row at columns
-// 8 m + 2 quad, + 1 (x: the row + 2 quad); those past `chunks` (the block's n-tiles' reach) are not loaded.
-template <int kN, typename T>
-LC_D void load_chunks(uint32_t (&c)[kN], const T* x, int chunks) {
+// One half's A registers of k-blocks (16 columns, two chunks) 0 .. kA - 1, into slot kSlot of each k-block's
+// fragment (slot 0: a[0], a[2], the accumulators' first 8 rows; slot 1: a[1], a[3]): x = the lane's staged row +
+// 2 quad.
+template <int kSlot, int kA, typename T>
+LC_D void load_half(uint32_t (&af)[kA][4], const T* x) {
 #pragma unroll
-  for (int m = 0; m < kN; ++m)
-    if (m < chunks) c[m] = load_pair(x + 8 * m);  // the same for the whole block
+  for (int kb = 0; kb < kA; ++kb) {
+    af[kb][kSlot] = load_pair(x + 16 * kb);
+    af[kb][kSlot + 2] = load_pair(x + 16 * kb + 8);
+  }
 }
 
-// One kernel row's products for a warp whose two halves' chunks are lo and hi: n-tile nt's band meets chunks
-// nt .. nt + kCh - 1, B register q of every n-tile is band[q] (band[q] = f[a][8 q + 2 quad - group], + 1). Chunk
-// pairs run as m16n8k16, an odd last chunk as m16n8k8; the n-tiles inside (independent accumulators in turn).
-template <typename T, int kCh, int kN>
-LC_D void band_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&lo)[kN], const uint32_t (&hi)[kN],
-                        const uint32_t (&band)[kCh], int nts) {
+// One kernel row's products for kNts n-tiles. n-tile nt's band meets chunks nt .. nt + kCh - 1, and B register c
+// of every n-tile is band[c] (= f[a][8 c + 2 quad - group], + 1): chunk pairs that form a k-block (an even first
+// chunk) run as m16n8k16, the chunks left over (an odd n-tile's first, the last) as m16n8k8 on half a k-block's
+// registers, so every A operand is a k-block's aligned registers, as mma.sync wants them (pairs across k-blocks
+// took register copies: sm_90 SASS). The n-tiles innermost: independent accumulators back to back.
+template <typename T, int kCh, int kNts, int kA>
+LC_D void band_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&af)[kA][4], const uint32_t (&band)[kCh]) {
 #pragma unroll
-  for (int q = 0; q + 1 < kCh; q += 2)
+  for (int c = 0; c < kCh; ++c)  // the product that starts at the band's chunk c, where one does
 #pragma unroll
-    for (int nt = 0; nt < kMmaMaxTiles; ++nt) {
-      if (nt >= nts) continue;  // the same for the whole block
-      const uint32_t a[4] = {lo[nt + q], hi[nt + q], lo[nt + q + 1], hi[nt + q + 1]}, b[2] = {band[q], band[q + 1]};
-      mma_m16n8k16<T>(acc[nt], a, b);
+    for (int nt = 0; nt < kNts; ++nt) {
+      const int m = nt + c;  // the chunk
+      if (m % 2 == 0 && c + 1 < kCh) {  // chunks c, c + 1: k-block m / 2
+        const uint32_t b[2] = {band[c], band[c + 1]};
+        mma_m16n8k16<T>(acc[nt], af[m / 2], b);
+      } else if (m % 2 == 1 ? c == 0 : c == kCh - 1) {  // a lone chunk: an odd n-tile's first, an even last
+        const uint32_t a[2] = {af[m / 2][2 * (m % 2)], af[m / 2][2 * (m % 2) + 1]};
+        mma_m16n8k8<T>(acc[nt], a, band[c]);
+      }
     }
-  if constexpr (kCh % 2 == 1) {
+}
+
+// What a warp's products read: its two halves' staged rows (the lane's, + 2 quad; + a rs for kernel row a), its
+// filter row pair (+ a fw), the kernel rows it runs, whether its second half's rows at kernel row a are its first
+// half's at a + 8 (false where a packed block's warp spans two planes).
+template <typename T>
+struct MmaRows {
+  const T *lo, *hi, *f;
+  int rs, fw;
+  KernelRows kernel_rows;
+  bool chained;
+};
+
+// A warp's sums over its kernel rows, taken 8 apart (first, first + 8, ...): chained, the second half's registers
+// at one are the first half's at the next, so a step loads one half, into the slot the other does not hold, and
+// the slots' roles swap step by step: even steps add to acc (slot 0 = the first 8 rows), odd steps to swapped (slot
+// 0 = the second 8 rows), whose halves are exchanged at the end. No register copies (mma.sync reads a k-block's
+// four registers together).
+template <typename T, int kCh, int kNts>
+LC_D void mma_kernel_rows(float (&acc)[kMmaMaxTiles][4], const MmaRows<T>& w) {
+  constexpr int kA = (kNts + kCh) / 2;  // k-blocks the n-tiles meet: chunks < kNts + kCh - 1
+  uint32_t af[kA][4], band[kCh];
+  float swapped[kMmaMaxTiles][4] = {};
+  auto load_band = [&](int a) {
 #pragma unroll
-    for (int nt = 0; nt < kMmaMaxTiles; ++nt) {
-      if (nt >= nts) continue;
-      const uint32_t a[2] = {lo[nt + kCh - 1], hi[nt + kCh - 1]};
-      mma_m16n8k8<T>(acc[nt], a, band[kCh - 1]);
+    for (int c = 0; c < kCh; ++c) band[c] = load_pair(w.f + a * w.fw + 8 * c);
+  };
+  const KernelRows k = w.kernel_rows;
+  for (int first = k.begin; first < imin(k.begin + 8, k.end); ++first) {
+    load_half<0>(af, w.lo + first * w.rs);
+    for (int a = first;;) {
+      load_half<1>(af, w.hi + a * w.rs);
+      load_band(a);
+      band_products<T, kCh, kNts>(acc, af, band);
+      if ((a += 8) >= k.end) break;
+      if (!w.chained) load_half<1>(af, w.lo + a * w.rs);
+      load_half<0>(af, w.hi + a * w.rs);
+      load_band(a);
+      band_products<T, kCh, kNts>(swapped, af, band);
+      if ((a += 8) >= k.end) break;
+      if (!w.chained) load_half<0>(af, w.lo + a * w.rs);
     }
   }
+#pragma unroll
+  for (int nt = 0; nt < kNts; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] += swapped[nt][e ^ 2];
 }
 
 template <typename T, int kCh>
@@ -576,39 +624,21 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   if (tid == 0) *non_finite = 0;
   __syncthreads();
 
-  float acc[kMmaMaxTiles][4] = {};
-
   // this lane's staged rows in the two halves of its warp (+ a for kernel row a)
   const int x0 = mma_half(blk, warp, 0).staged + group, x1 = mma_half(blk, warp, 1).staged + group;
-  const T* f_lane = fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0);
-  const T* lo_row = xs + x0 * t.rs + 2 * quad;
-  const T* hi_row = xs + x1 * t.rs + 2 * quad;
-  const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
-  const int chunks = t.nts + kCh - 1;
-  // Whether the second half's chunks at kernel row a are the first half's at a + 8 (false where a packed block's
-  // warp spans two planes: each half then loads its own)
-  const bool chained = x1 == x0 + 8;
-  constexpr int kN = kMmaMaxTiles + kCh - 1;
-  uint32_t u[kN], v[kN], band[kCh];
-  auto load_band = [&](int a) {
-#pragma unroll
-    for (int q = 0; q < kCh; ++q) band[q] = load_pair(f_lane + a * t.fw + 8 * q);
-  };
-  // kernel rows first, first + 8, ...: the halves' chunks alternate between u and v (no register copies)
-  for (int first = kernel_rows.begin; first < imin(kernel_rows.begin + 8, kernel_rows.end); ++first) {
-    load_chunks(u, lo_row + first * t.rs, chunks);
-    for (int a = first;;) {
-      load_chunks(v, hi_row + a * t.rs, chunks);
-      load_band(a);
-      band_products<T, kCh>(acc, u, v, band, t.nts);
-      if ((a += 8) >= kernel_rows.end) break;
-      if (!chained) load_chunks(v, lo_row + a * t.rs, chunks);
-      load_chunks(u, hi_row + a * t.rs, chunks);
-      load_band(a);
-      band_products<T, kCh>(acc, v, u, band, t.nts);
-      if ((a += 8) >= kernel_rows.end) break;
-      if (!chained) load_chunks(u, lo_row + a * t.rs, chunks);
-    }
+  const MmaRows<T> rows{xs + x0 * t.rs + 2 * quad, xs + x1 * t.rs + 2 * quad,
+                     fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0), t.rs, t.fw,
+                     warp_kernel_rows(p, blk, warp), x1 == x0 + 8};
+  float acc[kMmaMaxTiles][4] = {};
+  switch (t.nts) {  // the n-tile count as a constant: no guard between the products (each took a WARPSYNC)
+    case 1: mma_kernel_rows<T, kCh, 1>(acc, rows); break;
+    case 2: mma_kernel_rows<T, kCh, 2>(acc, rows); break;
+    case 3: mma_kernel_rows<T, kCh, 3>(acc, rows); break;
+    case 4: mma_kernel_rows<T, kCh, 4>(acc, rows); break;
+    case 5: mma_kernel_rows<T, kCh, 5>(acc, rows); break;
+    case 6: mma_kernel_rows<T, kCh, 6>(acc, rows); break;
+    case 7: mma_kernel_rows<T, kCh, 7>(acc, rows); break;
+    default: mma_kernel_rows<T, kCh, 8>(acc, rows); break;
   }
 
   if (!all_finite(acc)) *non_finite = 1;
