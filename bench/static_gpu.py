@@ -846,12 +846,19 @@ def mma_loops(sass):
 
 
 def corr_mma_loop(sass, hmma):
-    """mma_loops for corr_mma_kernel, whose kernel-row loop is compiled once per n-tile count: the loop with `hmma`
-    HMMA (that count's two steps)."""
+    """Per-pass counts of corr_mma_kernel's loops: its kernel-row loop, compiled once per n-tile count (the loop
+    with `hmma` HMMA: that count's two steps; instructions, shared loads), its input rows' cp.async loop
+    (instructions per LDGSTS: a warp's 64 16-bit values) and its filter loop (instructions a pass: each lane a value
+    into both copies, STS.U16)."""
     loops = inner_loops(parse_sass(sass))
-    hot = [b for b in loops if sum(op.startswith("HMMA") for _, op, _ in b) == hmma]
+    count = lambda body, prefix: sum(op.startswith(prefix) for _, op, _ in body)  # noqa: E731
+    hot = [b for b in loops if count(b, "HMMA") == hmma]
     assert len(hot) == 1, f"{len(hot)} loops with {hmma} HMMA"
-    return dict(mma_loops(sass), instr=len(hot[0]), lds=sum(op.startswith("LDS") for _, op, _ in hot[0]))
+    copies = max(loops, key=lambda b: count(b, "LDGSTS"))
+    filt = max(loops, key=lambda b: count(b, "STS.U16"))
+    return dict(instr=len(hot[0]), hmma=hmma, lds=count(hot[0], "LDS"), local=count(hot[0], ("LDL", "STL")),
+                copy_instr=len(copies) / count(copies, "LDGSTS"),
+                filter_instr=len(filt) / count(filt, "LDG"))
 
 
 # The CUDA tensor-core variants: (row dtype, kernel element type, TF32 products per step or None for bf16, FLOP per
@@ -1073,7 +1080,9 @@ def cuda_mma_rows():
                 hmma = c * items * th * mts * nbs * kb
                 wavefronts = c * items * (th * loops["lds"] * share + 2 * staged / 32)
             else:
-                chunks = band_chunks(kw)
+                lead = ((kw - 1) // 2) % 2  # csrc/dwconv.cuh plan_corr_mma: off_w odd, the tile starts a column early
+                chunks = band_chunks(kw + lead)
+                assert chunks == band_chunks(kw)
                 name = f"void largeconv::dw::corr_mma_kernel<{element}, {chunks}>(largeconv::dw::Corr, " \
                        "largeconv::dw::MmaTile)"
                 tiles_w = cdiv(wo, 64)
@@ -1093,14 +1102,17 @@ def cuda_mma_rows():
                 loops = corr_mma_loop(functions[name], 2 * step_hmma)
                 per_step = (loops["instr"] - 4 * ka) / 2
                 lds_step = (loops["lds"] - 4 * ka) / 2
+                # staging: input rows by cp.async (4 bytes a lane: 64 values a warp copy, a wavefront each; the
+                # RepLKNet maps are even and aligned), filter rows a warp each, fw + 1 columns (2 stores a value)
+                filter_instr = kh * cdiv(fw + 1, 32) * loops["filter_instr"]
                 warp_instr = hmma = wavefronts = 0
                 for run, staged_rows, chains, unchained in tiles:
-                    staged = staged_rows * cols + 2 * kh * fw
+                    copies = staged_rows * cols / 64
                     loads = (chains + unchained) * 2 * ka
-                    per_block = run * per_step + loads + staged / 32 * loops["stage_instr"]
+                    per_block = run * per_step + loads + copies * loops["copy_instr"] + filter_instr
                     warp_instr += stacks * c * tiles_w * per_block
                     hmma += stacks * c * tiles_w * run * nts * chunks / 2  # in m16n8k16 (a chunk: half of one)
-                    wavefronts += stacks * c * tiles_w * (run * lds_step + loads + 2 * staged / 32)
+                    wavefronts += stacks * c * tiles_w * (run * lds_step + loads + copies + 2 * kh * fw / 32)
             regs, stack = resources[name]
             resident, warps_per_sched = occupancy(regs, smem, 4)
             waves = blocks / (sm90.H100["sms"] * max(resident, 1))

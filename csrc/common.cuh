@@ -443,6 +443,21 @@ LC_D void stage_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int
   }
 }
 
+// stage_pairs by 4-byte cp.async: dst[c] = src_row[col0 + c] for c < cols (even), col0 even, the row 4-byte aligned
+// (a pair is inside the row or outside it whole); `safe`: any aligned address (read for nothing where a pair is
+// outside). The block waits (cp_async_wait_all) before its barrier.
+template <typename T>
+LC_D void copy_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int cols, int lane, const T* safe) {
+  const int first = static_cast<int>(col0);  // as stage_rows: 32-bit columns, one unsigned compare for both ends
+  const T* from = src_row != nullptr ? src_row : safe;
+  const unsigned in_width = src_row != nullptr ? static_cast<unsigned>(width) : 0u;
+  for (int c = 2 * lane; c < cols; c += 64) {
+    const int gc = first + c;
+    const bool ok = static_cast<unsigned>(gc) < in_width;
+    cp_async<4>(dst + c, from + (ok ? gc : 0), ok);
+  }
+}
+
 // d += A @ B for a warp: A 16x16 (row-major fragments), B 16x8 (column-major), fp32 accumulators; T = half_t or
 // bf16_t. Fragment layout: PTX ISA, "Matrix Fragments for mma.m16n8k16" (summarised at emu::mma_m16n8k16).
 template <typename T>

@@ -339,6 +339,8 @@ struct MmaTile {
   int fw;              // padded filter row (elements); two copies of kh rows (see corr_mma_kernel)
   int fcs;             // the second copy's offset (elements): second_copy_offset
   int nts;             // n-tiles of 8 columns per block
+  int lead;            // corr_mma_kernel: staged columns before the block's first input column (see copies)
+  bool copies;         // corr_mma_kernel: input rows staged by cp.async, column pairs from an even column
   int64_t tiles_w, tiles_h;  // column tiles; row tiles per stack
   int64_t stacks;      // planes, or packed: channels (the stack of a channel's planes, one image after another)
   bool packed;         // see mma_corr_blocks
@@ -606,21 +608,32 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   const MmaBlock blk = mma_block(p, t);
   const int64_t o = blk.o, j0 = blk.j0, col0 = blk.col0;
 
-  // Filter rows, zero-padded: fs[a * fw + 16 + b] = f[a][b]; the copy at fs + fcs starts one value later.
-  // A warp takes a row, lanes along it (a division per element cost ~90 instructions each: sm_90 SASS).
-  for (int row = warp; row < 2 * p.kh; row += kMmaWarps) {
-    const int a = row % p.kh, shift = row / p.kh - 16;
-    for (int c = lane; c < t.fw; c += 32) {
-      const int b = c + shift, k = a * p.kw + b;
-      fs[row / p.kh * t.fcs + a * t.fw + c] =
-          b >= 0 && b < p.kw ? weight[o * taps + (p.flip ? taps - 1 - k : k)] : from_float<T>(0.f);
+  // Filter rows, zero-padded: fs[a * fw + 16 + lead + b] = f[a][b] (staged column lead + c is the block's first
+  // input column + c); the copy at fs + fcs starts one value later. A warp takes a row, lanes along it, a value
+  // read once for both copies (a division per element cost ~90 instructions each, an index per copy ~29: sm_90).
+  const T* filter = weight + o * taps;
+  const int step = p.flip ? -1 : 1;
+  for (int a = warp; a < p.kh; a += kMmaWarps) {
+    const int row = p.flip ? taps - 1 - a * p.kw : a * p.kw;  // f[a][b] = filter[row + b step] (32-bit indices)
+    T* first = fs + a * t.fw;
+    T* second = fs + t.fcs + a * t.fw - 1;  // second[c] = first[c - 1]
+    for (int c = lane; c <= t.fw; c += 32) {
+      const int b = c - 16 - t.lead;
+      const T v = static_cast<unsigned>(b) < static_cast<unsigned>(p.kw) ? filter[row + b * step] : from_float<T>(0.f);
+      if (c < t.fw) first[c] = v;
+      if (c > 0) second[c] = v;
     }
   }
   // Input tile, zero outside the image, only the rows the busy warps read (mma_block); a warp takes a row, lanes
   // along the columns.
   stage_mma_rows<T>(p, t, blk, warp, [&](int r, const T* row) {
-    stage_pairs(xs + r * t.rs, row, col0, p.in_w, t.cols, lane);
+    if (t.copies) {
+      copy_pairs(xs + r * t.rs, row, col0 - t.lead, p.in_w, t.cols, lane, static_cast<const T*>(p.in));
+    } else {
+      stage_pairs(xs + r * t.rs, row, col0, p.in_w, t.cols, lane);
+    }
   });
+  cp_async_wait_all();
   if (tid == 0) *non_finite = 0;
   __syncthreads();
 
@@ -653,7 +666,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
         const int r = e / 2 ? x1 : x0, c = 8 * nt + 2 * quad + e % 2;
         float s = 0.f;
         for (int a = 0; a < p.kh; ++a)
-          for (int b = 0; b < p.kw; ++b) s = fmaf(to_float(fs[a * t.fw + 16 + b]), to_float(xs[(r + a) * t.rs + c + b]), s);
+          for (int b = t.lead; b < p.kw + t.lead; ++b)
+            s = fmaf(to_float(fs[a * t.fw + 16 + b]), to_float(xs[(r + a) * t.rs + c + b]), s);
         acc[nt][e] = s;
       }
   }
@@ -688,7 +702,13 @@ bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
   for (const bool pack : {true, false}) {
     MmaTile t;
     if (!mma_corr_blocks(p, lim, &t, pack)) return false;
-    const int ch = band_chunks(p.kw);
+    // Rows staged by 4-byte cp.async where every row is 4-byte aligned (an even width, an aligned tensor): from an
+    // even column, so the tile starts `lead` = 1 column early where the first one is odd (col0 = j0 - off_w, j0
+    // even), the filter rows one later: a band 1 wider, taken only where that needs no more chunks (K31: 5).
+    t.copies = p.in_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.in) % 4 == 0;
+    t.lead = t.copies ? p.off_w & 1 : 0;
+    if (band_chunks(p.kw + t.lead) > band_chunks(p.kw)) t.copies = false, t.lead = 0;
+    const int ch = band_chunks(p.kw + t.lead);
     // the chunks' columns (>= 8 kMmaMaxTiles + kw - 1), a multiple of 16
     t.cols = 16 * static_cast<int>(ceil_div(kMmaMaxTiles + ch - 1, 2));
     t.rs = t.cols + 8;  // (rs / 2) = 4 (mod 8) words: a chunk load's 8 rows x 4 words hit 32 banks
@@ -706,7 +726,7 @@ bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
 template <typename T, typename Launch>
 void run_corr_mma(Launch& launch, const Corr& p, const MmaTile& t) {
   const unsigned grid = grid_size(t.blocks()), threads = 32 * kMmaWarps;
-  switch (band_chunks(p.kw)) {
+  switch (band_chunks(p.kw + t.lead)) {
     case 3: launch(corr_mma_kernel<T, 3>, grid, threads, t.smem, p, t); return;
     case 4: launch(corr_mma_kernel<T, 4>, grid, threads, t.smem, p, t); return;
     case 5: launch(corr_mma_kernel<T, 5>, grid, threads, t.smem, p, t); return;
