@@ -227,6 +227,23 @@ LC_D void stage_rows(float* dst, int plane_stride, int row_stride, int planes, i
   }
 }
 
+// One 16-bit row by 4-byte cp.async, column pairs c = start, start + step, ... < cols (start, step even): dst[c],
+// dst[c + 1] = src_row[col0 + c], [col0 + c + 1], zero outside [0, width) or where src_row is null (a row outside
+// the input). col0 even and the row 4-byte aligned, so a pair is inside the row or outside it whole; `safe`: any
+// aligned address (read for nothing). The caller waits (cp_async_wait_all) before its barrier.
+template <typename T>
+LC_D void copy_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int cols, int start, int step,
+                     const T* safe) {
+  const int first = static_cast<int>(col0);  // as stage_rows: 32-bit columns, one unsigned compare for both ends
+  const T* from = src_row != nullptr ? src_row : safe;
+  const unsigned in_width = src_row != nullptr ? static_cast<unsigned>(width) : 0u;
+  for (int c = start; c < cols; c += step) {
+    const int gc = first + c;
+    const bool ok = static_cast<unsigned>(gc) < in_width;
+    cp_async<4>(dst + c, from + (ok ? gc : 0), ok);
+  }
+}
+
 // stage_rows for 16-bit inputs by cp.async: column pairs (4 bytes, even global columns) go to `raw` untouched, then
 // widen to fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >=
 // cols + 2, even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait
@@ -243,17 +260,9 @@ LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int pla
   for (int z0 = 0; z0 < planes; z0 += raw_planes) {
     const int np = planes - z0 < raw_planes ? planes - z0 : raw_planes;
     if (z0 > 0) __syncthreads();  // done widening the previous round's values
-    for (int pr = which; which < teams && pr < np * rows; pr += teams) {
-      const T* src = row_base(z0 + pr / rows, pr % rows);
-      const T* from = src != nullptr ? src : safe;
-      const unsigned in_width = src != nullptr ? static_cast<unsigned>(width) : 0u;
-      T* d = raw + pr * raw_cols;
-      for (int q = 2 * member; q < raw_cols; q += 2 * team) {
-        const int gc = first + q;  // even, so gc + 1 < width too
-        const bool ok = static_cast<unsigned>(gc) < in_width;
-        cp_async<4>(d + q, from + (ok ? gc : 0), ok);
-      }
-    }
+    for (int pr = which; which < teams && pr < np * rows; pr += teams)
+      copy_pairs(raw + pr * raw_cols, row_base(z0 + pr / rows, pr % rows), first, width, raw_cols, 2 * member,
+                 2 * team, safe);
     cp_async_wait_all();
     __syncthreads();
     for (int pr = which; which < teams && pr < np * rows; pr += teams) {
@@ -440,21 +449,6 @@ LC_D void stage_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int
     const T lo = src_row != nullptr && gc >= 0 && gc < width ? src_row[gc] : zero;
     const T hi = src_row != nullptr && gc + 1 >= 0 && gc + 1 < width ? src_row[gc + 1] : zero;
     store_pair(dst + c, lo, hi);
-  }
-}
-
-// stage_pairs by 4-byte cp.async: dst[c] = src_row[col0 + c] for c < cols (even), col0 even, the row 4-byte aligned
-// (a pair is inside the row or outside it whole); `safe`: any aligned address (read for nothing where a pair is
-// outside). The block waits (cp_async_wait_all) before its barrier.
-template <typename T>
-LC_D void copy_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int cols, int lane, const T* safe) {
-  const int first = static_cast<int>(col0);  // as stage_rows: 32-bit columns, one unsigned compare for both ends
-  const T* from = src_row != nullptr ? src_row : safe;
-  const unsigned in_width = src_row != nullptr ? static_cast<unsigned>(width) : 0u;
-  for (int c = 2 * lane; c < cols; c += 64) {
-    const int gc = first + c;
-    const bool ok = static_cast<unsigned>(gc) < in_width;
-    cp_async<4>(dst + c, from + (ok ? gc : 0), ok);
   }
 }
 

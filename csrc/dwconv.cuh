@@ -628,7 +628,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   // along the columns.
   stage_mma_rows<T>(p, t, blk, warp, [&](int r, const T* row) {
     if (t.copies) {
-      copy_pairs(xs + r * t.rs, row, col0 - t.lead, p.in_w, t.cols, lane, static_cast<const T*>(p.in));
+      copy_pairs(xs + r * t.rs, row, col0 - t.lead, p.in_w, t.cols, 2 * lane, 64, static_cast<const T*>(p.in));
     } else {
       stage_pairs(xs + r * t.rs, row, col0, p.in_w, t.cols, lane);
     }
