@@ -830,16 +830,28 @@ def cuda_sass(source):
     return functions, resources
 
 
-def mma_loops(sass):
-    """Per-pass counts of a tensor-core kernel's loops: the hot loop (most HMMA: instructions, HMMA, shared loads)
-    and the staging loop (the most shared-memory stores, then global loads: instructions per element loaded; the
-    non-finite redo loads as much but stores nothing)."""
+def shared_wavefronts(body):
+    """Shared-memory wavefronts a loop's loads take, conflict-free: one per 32-bit load (128 bytes a warp), two per
+    64-bit, four per 128-bit or ldmatrix .x4 (LDSM.16.M88.4: four 8x8 matrices of 16-bit values), two per .x2."""
+    def of(op):
+        if op.startswith("LDSM"):
+            return int(op.rsplit(".", 1)[1])
+        if op.startswith("LDS"):
+            return 4 if ".128" in op else 2 if ".64" in op else 1
+        return 0
+    return sum(of(op) for _, op, _ in body)
+
+
+def mma_loops(sass, rank=0):
+    """Per-pass counts of a tensor-core kernel's loops: the hot loop (the rank-th most HMMA: instructions, HMMA,
+    shared-load wavefronts: shared_wavefronts) and the staging loop (the most shared-memory stores, then global
+    loads: instructions per element loaded; the non-finite redo loads as much but stores nothing)."""
     loops = inner_loops(parse_sass(sass))
-    hot = max(loops, key=lambda b: sum(op.startswith("HMMA") for _, op, _ in b))
+    hot = sorted(loops, key=lambda b: -sum(op.startswith("HMMA") for _, op, _ in b))[rank]
     stage = max(loops, key=lambda b: (sum(op.startswith("STS") for _, op, _ in b),
                                       sum(op.startswith("LDG") for _, op, _ in b)))
     return dict(instr=len(hot), hmma=sum(op.startswith("HMMA") for _, op, _ in hot),
-                lds=sum(op.startswith("LDS") for _, op, _ in hot),
+                lds=shared_wavefronts(hot),
                 nop=sum(op.startswith(("NOP", "WARPSYNC")) for _, op, _ in hot),
                 local=sum(op.startswith(("LDL", "STL")) for _, op, _ in hot),
                 stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
@@ -847,7 +859,7 @@ def mma_loops(sass):
 
 def corr_mma_loop(sass, hmma):
     """Per-pass counts of corr_mma_kernel's loops: its kernel-row loop, compiled once per n-tile count (the loop
-    with `hmma` HMMA: that count's two steps; instructions, shared loads), its input rows' cp.async loop
+    with `hmma` HMMA: that count's two steps; instructions, shared-load wavefronts), its input rows' cp.async loop
     (instructions per LDGSTS: a warp's 64 16-bit values) and its filter loop (instructions a pass: each lane a value
     into both copies, STS.U16)."""
     loops = inner_loops(parse_sass(sass))
@@ -856,7 +868,7 @@ def corr_mma_loop(sass, hmma):
     assert len(hot) == 1, f"{len(hot)} loops with {hmma} HMMA"
     copies = max(loops, key=lambda b: count(b, "LDGSTS"))
     filt = max(loops, key=lambda b: count(b, "STS.U16"))
-    return dict(instr=len(hot[0]), hmma=hmma, lds=count(hot[0], "LDS"), local=count(hot[0], ("LDL", "STL")),
+    return dict(instr=len(hot[0]), hmma=hmma, lds=shared_wavefronts(hot[0]), local=count(hot[0], ("LDL", "STL")),
                 copy_instr=len(copies) / count(copies, "LDGSTS"),
                 filter_instr=len(filt) / count(filt, "LDG"))
 
@@ -990,7 +1002,7 @@ def cuda_mma_rows():
     corr_tf32_kernel) at the RepLKNet-31B stages, NCHW, for MMA_VARIANTS: the plans of csrc/dwconv.cuh replayed
     here, the loops' counts from the SASS (mma_loops), and the terms of the Triton model: issue (all warp
     instructions: hot loop per kernel row or g row, staging per staged element, the epilogue left out), tensor (HMMA
-    x its FLOP at MMA_SYNC_SHARE of the operand dtype's dense peak), L1 (a wavefront per shared load of the hot
+    x its FLOP at MMA_SYNC_SHARE of the operand dtype's dense peak), L1 (shared_wavefronts of the hot
     loop, two per 32 staged elements), DRAM (minimum bytes). The predicted time is their sum: H200 run 1 measured
     RepLKNet-31B stage 1's forward at the sum within 7% (bf16 0.447 ms against 0.477, TF32 0.702 against 0.705,
     3xTF32 1.89 against 1.95; the largest term had said 0.159, 0.245, 0.742): at 2-6 blocks of 4 warps per SM the
@@ -1045,13 +1057,13 @@ def cuda_mma_rows():
                 stacks, tiles, packed = corr_blocks(n, h, ho, kh)
                 smem = parts * ((64 + (2 if packed else 1) * (kh - 1)) * rs + kh * fw) * 4 + 16
                 blocks = stacks * c * len(tiles) * tiles_w
-                loops = mma_loops(functions[name])
-                # per kernel row: the loop's instructions less its products (it holds a path for each n-tile count)
-                # and the A loads of k-blocks past nts + kb - 1, plus the HMMA the row runs and their NOP / WARPSYNC
+                loops = mma_loops(functions[name], rank=int(nts <= 4))  # kernel-row loops for 8 n-tiles, and for 4
+                # per kernel row: the loop's instructions less its products (it holds a path for each n-tile count),
+                # plus the HMMA the row runs and their NOP / WARPSYNC; every k-block's A is loaded (ldmatrix, no
+                # guard), whatever nts
                 executed = nts * kb * products
-                per_row = (loops["instr"] - loops["hmma"] - loops["nop"] - (8 - nts) * 4 * parts + executed
-                           + tf32_row_nops(nts, kb, products))
-                lds_row = loops["lds"] - (8 - nts) * 4 * parts
+                per_row = loops["instr"] - loops["hmma"] - loops["nop"] + executed + tf32_row_nops(nts, kb, products)
+                lds_row = loops["lds"]
                 warp_instr = hmma = wavefronts = 0
                 for run, staged_rows, *_ in tiles:
                     staged = staged_rows * cols + kh * fw

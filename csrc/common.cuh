@@ -301,6 +301,23 @@ LC_D uint32_t load_pair(const T* p) {
 #endif
 }
 
+// Four 8x8 matrices of 16-bit values from shared memory in one instruction (ldmatrix .x4, sm_75+): lane l gives the
+// address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned), and r[i] of lane l is matrix i's row l / 4,
+// values 2 (l % 4) and + 1 (fp32 data: value l % 4 of a row of 4): the registers of an mma A fragment. The whole
+// warp calls it at once. (volatile, as CUTLASS's: kept in order with the barriers around the staged tile.)
+template <typename T>
+LC_D void load_matrices(uint32_t (&r)[4], const T* row) {
+#ifdef LARGECONV_EMULATE
+  emu::ldmatrix(r, row);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // plans launch tensor-core kernels only where DeviceLimits::tensor_cores
+#else
+  const unsigned from = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(from));
+#endif
+}
+
 // p[0] = lo, p[1] = hi as one 32-bit shared-memory store; p is 4-byte aligned.
 template <typename T>
 LC_D void store_pair(T* p, T lo, T hi) {

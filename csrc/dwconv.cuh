@@ -361,17 +361,20 @@ LC_HD int band_chunks(int kw) { return (kw + 14) / 8; }
 // two copies' words that one B-fragment load reads sit 16 banks apart (at a multiple of 64 they shared banks).
 LC_HD int second_copy_offset(int elements) { return elements + (96 - elements % 64) % 64; }
 
-// A fragments of k-blocks 0 .. kBlocks - 1 for 16 staged rows: x0 = the lane's row + 2 quad in the first 8 rows,
-// x1 in the second 8 (x0 + 8 rs, or another stretch of the staged tile: see MmaBlock).
+// The staged row and column (elements) a lane gives ldmatrix for a k-block of A fragments (load_a_fragments,
+// load_tf32_a) of 16 rows whose halves start at staged rows r0 and r1 (r0 + 8 where contiguous): matrix lane / 8
+// holds half lane / 8 % 2 and the k-block's second 16 bytes of each row where lane / 16.
+LC_D int a_matrix_row(int r0, int r1, int lane) { return (lane / 8 % 2 ? r1 : r0) + lane % 8; }
+template <typename T>
+LC_D int a_matrix_col(int lane) { return 16 / sizeof(T) * (lane / 16); }
+
+// A fragments of k-blocks 0 .. kBlocks - 1 for 16 staged rows, a k-block's four 8x8 matrices (rows 0-7 and 8-15,
+// columns 0-7 and 8-15) by one ldmatrix (four 32-bit loads took four instructions, sm_90 SASS): x = the lane's
+// address for k-block 0 (a_matrix_row, a_matrix_col).
 template <int kBlocks, typename T>
-LC_D void load_a_fragments(uint32_t (&af)[kBlocks][4], const T* x0, const T* x1) {
+LC_D void load_a_fragments(uint32_t (&af)[kBlocks][4], const T* x) {
 #pragma unroll
-  for (int kb = 0; kb < kBlocks; ++kb) {
-    af[kb][0] = load_pair(x0 + 16 * kb);
-    af[kb][1] = load_pair(x1 + 16 * kb);
-    af[kb][2] = load_pair(x0 + 16 * kb + 8);
-    af[kb][3] = load_pair(x1 + 16 * kb + 8);
-  }
+  for (int kb = 0; kb < kBlocks; ++kb) load_matrices(af[kb], x + 16 * kb);
 }
 
 // The Toeplitz B fragments of one zero-padded row (a filter row, or a g row in grad-weight): bf[q][odd] for k-block
@@ -608,24 +611,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
   const MmaBlock blk = mma_block(p, t);
   const int64_t o = blk.o, j0 = blk.j0, col0 = blk.col0;
 
-  // Filter rows, zero-padded: fs[a * fw + 16 + lead + b] = f[a][b] (staged column lead + c is the block's first
-  // input column + c); the copy at fs + fcs starts one value later. A warp takes a row, lanes along it, a value
-  // read once for both copies (a division per element cost ~90 instructions each, an index per copy ~29: sm_90).
-  const T* filter = weight + o * taps;
-  const int step = p.flip ? -1 : 1;
-  for (int a = warp; a < p.kh; a += kMmaWarps) {
-    const int row = p.flip ? taps - 1 - a * p.kw : a * p.kw;  // f[a][b] = filter[row + b step] (32-bit indices)
-    T* first = fs + a * t.fw;
-    T* second = fs + t.fcs + a * t.fw - 1;  // second[c] = first[c - 1]
-    for (int c = lane; c <= t.fw; c += 32) {
-      const int b = c - 16 - t.lead;
-      const T v = static_cast<unsigned>(b) < static_cast<unsigned>(p.kw) ? filter[row + b * step] : from_float<T>(0.f);
-      if (c < t.fw) first[c] = v;
-      if (c > 0) second[c] = v;
-    }
-  }
   // Input tile, zero outside the image, only the rows the busy warps read (mma_block); a warp takes a row, lanes
-  // along the columns.
+  // along the columns. First: its cp.async copies fly while the filter's loads below wait.
   stage_mma_rows<T>(p, t, blk, warp, [&](int r, const T* row) {
     if (t.copies) {
       copy_pairs(xs + r * t.rs, row, col0 - t.lead, p.in_w, t.cols, 2 * lane, 64, static_cast<const T*>(p.in));
@@ -633,6 +620,32 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
       stage_pairs(xs + r * t.rs, row, col0, p.in_w, t.cols, lane);
     }
   });
+  // Filter rows, zero-padded: fs[a * fw + 16 + lead + b] = f[a][b] (staged column lead + c is the block's first
+  // input column + c); the copy at fs + fcs starts one value later, a value read once for both. A lane keeps its
+  // columns and a warp its rows (warp, warp + kMmaWarps, ...), pointers stepped, four loads in flight together;
+  // padding columns read a real tap and store zeros (no branch between the loads). Indices computed per value took
+  // ~38 instructions a value (sm_90 SASS).
+  const int warp_rows = (p.kh - warp + kMmaWarps - 1) / kMmaWarps;
+  const int64_t src_step = static_cast<int64_t>(kMmaWarps) * (p.flip ? -p.kw : p.kw);
+  const int dst_step = kMmaWarps * t.fw;
+  for (int c = lane; c <= t.fw; c += 32) {
+    const int b = c - 16 - t.lead;
+    const bool real = static_cast<unsigned>(b) < static_cast<unsigned>(p.kw);
+    const int tap = warp * p.kw + (real ? b : 0);  // f[warp][b], or a real tap of that row
+    const T* src = weight + o * taps + (p.flip ? taps - 1 - tap : tap);
+    T* dst = fs + warp * t.fw + c;
+    auto store = [&](T* d, T v) {
+      if (!real) v = from_float<T>(0.f);
+      if (c < t.fw) d[0] = v;
+      if (c > 0) d[t.fcs - 1] = v;  // the copy: second[c] = first[c - 1]
+    };
+    int r = 0;
+    for (; r + 4 <= warp_rows; r += 4, src += 4 * src_step, dst += 4 * dst_step) {
+      const T v0 = src[0], v1 = src[src_step], v2 = src[2 * src_step], v3 = src[3 * src_step];
+      store(dst, v0), store(dst + dst_step, v1), store(dst + 2 * dst_step, v2), store(dst + 3 * dst_step, v3);
+    }
+    for (; r < warp_rows; ++r, src += src_step, dst += dst_step) store(dst, *src);
+  }
   cp_async_wait_all();
   if (tid == 0) *non_finite = 0;
   __syncthreads();
@@ -766,18 +779,14 @@ LC_D void stage_tf32(float* p, size_t lo_offset, float v) {
   if constexpr (kSplit) p[lo_offset] = is_finite(hi) ? to_tf32(v - hi) : 0.f;
 }
 
-// The A fragments of k-blocks 0 .. k_blocks - 1 (of kA) for 16 staged rows: x0 = the lane's row + quad in the first
-// 8 rows, x1 in the second 8 (as load_a_fragments).
+// The A fragments of k-blocks 0 .. kA - 1 for 16 staged rows, a k-block's four 8x4 fp32 matrices (rows 0-7 and
+// 8-15, columns 0-3 and 4-7) by one ldmatrix as 8x8 16-bit ones (four 32-bit loads took four instructions, sm_90
+// SASS); x = the lane's address for k-block 0 (a_matrix_row, a_matrix_col). All kA, used or not: a guard per load
+// cost a compare and a warp sync each (the callers size kA to the n-tiles instead).
 template <int kA>
-LC_D void load_tf32_a(uint32_t (&af)[kA][4], const float* x0, const float* x1, int k_blocks) {
+LC_D void load_tf32_a(uint32_t (&af)[kA][4], const float* x) {
 #pragma unroll
-  for (int kb = 0; kb < kA; ++kb) {
-    if (kb >= k_blocks) continue;  // the same for the whole block
-    af[kb][0] = float_bits(x0[8 * kb]);
-    af[kb][1] = float_bits(x1[8 * kb]);
-    af[kb][2] = float_bits(x0[8 * kb + 4]);
-    af[kb][3] = float_bits(x1[8 * kb + 4]);
-  }
+  for (int kb = 0; kb < kA; ++kb) load_matrices(af[kb], x + 8 * kb);
 }
 
 // The Toeplitz B fragments of one row zero-padded by kTf32Pad (a filter row, or a g row in grad-weight), its hi part
@@ -829,7 +838,7 @@ LC_D void tf32_row_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], co
   }
 }
 
-// A row's products: TF32, or 3xTF32 (kSplit) as hi x lo + hi x hi, then lo x hi. x0 and k_blocks as load_tf32_a; the
+// A row's products: TF32, or 3xTF32 (kSplit) as hi x lo + hi x hi, then lo x hi. x as load_tf32_a; the
 // lo part of the staged rows lies part_elems after the hi part. (One af[2][kA][4] array for both parts spilled 24-40
 // B in the grad-weight kernel, sm_90; two arrays do not.)
 // kSplit sums the row in fresh accumulators and adds them to acc in fp32 (round to nearest): the tensor cores round
@@ -837,12 +846,12 @@ LC_D void tf32_row_products(float (&acc)[kN][4], const uint32_t (&af)[kA][4], co
 // ~1.3-1.6e-5 relative at 63x63 (H200 run 1, and the emulator, which models the rounding), past fp32's 1e-5; a
 // row's chain is 3 kKB steps. TF32 (1e-3) keeps the one chain.
 template <int kKB, bool kSplit, int kN, int kA>
-LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* x0,
-                   const float* x1, size_t part_elems, int k_blocks, int nts) {
+LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB][2], const float* x,
+                   size_t part_elems, int nts) {
   uint32_t af[kA][4], af_lo[kA][4];
-  load_tf32_a(af, x0, x1, k_blocks);
+  load_tf32_a(af, x);
   if constexpr (kSplit) {
-    load_tf32_a(af_lo, x0 + part_elems, x1 + part_elems, k_blocks);
+    load_tf32_a(af_lo, x + part_elems);
     float row[kN][4] = {};
     tf32_row_products<kKB, 2>(row, af, bf, nts);
     tf32_row_products<kKB, 1>(row, af_lo, bf, nts);
@@ -853,6 +862,23 @@ LC_D void tf32_row(float (&acc)[kN][4], const uint32_t (&bf)[kSplit ? 2 : 1][kKB
   } else {
     tf32_row_products<kKB, 1>(acc, af, bf, nts);
   }
+}
+
+// A warp's sums over its kernel rows for up to kN n-tiles (t.nts <= kN), into acc's first kN: B = filter row a's band
+// (f: the lane's, + a fw), A = the halves' staged rows + a (x: the lane's ldmatrix address, + a rs).
+template <int kKB, bool kSplit, int kN>
+LC_D void tf32_kernel_rows(float (&acc)[kMmaMaxTiles][4], KernelRows rows, const float* x, const float* f,
+                           const MmaTile& t, size_t tile_elems, size_t filter_elems) {
+  float sums[kN][4] = {};
+  for (int a = rows.begin; a < rows.end; ++a) {
+    uint32_t bf[kSplit ? 2 : 1][kKB][2];
+    load_tf32_band<kSplit>(bf, f + a * t.fw, filter_elems);
+    tf32_row<kKB, kSplit, kN, kN + kKB - 1>(sums, bf, x + a * t.rs, tile_elems, t.nts);
+  }
+#pragma unroll
+  for (int nt = 0; nt < kN; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = sums[nt][e];
 }
 
 template <int kKB, bool kSplit>
@@ -890,16 +916,13 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_tf32_kernel(Corr p, MmaTi
   float acc[kMmaMaxTiles][4] = {};
 
   const MmaHalf half0 = mma_half(blk, warp, 0), half1 = mma_half(blk, warp, 1);
-  const int x0 = half0.staged + group, x1 = half1.staged + group;  // this lane's staged rows (+ a)
+  const float* x = xs + a_matrix_row(half0.staged, half1.staged, lane) * t.rs + a_matrix_col<float>(lane);
+  const float* band = fs + kTf32Pad + quad - group;  // this lane's band of filter row 0 (+ a fw)
   const KernelRows kernel_rows = warp_kernel_rows(p, blk, warp);
-  const int k_blocks = t.nts + kKB - 1;  // the A k-blocks the block's n-tiles meet
-  for (int a = kernel_rows.begin; a < kernel_rows.end; ++a) {
-    // B: filter row a's band; A: staged rows r0 + a (+8), columns 8 kb + quad (+4)
-    uint32_t bf[kParts][kKB][2];
-    load_tf32_band<kSplit>(bf, fs + a * t.fw + kTf32Pad + quad - group, filter_elems);
-    tf32_row<kKB, kSplit, kMmaMaxTiles, kMmaMaxTiles + kKB - 1>(acc, bf, xs + (x0 + a) * t.rs + quad,
-                                                                xs + (x1 + a) * t.rs + quad, tile_elems, k_blocks,
-                                                                t.nts);
+  if (t.nts <= 4) {  // four n-tiles' accumulators and A k-blocks, not eight (loads of unused k-blocks cost L1 time)
+    tf32_kernel_rows<kKB, kSplit, 4>(acc, kernel_rows, x, band, t, tile_elems, filter_elems);
+  } else {
+    tf32_kernel_rows<kKB, kSplit, kMmaMaxTiles>(acc, kernel_rows, x, band, t, tile_elems, filter_elems);
   }
 
   if (!all_finite(acc)) *non_finite = 1;
@@ -1474,8 +1497,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
       for (int mt = 0; mt < 2; ++mt) {
         if (mt >= mts) continue;  // the same for the whole block
         uint32_t af[kKB + 2][4];
-        const T* x0 = xs + (r + 16 * mt + group) * t.rs + 2 * quad;
-        load_a_fragments(af, x0, x0 + 8 * t.rs);
+        const int r0 = r + 16 * mt;
+        load_a_fragments(af, xs + a_matrix_row(r0, r0 + 8, lane) * t.rs + a_matrix_col<T>(lane));
 #pragma unroll
         for (int nb = 0; nb < 4; ++nb)
           if (nb < nbs)
@@ -1555,7 +1578,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, Mma
   float* gs = xs + kParts * x_elems;
   int* non_finite = reinterpret_cast<int*>(gs + kParts * g_elems);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, group = lane / 4, quad = lane % 4;
-  const int mts = (p.kh + 15) / 16, nbs = (p.kw + 7) / 8, k_blocks = nbs + kKB - 1;
+  const int mts = (p.kh + 15) / 16, nbs = (p.kw + 7) / 8;
   const int64_t split = blockIdx.x % t.splits, o = blockIdx.x / t.splits;
   const int64_t item_begin = split * t.items / t.splits, item_end = (split + 1) * t.items / t.splits;
 
@@ -1593,8 +1616,9 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, Mma
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         if (mt >= mts) continue;  // the same for the whole block
-        const float* x0 = xs + (r + 16 * mt + group) * t.rs + quad;
-        tf32_row<kKB, kSplit, 4, 4 + kKB - 1>(acc[mt], bf, x0, x0 + 8 * t.rs, x_elems, k_blocks, nbs);
+        const int r0 = r + 16 * mt;
+        const float* x0 = xs + a_matrix_row(r0, r0 + 8, lane) * t.rs + a_matrix_col<float>(lane);
+        tf32_row<kKB, kSplit, 4, 4 + kKB - 1>(acc[mt], bf, x0, x_elems, nbs);
       }
     }
   }

@@ -138,11 +138,12 @@ class Barrier {
 
 inline Barrier* g_barrier = nullptr;
 
-// One warp's exchange for mma_m16n8k16: each lane's A and B registers.
+// One warp's exchange for mma_m16n8k16: each lane's A and B registers; for ldmatrix: each lane's row address.
 struct Warp {
   Barrier barrier{32};
   uint32_t a[32][4];
   uint32_t b[32][2];
+  const unsigned char* rows[32];
 };
 inline std::vector<Warp>* g_warps = nullptr;
 inline unsigned char* g_smem = nullptr;
@@ -295,6 +296,24 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
       "mma_m16n8k8_tf32 needs whole warps", d, a, b, -5,
       [&](const Warp& w, int r, int k) { return element(w.a[(r % 8) * 4 + k % 4][(r >= 8) + 2 * (k >= 4)]); },
       [&](const Warp& w, int k, int c) { return element(w.b[c * 4 + k % 4][k >= 4]); });
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16 (csrc/common.cuh load_matrices): every lane posts its row address,
+// waits for the warp, reads its word of each matrix (a row address must be 16-byte aligned and its 16 bytes inside
+// the block's shared memory, or the test fails), and waits again before the buffer is reused.
+inline void ldmatrix(uint32_t (&r)[4], const void* row) {
+  if (g_warps == nullptr || blockDim.x % 32) fail("ldmatrix needs whole warps", static_cast<int>(blockDim.x));
+  const int lane = threadIdx.x % 32;
+  Warp& warp = (*g_warps)[threadIdx.x / 32];
+  warp.rows[lane] = static_cast<const unsigned char*>(row);
+  warp.barrier.wait(-9);
+  for (int i = 0; i < 4; ++i) {
+    const unsigned char* p = warp.rows[8 * i + lane / 4];
+    if (p < g_smem || p + 16 > g_smem + g_smem_bytes) fail("ldmatrix: a row outside shared memory", 8 * i + lane / 4);
+    check_aligned(p, 16);
+    std::memcpy(&r[i], p + 4 * (lane % 4), 4);
+  }
+  warp.barrier.wait(-10);
 }
 
 }  // namespace emu
