@@ -830,16 +830,11 @@ def cuda_sass(source):
     return functions, resources
 
 
-def shared_wavefronts(body):
-    """Shared-memory wavefronts a loop's loads take, conflict-free: one per 32-bit load (128 bytes a warp), two per
-    64-bit, four per 128-bit or ldmatrix .x4 (LDSM.16.M88.4: four 8x8 matrices of 16-bit values), two per .x2."""
-    def of(op):
-        if op.startswith("LDSM"):
-            return int(op.rsplit(".", 1)[1])
-        if op.startswith("LDS"):
-            return 4 if ".128" in op else 2 if ".64" in op else 1
-        return 0
-    return sum(of(op) for _, op, _ in body)
+def shared_wavefronts(body, stores=False):
+    """Shared-memory wavefronts of a loop's loads (and with `stores` its stores), bank-conflict free, by width
+    (l1_wavefronts: 32-bit or narrower one, 64-bit two, 128-bit and ldmatrix .x4 four)."""
+    kinds = ("LDS", "STS") if stores else ("LDS",)
+    return l1_wavefronts(Counter(classify(op) for _, op, _ in body if op.startswith(kinds)), 0, 1.0)
 
 
 def mma_loops(sass, rank=0):
@@ -1242,7 +1237,7 @@ def cuda_involution_rows(functions=None, resources=None):
     """Predicted H100 times of the CUDA involution kernels (csrc/involution.cuh, the RedNet K = 7 instantiations) at
     every RedNet-50 involution (bench/suites.py rednet50, batch 64), NCHW, fp32 and bf16: the plan replayed
     (involution_tile), loop counts from the SASS, and the Triton model's terms: issue (the hot loop per kernel row
-    and the staging loops per staged element), L1 (a wavefront per shared load of the hot loop, one per 32 staged
+    and the staging loops per staged element), L1 (shared_wavefronts of the hot loop, one per 32 staged
     elements), DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward and
     grad-input: once per kernel row that reaches the pixel; grad-weight's stores do not wait) and for the staging:
     once for fp32 (cp.async), once per round of raw planes for 16-bit inputs (cp.async of column pairs, then
@@ -1289,7 +1284,7 @@ def cuda_involution_rows(functions=None, resources=None):
                     passes = k / case.stride
                 staged = nc * ih * iw * (chunks if direction == "grad-weight" else 1)
                 warp_instr = blocks * (num_warps * passes * len(hot) + staged / 32 * stage_per_element)
-                lds = sum(op.startswith("LDS") for _, op, _ in hot)
+                lds = shared_wavefronts(hot)
                 # staging: a wavefront per 32 elements stored (fp32); 16-bit adds the raw pairs' and the widening
                 # loads' (2.5)
                 wavefronts = blocks * (num_warps * passes * lds + staged / 32 * (2.5 if raw_planes else 1))
@@ -1324,8 +1319,8 @@ def band_row(case, dtype, direction, band, functions, resources):
     entries' shared stores and the row's global stores, per kernel row and warp; staging: forward and grad-input's
     copy-group loop once a group and warp (tiles + 1 groups of 8 columns, cp.async), grad-weight's copy_vecs calls
     per copy (a thread's copies 32 a warp instruction: each call's unrolled cp.async loop for its own copies), or for
-    copies of one value the code before the first barrier per 16-bit global load), L1 (a wavefront per shared load
-    or store of the hot loop: the strides keep them conflict-free; two per 32 copies), tensor (the HMMA at
+    copies of one value the code before the first barrier per 16-bit global load), L1 (shared_wavefronts of the loads
+    and stores of the hot loop: the strides keep them conflict-free; two per 32 copies), tensor (the HMMA at
     MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum bytes) and latency (a round trip a block for all its cp.async
     staging, one per batch of 16 copies of one value).
     The predicted time is the largest term plus the part of the smaller of issue and DRAM that does not overlap the
@@ -1354,7 +1349,7 @@ def band_row(case, dtype, direction, band, functions, resources):
         barrier = next(i for i, (_, op, _) in enumerate(sass) if op.startswith("BAR"))
         per_copy = barrier / sum(op.startswith("LDG") for _, op, _ in sass[:barrier])
     copies = sum(copies)
-    lds = sum(op.startswith(("LDS", "STS")) for _, op, _ in hot)
+    lds = shared_wavefronts(hot, stores=True)
     passes = BAND_ROWS * (BAND_K if direction == "grad-weight" else tiles)  # hot-loop passes per block, all warps
     warp_instr = blocks * (passes * len(hot) + copies / 32 * per_copy)
     wavefronts = blocks * (passes * lds + copies / 32 * 2)
