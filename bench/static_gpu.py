@@ -855,8 +855,8 @@ def mma_loops(sass, rank=0):
 def corr_mma_loop(sass, hmma):
     """Per-pass counts of corr_mma_kernel's loops: its kernel-row loop, compiled once per n-tile count (the loop
     with `hmma` HMMA: that count's two steps; instructions, shared-load wavefronts), its input rows' cp.async loop
-    (instructions per LDGSTS: a warp's 64 16-bit values) and its filter loop (instructions a pass: each lane a value
-    into both copies, STS.U16)."""
+    (instructions per LDGSTS: a warp's 64 16-bit values) and its filter loop (the most STS.U16: instructions per
+    value loaded, each stored into both copies)."""
     loops = inner_loops(parse_sass(sass))
     count = lambda body, prefix: sum(op.startswith(prefix) for _, op, _ in body)  # noqa: E731
     hot = [b for b in loops if count(b, "HMMA") == hmma]
@@ -1110,7 +1110,7 @@ def cuda_mma_rows():
                 per_step = (loops["instr"] - 4 * ka) / 2
                 lds_step = (loops["lds"] - 4 * ka) / 2
                 # staging: input rows by cp.async (4 bytes a lane: 64 values a warp copy, a wavefront each; the
-                # RepLKNet maps are even and aligned), filter rows a warp each, fw + 1 columns (2 stores a value)
+                # RepLKNet maps are even and aligned), filter values kh x (fw + 1), a lane a column (2 stores a value)
                 filter_instr = kh * cdiv(fw + 1, 32) * loops["filter_instr"]
                 warp_instr = hmma = wavefronts = 0
                 for run, staged_rows, chains, unchained in tiles:
