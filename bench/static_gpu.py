@@ -992,6 +992,24 @@ def corr_blocks(n, h, ho, kh):
     return (1 if packed else n), tiles, packed
 
 
+def wgrad_blocks_per_sm(dtype, kb):
+    """csrc/dwconv.cuh kWgMmaBlocksPerSm (bf16) and wgrad_tf32_blocks_per_sm (tf32; fp32: 3xTF32, split) for a band
+    of kb k-blocks: the tensor-core grad-weights' __launch_bounds__ minimum, which their plans fill."""
+    if dtype == "bf16":
+        return 4
+    if dtype == "fp32":
+        return 2 if kb >= 6 else 3 if kb >= 4 else 4
+    return 4 if kb >= 6 else 5
+
+
+def wgrad_splits(channels, items, blocks_per_sm, smem):
+    """csrc/dwconv.cuh split_wgrad_items on an H100: the splits of a channel's items whose blocks fill their waves
+    best (ties: the fewest), up to four waves."""
+    slots = min(sm90.H100["smem_per_sm"] // (smem + 1024), blocks_per_sm) * sm90.H100["sms"]
+    fill = lambda s: s * channels / (cdiv(s * channels, slots) * slots)  # noqa: E731
+    return max(range(1, max(1, min(4 * slots // channels, items)) + 1), key=lambda s: (fill(s), -s))
+
+
 def cuda_mma_rows():
     """Predicted H100 times of the CUDA tensor-core kernels (csrc/dwconv.cuh corr_mma_kernel, wgrad_mma_kernel,
     corr_tf32_kernel) at the RepLKNet-31B stages, NCHW, for MMA_VARIANTS: the plans of csrc/dwconv.cuh replayed
@@ -1028,7 +1046,7 @@ def cuda_mma_rows():
                 xrows = max(th + 31, cdiv(4 * 1024, parts * rs))
                 smem = parts * (xrows * rs + th * gw) * 4 + 16
                 items = n * tiles_h * tiles_w
-                blocks = c * min(cdiv(4 * sm90.H100["sms"], c), items)
+                blocks = c * wgrad_splits(c, items, wgrad_blocks_per_sm(dtype, kb), smem)
                 loops = mma_loops(functions[name])
                 mts, nbs = cdiv(kh, 16), cdiv(kw, 8)
                 # per g row: the loop's other instructions for the m-tiles it runs (of 2), plus the HMMA it runs and
@@ -1078,14 +1096,18 @@ def cuda_mma_rows():
                 gcs = second_copy_offset(th * gw)
                 smem = (xrows * rs + 2 * gcs) * 2 + 16
                 items = n * tiles_h * tiles_w
-                blocks = c * min(cdiv(4 * sm90.H100["sms"], c), items)
-                loops = mma_loops(functions[name])
+                blocks = c * wgrad_splits(c, items, wgrad_blocks_per_sm(dtype, kb), smem)
                 mts, nbs = cdiv(kh, 16), cdiv(kw, 8)
-                share = mts * nbs * kb / loops["hmma"]  # the guards skip the m- and n-tiles past the kernel
+                # kh > 16: the chained loop (two g rows 16 apart a pass, one m-tile's ldmatrix a row), and a chain's
+                # first m-tile loaded once more (min(16, th) chains an item); kh <= 16: the one-m-tile loop
+                loops = mma_loops(functions[name], rank=0 if mts == 2 else 1)
+                share = mts * nbs * kb / loops["hmma"]  # the guards skip the n-tiles past the kernel
+                chain_loads = min(16, th) * (kb + 1) if mts == 2 else 0  # ldmatrix .x4
                 staged = (th + 31) * cols + 2 * th * gw
-                warp_instr = c * items * (th * loops["instr"] * share + staged / 32 * loops["stage_instr"])
+                warp_instr = c * items * (th * loops["instr"] * share + chain_loads
+                                          + staged / 32 * loops["stage_instr"])
                 hmma = c * items * th * mts * nbs * kb
-                wavefronts = c * items * (th * loops["lds"] * share + 2 * staged / 32)
+                wavefronts = c * items * (th * loops["lds"] * share + 4 * chain_loads + 2 * staged / 32)
             else:
                 lead = ((kw - 1) // 2) % 2  # csrc/dwconv.cuh plan_corr_mma: off_w odd, the tile starts a column early
                 chunks = band_chunks(kw + lead)

@@ -1382,11 +1382,18 @@ inline bool plan_wgrad(const WGrad& p, const DeviceLimits& lim, WGradTile* tile)
 // dW[a][b] += sum_j' xs[r + a][j'] g[r][j' - b]: a product of the staged x rows r .. r + 31 (M = kernel rows,
 // 2 m-tiles) with the banded Toeplitz matrix of g's row (N = kernel columns, 4 n-tiles; K = x columns), the
 // corr_mma_kernel design with the filter row replaced by the g row (two copies, 16 banks apart). A block owns one
-// channel and a split of the items (image, th x tw tile of g); its 4 warps take g rows in turn and sum in
-// registers; the warps' sums are added in a fixed order and stored as the split's partial sums (deterministic).
+// channel and a split of the items (image, th x tw tile of g); its 4 warps take g rows (in chains 16 apart where
+// kh > 16: m-tile 1 of one row is m-tile 0 of the next) and sum in registers; the warps' sums are added in a fixed
+// order and stored as the split's partial sums (deterministic).
 // Non-finite sums (band zeros times an Inf input): the block sums its taps again directly.
 // ================================================================================================================
 constexpr int kWgMaxK = 32;
+// Blocks per SM the grad-weight kernels are compiled for (__launch_bounds__' minimum: their registers capped to fit,
+// by k-blocks: the band's width) and planned for (split_wgrad_items).
+constexpr int kWgMmaBlocksPerSm = 4;
+constexpr LC_HD int wgrad_tf32_blocks_per_sm(bool split, int kb) {
+  return split ? (kb >= 6 ? 2 : kb >= 4 ? 3 : 4) : (kb >= 6 ? 4 : 5);
+}
 
 struct MmaWGradTile {
   int th, tw;           // g rows and columns per item
@@ -1456,7 +1463,7 @@ LC_D void wgrad_mma_finish(const WGrad& p, const MmaWGradTile& t, const float (&
 }
 
 template <typename T, int kKB>
-__global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaWGradTile t) {
+__global__ void __launch_bounds__(32 * kMmaWarps, kWgMmaBlocksPerSm) wgrad_mma_kernel(WGrad p, MmaWGradTile t) {
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ g = static_cast<const T*>(p.grad_out);
   T* xs = reinterpret_cast<T*>(dynamic_smem());
@@ -1469,6 +1476,18 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
 
   float acc[2][4][4] = {};
   const T* g_lane = gs + 16 + 2 * quad - group + (group % 2 ? t.gcs - 1 : 0);  // as corr_mma_kernel's f_lane
+  uint32_t bf[kKB][2][2], ax[kKB + 1][4], ay[kKB + 1][4];  // a g row's band; two m-tiles' x fragments
+  // the x fragments of 16 staged rows from r0 (k-blocks nb / 2 + q < kKB + 1)
+  auto load_x = [&](uint32_t (&af)[kKB + 1][4], int r0) {
+    load_a_fragments(af, xs + a_matrix_row(r0, r0 + 8, lane) * t.rs + a_matrix_col<T>(lane));
+  };
+  auto products = [&](float (&c)[4][4], const uint32_t (&af)[kKB + 1][4]) {
+#pragma unroll
+    for (int nb = 0; nb < 4; ++nb)
+      if (nb < nbs)  // the same for the whole block
+#pragma unroll
+        for (int q = 0; q < kKB; ++q) mma_m16n8k16<T>(c[nb], af[nb / 2 + q], bf[q][nb % 2]);
+  };
 
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t tile_w = item % t.tiles_w, tile_h = item / t.tiles_w % t.tiles_h, n = item / (t.tiles_w * t.tiles_h);
@@ -1490,20 +1509,28 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
     }
     __syncthreads();
 
-    for (int r = warp; r < t.th; r += kMmaWarps) {
-      uint32_t bf[kKB][2][2];
-      load_band_fragments(bf, g_lane + r * t.gw);
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        if (mt >= mts) continue;  // the same for the whole block
-        uint32_t af[kKB + 2][4];
-        const int r0 = r + 16 * mt;
-        load_a_fragments(af, xs + a_matrix_row(r0, r0 + 8, lane) * t.rs + a_matrix_col<T>(lane));
-#pragma unroll
-        for (int nb = 0; nb < 4; ++nb)
-          if (nb < nbs)
-#pragma unroll
-            for (int q = 0; q < kKB; ++q) mma_m16n8k16<T>(acc[mt][nb], af[nb / 2 + q], bf[q][nb % 2]);
+    if (mts == 1) {  // kh <= 16: one m-tile, g rows in turn
+      for (int r = warp; r < t.th; r += kMmaWarps) {
+        load_band_fragments(bf, g_lane + r * t.gw);
+        load_x(ax, r);
+        products(acc[0], ax);
+      }
+      continue;
+    }
+    // Two m-tiles: a warp's g rows run in chains 16 apart (first, first + 16, ...), where m-tile 1's x rows at one
+    // are m-tile 0's at the next, so a step loads one m-tile's fragments, into the array the other does not hold
+    // (about 7.7 ldmatrix a g row at 56 rows, not 12).
+    for (int first = warp; first < imin(16, t.th); first += kMmaWarps) {
+      load_x(ax, first);
+      for (int r = first;;) {
+        load_band_fragments(bf, g_lane + r * t.gw);
+        load_x(ay, r + 16);
+        products(acc[0], ax), products(acc[1], ay);
+        if ((r += 16) >= t.th) break;
+        load_band_fragments(bf, g_lane + r * t.gw);
+        load_x(ax, r + 16);
+        products(acc[0], ay), products(acc[1], ax);
+        if ((r += 16) >= t.th) break;
       }
     }
   }
@@ -1513,7 +1540,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) wgrad_mma_kernel(WGrad p, MmaW
 
 // Whether a call suits the tensor-core grad-weights (wgrad_mma_kernel, wgrad_tf32_kernel): NCHW, unit stride and
 // dilation, 13 <= kw <= 32, kh <= 32, sm_80+; if so, their items in `t`: (image, g tile of up to 64 x 64, th x tw
-// with tw a multiple of 8), and the splits of each channel's items (about 4 blocks per SM in all).
+// with tw a multiple of 8); the plans then split each channel's items (split_wgrad_items).
 inline bool wgrad_mma_items(const WGrad& p, const DeviceLimits& lim, MmaWGradTile* t) {
   if (!lim.tensor_cores || p.channels_last || p.sh != 1 || p.sw != 1 || p.dh != 1 || p.dw != 1 ||
       p.kh > kWgMaxK || p.kw > kWgMaxK || p.kw < kMmaMinKw)
@@ -1524,9 +1551,24 @@ inline bool wgrad_mma_items(const WGrad& p, const DeviceLimits& lim, MmaWGradTil
   t->tiles_w = ceil_div(p.wo, 64);
   t->tw = static_cast<int>(ceil_div(ceil_div(p.wo, t->tiles_w), 8) * 8);
   t->items = p.n * t->tiles_h * t->tiles_w;
-  const int64_t want = ceil_div(4 * static_cast<int64_t>(lim.num_sms), p.co);
-  t->splits = want < 1 ? 1 : (want < t->items ? want : t->items);
   return true;
+}
+
+// Splits of a channel's items: the count whose blocks fill their waves best (ties: the fewest), up to four waves;
+// a wave: blocks_per_sm blocks on every SM (the kernel's __launch_bounds__), or fewer where the shared memory
+// (t->smem, and 1 KB a block the SM reserves) holds fewer. Planned for four blocks a SM whatever the kernel, TF32's
+// (four resident) took 640 blocks at RepLKNet-31B's first stage on 132 SMs: 1.2 waves, the second one block on
+// most SMs.
+inline void split_wgrad_items(const WGrad& p, const DeviceLimits& lim, int blocks_per_sm, MmaWGradTile* t) {
+  const int64_t by_smem = (lim.max_smem_optin + 1024) / (static_cast<int64_t>(t->smem) + 1024);
+  const int64_t slots = (by_smem < blocks_per_sm ? by_smem : blocks_per_sm) * lim.num_sms;
+  const int64_t most = 4 * slots / p.co < t->items ? 4 * slots / p.co : t->items;
+  int64_t best = 1, best_blocks = p.co, best_waves = ceil_div(p.co, slots);
+  for (int64_t s = 2; s <= most; ++s) {
+    const int64_t blocks = s * p.co, waves = ceil_div(blocks, slots);
+    if (blocks * best_waves > best_blocks * waves) best = s, best_blocks = blocks, best_waves = waves;  // fuller
+  }
+  t->splits = best;
 }
 
 // The tensor-core grad-weight's plan when the call qualifies (fp16/bf16 only: the caller checks the dtype).
@@ -1544,6 +1586,7 @@ inline bool plan_wgrad_mma(const WGrad& p, const DeviceLimits& lim, MmaWGradTile
   if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
   t.smem = (static_cast<size_t>(t.xrows) * t.rs + 2 * static_cast<size_t>(t.gcs)) * 2 + 16;
   if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  split_wgrad_items(p, lim, kWgMmaBlocksPerSm, &t);
   *tile = t;
   return true;
 }
@@ -1569,7 +1612,8 @@ void run_wgrad_mma(Launch& launch, const WGrad& p, const MmaWGradTile& t) {
 // (and their lo parts for kSplit) as they are staged.
 // ================================================================================================================
 template <int kKB, bool kSplit>
-__global__ void __launch_bounds__(32 * kMmaWarps) wgrad_tf32_kernel(WGrad p, MmaWGradTile t) {
+__global__ void __launch_bounds__(32 * kMmaWarps, wgrad_tf32_blocks_per_sm(kSplit, kKB))
+    wgrad_tf32_kernel(WGrad p, MmaWGradTile t) {
   const float* __restrict__ x = static_cast<const float*>(p.x);
   const float* __restrict__ g = static_cast<const float*>(p.grad_out);
   constexpr int kParts = kSplit ? 2 : 1;
@@ -1640,6 +1684,7 @@ inline bool plan_wgrad_tf32(const WGrad& p, const DeviceLimits& lim, MmaWGradTil
   if (t.xrows < red_rows) t.xrows = static_cast<int>(red_rows);
   t.smem = parts * (static_cast<size_t>(t.xrows) * t.rs + static_cast<size_t>(t.th) * t.gw) * sizeof(float) + 16;
   if (t.smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  split_wgrad_items(p, lim, wgrad_tf32_blocks_per_sm(!p.tf32, kb), &t);
   *tile = t;
   return true;
 }

@@ -220,6 +220,13 @@ MUTATIONS = [
     M("cuda-mma-no-lone-chunk", "csrc/dwconv.cuh", "} else if (m % 2 == 1 ? c == 0 : c == kCh - 1) {",
       "} else if (false) {", EMU_DW,
       "tensor-core correlation: the lone chunks (an odd n-tile's first, an even one's last: m16n8k8) dropped"),
+    M("cuda-wgrad-chain-roles-kept", "csrc/dwconv.cuh", "products(acc[0], ay), products(acc[1], ax);",
+      "products(acc[0], ax), products(acc[1], ay);", EMU_DW,
+      "tensor-core grad-weight: a chain's second step kept the first step's m-tile roles (m-tile 0 is the array "
+      "loaded last step)"),
+    M("cuda-wgrad-chain-stride", "csrc/dwconv.cuh", "for (int first = warp; first < imin(16, t.th); first += kMmaWarps)",
+      "for (int first = warp; first < imin(8, t.th); first += kMmaWarps)", EMU_DW,
+      "tensor-core grad-weight: chains started on 8 rows only (g rows 8-15 of every 16 never summed)"),
     M("cuda-mma-always-chained", "csrc/dwconv.cuh", "warp_kernel_rows(p, blk, warp), x1 == x0 + 8};",
       "warp_kernel_rows(p, blk, warp), true};", EMU_DW,
       "tensor-core correlation: a packed warp's halves in two planes taken as 8 rows apart"),

@@ -671,6 +671,44 @@ int main(int argc, char** argv) {
       std::printf("%s %s (planned past: %d, under: %d)\n", ok ? "ok  " : "FAIL", name, past, under);
     }
   }
+  {
+    // The tensor-core grad-weights' splits fill the waves of the blocks their __launch_bounds__ promise an SM, on an
+    // H100 (132 SMs): RepLKNet-31B's stages (batch 64, "same"), >= 75% of the slots of the waves they take (a fixed
+    // four a SM ran TF32's first stage in 1.2 waves: 61%; 1024 channels of one split take 78% of two waves).
+    // (named into test_cuda_build.py's "roomy f32" group)
+    const char* name = "dwconv[plan] roomy f32 tensor-core grad-weights (bf16, TF32, 3xTF32) fill their waves";
+    if (selected(name)) {
+      const DeviceLimits h100{227 * 1024, 132, true};
+      std::string msg;
+      bool ok = true;
+      const int stages[][3] = {{128, 56, 31}, {256, 28, 29}, {512, 14, 27}, {1024, 7, 13}};
+      for (const auto& st : stages)
+        for (const DType d : {DType::kBFloat16, DType::kFloat32}) {
+          for (const bool tf32 : {false, true}) {
+            if (d != DType::kFloat32 && tf32) continue;
+            DwArgs a;
+            a.dtype = d, a.tf32 = tf32, a.n = 64, a.c = a.co = st[0], a.h = a.w = a.ho = a.wo = st[1];
+            a.kh = a.kw = st[2], a.pt = a.pl = st[2] / 2;
+            dw::MmaWGradTile t;
+            const dw::WGrad p = dw::make_wgrad(a);
+            if (!(d == DType::kFloat32 ? dw::plan_wgrad_tf32(p, h100, &t) : dw::plan_wgrad_mma(p, h100, &t))) continue;
+            const int kb = d == DType::kFloat32 ? t.tw / 8 + 1 : 0;
+            const int64_t per_sm = d == DType::kFloat32 ? dw::wgrad_tf32_blocks_per_sm(!tf32, kb)
+                                                         : dw::kWgMmaBlocksPerSm;
+            const int64_t by_smem = (h100.max_smem_optin + 1024) / (static_cast<int64_t>(t.smem) + 1024);
+            const int64_t slots = (by_smem < per_sm ? by_smem : per_sm) * h100.num_sms;
+            const int64_t blocks = t.blocks(a.co), waves = (blocks + slots - 1) / slots;
+            const bool fills = 4 * blocks >= 3 * waves * slots;
+            ok &= fills;
+            msg += " " + std::to_string(st[0]) + "ch" + (d == DType::kFloat32 ? tf32 ? "-tf32" : "-3xtf32" : "-bf16") +
+                   ":" + std::to_string(blocks) + "/" + std::to_string(slots) + (fills ? "" : "(!)");
+          }
+        }
+      ++run;
+      if (!ok) ++failures;
+      std::printf("%s %s%s\n", ok ? "ok  " : "FAIL", name, msg.c_str());
+    }
+  }
   std::printf("%d/%d cases passed, %llu kernel launches\n", run - failures, run,
               static_cast<unsigned long long>(emu::g_launches));
   return failures > 255 ? 255 : failures;
