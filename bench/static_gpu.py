@@ -810,14 +810,15 @@ MMA_SYNC_SHARE = 0.55
 
 
 def cuda_sass(source):
-    """{demangled kernel name: SASS text} of csrc/<source> compiled for sm_90 (setup.py's flags), and the cubin's
-    resource usage {demangled name: (registers, stack)}."""
+    """{demangled kernel name: SASS text} of csrc/<source> compiled for sm_90 (the extension's flags: setup.py's and
+    the ones torch's CUDAExtension adds), and the cubin's resource usage {demangled name: (registers, stack)}. Also
+    the test suite's sm_90 compile check of the sources it models (tests/test_cuda_build.py)."""
     import tempfile
-    from torch.utils.cpp_extension import include_paths
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
     nvcc = nvcc_path()
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "k.cubin")
-        subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-O3", "-std=c++20", "-o", cubin,
+        subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-o", cubin,
                         *[f"-I{p}" for p in include_paths(device_type="cuda")], f"-I{ROOT}/csrc",
                         os.path.join(ROOT, "csrc", source)], check=True, capture_output=True)
         text = subprocess.run([sm90.tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
