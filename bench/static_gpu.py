@@ -853,20 +853,56 @@ def mma_loops(sass, rank=0):
                 stage_instr=len(stage) / max(1, sum(op.startswith("LDG") for _, op, _ in stage)))
 
 
-def corr_mma_loop(sass, hmma):
-    """Per-pass counts of corr_mma_kernel's loops: its kernel-row loop, compiled once per n-tile count (the loop
-    with `hmma` HMMA: that count's two steps; instructions, shared-load wavefronts), its input rows' cp.async loop
-    (instructions per LDGSTS: a warp's 64 16-bit values) and its filter loop (the most STS.U16: instructions per
-    value loaded, each stored into both copies)."""
+def corr_mma_loop(sass, hmma, lds):
+    """Per-pass counts of corr_mma_kernel's loops: its kernel-row loop, compiled once per n-tile count and edge
+    variant (the loop with `hmma` HMMA and `lds` LDS: that one's two steps; instructions, shared-load wavefronts),
+    its input rows' cp.async loop (instructions per LDGSTS: a warp's 64 16-bit values) and its filter loop (the most
+    STS.U16: instructions per value loaded, each stored into both copies)."""
     loops = inner_loops(parse_sass(sass))
     count = lambda body, prefix: sum(op.startswith(prefix) for _, op, _ in body)  # noqa: E731
-    hot = [b for b in loops if count(b, "HMMA") == hmma]
-    assert len(hot) == 1, f"{len(hot)} loops with {hmma} HMMA"
+    hot = [b for b in loops if count(b, "HMMA") == hmma and count(b, "LDS") == lds]
+    assert len(hot) == 1, f"{len(hot)} loops with {hmma} HMMA and {lds} LDS"
     copies = max(loops, key=lambda b: count(b, "LDGSTS"))
     filt = max(loops, key=lambda b: count(b, "STS.U16"))
     return dict(instr=len(hot[0]), hmma=hmma, lds=shared_wavefronts(hot[0]), local=count(hot[0], ("LDL", "STL")),
                 copy_instr=len(copies) / count(copies, "LDGSTS"),
                 filter_instr=len(filt) / count(filt, "LDG"))
+
+
+def mma_edge_chunks(kw, w, nts, chunks, tiles_w):
+    """csrc/dwconv.cuh plan_corr_mma's edges for a "same" correlation of width w on an aligned even-width map (lead
+    for cp.async): the chunks at each end of the band's reach left out as padding (edge_chunks), or 0."""
+    pad = {3: 1, 4: 1, 5: 2}.get(chunks, 0)
+    off_w = (kw - 1) // 2
+    lead = off_w % 2 if off_w + off_w % 2 >= 8 * pad else 8 * pad - off_w
+    right = 8 * (nts + chunks - 1 - pad) - off_w - lead
+    return pad if pad and tiles_w == 1 and band_chunks(kw + lead) == chunks and right >= w else 0
+
+
+def band_chunks(kw):
+    """csrc/dwconv.cuh band_chunks: chunks of 8 columns an 8-column n-tile's band meets."""
+    return (kw + 14) // 8
+
+
+def band_step(nts, chunks, pad):
+    """corr_mma_kernel's kernel-row step (band_products, load_half) for nts n-tiles and `pad` padding chunks at each
+    end: (HMMA, in m16n8k16 units (an m16n8k8: half), chunk loads of a half, band loads: the chunks of the band
+    some product reads)."""
+    last = nts + chunks - 2
+    real = lambda m: pad <= m <= last - pad  # noqa: E731
+    hmma = k16 = 0
+    bands = set()
+    for nt, c in itertools.product(range(nts), range(chunks)):
+        m = nt + c
+        if m % 2 == 0 and c + 1 < chunks:  # a pair (a k-block), or its one real chunk
+            hmma += real(m) or real(m + 1)
+            k16 += (real(m) + real(m + 1)) / 2
+            bands |= {c} if real(m) else set()
+            bands |= {c + 1} if real(m + 1) else set()
+        elif (c == 0 if m % 2 else c == chunks - 1) and real(m):  # a lone chunk
+            hmma, k16 = hmma + 1, k16 + 0.5
+            bands.add(c)
+    return hmma, k16, sum(real(m) for m in range(last + 1)), len(bands)
 
 
 # The CUDA tensor-core variants: (row dtype, kernel element type, TF32 products per step or None for bf16, FLOP per
@@ -1023,7 +1059,6 @@ def cuda_mma_rows():
     shared loads, the products and the rest do not overlap (bench/NOTES.md, session 16)."""
     functions, resources = cuda_sass("dwconv.cu")
     mma_k_blocks = lambda k: (k + 14) // 16 + 1  # noqa: E731  (csrc/dwconv.cuh)
-    band_chunks = lambda k: (k + 14) // 8  # noqa: E731  (csrc/dwconv.cuh)
     rows = []
     for case, (dtype, element, products, hmma_flop, peak) in itertools.product(
             [c for c in HEADLINE if c.name.startswith("replknet31b")], MMA_VARIANTS):
@@ -1110,7 +1145,8 @@ def cuda_mma_rows():
                 hmma = c * items * th * mts * nbs * kb
                 wavefronts = c * items * (th * loops["lds"] * share + 4 * chain_loads + 2 * staged / 32)
             else:
-                lead = ((kw - 1) // 2) % 2  # csrc/dwconv.cuh plan_corr_mma: off_w odd, the tile starts a column early
+                off_w = (kw - 1) // 2
+                lead = off_w % 2  # csrc/dwconv.cuh plan_corr_mma: off_w odd, the tile starts a column early
                 chunks = band_chunks(kw + lead)
                 assert chunks == band_chunks(kw)
                 name = f"void largeconv::dw::corr_mma_kernel<{element}, {chunks}>(largeconv::dw::Corr, " \
@@ -1123,25 +1159,24 @@ def cuda_mma_rows():
                 stacks, tiles, packed = corr_blocks(n, h, ho, kh)
                 smem = ((64 + (2 if packed else 1) * (kh - 1)) * rs + 2 * fcs) * 2 + 16
                 blocks = stacks * c * len(tiles) * tiles_w
+                pad = mma_edge_chunks(kw, w, nts, chunks, tiles_w)
                 # the kernel-row loop of nts n-tiles (csrc/dwconv.cuh mma_kernel_rows): two steps, each one half's
-                # 2 ka A loads, the band's loads and nts products per chunk pair or lone chunk, plus the other half's
-                # loads where unchained (counted apart)
-                ka = (nts + chunks) // 2
-                step_hmma = sum(chunks // 2 + chunks % 2 if nt % 2 == 0 else 1 + (chunks - 1) // 2 + (chunks + 1) % 2
-                                for nt in range(nts))
-                loops = corr_mma_loop(functions[name], 2 * step_hmma)
-                per_step = (loops["instr"] - 4 * ka) / 2
-                lds_step = (loops["lds"] - 4 * ka) / 2
+                # A loads (a chunk each, the padding ones left out), the band's loads and the products, plus the
+                # other half's loads where unchained (counted apart)
+                step_hmma, step_k16, ka, bands = band_step(nts, chunks, pad)
+                loops = corr_mma_loop(functions[name], 2 * step_hmma, 4 * ka + 2 * bands)
+                per_step = (loops["instr"] - 2 * ka) / 2
+                lds_step = (loops["lds"] - 2 * ka) / 2
                 # staging: input rows by cp.async (4 bytes a lane: 64 values a warp copy, a wavefront each; the
                 # RepLKNet maps are even and aligned), filter values kh x (fw + 1), a lane a column (2 stores a value)
                 filter_instr = kh * cdiv(fw + 1, 32) * loops["filter_instr"]
                 warp_instr = hmma = wavefronts = 0
                 for run, staged_rows, chains, unchained in tiles:
                     copies = staged_rows * cols / 64
-                    loads = (chains + unchained) * 2 * ka
+                    loads = (chains + unchained) * ka
                     per_block = run * per_step + loads + copies * loops["copy_instr"] + filter_instr
                     warp_instr += stacks * c * tiles_w * per_block
-                    hmma += stacks * c * tiles_w * run * nts * chunks / 2  # in m16n8k16 (a chunk: half of one)
+                    hmma += stacks * c * tiles_w * run * step_k16  # in m16n8k16 (a chunk: half of one)
                     wavefronts += stacks * c * tiles_w * (run * lds_step + loads + copies + 2 * kh * fw / 32)
             regs, stack = resources[name]
             resident, warps_per_sched = occupancy(regs, smem, 4)

@@ -325,7 +325,9 @@ inline bool plan_corr(const Corr& p, const DeviceLimits& lim, CorrTile* tile) {
 // two (per kernel row 12 + 5 shared loads for 21 products at K31 and 56 columns, against 36 for 21). A B register
 // holds two neighbouring filter values, at an odd offset for half the lanes: the filter rows are staged twice, the
 // second copy one value earlier, so every pair is one aligned 32-bit load (with one copy: two 16-bit loads and a
-// pack, 40% more instructions).
+// pack, 40% more instructions). A block spanning the map's width leaves out the chunks at both ends of the rows'
+// reach that hold only padding (edges, plan_corr_mma: K 13-33 at "same" padding; K31 at 56 columns: 17% of the
+// products, 4 of 11 chunk loads), compiled as a second set of kernel-row loops, no guard between the products.
 // Zeros of the band multiply inputs the output never reads, so a NaN or Inf input would reach outputs that must
 // stay finite (F.conv2d's rule): a block whose sums came out non-finite computes its tile again directly (FMAs over
 // the real taps only, from the staged tile), as corr_tile_kernel does.
@@ -340,6 +342,7 @@ struct MmaTile {
   int fcs;             // the second copy's offset (elements): second_copy_offset
   int nts;             // n-tiles of 8 columns per block
   int lead;            // corr_mma_kernel: staged columns before the block's first input column (see copies)
+  bool edges;          // corr_mma_kernel: the first and last edge_chunks(kCh) chunks are padding (plan_corr_mma)
   bool copies;         // corr_mma_kernel: input rows staged by cp.async, column pairs from an even column
   int64_t tiles_w, tiles_h;  // column tiles; row tiles per stack
   int64_t stacks;      // planes, or packed: channels (the stack of a channel's planes, one image after another)
@@ -356,6 +359,10 @@ LC_HD int mma_k_blocks(int kw) { return (kw + 14) / 16 + 1; }
 // Chunks of 8 columns that the band of one 8-column n-tile meets from its first column: 8 kCh >= kw + 7
 // (corr_mma_kernel, corr_tf32_kernel's k-blocks of 8).
 LC_HD int band_chunks(int kw) { return (kw + 14) / 8; }
+// Chunks at each end of the band's reach that corr_mma_kernel leaves out in a block spanning the map's width where
+// they hold only padding (plan_corr_mma's edges): 1 for 3-4 chunks (K 13-25), 2 for 5 (K 27-33); none above (K 35
+// and up would compile a second set of kernel-row loops for it).
+constexpr LC_HD int edge_chunks(int ch) { return ch == 5 ? 2 : ch == 3 || ch == 4 ? 1 : 0; }
 
 // Where the second copy of a padded row block of `elements` starts: the next offset of 32 (mod 64) elements, so the
 // two copies' words that one B-fragment load reads sit 16 banks apart (at a multiple of 64 they shared banks).
@@ -521,12 +528,13 @@ LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], 
 // One half's A registers of k-blocks (16 columns, two chunks) 0 .. kA - 1, into slot kSlot of each k-block's
 // fragment (slot 0: a[0], a[2], the accumulators' first 8 rows; slot 1: a[1], a[3]): x = the lane's staged row +
 // 2 quad.
-template <int kSlot, int kA, typename T>
+// Chunks m with padding(m) (kPad: the first and last kPad of the kNts + kCh - 1 a row meets) are not loaded.
+template <int kSlot, int kPad, int kLast, int kA, typename T>
 LC_D void load_half(uint32_t (&af)[kA][4], const T* x) {
 #pragma unroll
   for (int kb = 0; kb < kA; ++kb) {
-    af[kb][kSlot] = load_pair(x + 16 * kb);
-    af[kb][kSlot + 2] = load_pair(x + 16 * kb + 8);
+    if (2 * kb >= kPad && 2 * kb <= kLast - kPad) af[kb][kSlot] = load_pair(x + 16 * kb);
+    if (2 * kb + 1 >= kPad && 2 * kb + 1 <= kLast - kPad) af[kb][kSlot + 2] = load_pair(x + 16 * kb + 8);
   }
 }
 
@@ -534,20 +542,33 @@ LC_D void load_half(uint32_t (&af)[kA][4], const T* x) {
 // of every n-tile is band[c] (= f[a][8 c + 2 quad - group], + 1): chunk pairs that form a k-block (an even first
 // chunk) run as m16n8k16, the chunks left over (an odd n-tile's first, the last) as m16n8k8 on half a k-block's
 // registers, so every A operand is a k-block's aligned registers, as mma.sync wants them (pairs across k-blocks
-// took register copies: sm_90 SASS). The n-tiles innermost: independent accumulators back to back.
-template <typename T, int kCh, int kNts, int kA>
+// took register copies: sm_90 SASS). The n-tiles innermost: independent accumulators back to back. kPad: chunks
+// m < kPad and m > kNts + kCh - 2 - kPad hold only padding (corr_mma_kernel's edges): no products, a pair with one
+// such chunk runs m16n8k8 on the other.
+template <typename T, int kCh, int kNts, int kPad, int kA>
 LC_D void band_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&af)[kA][4], const uint32_t (&band)[kCh]) {
+  constexpr int kLast = kNts + kCh - 2;  // the last chunk a row meets
+  auto real = [](int m) { return m >= kPad && m <= kLast - kPad; };
+  auto lone = [&](float (&c_acc)[4], int m, uint32_t b) {  // m16n8k8 on chunk m's half of its k-block
+    const uint32_t a[2] = {af[m / 2][2 * (m % 2)], af[m / 2][2 * (m % 2) + 1]};
+    mma_m16n8k8<T>(c_acc, a, b);
+  };
 #pragma unroll
   for (int c = 0; c < kCh; ++c)  // the product that starts at the band's chunk c, where one does
 #pragma unroll
     for (int nt = 0; nt < kNts; ++nt) {
       const int m = nt + c;  // the chunk
       if (m % 2 == 0 && c + 1 < kCh) {  // chunks c, c + 1: k-block m / 2
-        const uint32_t b[2] = {band[c], band[c + 1]};
-        mma_m16n8k16<T>(acc[nt], af[m / 2], b);
-      } else if (m % 2 == 1 ? c == 0 : c == kCh - 1) {  // a lone chunk: an odd n-tile's first, an even last
-        const uint32_t a[2] = {af[m / 2][2 * (m % 2)], af[m / 2][2 * (m % 2) + 1]};
-        mma_m16n8k8<T>(acc[nt], a, band[c]);
+        if (real(m) && real(m + 1)) {
+          const uint32_t b[2] = {band[c], band[c + 1]};
+          mma_m16n8k16<T>(acc[nt], af[m / 2], b);
+        } else if (real(m)) {
+          lone(acc[nt], m, band[c]);
+        } else if (real(m + 1)) {
+          lone(acc[nt], m + 1, band[c + 1]);
+        }
+      } else if ((m % 2 == 1 ? c == 0 : c == kCh - 1) && real(m)) {  // a lone chunk: an odd n-tile's first, an
+        lone(acc[nt], m, band[c]);                                     // even one's last
       }
     }
 }
@@ -568,9 +589,9 @@ struct MmaRows {
 // the slots' roles swap step by step: even steps add to acc (slot 0 = the first 8 rows), odd steps to swapped (slot
 // 0 = the second 8 rows), whose halves are exchanged at the end. No register copies (mma.sync reads a k-block's
 // four registers together).
-template <typename T, int kCh, int kNts>
+template <typename T, int kCh, int kNts, int kPad>
 LC_D void mma_kernel_rows(float (&acc)[kMmaMaxTiles][4], const MmaRows<T>& w) {
-  constexpr int kA = (kNts + kCh) / 2;  // k-blocks the n-tiles meet: chunks < kNts + kCh - 1
+  constexpr int kA = (kNts + kCh) / 2, kLast = kNts + kCh - 2;  // k-blocks the n-tiles meet: chunks <= kLast
   uint32_t af[kA][4], band[kCh];
   float swapped[kMmaMaxTiles][4] = {};
   auto load_band = [&](int a) {
@@ -579,24 +600,39 @@ LC_D void mma_kernel_rows(float (&acc)[kMmaMaxTiles][4], const MmaRows<T>& w) {
   };
   const KernelRows k = w.kernel_rows;
   for (int first = k.begin; first < imin(k.begin + 8, k.end); ++first) {
-    load_half<0>(af, w.lo + first * w.rs);
+    load_half<0, kPad, kLast>(af, w.lo + first * w.rs);
     for (int a = first;;) {
-      load_half<1>(af, w.hi + a * w.rs);
+      load_half<1, kPad, kLast>(af, w.hi + a * w.rs);
       load_band(a);
-      band_products<T, kCh, kNts>(acc, af, band);
+      band_products<T, kCh, kNts, kPad>(acc, af, band);
       if ((a += 8) >= k.end) break;
-      if (!w.chained) load_half<1>(af, w.lo + a * w.rs);
-      load_half<0>(af, w.hi + a * w.rs);
+      if (!w.chained) load_half<1, kPad, kLast>(af, w.lo + a * w.rs);
+      load_half<0, kPad, kLast>(af, w.hi + a * w.rs);
       load_band(a);
-      band_products<T, kCh, kNts>(swapped, af, band);
+      band_products<T, kCh, kNts, kPad>(swapped, af, band);
       if ((a += 8) >= k.end) break;
-      if (!w.chained) load_half<0>(af, w.lo + a * w.rs);
+      if (!w.chained) load_half<0, kPad, kLast>(af, w.lo + a * w.rs);
     }
   }
 #pragma unroll
   for (int nt = 0; nt < kNts; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nt][e] += swapped[nt][e ^ 2];
+}
+
+// mma_kernel_rows for the block's n-tile count as a constant: no guard between the products (each took a WARPSYNC).
+template <typename T, int kCh, int kPad>
+LC_D void mma_rows_for_nts(float (&acc)[kMmaMaxTiles][4], const MmaRows<T>& rows, int nts) {
+  switch (nts) {
+    case 1: mma_kernel_rows<T, kCh, 1, kPad>(acc, rows); break;
+    case 2: mma_kernel_rows<T, kCh, 2, kPad>(acc, rows); break;
+    case 3: mma_kernel_rows<T, kCh, 3, kPad>(acc, rows); break;
+    case 4: mma_kernel_rows<T, kCh, 4, kPad>(acc, rows); break;
+    case 5: mma_kernel_rows<T, kCh, 5, kPad>(acc, rows); break;
+    case 6: mma_kernel_rows<T, kCh, 6, kPad>(acc, rows); break;
+    case 7: mma_kernel_rows<T, kCh, 7, kPad>(acc, rows); break;
+    default: mma_kernel_rows<T, kCh, 8, kPad>(acc, rows); break;
+  }
 }
 
 template <typename T, int kCh>
@@ -617,7 +653,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
     if (t.copies) {
       copy_pairs(xs + r * t.rs, row, col0 - t.lead, p.in_w, t.cols, 2 * lane, 64, static_cast<const T*>(p.in));
     } else {
-      stage_pairs(xs + r * t.rs, row, col0, p.in_w, t.cols, lane);
+      stage_pairs(xs + r * t.rs, row, col0 - t.lead, p.in_w, t.cols, lane);
     }
   });
   // Filter rows, zero-padded: fs[a * fw + 16 + lead + b] = f[a][b] (staged column lead + c is the block's first
@@ -656,15 +692,14 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
                      fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0), t.rs, t.fw,
                      warp_kernel_rows(p, blk, warp), x1 == x0 + 8};
   float acc[kMmaMaxTiles][4] = {};
-  switch (t.nts) {  // the n-tile count as a constant: no guard between the products (each took a WARPSYNC)
-    case 1: mma_kernel_rows<T, kCh, 1>(acc, rows); break;
-    case 2: mma_kernel_rows<T, kCh, 2>(acc, rows); break;
-    case 3: mma_kernel_rows<T, kCh, 3>(acc, rows); break;
-    case 4: mma_kernel_rows<T, kCh, 4>(acc, rows); break;
-    case 5: mma_kernel_rows<T, kCh, 5>(acc, rows); break;
-    case 6: mma_kernel_rows<T, kCh, 6>(acc, rows); break;
-    case 7: mma_kernel_rows<T, kCh, 7>(acc, rows); break;
-    default: mma_kernel_rows<T, kCh, 8>(acc, rows); break;
+  if constexpr (edge_chunks(kCh) > 0) {
+    if (t.edges) {
+      mma_rows_for_nts<T, kCh, edge_chunks(kCh)>(acc, rows, t.nts);
+    } else {
+      mma_rows_for_nts<T, kCh, 0>(acc, rows, t.nts);
+    }
+  } else {
+    mma_rows_for_nts<T, kCh, 0>(acc, rows, t.nts);
   }
 
   if (!all_finite(acc)) *non_finite = 1;
@@ -722,7 +757,22 @@ bool plan_corr_mma(const Corr& p, const DeviceLimits& lim, MmaTile* tile) {
     t.lead = t.copies ? p.off_w & 1 : 0;
     if (band_chunks(p.kw + t.lead) > band_chunks(p.kw)) t.copies = false, t.lead = 0;
     const int ch = band_chunks(p.kw + t.lead);
-    // the chunks' columns (>= 8 kMmaMaxTiles + kw - 1), a multiple of 16
+    // Edges: in a block spanning the map's width (staged column s is input column s - off_w - lead), the first and
+    // last edge_chunks(ch) chunks of the kernel rows' reach hold only padding where off_w + lead >= 8 pad and the
+    // last ones start past in_w: no products or loads for them. The tile starts further left where that makes the
+    // first ones padding and needs no more chunks (K 27-31: lead 16 - off_w; then, nts = ceil(out_w / 8), the last
+    // ones are padding too at "same" padding). An even column still (copies).
+    const int pad = edge_chunks(ch);
+    t.edges = false;
+    if (pad > 0 && t.tiles_w == 1) {
+      const int64_t lead = p.off_w + t.lead >= 8 * pad ? t.lead : 8 * pad - p.off_w;
+      const int64_t right = 8 * static_cast<int64_t>(t.nts + ch - 1 - pad) - p.off_w - lead;  // its first column
+      if (lead >= 0 && band_chunks(static_cast<int>(p.kw + lead)) == ch && right >= p.in_w) {
+        t.lead = static_cast<int>(lead);
+        t.edges = true;
+      }
+    }
+    // the chunks' columns (>= 8 kMmaMaxTiles + kw - 1 + lead), a multiple of 16
     t.cols = 16 * static_cast<int>(ceil_div(kMmaMaxTiles + ch - 1, 2));
     t.rs = t.cols + 8;  // (rs / 2) = 4 (mod 8) words: a chunk load's 8 rows x 4 words hit 32 banks
     t.fw = 8 * ch + 16;  // band[q] reads f0 + 8 q + 1 at most, f0 <= 16 + 6

@@ -490,6 +490,7 @@ int main(int argc, char** argv) {
       {1, 2, 66, 67, 1, 13, 13, 1, 1, 1, 1, 0, 0, 0, 0, true},      // "valid", a partial second tile
       {1, 2, 20, 60, 1, 5, 51, 1, 1, 1, 1, 2, 2, 25, 25, true},     // SLaK's 5x51
       {1, 1, 18, 30, 1, 5, 25, 1, 1, 1, 1, 2, 2, 12, 12, true},     // kw 25: 4 chunks (no m16n8k8)
+      {1, 2, 14, 28, 1, 27, 27, 1, 1, 1, 1, 13, 13, 13, 13, true},  // K27: edges, the tile 3 columns early
       {1, 2, 70, 100, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true, true},  // NaN / Inf, 2 x 2 tiles
       // warps skip the kernel rows that meet only padding: whole warps of it (rows 0-15), asymmetric reaches
       {1, 2, 20, 30, 1, 15, 15, 1, 1, 1, 1, 30, 24, 7, 7, true},
@@ -704,6 +705,37 @@ int main(int argc, char** argv) {
                    ":" + std::to_string(blocks) + "/" + std::to_string(slots) + (fills ? "" : "(!)");
           }
         }
+      ++run;
+      if (!ok) ++failures;
+      std::printf("%s %s%s\n", ok ? "ok  " : "FAIL", name, msg.c_str());
+    }
+  }
+  {
+    // corr_mma_kernel's edges (plan_corr_mma): blocks spanning the map's width leave out the chunks of padding at
+    // both ends where the tile can start at a chunk boundary; RepLKNet-31B's kernels, "same", aligned even widths.
+    const char* name = "dwconv[plan] roomy f32 tensor-core correlation edges (bf16 plans of RepLKNet-31B shapes)";
+    if (selected(name)) {
+      const DeviceLimits h100{227 * 1024, 132, true};
+      struct Want {
+        int w, k, pad;  // map width, kernel, "same" padding or -1 for "valid"
+        bool edges;
+        int lead;
+      };
+      const Want wants[] = {{56, 31, 15, true, 1}, {28, 29, 14, true, 2}, {14, 27, 13, true, 3},
+                            {56, 13, 6, true, 2}, {56, 13, 0, false, 0}, {100, 15, 7, false, 1}};
+      std::string msg;
+      bool ok = true;
+      for (const Want& want : wants) {
+        DwArgs a;
+        a.dtype = DType::kBFloat16, a.n = 2, a.c = a.co = 4, a.h = 20, a.w = want.w, a.kh = a.kw = want.k;
+        a.pt = a.pl = want.pad, a.ho = a.h + 2 * want.pad - want.k + 1, a.wo = a.w + 2 * want.pad - want.k + 1;
+        dw::MmaTile t;
+        const bool planned = dw::plan_corr_mma<bf16_t>(dw::forward_corr(a), h100, &t);
+        const bool good = planned && t.edges == want.edges && t.lead == want.lead;
+        ok &= good;
+        msg += " w" + std::to_string(want.w) + "k" + std::to_string(want.k) + ":" + (t.edges ? "edges" : "plain") +
+               ",lead" + std::to_string(t.lead) + (good ? "" : "(!)");
+      }
       ++run;
       if (!ok) ++failures;
       std::printf("%s %s%s\n", ok ? "ok  " : "FAIL", name, msg.c_str());
