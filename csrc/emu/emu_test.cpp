@@ -491,6 +491,8 @@ int main(int argc, char** argv) {
       {1, 2, 20, 60, 1, 5, 51, 1, 1, 1, 1, 2, 2, 25, 25, true},     // SLaK's 5x51
       {1, 1, 18, 30, 1, 5, 25, 1, 1, 1, 1, 2, 2, 12, 12, true},     // kw 25: 4 chunks (no m16n8k8)
       {1, 2, 14, 28, 1, 27, 27, 1, 1, 1, 1, 13, 13, 13, 13, true},  // K27: edges, the tile 3 columns early
+      // no right padding: the forward's last chunks hold input (no edges), grad-input's are padding (edges)
+      {1, 2, 10, 30, 1, 5, 15, 1, 1, 1, 1, 2, 2, 8, 0, true},
       {1, 2, 70, 100, 1, 15, 15, 1, 1, 1, 1, 7, 7, 7, 7, true, true},  // NaN / Inf, 2 x 2 tiles
       // warps skip the kernel rows that meet only padding: whole warps of it (rows 0-15), asymmetric reaches
       {1, 2, 20, 30, 1, 15, 15, 1, 1, 1, 1, 30, 24, 7, 7, true},
