@@ -363,6 +363,8 @@ LC_HD int band_chunks(int kw) { return (kw + 14) / 8; }
 // they hold only padding (plan_corr_mma's edges): 1 for 3-4 chunks (K 13-25), 2 for 5 (K 27-33); none above (K 35
 // and up would compile a second set of kernel-row loops for it).
 constexpr LC_HD int edge_chunks(int ch) { return ch == 5 ? 2 : ch == 3 || ch == 4 ? 1 : 0; }
+// Whether chunk m of a row's reach (chunks 0 .. last) meets input, its first and last `pad` left out as padding.
+constexpr LC_HD bool chunk_meets_input(int m, int pad, int last) { return m >= pad && m <= last - pad; }
 
 // Where the second copy of a padded row block of `elements` starts: the next offset of 32 (mod 64) elements, so the
 // two copies' words that one B-fragment load reads sit 16 banks apart (at a multiple of 64 they shared banks).
@@ -528,13 +530,13 @@ LC_D void store_mma_outputs(const Corr& p, const float (&acc)[kMmaMaxTiles][4], 
 // One half's A registers of k-blocks (16 columns, two chunks) 0 .. kA - 1, into slot kSlot of each k-block's
 // fragment (slot 0: a[0], a[2], the accumulators' first 8 rows; slot 1: a[1], a[3]): x = the lane's staged row +
 // 2 quad.
-// Chunks m with padding(m) (kPad: the first and last kPad of the kNts + kCh - 1 a row meets) are not loaded.
+// Only the chunks that meet input are loaded (chunk_meets_input: kPad at each end of chunks 0 .. kLast left out).
 template <int kSlot, int kPad, int kLast, int kA, typename T>
 LC_D void load_half(uint32_t (&af)[kA][4], const T* x) {
 #pragma unroll
   for (int kb = 0; kb < kA; ++kb) {
-    if (2 * kb >= kPad && 2 * kb <= kLast - kPad) af[kb][kSlot] = load_pair(x + 16 * kb);
-    if (2 * kb + 1 >= kPad && 2 * kb + 1 <= kLast - kPad) af[kb][kSlot + 2] = load_pair(x + 16 * kb + 8);
+    if (chunk_meets_input(2 * kb, kPad, kLast)) af[kb][kSlot] = load_pair(x + 16 * kb);
+    if (chunk_meets_input(2 * kb + 1, kPad, kLast)) af[kb][kSlot + 2] = load_pair(x + 16 * kb + 8);
   }
 }
 
@@ -548,7 +550,7 @@ LC_D void load_half(uint32_t (&af)[kA][4], const T* x) {
 template <typename T, int kCh, int kNts, int kPad, int kA>
 LC_D void band_products(float (&acc)[kMmaMaxTiles][4], const uint32_t (&af)[kA][4], const uint32_t (&band)[kCh]) {
   constexpr int kLast = kNts + kCh - 2;  // the last chunk a row meets
-  auto real = [](int m) { return m >= kPad && m <= kLast - kPad; };
+  auto real = [](int m) { return chunk_meets_input(m, kPad, kLast); };
   auto lone = [&](float (&c_acc)[4], int m, uint32_t b) {  // m16n8k8 on chunk m's half of its k-block
     const uint32_t a[2] = {af[m / 2][2 * (m % 2)], af[m / 2][2 * (m % 2) + 1]};
     mma_m16n8k8<T>(c_acc, a, b);
@@ -692,7 +694,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) corr_mma_kernel(Corr p, MmaTil
                      fs + 16 + 2 * quad - group + (group % 2 ? t.fcs - 1 : 0), t.rs, t.fw,
                      warp_kernel_rows(p, blk, warp), x1 == x0 + 8};
   float acc[kMmaMaxTiles][4] = {};
-  if constexpr (edge_chunks(kCh) > 0) {
+  if constexpr (edge_chunks(kCh) > 0) {  // (a run-time choice between two copies of one loop: both compiled)
     if (t.edges) {
       mma_rows_for_nts<T, kCh, edge_chunks(kCh)>(acc, rows, t.nts);
     } else {
