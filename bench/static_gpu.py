@@ -191,22 +191,6 @@ def inner_loops(instructions):
     return [[i for i in instructions if lo <= i[0] <= hi] for lo, hi in inner]
 
 
-def row_cost(instructions, inner, per_lane, marker):
-    """Warp instructions of one pass of the loop around the innermost loop `inner` (a staging loop's row loop) where a
-    lane handles per_lane items, an item being an instruction starting with `marker` (a copy, a store) and its share
-    of `inner`: the row loop's own instructions (outside the loops nested in it), its remainder items (the ones
-    unrolling left outside `inner`) counted as the items they are, plus per_lane items."""
-    loops = all_loops(instructions)
-    lo, hi = inner[0][0], inner[-1][0]
-    outer = min((lp for lp in loops if lp[0] <= lo and hi <= lp[1] and lp != (lo, hi)), key=lambda lp: lp[1] - lp[0])
-    nested = [lp for lp in loops if outer[0] <= lp[0] and lp[1] <= outer[1] and lp != outer]
-    own = [op for a, op, _ in instructions
-           if outer[0] <= a <= outer[1] and not any(n[0] <= a <= n[1] for n in nested)]
-    per_item = len(inner) / sum(op.startswith(marker) for _, op, _ in inner)
-    remainder = sum(op.startswith(marker) for op in own)
-    return max(0.0, len(own) - remainder * per_item) + per_lane * per_item
-
-
 def hot_loop(instructions):
     """The innermost loop with the most multiply-adds; the whole kernel if no loop has any."""
     best, best_macs = None, 0
@@ -1200,9 +1184,8 @@ def cuda_mma_rows():
     return rows
 
 
-# The CUDA involution kernels (csrc/involution.cuh): block threads, channels per chunk; threads staging a row
-# together (csrc/common.cuh kStageTeam)
-INV_THREADS, INV_CB, STAGE_TEAM = 256, 16, 8
+# The CUDA involution kernels (csrc/involution.cuh): block threads, channels per chunk
+INV_THREADS, INV_CB = 256, 16
 
 
 def inv_pixels_per_thread(case):
@@ -1211,8 +1194,8 @@ def inv_pixels_per_thread(case):
 
 
 def involution_tile(case, direction, elem_bytes=4):
-    """csrc/involution.cuh plan() replayed on an H100 for NCHW inputs of elem_bytes: (bx, by, staged planes, ih, iw,
-    chunks, shared bytes, blocks, raw planes: 16-bit inputs land raw in half the planes' room first)."""
+    """csrc/involution.cuh plan() replayed on an H100 for NCHW inputs of elem_bytes (aligned tensors): (bx, by,
+    staged planes, ih, iw, chunks, shared bytes, blocks, values a staging copy (stage_vec), copies a row)."""
     n, c, h, w = case.shape
     k, s, d = case.kernel[0], case.stride, case.dilation
     p = d * (k - 1) // 2
@@ -1223,13 +1206,22 @@ def involution_tile(case, direction, elem_bytes=4):
     bx = min(cdiv(cols, rb), 32)
     by = cdiv(rows, cdiv(rows, INV_THREADS // bx))
     chunks, nc, reach = cdiv(cg, INV_CB), min(cg, INV_CB), (k - 1) * d
+    width = wo if direction == "grad-input" else w  # of the staged tensor
+    vec = 1
+    while 2 * vec * elem_bytes <= 16 and width % (2 * vec) == 0:
+        vec *= 2
+
+    def aligned_stride(n, align):  # csrc/common.cuh
+        s_ = cdiv(n, align) * align
+        return s_ if (s_ // align) % 2 else s_ + align
 
     def fill(by):
         if direction == "grad-input":
             ih, iw = (by - 1 + reach) // s + 2, (bx * rb - 1 + reach) // s + 2
         else:
             ih, iw = (by - 1) * s + reach + 1, (bx * rb - 1) * s + reach + 1
-        smem = nc * ((ih * (iw | 1)) | 1) * 4
+        vecs, align = cdiv(iw + vec - 1, vec), min(vec, 4)
+        smem = nc * aligned_stride(ih * aligned_stride(vecs * vec, align), align) * 4
         blocks = n * case.groups * cdiv(rows, by) * cdiv(cols, bx * rb) * (1 if direction == "grad-weight"
                                                                             else chunks)
         return ih, iw, smem, blocks
@@ -1238,9 +1230,7 @@ def involution_tile(case, direction, elem_bytes=4):
     while (blocks < sm90.H100["sms"] or smem > 64 * 1024) and by > 2:
         by = (by + 1) // 2
         ih, iw, smem, blocks = fill(by)
-    raw_planes = (nc + 1) // 2 if elem_bytes == 2 else 0
-    smem += raw_planes * ih * ((iw + 2) & ~1) * 2
-    return bx, by, nc, ih, iw, chunks, smem, blocks, raw_planes
+    return bx, by, nc, ih, iw, chunks, smem, blocks, vec, cdiv(iw + vec - 1, vec)
 
 
 # csrc/involution.cuh's banded tensor-core kernels (band_mma_kernel, band_wgrad_kernel): rows per block (a warp
@@ -1297,9 +1287,10 @@ def cuda_involution_rows(functions=None, resources=None):
     (involution_tile), loop counts from the SASS, and the Triton model's terms: issue (the hot loop per kernel row
     and the staging loops per staged element), L1 (shared_wavefronts of the hot loop, one per 32 staged
     elements), DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward and
-    grad-input: once per kernel row that reaches the pixel; grad-weight's stores do not wait) and for the staging:
-    once for fp32 (cp.async), once per round of raw planes for 16-bit inputs (cp.async of column pairs, then
-    widened: the copy loop per pair and the widening loop per element)."""
+    grad-input: once per kernel row that reaches the pixel; grad-weight's stores do not wait) and for the staging
+    (stage_vectors): once for fp32 (cp.async), once per eight planes a thread copies for 16-bit inputs (loaded, then
+    widened and stored); its issue: the copies of the busiest thread (a slot of the tile's rows x copy columns,
+    walking the planes) at the SASS loop's instructions per copy, for each warp with busy threads."""
     if functions is None:
         functions, resources = cuda_sass("involution.cu")
     kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
@@ -1314,39 +1305,43 @@ def cuda_involution_rows(functions=None, resources=None):
                     continue
                 name = f"void largeconv::inv::{kernels[direction]}<{element}, {str(unit).lower()}, true>(" \
                        "largeconv::inv::Inv, largeconv::inv::InvTile)"
-                bx, by, nc, ih, iw, chunks, smem, blocks, raw_planes = involution_tile(
+                bx, by, nc, ih, iw, chunks, smem, blocks, vec, vecs = involution_tile(
                     case, direction, 2 if dtype == "bf16" else 4)
                 num_warps = cdiv(bx * by, 32)
-                loops = inner_loops(parse_sass(functions[name]))
+                sass = parse_sass(functions[name])
+                loops = inner_loops(sass)
                 hot = max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b))
                 ffma = sum(op.startswith("FFMA") for _, op, _ in hot)
-                # the NCHW staging loops, a team of STAGE_TEAM lanes a row (row_cost): each row's set-up and a
-                # lane's copies: the cp.async loop (fp32: unrolled by 4; 16-bit: a pair per pass) and, for 16-bit
-                # inputs, the widening loop (4 loads and stores a pass). Rows are short (13-70 elements): the set-up
-                # is much of it (session 13's model counted the copies alone).
-                sass = parse_sass(functions[name])
-                copy = next(b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b))
-                # a warp's pass: 32 / STAGE_TEAM rows, a lane's share of one
-                per_row = row_cost(sass, copy, cdiv(((iw + 2) & ~1) // 2 if raw_planes else iw, STAGE_TEAM), "LDGSTS")
-                if raw_planes:
-                    widen = next(b for b in loops if sum(op.startswith("STS") for _, op, _ in b) == 4
-                                 and sum(op.startswith("LDS") for _, op, _ in b) == 4)
-                    per_row += row_cost(sass, widen, cdiv(iw, STAGE_TEAM), "STS")
-                per_row *= STAGE_TEAM / 32
-                stage_per_element = per_row / iw * 32  # warp instructions per 32 staged elements
+                # staging: the copy loop for copies of vec values (fp32: cp.async of 4 vec bytes; 16-bit: a global
+                # load of 2 vec bytes, its stores in the loop), its instructions per copy
+                copy_op = ({4: "LDGSTS.E.128", 2: "LDGSTS.E.64", 1: "LDGSTS.E"} if dtype == "fp32" else
+                           {8: "LDG.E.128", 4: "LDG.E.64", 2: "LDG.E", 1: "LDG.E.U16"})[vec]
+                count = lambda body, op: sum(o == op for _, o, _ in body)  # noqa: E731
+                copy = max((b for b in loops if count(b, copy_op) and any(o.startswith(("STS", "LDGSTS"))
+                                                                           for _, o, _ in b)),
+                           key=lambda b: count(b, copy_op))
+                per_copy = len(copy) / count(copy, copy_op)
+                threads, slots = bx * by, ih * vecs
+                groups = threads // slots if threads >= slots else 1
+                plane_copies = cdiv(nc, groups)  # a busy thread's planes, per slot it holds
+                # passes over the slots (more slots than threads: a thread's next slot is `threads` on), each with
+                # the warps that hold busy threads
+                busy_warps = sum(cdiv(min(threads, groups * slots - first), 32)
+                                 for first in range(0, groups * slots, threads))
+                stage_warp_instr = busy_warps * plane_copies * per_copy
+                stage_per_element = stage_warp_instr / (nc * ih * iw) * 32  # per 32 of the tile's staged values
                 k = case.kernel[0]
                 macs_per_thread = k * k * INV_CB * inv_pixels_per_thread(case) * (
                     chunks if direction == "grad-weight" else 1)
                 passes = macs_per_thread / ffma  # hot-loop passes per warp and block
                 if direction == "grad-input" and not unit:  # strided: a pass per kernel row reaching the row
                     passes = k / case.stride
-                staged = nc * ih * iw * (chunks if direction == "grad-weight" else 1)
-                warp_instr = blocks * (num_warps * passes * len(hot) + staged / 32 * stage_per_element)
+                tiles = chunks if direction == "grad-weight" else 1  # staged tiles a block
+                warp_instr = blocks * (num_warps * passes * len(hot) + tiles * stage_warp_instr)
                 lds = shared_wavefronts(hot)
-                # staging: a wavefront per 32 elements stored (fp32); 16-bit adds the raw pairs' and the widening
-                # loads' (2.5)
-                wavefronts = blocks * (num_warps * passes * lds + staged / 32 * (2.5 if raw_planes else 1))
-                staging_rounds = cdiv(nc, raw_planes) if raw_planes else 1
+                # staging: a wavefront per 32 values stored (whole rows of copies)
+                wavefronts = blocks * (num_warps * passes * lds + tiles * nc * ih * vecs * vec / 32)
+                staging_rounds = 1 if dtype == "fp32" else cdiv(plane_copies, 8)
                 # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop
                 weight_rounds = {"forward": k, "grad-input": passes if not unit else k, "grad-weight": 0}[direction]
                 rounds = (staging_rounds + weight_rounds) * (chunks if direction == "grad-weight" else 1)

@@ -90,14 +90,16 @@ LC_HD int64_t offset4(bool channels_last, int64_t n, int64_t c, int64_t h, int64
   return channels_last ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
 }
 
-// Shared-memory strides (floats). Scalar reads: an odd stride puts the same column of consecutive rows (or planes)
-// in different banks. 16-byte reads: a multiple of 4 (alignment) whose quarter is odd, so the eight threads of a
-// quarter-warp reading consecutive rows start in different 16-byte bank groups.
-inline int64_t odd_stride(int64_t n) { return n | 1; }
-inline int64_t vec_stride(int64_t n) {
-  const int64_t s = (n + 3) / 4 * 4;
-  return (s / 4) % 2 ? s : s + 4;
+// Shared-memory strides (floats), at least n: a multiple of `align` floats (the widest access) whose count of
+// them is odd. Scalar reads (align 1): the same column of consecutive rows (or planes) in different banks. 16-byte
+// reads (align 4): the eight threads of a quarter-warp reading consecutive rows start in different 16-byte bank
+// groups.
+inline int64_t aligned_stride(int64_t n, int64_t align) {
+  const int64_t s = (n + align - 1) / align * align;
+  return (s / align) % 2 ? s : s + align;
 }
+inline int64_t odd_stride(int64_t n) { return aligned_stride(n, 1); }
+inline int64_t vec_stride(int64_t n) { return aligned_stride(n, 4); }
 
 // A stride of 2 (mod 4) 16-byte units (a multiple of 8 floats, not of 16): plane p starts in 16-byte bank group
 // 2p (mod 8), so 4 planes, each read at an odd offset of rows, cover all 8 groups.
@@ -114,21 +116,21 @@ LC_D float4 load4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
-// kBytes (4: a float or two 16-bit values; 8: four 16-bit values) copied from global to shared memory without
+// kBytes (4: a float or two 16-bit values; 8, 16: vectors of them) copied from global to shared memory without
 // passing through registers (cp.async, sm_80+), or zeros when !ok (then src is not read, but must still be a valid
 // address). Both addresses are kBytes-aligned. A thread's copies have landed once it calls cp_async_wait_all, or
 // cp_async_wait_groups for the groups it closed with cp_async_commit (a barrier after that makes them visible to
 // the block). GPUs before sm_80 (no cp.async) copy at once; the emulator lands a copy only at the wait for it.
 template <int kBytes>
 LC_D void cp_async(void* dst, const void* src, bool ok) {
-  static_assert(kBytes == 4 || kBytes == 8, "cp.async.ca copies 4, 8 or 16 bytes; 4 and 8 are used");
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async.ca copies 4, 8 or 16 bytes");
 #if defined(LARGECONV_EMULATE)
   emu::check_aligned(dst, kBytes);
   emu::check_aligned(src, kBytes);
   emu::cp_async_issue(dst, src, ok, kBytes);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  using Word = std::conditional_t<kBytes == 4, uint32_t, uint64_t>;
-  *static_cast<Word*>(dst) = ok ? *static_cast<const Word*>(src) : Word{0};
+  using Word = std::conditional_t<kBytes == 4, uint32_t, std::conditional_t<kBytes == 8, uint2, uint4>>;
+  *static_cast<Word*>(dst) = ok ? *static_cast<const Word*>(src) : Word{};
 #else
   const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(to), "l"(src), "n"(kBytes),
@@ -173,7 +175,7 @@ LC_D void cp_async_wait_groups() {
 #endif
 }
 
-// Threads that stage one row together (stage_rows, stage_rows_pairs): a row's set-up (its source row, the copy
+// Threads that stage one row together (stage_rows): a row's set-up (its source row, the copy
 // loop's trip count: ~56 SASS instructions) is paid once per team and pass, so a team of 8 on rows of 13-70 elements
 // (RedNet-50's tiles) costs ~20-43 warp instructions a row where a warp-wide team spent 69-95 (sm_90, 2026-11-28);
 // a warp's copies still touch only 4 rows' lines.
@@ -244,34 +246,70 @@ LC_D void copy_pairs(T* dst, const T* src_row, int64_t col0, int64_t width, int 
   }
 }
 
-// stage_rows for 16-bit inputs by cp.async: column pairs (4 bytes, even global columns) go to `raw` untouched, then
-// widen to fp32 in dst, raw_planes planes a round (raw holds raw_planes x rows x raw_cols values, raw_cols >=
-// cols + 2, even; 4-byte aligned). One memory round trip per round, where stage_rows' loads through registers wait
-// once per row. Needs 4-byte aligned rows (an even width and an aligned tensor; `safe` is aligned) and all the
-// block's threads: each round ends in a barrier.
-template <typename T, typename RowBase>
-LC_D void stage_rows_pairs(float* dst, int plane_stride, int row_stride, int planes, int rows, int cols, int64_t col0,
-                           int64_t width, const T* safe, RowBase row_base, T* raw, int raw_planes, int raw_cols,
-                           int tid, int nthreads) {
-  const int team = nthreads < kStageTeam ? nthreads : kStageTeam;
-  const int teams = nthreads / team, member = tid % team, which = tid / team;
-  const int lead = static_cast<int>(col0 & 1);  // raw column k holds global column col0 - lead + k
-  const int first = static_cast<int>(col0) - lead;  // even (32-bit columns, as in stage_rows)
-  for (int z0 = 0; z0 < planes; z0 += raw_planes) {
-    const int np = planes - z0 < raw_planes ? planes - z0 : raw_planes;
-    if (z0 > 0) __syncthreads();  // done widening the previous round's values
-    for (int pr = which; which < teams && pr < np * rows; pr += teams)
-      copy_pairs(raw + pr * raw_cols, row_base(z0 + pr / rows, pr % rows), first, width, raw_cols, 2 * member,
-                 2 * team, safe);
-    cp_async_wait_all();
-    __syncthreads();
-    for (int pr = which; which < teams && pr < np * rows; pr += teams) {
-      const T* s = raw + pr * raw_cols + lead;
-      float* d = dst + (z0 + pr / rows) * plane_stride + pr % rows * row_stride;
-#pragma unroll 4
-      for (int c = member; c < cols; c += team) d[c] = to_float(s[c]);
-    }
+// The 16-bit value in the low half of `bits` as T.
+template <typename T>
+LC_D T from_bits16(uint32_t bits) {
+#ifdef LARGECONV_EMULATE
+  T v;
+  v.bits = static_cast<uint16_t>(bits);
+  return v;
+#else
+  if constexpr (std::is_same_v<T, half_t>) return __ushort_as_half(static_cast<unsigned short>(bits));
+  else return __ushort_as_bfloat16(static_cast<unsigned short>(bits));
+#endif
+}
+
+// kVec neighbouring 16-bit values (2 kVec bytes, aligned to that) by one global load, as 32-bit words (the first
+// value in the low half of w[0]).
+template <int kVec, typename T>
+LC_D void load_words16(uint32_t (&w)[(kVec + 1) / 2], const T* src) {
+  static_assert(sizeof(T) == 2 && (kVec == 1 || kVec == 2 || kVec == 4 || kVec == 8), "1 to 8 16-bit values");
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(src, 2 * kVec);
+  w[0] = 0;
+  std::memcpy(w, src, 2 * kVec);
+#else
+  if constexpr (kVec == 8) {
+    const uint4 u = *reinterpret_cast<const uint4*>(src);
+    w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+  } else if constexpr (kVec == 4) {
+    const uint2 u = *reinterpret_cast<const uint2*>(src);
+    w[0] = u.x, w[1] = u.y;
+  } else if constexpr (kVec == 2) {
+    w[0] = *reinterpret_cast<const uint32_t*>(src);
+  } else {
+    w[0] = *reinterpret_cast<const unsigned short*>(src);
   }
+#endif
+}
+
+// load_words16's values widened to fp32.
+template <typename T, int kVec>
+LC_D void widen16(float (&v)[kVec], const uint32_t (&w)[(kVec + 1) / 2]) {
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) v[e] = to_float(from_bits16<T>(w[e / 2] >> (16 * (e % 2))));
+}
+
+// kVec floats to shared memory, by 16-byte stores from 4 (dst aligned to min(kVec, 4) floats).
+template <int kVec>
+LC_D void store_floats(float* dst, const float (&v)[kVec]) {
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(dst, 4 * (kVec < 4 ? kVec : 4));
+  std::memcpy(dst, v, 4 * kVec);
+#else
+  // (st.shared.v4 / v2 by hand: nvcc split float4 stores of widened values into four, sm_90 PTX)
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if constexpr (kVec >= 4) {
+#pragma unroll
+    for (int e = 0; e < kVec; e += 4)
+      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(to + 4 * e), "f"(v[e]), "f"(v[e + 1]),
+                   "f"(v[e + 2]), "f"(v[e + 3]) : "memory");
+  } else if constexpr (kVec == 2) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(to), "f"(v[0]), "f"(v[1]) : "memory");
+  } else {
+    dst[0] = v[0];
+  }
+#endif
 }
 
 #ifdef LARGECONV_EMULATE

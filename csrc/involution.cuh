@@ -8,7 +8,7 @@
 // 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
 // at a time (a whole kernel row of 7 for RedNet); in registers it serves all the chunk's channels. The
 // channel-indexed operand (x, or grad_out for grad-input) is staged once per tile in shared memory (fp32) with its
-// halo (cp.async: stage_rows, stage_rows_pairs). A block owns one (image, group, spatial tile) and up to kCB
+// halo (stage_vectors: copies of up to 16 bytes). A block owns one (image, group, spatial tile) and up to kCB
 // channels of the group; a thread owns rb neighbouring pixels along W (pixels_per_thread) and keeps kCB x rb fp32
 // accumulators. At stride 1, dilation 1 its two pixels share a sliding register window, so each shared-memory load
 // feeds two FMAs.
@@ -45,10 +45,10 @@ struct Inv {
 };
 
 // A block: by rows x (bx * rb) columns of pixels (of y for forward / grad-weight, of x for grad-input), the
-// channel-indexed operand staged as nc planes of ih x iw floats (row stride rs, plane stride ps); 16-bit NCHW inputs
-// land first in raw_planes planes of ih x raw_cols 16-bit values after them (stage_rows_pairs).
+// channel-indexed operand staged as nc planes of ih x iw floats (row stride rs, plane stride ps); NCHW by copies of
+// vec source values (stage_vec), vecs a row, from up to vec - 1 columns early (stage_planes).
 struct InvTile {
-  int bx, by, rb, ih, iw, rs, ps, nc, raw_planes, raw_cols;
+  int bx, by, rb, ih, iw, rs, ps, nc, vec, vecs;
   int64_t tiles_h, tiles_w, chunks;
   size_t smem;
 
@@ -64,31 +64,89 @@ LC_HD int64_t weight_offset(const Inv& p, int64_t b, int64_t ch, int64_t i, int6
 // plan() sends images of 2^31 weights or more to the one-thread-per-output kernels.
 LC_HD int weight_tap_step(const Inv& p) { return p.channels_last ? 1 : static_cast<int>(p.ho * p.wo); }
 
+// NCHW rows staged in copies of kVec source values: dst[zz * plane_stride + row * row_stride + c] = planes[zz] at
+// row row0 + row, column first + c (as float), for zz < nplanes, row < rows, c < kVec * vecs; zero outside the
+// plane. first, width and the tensor's alignment are multiples of a copy (stage_vec): a copy lies inside a row or
+// outside it whole. A thread keeps one slot (row, copy column) and walks the planes, `groups` of them apart (the
+// threads split into groups of a slot each): its offsets step by a constant and its slot is inside or outside the
+// plane for every plane, so a copy is a few instructions (a team of 8 lanes a row, a value a copy, took 19-33 warp
+// instructions per 32 staged values on RedNet-50's strided tiles, sm_90 SASS). fp32 by cp.async (the caller
+// waits); 16-bit through registers, widened, eight planes' loads before their stores (a round trip per eight).
+// Offsets in 32 bits: the planes hold fewer than 2^31 values (plan).
+template <int kVec, typename T>
+LC_D void stage_vectors(float* dst, int plane_stride, int row_stride, int nplanes, int rows, int vecs,
+                        const T* planes, int height, int width, int row0, int first, int tid, int nthreads) {
+  const int slots = rows * vecs, groups = nthreads >= slots ? nthreads / slots : 1;
+  const int group = nthreads >= slots ? tid / slots : 0;
+  if (group >= groups) return;  // the threads past the last whole group sit out
+  const int src_step = groups * height * width, dst_step = groups * plane_stride;
+  for (int slot = nthreads >= slots ? tid % slots : tid; slot < slots; slot += nthreads) {
+    const int row = slot / vecs, v = slot % vecs, gr = row0 + row, gc = first + kVec * v;
+    const bool ok = static_cast<unsigned>(gr) < static_cast<unsigned>(height) &&
+                    static_cast<unsigned>(gc) < static_cast<unsigned>(width);
+    int from = ok ? (group * height + gr) * width + gc : 0, to = group * plane_stride + row * row_stride + kVec * v;
+    const int src_inc = ok ? src_step : 0;  // (a slot outside the plane re-reads planes[0], aligned, for nothing)
+    if constexpr (std::is_same_v<T, float>) {
+#pragma unroll 4
+      for (int zz = group; zz < nplanes; zz += groups, from += src_inc, to += dst_step)
+        cp_async<4 * kVec>(dst + to, planes + from, ok);
+    } else {
+      constexpr int kBatch = 8;  // planes loaded before their stores: up to 32 registers
+      for (int zz = group; zz < nplanes; zz += kBatch * groups) {
+        uint32_t words[kBatch][(kVec + 1) / 2] = {};  // zeros: +0.0 widened
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i)
+          if (ok && zz + i * groups < nplanes) load_words16<kVec>(words[i], planes + from + i * src_inc);
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          if (zz + i * groups >= nplanes) continue;
+          float vals[kVec];
+          widen16<T>(vals, words[i]);
+          store_floats<kVec>(dst + to + i * dst_step, vals);
+        }
+        from += kBatch * src_inc;
+        to += kBatch * dst_step;
+      }
+    }
+  }
+}
+
+// Source values a staging copy takes (stage_vectors): the most, up to 16 bytes, whose copies the rows of `src`
+// (width values, NCHW) keep aligned; 1 for channels_last (not staged by rows).
+inline int stage_vec(const void* src, int64_t width, int elem_bytes, bool channels_last) {
+  int vec = 1;
+  while (!channels_last && 2 * vec * elem_bytes <= 16 && width % (2 * vec) == 0 &&
+         reinterpret_cast<uintptr_t>(src) % (2 * vec * elem_bytes) == 0)
+    vec *= 2;
+  return vec;
+}
+
 // Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem
-// (dst: the block's shared memory), zero outside. NCHW row by row (stage_rows; 16-bit by column pairs where the rows
-// are 4-byte aligned); channels_last with consecutive threads on consecutive channels.
+// (dst: the block's shared memory), zero outside; returns where column col0 of the first row of the first plane
+// landed. NCHW by stage_vectors, from the multiple of t.vec at or before col0 (that many columns early);
+// channels_last with consecutive threads on consecutive channels.
 template <typename T>
-LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b, int64_t ch0,
-                       int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
+LC_D const float* stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b,
+                               int64_t ch0, int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
   if (!p.channels_last) {
     // offsets within the chunk's planes in 32 bits (plan: a chunk of kCB planes holds fewer than 2^31 values); a
     // 64-bit row address was ~20 of a staged row's ~55 SASS instructions (sm_90, 2026-11-28)
     const T* planes = src + (b * p.c + ch0) * src_h * src_w;
     const int h32 = static_cast<int>(src_h), w32 = static_cast<int>(src_w), r0 = static_cast<int>(row0);
-    auto row_base = [&](int cc, int row) -> const T* {
-      const int gr = r0 + row;
-      return static_cast<unsigned>(gr) < static_cast<unsigned>(h32) ? planes + (cc * h32 + gr) * w32 : nullptr;
+    const int lead = static_cast<int>(col0) & (t.vec - 1), first = static_cast<int>(col0) - lead;
+    auto stage = [&](auto vec) {
+      stage_vectors<decltype(vec)::value>(dst, t.ps, t.rs, nc, t.ih, t.vecs, planes, h32, w32, r0, first,
+                                          threadIdx.x, t.threads());
     };
-    if constexpr (sizeof(T) == 2) {
-      if (t.raw_planes > 0 && src_w % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0) {
-        stage_rows_pairs<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, src, row_base,
-                            reinterpret_cast<T*>(dst + t.nc * t.ps), t.raw_planes, t.raw_cols, threadIdx.x,
-                            t.threads());
-        return;
-      }
+    switch (t.vec) {
+      case 1: stage(std::integral_constant<int, 1>{}); break;
+      case 2: stage(std::integral_constant<int, 2>{}); break;
+      case 4: stage(std::integral_constant<int, 4>{}); break;
+      default:
+        if constexpr (sizeof(T) == 2) stage(std::integral_constant<int, 8>{});
     }
-    stage_rows<T>(dst, t.ps, t.rs, nc, t.ih, t.iw, col0, src_w, src, row_base, threadIdx.x, t.threads());
-    return;
+    cp_async_wait_all();
+    return dst + lead;
   }
   for (int e = threadIdx.x; e < nc * t.ih * t.iw; e += t.threads()) {
     const int cc = e % nc, col = (e / nc) % t.iw, row = e / (nc * t.iw);
@@ -99,6 +157,7 @@ LC_D void stage_planes(float* dst, const T* __restrict__ src, const Inv& p, cons
     }
     dst[cc * t.ps + row * t.rs + col] = v;
   }
+  return dst;
 }
 
 enum class Dir { kForward, kGradInput, kGradWeight };
@@ -133,13 +192,12 @@ template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
-  float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);
   const int K = kRedNet ? kRedNetK : p.k, D = kRedNet ? 1 : p.d;
   const int c0 = static_cast<int>(pos.chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
   const int64_t ch0 = pos.g * p.cg + c0;
-  stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
-               pos.j0 * p.s - p.p);
+  const float* xs = stage_planes(dynamic_smem(), static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w,
+                                 pos.i0 * p.s - p.p, pos.j0 * p.s - p.p);
   __syncthreads();
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
@@ -220,7 +278,6 @@ template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kerne
 __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(Inv p, InvTile t) {
   constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
-  float* gs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
   const int K = kRedNet ? kRedNetK : p.k;
   const int c0 = static_cast<int>(pos.chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
@@ -228,7 +285,8 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
   const int64_t reach = static_cast<int64_t>(K - 1) * p.d;
   const int64_t ilo = floor_div(static_cast<int>(pos.i0 + p.p - reach), p.s);
   const int64_t jlo = floor_div(static_cast<int>(pos.j0 + p.p - reach), p.s);
-  stage_planes(gs, static_cast<const T*>(p.grad_out), p, t, pos.b, ch0, nc, p.ho, p.wo, ilo, jlo);
+  const float* gs = stage_planes(dynamic_smem(), static_cast<const T*>(p.grad_out), p, t, pos.b, ch0, nc, p.ho,
+                                 p.wo, ilo, jlo);
   __syncthreads();
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
@@ -379,7 +437,6 @@ template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kerne
 __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(Inv p, InvTile t) {
   constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
-  float* xs = dynamic_smem();
   const BlockPos pos = block_pos(p, t, 1);  // the block walks all channel chunks itself
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
   const int64_t i = pos.i0 + ty, j = pos.j0 + tx * RB;
@@ -399,8 +456,8 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
     const int c0 = static_cast<int>(chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
     const int64_t ch0 = pos.g * p.cg + c0;
     if (chunk > 0) __syncthreads();  // done reading the previous chunk's tile
-    stage_planes(xs, static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
-                 pos.j0 * p.s - p.p);
+    const float* xs = stage_planes(dynamic_smem(), static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w,
+                                   pos.i0 * p.s - p.p, pos.j0 * p.s - p.p);
     float gv[kCB][RB];
 #pragma unroll
     for (int c = 0; c < kCB; ++c) {
@@ -1004,6 +1061,8 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
   const int64_t chunks = ceil_div(p.cg, kCB);
   const int nc = static_cast<int>(p.cg < kCB ? p.cg : kCB);
   const int64_t reach = static_cast<int64_t>(p.k - 1) * p.d;
+  const int vec = stage_vec(dir == Dir::kGradInput ? p.grad_out : p.x, dir == Dir::kGradInput ? p.wo : p.w,
+                            elem_bytes, p.channels_last);
 
   // weight_tap_step; stage_planes: a chunk's planes in 32 bits
   const int64_t limit = int64_t{1} << 31;
@@ -1021,17 +1080,17 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
       ih = static_cast<int64_t>(by - 1) * p.s + reach + 1;
       iw = static_cast<int64_t>(bx * rb - 1) * p.s + reach + 1;
     }
-    const int64_t rs = iw | 1, ps = (ih * rs) | 1;
-    if (ih * iw > (1 << 24)) return false;
+    // rows of whole copies from up to vec - 1 columns early, aligned for the widest store (16 bytes)
+    const int64_t vecs = ceil_div(iw + vec - 1, vec), align = imin(vec, 4);
+    const int64_t rs = aligned_stride(vecs * vec, align), ps = aligned_stride(ih * rs, align);
+    if (ih * rs > (1 << 24)) return false;
     t.bx = bx; t.by = by; t.rb = rb; t.nc = nc;
     t.ih = static_cast<int>(ih); t.iw = static_cast<int>(iw); t.rs = static_cast<int>(rs); t.ps = static_cast<int>(ps);
+    t.vec = vec; t.vecs = static_cast<int>(vecs);
     t.tiles_h = ceil_div(rows, by);
     t.tiles_w = ceil_div(cols, static_cast<int64_t>(bx) * rb);
     t.chunks = chunks;
-    t.raw_planes = elem_bytes == 2 && !p.channels_last ? (nc + 1) / 2 : 0;
-    t.raw_cols = static_cast<int>((iw + 2) & ~int64_t{1});  // iw + the pair's lead column, even
-    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * sizeof(float) +
-             static_cast<size_t>(t.raw_planes) * static_cast<size_t>(ih) * t.raw_cols * 2;
+    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * sizeof(float);
     return true;
   };
   auto blocks = [&]() { return p.b * p.groups * t.tiles_h * t.tiles_w * (dir == Dir::kGradWeight ? 1 : chunks); };
@@ -1041,8 +1100,7 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
     by = (by + 1) / 2;
     ok = fill();
   }
-  // (the fp32 planes only: the same tile for every dtype)
-  while (ok && static_cast<size_t>(t.nc) * t.ps * sizeof(float) > kSoftSmem && by > 2) {
+  while (ok && t.smem > kSoftSmem && by > 2) {
     by = (by + 1) / 2;
     ok = fill();
   }

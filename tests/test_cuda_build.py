@@ -268,11 +268,11 @@ def test_static_model_of_the_tensor_core_kernels():
 
 def test_static_model_of_the_involution_kernels():
     """bench/static_gpu.py's section on the CUDA involution kernels finds, in their sm_90 SASS, each RedNet-50
-    involution's kernel, its FFMA (or, banded, HMMA) loop and its NCHW staging loops; staging is by cp.async (one
-    round trip a block for fp32 and the banded kernels' cp.async, two for the FMA kernels' 16-bit inputs: half the
-    planes' raw column pairs at a time, then widened; a round trip per batch of 16 copies of single 16-bit values
-    through registers), the banded kernels' by copies of 4, 2 or 1 values at a bounded cost each; no prediction
-    beats the DRAM time of the minimum bytes."""
+    involution's kernel, its FFMA (or, banded, HMMA) loop and its NCHW staging loops; the FMA kernels stage by
+    copies of up to 16 bytes (stage_vectors: one round trip a block for fp32's cp.async, one per eight planes a
+    thread copies for 16-bit inputs through registers) at a few warp instructions per 32 staged values, the banded
+    kernels by copies of 4, 2 or 1 values at a bounded cost each; no prediction beats the DRAM time of the minimum
+    bytes."""
     from bench import suites
     rows = _static_rows("cuda_involution_rows")
     assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
@@ -288,11 +288,15 @@ def test_static_model_of_the_involution_kernels():
                 else r["hot_ffma"] > 0), r
         assert r["stage_instr"] > 0 and r["blocks_per_sm"] >= 1, r
         assert r["predicted_ms"] >= r["memory_ms"] > 0 and r["roof_fraction"] <= 1, r
-        staging = 1 if r["dtype"] == "fp32" or "::band_" in r["kernel"] else 2
-        assert r["rounds"] >= staging, r
+        assert r["rounds"] >= 1, r
         if "::band_" in r["kernel"]:  # per copy and thread: copy_vecs, no division by a run-time value (single
             # values four a thread and row through registers)
             assert r["stage_instr"] < 40, r
-    fp32_rows = {(r["case"], r["direction"]): r for r in rows if r["dtype"] == "fp32"}
-    bf16_rows = {(r["case"], r["direction"]): r for r in rows if r["dtype"] == "bf16"}
-    assert all(fp32_rows[k]["rounds"] < bf16_rows[k]["rounds"] for k in fp32_rows if k not in band)
+        else:  # per 32 staged values: copies of 2-8 values a slot, walking the planes (a team of 8 lanes a row and
+            # a value a copy took 19-33 at the strided tiles; 7x7 maps' copies of one 16-bit value cost the most)
+            assert r["stage_instr"] < (24 if r["case"].startswith("rednet50-s4") else 16), r
+    # (stride 2 shown: their x rows take 16-byte copies (fp32: 56 and 28 columns; bf16: 56), the
+    # FMA kernels' 16-bit copies widen through registers: a round trip per eight planes, not one for all)
+    by_key = {(r["case"], r["dtype"], r["direction"]): r for r in rows}
+    assert by_key[("rednet50-s2-stride2", "fp32", "forward")]["stage_instr"] < 5
+    assert by_key[("rednet50-s2-stride2", "bf16", "forward")]["stage_instr"] < 13

@@ -166,16 +166,16 @@ inline unsigned char* shared_memory() { return g_smem; }
 // at issue (the kernels never write what they copy).
 struct PendingCopy {
   unsigned char* dst;
-  uint64_t value;
+  unsigned char value[16];
   int bytes, group;
 };
 inline thread_local std::vector<PendingCopy> t_copies;
 inline thread_local int t_committed = 0;  // groups this thread has committed in this block
 
 inline void cp_async_issue(void* dst, const void* src, bool ok, int bytes) {
-  uint64_t value = 0;
-  if (ok) std::memcpy(&value, src, bytes);
-  t_copies.push_back({static_cast<unsigned char*>(dst), value, bytes, t_committed});
+  PendingCopy c{static_cast<unsigned char*>(dst), {}, bytes, t_committed};
+  if (ok) std::memcpy(c.value, src, bytes);
+  t_copies.push_back(c);
 }
 inline void cp_async_commit() { ++t_committed; }
 // Lands every copy but those of the `pending` most recently committed groups (and those not committed yet).
@@ -183,7 +183,7 @@ inline void cp_async_wait_group(int pending) {
   size_t kept = 0;  // in place: no allocation per wait (malloc is slow under AddressSanitizer)
   for (const PendingCopy& c : t_copies) {
     if (c.group < t_committed - pending) {
-      std::memcpy(c.dst, &c.value, c.bytes);
+      std::memcpy(c.dst, c.value, c.bytes);
     } else {
       t_copies[kept++] = c;
     }
