@@ -1220,7 +1220,7 @@ def involution_tile(case, direction, elem_bytes=4):
             ih, iw = (by - 1 + reach) // s + 2, (bx * rb - 1 + reach) // s + 2
         else:
             ih, iw = (by - 1) * s + reach + 1, (bx * rb - 1) * s + reach + 1
-        vecs, align = cdiv(iw + vec - 1, vec), min(vec, 4)
+        vecs, align = cdiv(iw + vec - 1, vec), max(min(vec, 4), 2 if s == 2 else 1)
         smem = nc * aligned_stride(ih * aligned_stride(vecs * vec, align), align) * 4
         blocks = n * case.groups * cdiv(rows, by) * cdiv(cols, bx * rb) * (1 if direction == "grad-weight"
                                                                             else chunks)
@@ -1310,8 +1310,20 @@ def cuda_involution_rows(functions=None, resources=None):
                 num_warps = cdiv(bx * by, 32)
                 sass = parse_sass(functions[name])
                 loops = inner_loops(sass)
-                hot = max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b))
-                ffma = sum(op.startswith("FFMA") for _, op, _ in hot)
+                # stride 1, and 2 but for grad-input: the kernel-row loop of windows (load_window: 8-byte pairs, the
+                # first and last values alone where the window starts odd, as with copies of 2 or more values; its
+                # longest copy where the compiler split it)
+                windows = unit or (case.stride == 2 and direction != "grad-input")
+                ffma_of = lambda b: sum(op.startswith("FFMA") for _, op, _ in b)  # noqa: E731
+                singles = lambda b: sum(classify(op) == "LDS.32" for _, op, _ in b)  # noqa: E731
+                if windows:
+                    found = [b for b in loops if any(op == "LDS.64" for _, op, _ in b)]
+                    found = [b for b in found if ffma_of(b) == max(map(ffma_of, found))]
+                    parity = (max if vec > 1 else min)(map(singles, found))
+                    hot = max((b for b in found if singles(b) == parity), key=len)
+                else:
+                    hot = max(loops, key=ffma_of)
+                ffma = ffma_of(hot)
                 # staging: the copy loop for copies of vec values (fp32: cp.async of 4 vec bytes; 16-bit: a global
                 # load of 2 vec bytes, its stores in the loop), its instructions per copy
                 copy_op = ({4: "LDGSTS.E.128", 2: "LDGSTS.E.64", 1: "LDGSTS.E"} if dtype == "fp32" else
@@ -1339,11 +1351,16 @@ def cuda_involution_rows(functions=None, resources=None):
                 tiles = chunks if direction == "grad-weight" else 1  # staged tiles a block
                 warp_instr = blocks * (num_warps * passes * len(hot) + tiles * stage_warp_instr)
                 lds = shared_wavefronts(hot)
+                # a warp's 32-bit loads of the hot loop read words 2 apart (two pixels a thread, or one at stride 2):
+                # two lanes a bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway)
+                if inv_pixels_per_thread(case) * case.stride % 2 == 0:
+                    lds += sum(classify(op) == "LDS.32" for _, op, _ in hot)
                 # staging: a wavefront per 32 values stored (whole rows of copies)
                 wavefronts = blocks * (num_warps * passes * lds + tiles * nc * ih * vecs * vec / 32)
                 staging_rounds = 1 if dtype == "fp32" else cdiv(plane_copies, 8)
-                # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop
-                weight_rounds = {"forward": k, "grad-input": passes if not unit else k, "grad-weight": 0}[direction]
+                # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop; the
+                # forward's windows load the next row's during a row's products (forward_window_rows): one
+                weight_rounds = {"forward": 1, "grad-input": passes if not unit else k, "grad-weight": 0}[direction]
                 rounds = (staging_rounds + weight_rounds) * (chunks if direction == "grad-weight" else 1)
                 regs, stack = resources[name]
                 resident, warps_per_sched = occupancy(regs, smem, num_warps)

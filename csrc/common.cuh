@@ -108,6 +108,14 @@ inline int64_t pair_stride(int64_t n) {
   return (s / 4) % 4 == 2 ? s : s + 8;
 }
 
+// 8-byte shared-memory load; p must be 8-byte aligned (the emulator checks).
+LC_D float2 load2(const float* p) {
+#ifdef LARGECONV_EMULATE
+  emu::check_aligned(p, 8);
+#endif
+  return *reinterpret_cast<const float2*>(p);
+}
+
 // 16-byte shared-memory load; p must be 16-byte aligned (the emulator checks).
 LC_D float4 load4(const float* p) {
 #ifdef LARGECONV_EMULATE

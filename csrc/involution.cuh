@@ -188,6 +188,102 @@ LC_D BlockPos block_pos(const Inv& p, const InvTile& t, int64_t chunks_in_grid) 
 constexpr int kRedNetK = 7;
 inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg == kCB && p.d == 1; }
 
+// ---- RedNet's kernel rows by windows (stride 1, two pixels a thread; stride 2, one) ------------------------------
+// A thread's pixels read, per kernel row and channel, kN = (kRB - 1) kS + 7 neighbouring staged values (pixel r's tap
+// kw: value r kS + kw), its window. A warp's lanes read words two apart (kRB kS = 2): one 32-bit load a value puts
+// two lanes in each bank, two wavefronts a load; the window's 8-byte pairs take two wavefronts for two values. So a
+// window is loaded once, by pairs from its first aligned value (load_window), and each channel's products follow:
+// stride 1, 5 loads and 10 wavefronts for 8 values (8 loads, 16 before); stride 2, 4 and 8 for 7 (7, 14).
+
+// v = p[0 .. kN - 1]; kOdd: p is 4 bytes past an 8-byte boundary.
+template <int kN, bool kOdd>
+LC_D void load_window(float (&v)[kN], const float* p) {
+  constexpr int first = kOdd ? 1 : 0, pairs = (kN - first) / 2;
+  if constexpr (kOdd) v[0] = p[0];
+#pragma unroll
+  for (int q = 0; q < pairs; ++q) {
+    const float2 u = load2(p + first + 2 * q);
+    v[first + 2 * q] = u.x;
+    v[first + 2 * q + 1] = u.y;
+  }
+  if constexpr (first + 2 * pairs < kN) v[kN - 1] = p[kN - 1];
+}
+
+// Whether a thread's windows start at an odd column of the block's shared memory: the staged rows' lead column
+// (stage_planes) decides, their strides are even (plan).
+LC_D bool odd_windows(const float* staged) { return (staged - dynamic_smem()) % 2 != 0; }
+
+// acc[c][r] += w[kw][r] * window value r kS + kw of channel c, over one kernel row: x = channel 0's window.
+template <int kRB, int kS, bool kOdd>
+LC_D void window_products(float (&acc)[kCB][kRB], const float (&w)[kRedNetK][kRB], const float* x, int ps) {
+  constexpr int kN = (kRB - 1) * kS + kRedNetK;
+#pragma unroll
+  for (int c = 0; c < kCB; ++c) {
+    float v[kN];
+    load_window<kN, kOdd>(v, x + c * ps);
+#pragma unroll
+    for (int kw = 0; kw < kRedNetK; ++kw)
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) acc[c][r] = fmaf(w[kw][r], v[r * kS + kw], acc[c][r]);
+  }
+}
+
+// forward_kernel's sums: x = the thread's window of kernel row 0 (channel 0), w[r] = pixel r's weight of tap 0. The
+// next kernel row's weights are loaded while this row's products run (raw: converted after the products, so that
+// the loads' latency hides behind them): one memory round trip for the kernel, not one a row.
+template <int kRB, int kS, bool kOdd, typename T>
+LC_D void forward_window_rows(float (&acc)[kCB][kRB], const float* x, int rs, int ps, const T* const (&w)[kRB],
+                              int wstep) {
+  constexpr int K = kRedNetK;
+  float wv[K][kRB];
+  T next[K][kRB];
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) wv[u][r] = to_float(w[r][u * wstep]);
+#pragma unroll 1
+  for (int kh = 0; kh < K; ++kh) {
+    const int nk = kh + 1 < K ? kh + 1 : kh;  // (the last row reads its own again: no branch)
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) next[u][r] = w[r][(nk * K + u) * wstep];
+    window_products<kRB, kS, kOdd>(acc, wv, x + kh * rs, ps);
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+#pragma unroll
+      for (int r = 0; r < kRB; ++r) wv[u][r] = to_float(next[u][r]);
+  }
+}
+
+// grad_weight_kernel's sums: x as in forward_window_rows, g = the pixels' grad_out values, out[r] = pixel r's weight
+// gradient of tap 0 (null: an invalid pixel, nothing stored). A kernel row's 7 taps are summed together over the
+// channels: one window a channel, not one load a tap.
+template <int kRB, int kS, bool kOdd, typename T>
+LC_D void grad_weight_window_rows(const float (&g)[kCB][kRB], const float* x, int rs, int ps,
+                                  T* const (&out)[kRB], int wstep) {
+  constexpr int K = kRedNetK, kN = (kRB - 1) * kS + K;
+#pragma unroll 1
+  for (int kh = 0; kh < K; ++kh) {
+    float a[K][kRB] = {};
+#pragma unroll
+    for (int c = 0; c < kCB; ++c) {
+      float v[kN];
+      load_window<kN, kOdd>(v, x + kh * rs + c * ps);
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw)
+#pragma unroll
+        for (int r = 0; r < kRB; ++r) a[kw][r] = fmaf(g[c][r], v[r * kS + kw], a[kw][r]);
+    }
+#pragma unroll
+    for (int r = 0; r < kRB; ++r) {
+      if (out[r] == nullptr) continue;
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) out[r][(kh * K + kw) * wstep] = from_float<T>(a[kw][r]);
+    }
+  }
+}
+
 template <typename T, bool kUnit, bool kRedNet>  // kUnit: s == d == 1
 __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   constexpr int RB = pixels_per_thread(kUnit);
@@ -214,49 +310,63 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   for (int r = 0; r < RB; ++r) wp[r] = wt + (valid[r] ? weight_offset(p, pos.b, wch0, i, j + r) : 0);
 
   float acc[kCB][RB] = {};
+  auto generic_rows = [&]() {
 #pragma unroll 1
-  for (int kh = 0; kh < K; ++kh) {
-    const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
-    float win[kCB][RB];  // kUnit: win[c][r] = x of pixel r at the current tap
-    if constexpr (kUnit) {
+    for (int kh = 0; kh < K; ++kh) {
+      const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
+      float win[kCB][RB];  // kUnit: win[c][r] = x of pixel r at the current tap
+      if constexpr (kUnit) {
 #pragma unroll
-      for (int c = 0; c < kCB; ++c)
-        if (c < nc) {
+        for (int c = 0; c < kCB; ++c)
+          if (c < nc) {
 #pragma unroll
-          for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
-        }
-    }
-    // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two)
-    constexpr int kTaps = kRedNet ? kRedNetK : kKW;
-    for (int kw0 = 0; kw0 < K; kw0 += kTaps) {
-      float wv[kTaps][RB];
-#pragma unroll
-      for (int u = 0; u < kTaps; ++u) {
-#pragma unroll
-        for (int r = 0; r < RB; ++r) {
-          wv[u][r] = kw0 + u < K ? to_float(wp[r][(kh * K + kw0 + u) * wstep]) : 0.f;
-        }
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+          }
       }
+      // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two)
+      constexpr int kTaps = kRedNet ? kRedNetK : kKW;
+      for (int kw0 = 0; kw0 < K; kw0 += kTaps) {
+        float wv[kTaps][RB];
 #pragma unroll
-      for (int u = 0; u < kTaps; ++u) {
-        const int kw = kw0 + u;
-        if (kw >= K) break;
+        for (int u = 0; u < kTaps; ++u) {
 #pragma unroll
-        for (int c = 0; c < kCB; ++c) {
-          if (c >= nc) continue;
-          if constexpr (kUnit) {
-            win[c][RB - 1] = xr[c * t.ps + kw + RB - 1];
+          for (int r = 0; r < RB; ++r) {
+            wv[u][r] = kw0 + u < K ? to_float(wp[r][(kh * K + kw0 + u) * wstep]) : 0.f;
+          }
+        }
 #pragma unroll
-            for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+        for (int u = 0; u < kTaps; ++u) {
+          const int kw = kw0 + u;
+          if (kw >= K) break;
 #pragma unroll
-            for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
-          } else {
+          for (int c = 0; c < kCB; ++c) {
+            if (c >= nc) continue;
+            if constexpr (kUnit) {
+              win[c][RB - 1] = xr[c * t.ps + kw + RB - 1];
 #pragma unroll
-            for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * D], acc[c][r]);
+              for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+#pragma unroll
+              for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
+            } else {
+#pragma unroll
+              for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * D], acc[c][r]);
+            }
           }
         }
       }
     }
+  };
+  if constexpr (kRedNet) {
+    if (kUnit || p.s == 2) {  // RedNet at stride 1 or 2: windows
+      constexpr int S = kUnit ? 1 : 2;
+      const float* x = xs + S * ty * t.rs + S * RB * tx;
+      if (odd_windows(xs)) forward_window_rows<RB, S, true>(acc, x, t.rs, t.ps, wp, wstep);
+      else forward_window_rows<RB, S, false>(acc, x, t.rs, t.ps, wp, wstep);
+    } else {
+      generic_rows();
+    }
+  } else {
+    generic_rows();
   }
 
   T* out = static_cast<T*>(p.out);
@@ -308,47 +418,69 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       jr[r] = static_cast<int>(w0) + r + p.p;
       col_ok[r] = w0 + r < p.w;
     }
+    auto kernel_rows = [&](auto odd) {  // odd: the windows' parity (RedNet)
 #pragma unroll 1
-    for (int khr = 0; khr < K; ++khr) {
-      const int kh = K - 1 - khr;
-      const int64_t i = hh + p.p - kh;
-      const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
-      const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0);
-      const float* gr = gs + (ty + khr) * t.rs + tx * RB;
-      float win[kCB][RB];
+      for (int khr = 0; khr < K; ++khr) {
+        const int kh = K - 1 - khr;
+        const int64_t i = hh + p.p - kh;
+        const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
+        const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0);
+        const float* gr = gs + (ty + khr) * t.rs + tx * RB;
+        if constexpr (kRedNet) {  // windows (window_products): pixel r's tap kwr = 6 - kw reads value r + kwr
+          float wv[K][RB];
 #pragma unroll
-      for (int c = 0; c < kCB; ++c)
-        if (c < nc) {
+          for (int kwr = 0; kwr < K; ++kwr) {
 #pragma unroll
-          for (int q = 0; q < RB - 1; ++q) win[c][q] = gr[c * t.ps + q];
-        }
-      for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
-        float wv[kTaps][RB];
-#pragma unroll
-        for (int u = 0; u < kTaps; ++u) {
-          const int kw = K - 1 - kwr0 - u;
-#pragma unroll
-          for (int r = 0; r < RB; ++r) {
-            const int j = jr[r] - kw;
-            const bool ok = row_ok && col_ok[r] && kw >= 0 && j >= 0 && j < wo;
-            wv[u][r] = ok ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
+            for (int r = 0; r < RB; ++r) {
+              const int kw = K - 1 - kwr, j = jr[r] - kw;
+              const bool ok = row_ok && col_ok[r] && j >= 0 && j < wo;
+              wv[kwr][r] = ok ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
+            }
           }
+          window_products<RB, 1, decltype(odd)::value>(acc, wv, gr, t.ps);
+          continue;
         }
+        float win[kCB][RB];
 #pragma unroll
-        for (int u = 0; u < kTaps; ++u) {
-          const int kwr = kwr0 + u;
-          if (kwr >= K) break;
+        for (int c = 0; c < kCB; ++c)
+          if (c < nc) {
 #pragma unroll
-          for (int c = 0; c < kCB; ++c) {
-            if (c >= nc) continue;
-            win[c][RB - 1] = gr[c * t.ps + kwr + RB - 1];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = gr[c * t.ps + q];
+          }
+        for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
+          float wv[kTaps][RB];
 #pragma unroll
-            for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+          for (int u = 0; u < kTaps; ++u) {
+            const int kw = K - 1 - kwr0 - u;
 #pragma unroll
-            for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
+            for (int r = 0; r < RB; ++r) {
+              const int j = jr[r] - kw;
+              const bool ok = row_ok && col_ok[r] && kw >= 0 && j >= 0 && j < wo;
+              wv[u][r] = ok ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < kTaps; ++u) {
+            const int kwr = kwr0 + u;
+            if (kwr >= K) break;
+#pragma unroll
+            for (int c = 0; c < kCB; ++c) {
+              if (c >= nc) continue;
+              win[c][RB - 1] = gr[c * t.ps + kwr + RB - 1];
+#pragma unroll
+              for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
+#pragma unroll
+              for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
+            }
           }
         }
       }
+    };
+    if constexpr (kRedNet) {
+      if (odd_windows(gs)) kernel_rows(std::true_type{});
+      else kernel_rows(std::false_type{});
+    } else {
+      kernel_rows(std::false_type{});
     }
   } else if constexpr (kRedNet) {
     // stride s > 1, dilation 1: the taps that reach column w are kw = (w + p) mod s + m*s, m = 0, 1, ..., and the
@@ -469,6 +601,18 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
     }
     __syncthreads();
 
+    if constexpr (kRedNet) {
+      if (kUnit || p.s == 2) {  // RedNet at stride 1 or 2: windows (one chunk, the sums stored as they are)
+        constexpr int S = kUnit ? 1 : 2;
+        const float* x = xs + S * ty * t.rs + S * RB * tx;
+        T* o[RB];
+#pragma unroll
+        for (int r = 0; r < RB; ++r) o[r] = valid[r] ? out + wbase[r] : nullptr;
+        if (odd_windows(xs)) grad_weight_window_rows<RB, S, true>(gv, x, t.rs, t.ps, o, wstep);
+        else grad_weight_window_rows<RB, S, false>(gv, x, t.rs, t.ps, o, wstep);
+        continue;
+      }
+    }
 #pragma unroll 1
     for (int kh = 0; kh < K; ++kh) {
       const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
@@ -1080,8 +1224,9 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
       ih = static_cast<int64_t>(by - 1) * p.s + reach + 1;
       iw = static_cast<int64_t>(bx * rb - 1) * p.s + reach + 1;
     }
-    // rows of whole copies from up to vec - 1 columns early, aligned for the widest store (16 bytes)
-    const int64_t vecs = ceil_div(iw + vec - 1, vec), align = imin(vec, 4);
+    // rows of whole copies from up to vec - 1 columns early, aligned for the widest store (16 bytes) and the
+    // windows' 8-byte loads (load_window)
+    const int64_t vecs = ceil_div(iw + vec - 1, vec), align = imax(imin(vec, 4), 2);
     const int64_t rs = aligned_stride(vecs * vec, align), ps = aligned_stride(ih * rs, align);
     if (ih * rs > (1 << 24)) return false;
     t.bx = bx; t.by = by; t.rb = rb; t.nc = nc;

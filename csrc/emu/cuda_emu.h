@@ -318,6 +318,9 @@ inline void ldmatrix(uint32_t (&r)[4], const void* row) {
 
 }  // namespace emu
 
+struct alignas(8) float2 {
+  float x, y;
+};
 struct alignas(16) float4 {
   float x, y, z, w;
 };
