@@ -1321,6 +1321,9 @@ def cuda_involution_rows(functions=None, resources=None):
                     found = [b for b in found if ffma_of(b) == max(map(ffma_of, found))]
                     parity = (max if vec > 1 else min)(map(singles, found))
                     hot = max((b for b in found if singles(b) == parity), key=len)
+                elif direction == "grad-input" and not unit:  # a loop for stride 2 and one for any: stride 2's
+                    found = [b for b in loops if ffma_of(b) == max(map(ffma_of, loops))]  # is the shorter
+                    hot = (min if case.stride == 2 else max)(found, key=len)
                 else:
                     hot = max(loops, key=ffma_of)
                 ffma = ffma_of(hot)
@@ -1351,16 +1354,18 @@ def cuda_involution_rows(functions=None, resources=None):
                 tiles = chunks if direction == "grad-weight" else 1  # staged tiles a block
                 warp_instr = blocks * (num_warps * passes * len(hot) + tiles * stage_warp_instr)
                 lds = shared_wavefronts(hot)
-                # a warp's 32-bit loads of the hot loop read words 2 apart (two pixels a thread, or one at stride 2):
-                # two lanes a bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway)
-                if inv_pixels_per_thread(case) * case.stride % 2 == 0:
+                # a warp's 32-bit loads of the hot loop read words 2 apart (two pixels a thread, or one at stride 2;
+                # strided grad-input's neighbouring pixels read the same grad_out column or the next): two lanes a
+                # bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway)
+                lane_words = inv_pixels_per_thread(case) * (case.stride if direction != "grad-input" else 1)
+                if lane_words % 2 == 0:
                     lds += sum(classify(op) == "LDS.32" for _, op, _ in hot)
                 # staging: a wavefront per 32 values stored (whole rows of copies)
                 wavefronts = blocks * (num_warps * passes * lds + tiles * nc * ih * vecs * vec / 32)
                 staging_rounds = 1 if dtype == "fp32" else cdiv(plane_copies, 8)
-                # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop; the
-                # forward's windows load the next row's during a row's products (forward_window_rows): one
-                weight_rounds = {"forward": 1, "grad-input": passes if not unit else k, "grad-weight": 0}[direction]
+                # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop, but for
+                # the next row's loaded during a row's products (the forward, strided grad-input): one
+                weight_rounds = {"forward": 1, "grad-input": k if unit else 1, "grad-weight": 0}[direction]
                 rounds = (staging_rounds + weight_rounds) * (chunks if direction == "grad-weight" else 1)
                 regs, stack = resources[name]
                 resident, warps_per_sched = occupancy(regs, smem, num_warps)

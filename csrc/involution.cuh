@@ -485,44 +485,72 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
   } else if constexpr (kRedNet) {
     // stride s > 1, dilation 1: the taps that reach column w are kw = (w + p) mod s + m*s, m = 0, 1, ..., and the
     // grad_out column (w + p - kw) / s steps back by one with m: each pixel walks its own ceil(K / s) taps of a
-    // kernel row (the loop below meets all K*K and keeps ~1/s^2 of the products), its weights loaded together.
+    // kernel row (the loop below meets all K*K and keeps ~1/s^2 of the products), its weights loaded together, the
+    // next kernel row's while this row's products run (raw: converted after them). A grad_out column outside the
+    // map is staged as zero and read with a zero weight; a tap past the kernel (m with kw >= K) multiplies zero, not
+    // the staged value it points at (a zero weight times a staged Inf would be NaN).
     constexpr int kM = (kRedNetK + 1) / 2;  // taps per kernel row and pixel, s >= 2
-    // (32-bit: rows and columns < 2^31, and a 64-bit division is a call)
-    const int hp = static_cast<int>(hh) + p.p, s = p.s;
-    int kw0[RB], jtop[RB];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      kw0[r] = (static_cast<int>(w0) + r + p.p) % s;
-      jtop[r] = (static_cast<int>(w0) + r + p.p - kw0[r]) / s;
-    }
-#pragma unroll 1
-    for (int kh = hp % s; kh < K; kh += s) {  // the kernel rows that reach row hh
-      const int i = (hp - kh) / s;
-      if (hh >= p.h || i >= p.ho) continue;
-      if (i < 0) break;
-      const float* gr = gs + (i - ilo) * t.rs;
-      const T* wrow = wt + weight_offset(p, pos.b, wch0 + kh * K, i, 0);
-      float wv[RB][kM];
-      int col[RB][kM];
+    // stride: std::integral_constant<int, 2> (RedNet's; taps m < 3 always on the kernel) or the run-time stride
+    auto kernel_rows = [&](auto stride) {
+      constexpr bool kTwo = !std::is_same_v<decltype(stride), int>;
+      const int s = stride;
+      // (32-bit: rows and columns < 2^31, and a 64-bit division is a call)
+      const int hp = static_cast<int>(hh) + p.p;
+      int kw0[RB], jtop[RB];
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
-#pragma unroll
-        for (int m = 0; m < kM; ++m) {
-          const int kw = kw0[r] + m * s, j = jtop[r] - m;
-          const bool ok = kw < K && w0 + r < p.w && j >= 0 && j < p.wo;
-          wv[r][m] = ok ? to_float(wrow[kw * wstep + j * jstep]) : 0.f;
-          col[r][m] = ok ? j - static_cast<int>(jlo) : 0;  // column 0 is staged: a safe read, times zero
-        }
+        kw0[r] = (static_cast<int>(w0) + r + p.p) % s;
+        jtop[r] = (static_cast<int>(w0) + r + p.p - kw0[r]) / s;
       }
-#pragma unroll
-      for (int c = 0; c < kCB; ++c) {
+      // kernel row kh's weights (raw) and staged columns; a row that does not reach a grad_out row (i outside the
+      // map, or past the kernel) reads none: zero weights
+      auto fetch = [&](int kh, T (&raw)[RB][kM], int (&col)[RB][kM]) {
+        const int i = (hp - kh) / s;
+        const bool row_ok = kh < K && hh < p.h && i >= 0 && i < p.ho;
+        const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0 + kh * K, i, 0) : 0);
 #pragma unroll
         for (int r = 0; r < RB; ++r) {
 #pragma unroll
-          for (int m = 0; m < kM; ++m) acc[c][r] = fmaf(wv[r][m], gr[c * t.ps + col[r][m]], acc[c][r]);
+          for (int m = 0; m < kM; ++m) {
+            const int kw = kw0[r] + m * s, j = jtop[r] - m;
+            const bool ok = row_ok && kw < K && w0 + r < p.w && j >= 0 && j < p.wo;
+            raw[r][m] = ok ? wrow[kw * wstep + j * jstep] : from_float<T>(0.f);
+            col[r][m] = kw < K ? j - static_cast<int>(jlo) : 0;  // staged (zero outside the map)
+          }
+        }
+      };
+      T raw[RB][kM];
+      int col[RB][kM];
+      fetch(hp % s, raw, col);
+#pragma unroll 1
+      for (int kh = hp % s; kh < K; kh += s) {  // the kernel rows that reach row hh
+        const int i = (hp - kh) / s;
+        const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
+        const float* gr = gs + (row_ok ? i - ilo : 0) * t.rs;
+        float wv[RB][kM];
+        int cols[RB][kM];
+#pragma unroll
+        for (int r = 0; r < RB; ++r)
+#pragma unroll
+          for (int m = 0; m < kM; ++m) wv[r][m] = to_float(raw[r][m]), cols[r][m] = col[r][m];
+        fetch(kh + s, raw, col);
+        if (!row_ok) continue;
+#pragma unroll
+        for (int c = 0; c < kCB; ++c) {
+#pragma unroll
+          for (int r = 0; r < RB; ++r) {
+#pragma unroll
+            for (int m = 0; m < kM; ++m) {
+              const float x = gr[c * t.ps + cols[r][m]];
+              const bool on_kernel = (kTwo && m < 3) || kw0[r] + m * s < K;
+              acc[c][r] = fmaf(wv[r][m], on_kernel ? x : 0.f, acc[c][r]);
+            }
+          }
         }
       }
-    }
+    };
+    if (p.s == 2) kernel_rows(std::integral_constant<int, 2>{});
+    else kernel_rows(p.s);
   } else {
     for (int kh = 0; kh < K; ++kh) {
       const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
@@ -532,18 +560,20 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       for (int kw = 0; kw < K; ++kw) {
         float wv[RB];
         int col[RB];
+        bool ok[RB];  // the tap reaches a grad_out pixel: else no product (a zero weight times a staged Inf is NaN)
 #pragma unroll
         for (int r = 0; r < RB; ++r) {
           const int64_t tj = w0 + r + p.p - static_cast<int64_t>(kw) * p.d;
-          const bool ok = w0 + r < p.w && tj >= 0 && tj % p.s == 0 && tj / p.s < p.wo;
-          wv[r] = ok ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * K + kw, i, tj / p.s)]) : 0.f;
-          col[r] = ok ? static_cast<int>(tj / p.s - jlo) : 0;  // column 0 is staged: a safe read, times zero
+          ok[r] = w0 + r < p.w && tj >= 0 && tj % p.s == 0 && tj / p.s < p.wo;
+          wv[r] = ok[r] ? to_float(wt[weight_offset(p, pos.b, wch0 + kh * K + kw, i, tj / p.s)]) : 0.f;
+          col[r] = ok[r] ? static_cast<int>(tj / p.s - jlo) : 0;
         }
 #pragma unroll
         for (int c = 0; c < kCB; ++c) {
           if (c >= nc) continue;
 #pragma unroll
-          for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[r], gr[c * t.ps + col[r]], acc[c][r]);
+          for (int r = 0; r < RB; ++r)
+            if (ok[r]) acc[c][r] = fmaf(wv[r], gr[c * t.ps + col[r]], acc[c][r]);
         }
       }
     }

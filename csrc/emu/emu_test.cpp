@@ -530,6 +530,10 @@ int main(int argc, char** argv) {
       {1, 16, 13, 14, 1, 7, 3, 3, 1},
       {1, 32, 12, 12, 2, 7, 2, 2, 1},
       {1, 32, 12, 12, 2, 7, 1, 3, 1, false, 1},  // misaligned 16-bit rows (banded: 2-byte copies)
+      // strided grad-input over two column tiles, a NaN / Inf in grad_out at the second tile's first staged column:
+      // a pixel's taps off the kernel (RedNet) or of the other phase (K = 5) must add nothing, not 0 x Inf
+      {1, 16, 9, 42, 1, 7, 2, 3, 1, true},
+      {1, 8, 9, 45, 2, 5, 2, 2, 1, true},
       // fp16/bf16 NCHW RedNet shapes at stride 1 (roomy device): the banded tensor-core kernels, copies of 4 values
       // (widths a multiple of 4, x 8-byte aligned); row tiles and partial tiles, two column tiles, padding 7 (reach
       // past the kernel), NaN / Inf; copies of 2 (x 4-byte aligned; padding 5 at 12 columns: 3 lead columns for
