@@ -493,7 +493,9 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
     // stride: std::integral_constant<int, 2> (RedNet's; taps m < 3 always on the kernel) or the run-time stride
     auto kernel_rows = [&](auto stride) {
       constexpr bool kTwo = !std::is_same_v<decltype(stride), int>;
-      const int s = stride;
+      int s;  // (not `= stride`: integral_constant's conversion is a host constexpr function)
+      if constexpr (kTwo) s = 2;
+      else s = stride;
       // (32-bit: rows and columns < 2^31, and a 64-bit division is a call)
       const int hp = static_cast<int>(hh) + p.p;
       int kw0[RB], jtop[RB];
