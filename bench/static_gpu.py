@@ -760,12 +760,14 @@ def second_copy_offset(elements):  # csrc/dwconv.cuh's
 
 def nvcc_resource_usage():
     """(file, kernel, registers, spill stores, spill loads, shared, stack) of every csrc/*.cu kernel for sm_90."""
-    from torch.utils.cpp_extension import include_paths
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
     nvcc = nvcc_path()
     rows = []
     for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu"))):
-        # device code only (--cubin) with setup.py's flags; ptxas -v prints the resource usage
-        cmd = [nvcc, "--cubin", "-arch=sm_90", "-O3", "-std=c++20", "-o", os.devnull, "--resource-usage",
+        # device code only (--cubin) with setup.py's flags (and those torch's extensions add); ptxas -v prints the
+        # resource usage
+        cmd = [nvcc, "--cubin", "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-o", os.devnull,
+               "--resource-usage",
                "-Xptxas", "-v", *[f"-I{p}" for p in include_paths(device_type="cuda")], f"-I{ROOT}/csrc", path]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
