@@ -15,8 +15,8 @@
 #                         model's terms, not their max) -> ncu_dwconv.csv
 #   profile               host and GPU time of small layers per backend; auto's choices and its profile (auto lost
 #                         to PyTorch at batch 1 and 8 on 7x7 maps)
-#   ncu --involution      the banded tensor-core involution's six launches (RedNet-50 s1, s3: grad-weight's bank
-#                         conflicts fixed since) -> ncu_involution.csv
+#   ncu --involution      the bf16 cuda involution's six launches (RedNet-50 s1, s3: banded forward and s1
+#                         grad-input, the FMA kernels on 16-bit tiles for the rest) -> ncu_involution.csv
 #   involution            each cuda involution direction timed on RedNet-50's seven layers, bf16 and fp32
 # At most 8 files come back: log, stages.csv, environment.txt, build.log, results.csv (the env stage's row),
 # followup.txt, ncu_dwconv.csv, ncu_involution.csv.

@@ -230,8 +230,9 @@ def smoke_cases(rehearse):
     if rehearse:  # tiny stand-ins: a rectangular kernel taller than the map, an involution with stride 2
         return [dw("smoke-7x3-5x9", 1, 3, 5, 9, (7, 3)),
                 inv("smoke-inv-k3-s2", 1, 8, 16, 16, k=3, stride=2, group_channels=4)]
-    # RedNet-50 stage 3 at stride 1: fp16/bf16 NCHW run the cuda backend's banded tensor-core involution (14 columns:
-    # copies of 2 values), which only pytest -m gpu had checked on a GPU (H200 run 1)
+    # RedNet-50 stage 3 at stride 1: fp16/bf16 NCHW forward runs the cuda backend's banded tensor-core involution (14
+    # columns: copies of 2 values), which only pytest -m gpu had checked on a GPU (H200 run 1); its grad-input and
+    # grad-weight the FMA kernels on 16-bit tiles (since 2026-11-29)
     return [dw("smoke-replknet31b-k31", 1, 128, 56, 56, 31), dw("smoke-replknet31b-k13-7x7", 1, 1024, 7, 7, 13),
             dw("smoke-slak-51x5", 1, 124, 56, 56, (51, 5)),
             inv("smoke-rednet50-k7-s2", 1, 128, 56, 56, k=7, stride=2), inv("smoke-rednet50-k7-s3", 1, 256, 14, 14)]

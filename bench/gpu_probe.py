@@ -223,7 +223,8 @@ NCU_CASES = [
      (64, 128, 56, 56), 31),
     ("rednet50-s1.triton.fp32.forward", "involution2d", "triton", torch.float32, False, "forward", (64, 64, 56, 56), 7),
 ]
-# `ncu OUT --involution`: the banded tensor-core involution kernels (bf16, NCHW) at RedNet-50 stages 1 and 3
+# `ncu OUT --involution`: the cuda bf16 NCHW involution kernels at RedNet-50 stages 1 and 3 (banded tensor-core
+# forward and s1 grad-input; the FMA kernels on 16-bit tiles for grad-weight and s3 grad-input, since 2026-11-29)
 INV_NCU_CASES = [(f"rednet50-{stage}.cuda.bf16.{direction}", "involution2d", "cuda", torch.bfloat16, False, direction,
                   shape, 7) for stage, shape in (("s1", (64, 64, 56, 56)), ("s3", (64, 256, 14, 14)))
                  for direction in ("forward", "grad-input", "grad-weight")]

@@ -1196,8 +1196,9 @@ def inv_pixels_per_thread(case):
 
 
 def involution_tile(case, direction, elem_bytes=4):
-    """csrc/involution.cuh plan() replayed on an H100 for NCHW inputs of elem_bytes (aligned tensors): (bx, by,
-    staged planes, ih, iw, chunks, shared bytes, blocks, values a staging copy (stage_vec), copies a row)."""
+    """csrc/involution.cuh plan() replayed on an H100 for NCHW inputs of elem_bytes (aligned tensors, staged as they
+    are): (bx, by, staged planes, ih, iw, chunks, shared bytes, blocks, values a staging copy (stage_vec), copies a
+    row)."""
     n, c, h, w = case.shape
     k, s, d = case.kernel[0], case.stride, case.dilation
     p = d * (k - 1) // 2
@@ -1222,8 +1223,8 @@ def involution_tile(case, direction, elem_bytes=4):
             ih, iw = (by - 1 + reach) // s + 2, (bx * rb - 1 + reach) // s + 2
         else:
             ih, iw = (by - 1) * s + reach + 1, (bx * rb - 1) * s + reach + 1
-        vecs, align = cdiv(iw + vec - 1, vec), max(min(vec, 4), 2 if s == 2 else 1)
-        smem = nc * aligned_stride(ih * aligned_stride(vecs * vec, align), align) * 4
+        vecs, align = cdiv(iw + vec - 1, vec), max(vec, 2)
+        smem = nc * aligned_stride(ih * aligned_stride(vecs * vec, align), align) * elem_bytes
         blocks = n * case.groups * cdiv(rows, by) * cdiv(cols, bx * rb) * (1 if direction == "grad-weight"
                                                                             else chunks)
         return ih, iw, smem, blocks
@@ -1235,19 +1236,20 @@ def involution_tile(case, direction, elem_bytes=4):
     return bx, by, nc, ih, iw, chunks, smem, blocks, vec, cdiv(iw + vec - 1, vec)
 
 
-# csrc/involution.cuh's banded tensor-core kernels (band_mma_kernel, band_wgrad_kernel): rows per block (a warp
-# each), the kernel size
+# csrc/involution.cuh's banded tensor-core kernels (band_mma_kernel): rows per block (a warp each), the kernel
+# size
 BAND_ROWS, BAND_K = 8, 7
 
 
 def band_tile(case, direction, elem_bytes):
-    """csrc/involution.cuh plan_band() replayed for NCHW inputs of elem_bytes (aligned tensors): (tiles a row: n-tiles
-    of 8 pixels, or grad-weight's m-tiles of 16; blocks, shared bytes, copies staged per block (channel operand,
-    weights), values a copy (4, 2, 1: band_vec), staging round trips a block, kernel name), or None where the FMA
-    kernels run (fp32, strides)."""
+    """csrc/involution.cuh plan_band() replayed for NCHW inputs of elem_bytes (aligned tensors): (n-tiles of 8 pixels
+    a row, blocks, shared bytes, copies staged per block (channel operand, weights), values a copy (4, 2, 1:
+    band_vec), staging round trips a block, kernel name), or None where the FMA kernels run (fp32, strides,
+    grad-weight, grad-input at maps of 16 columns or fewer)."""
     n, c, h, w = case.shape
     k = case.kernel[0]
-    if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB:
+    if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB or \
+            direction == "grad-weight" or (direction == "grad-input" and w <= 16):
         return None
     rows, cols = h, w  # stride 1, "same" padding: output and input maps agree
     vec = 4 if w % 4 == 0 else 2 if w % 2 == 0 else 1  # (RedNet's padding 3: 1 lead column at most)
@@ -1258,27 +1260,17 @@ def band_tile(case, direction, elem_bytes):
 
     def stride8(v):  # band_stride: 8 (mod 16)
         return v + ((8 - v % 16) + 16) % 16
-    if direction == "grad-weight":
-        tiles = 1 if cols <= 16 else 2 if cols <= 32 else 4
-        tile_cols = 16 * tiles
-        a_rs = tile_cols + 8
-        a_ps = stride8((BAND_ROWS + k - 1) * a_rs)
-        smem = INV_CB * a_ps * 2 + k * (BAND_ROWS * tile_cols + 4) * 4  # x raw, a kernel row's taps' fp32 slice
-        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs // vec, 0)
-        rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec)
-        name = f"void largeconv::inv::band_wgrad_kernel<__nv_bfloat16, {tiles}, {vec}>("
-    else:
-        tiles = 1 if cols <= 8 else 2 if cols <= 16 else 4 if cols <= 32 else 7
-        tile_cols = 8 * tiles
-        a_rs, w_rs = tile_cols + 8, tile_cols + (4 if direction == "grad-input" else 0)  # grad-input's lead columns
-        a_ps, w_ts = stride8((BAND_ROWS + k - 1) * a_rs), stride8(BAND_ROWS * w_rs)
-        staged = vec > 1  # copies of one value: the weights from global memory in the products (a round trip)
-        smem = (INV_CB * a_ps + (k * k * w_ts if staged else 0)) * 2
-        copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs // vec, k * k * BAND_ROWS * w_rs // vec if staged else 0)
-        rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec) + (batches(k * k, BAND_ROWS, w_rs // vec)
-                                                                     if staged else 1)
-        grad_input = str(direction == "grad-input").lower()
-        name = f"void largeconv::inv::band_mma_kernel<__nv_bfloat16, {grad_input}, {tiles}, {vec}>("
+    tiles = 1 if cols <= 8 else 2 if cols <= 16 else 4 if cols <= 32 else 7
+    tile_cols = 8 * tiles
+    a_rs, w_rs = tile_cols + 8, tile_cols + (4 if direction == "grad-input" else 0)  # grad-input's lead columns
+    a_ps, w_ts = stride8((BAND_ROWS + k - 1) * a_rs), stride8(BAND_ROWS * w_rs)
+    staged = vec > 1  # copies of one value: the weights from global memory in the products (a round trip)
+    smem = (INV_CB * a_ps + (k * k * w_ts if staged else 0)) * 2
+    copies = (INV_CB * (BAND_ROWS + k - 1) * a_rs // vec, k * k * BAND_ROWS * w_rs // vec if staged else 0)
+    rounds = batches(INV_CB, BAND_ROWS + k - 1, a_rs // vec) + (batches(k * k, BAND_ROWS, w_rs // vec)
+                                                                 if staged else 1)
+    grad_input = str(direction == "grad-input").lower()
+    name = f"void largeconv::inv::band_mma_kernel<__nv_bfloat16, {grad_input}, {tiles}, {vec}>("
     blocks = n * case.groups * cdiv(rows, BAND_ROWS) * cdiv(cols, tile_cols)
     return tiles, blocks, smem, copies, vec, rounds, name + "largeconv::inv::Inv, largeconv::inv::BandTile)"
 
@@ -1288,10 +1280,10 @@ def cuda_involution_rows(functions=None, resources=None):
     every RedNet-50 involution (bench/suites.py rednet50, batch 64), NCHW, fp32 and bf16: the plan replayed
     (involution_tile), loop counts from the SASS, and the Triton model's terms: issue (the hot loop per kernel row
     and the staging loops per staged element), L1 (shared_wavefronts of the hot loop, one per 32 staged
-    elements), DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward and
+    words), DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward and
     grad-input: once per kernel row that reaches the pixel; grad-weight's stores do not wait) and for the staging
-    (stage_vectors): once for fp32 (cp.async), once per eight planes a thread copies for 16-bit inputs (loaded, then
-    widened and stored); its issue: the copies of the busiest thread (a slot of the tile's rows x copy columns,
+    (stage_vectors, the input's own dtype): once for copies by cp.async (4 bytes or more), once per eight planes a
+    thread copies for single 16-bit values (loaded, then stored); its issue: the copies of the busiest thread (a slot of the tile's rows x copy columns,
     walking the planes) at the SASS loop's instructions per copy, for each warp with busy threads."""
     if functions is None:
         functions, resources = cuda_sass("involution.cu")
@@ -1312,14 +1304,16 @@ def cuda_involution_rows(functions=None, resources=None):
                 num_warps = cdiv(bx * by, 32)
                 sass = parse_sass(functions[name])
                 loops = inner_loops(sass)
-                # stride 1, and 2 but for grad-input: the kernel-row loop of windows (load_window: 8-byte pairs, the
-                # first and last values alone where the window starts odd, as with copies of 2 or more values; its
-                # longest copy where the compiler split it)
+                # stride 1, and 2 but for grad-input: the kernel-row loop of windows (load_window: fp32 by 8-byte
+                # pairs, the first and last values alone where the window starts odd; 16-bit by 32-bit words, one
+                # more where it starts odd: odd with copies of 2 or more values; its longest copy where the compiler
+                # split it)
                 windows = unit or (case.stride == 2 and direction != "grad-input")
                 ffma_of = lambda b: sum(op.startswith("FFMA") for _, op, _ in b)  # noqa: E731
                 singles = lambda b: sum(classify(op) == "LDS.32" for _, op, _ in b)  # noqa: E731
                 if windows:
-                    found = [b for b in loops if any(op == "LDS.64" for _, op, _ in b)]
+                    found = [b for b in loops if any(op == "LDS.64" for _, op, _ in b)] if dtype == "fp32" else \
+                        [b for b in loops if singles(b)]
                     found = [b for b in found if ffma_of(b) == max(map(ffma_of, found))]
                     parity = (max if vec > 1 else min)(map(singles, found))
                     hot = max((b for b in found if singles(b) == parity), key=len)
@@ -1329,10 +1323,10 @@ def cuda_involution_rows(functions=None, resources=None):
                 else:
                     hot = max(loops, key=ffma_of)
                 ffma = ffma_of(hot)
-                # staging: the copy loop for copies of vec values (fp32: cp.async of 4 vec bytes; 16-bit: a global
-                # load of 2 vec bytes, its stores in the loop), its instructions per copy
-                copy_op = ({4: "LDGSTS.E.128", 2: "LDGSTS.E.64", 1: "LDGSTS.E"} if dtype == "fp32" else
-                           {8: "LDG.E.128", 4: "LDG.E.64", 2: "LDG.E", 1: "LDG.E.U16"})[vec]
+                # staging: the copy loop for copies of vec values (cp.async of 4, 8 or 16 bytes; single 16-bit
+                # values: a global load, its stores in the loop), its instructions per copy
+                copy_bytes = vec * (2 if dtype == "bf16" else 4)
+                copy_op = {16: "LDGSTS.E.128", 8: "LDGSTS.E.64", 4: "LDGSTS.E", 2: "LDG.E.U16"}[copy_bytes]
                 count = lambda body, op: sum(o == op for _, o, _ in body)  # noqa: E731
                 copy = max((b for b in loops if count(b, copy_op) and any(o.startswith(("STS", "LDGSTS"))
                                                                            for _, o, _ in b)),
@@ -1356,15 +1350,16 @@ def cuda_involution_rows(functions=None, resources=None):
                 tiles = chunks if direction == "grad-weight" else 1  # staged tiles a block
                 warp_instr = blocks * (num_warps * passes * len(hot) + tiles * stage_warp_instr)
                 lds = shared_wavefronts(hot)
-                # a warp's 32-bit loads of the hot loop read words 2 apart (two pixels a thread, or one at stride 2;
-                # strided grad-input's neighbouring pixels read the same grad_out column or the next): two lanes a
-                # bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway)
-                lane_words = inv_pixels_per_thread(case) * (case.stride if direction != "grad-input" else 1)
-                if lane_words % 2 == 0:
+                # a warp's 32-bit loads of the hot loop read values 2 apart (two pixels a thread, or one at stride
+                # 2; strided grad-input's neighbouring pixels read the same grad_out column or the next): fp32, words
+                # 2 apart, two lanes a bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway);
+                # 16-bit, neighbouring words
+                lane_values = inv_pixels_per_thread(case) * (case.stride if direction != "grad-input" else 1)
+                if dtype == "fp32" and lane_values % 2 == 0:
                     lds += sum(classify(op) == "LDS.32" for _, op, _ in hot)
-                # staging: a wavefront per 32 values stored (whole rows of copies)
-                wavefronts = blocks * (num_warps * passes * lds + tiles * nc * ih * vecs * vec / 32)
-                staging_rounds = 1 if dtype == "fp32" else cdiv(plane_copies, 8)
+                # staging: a wavefront per 32 words stored (whole rows of copies)
+                wavefronts = blocks * (num_warps * passes * lds + tiles * nc * ih * vecs * copy_bytes / 128)
+                staging_rounds = 1 if copy_bytes >= 4 else cdiv(plane_copies, 8)
                 # weights: a kernel row's at once (RedNet's kernels), a round trip per pass of the hot loop, but for
                 # the next row's loaded during a row's products (the forward, strided grad-input): one
                 weight_rounds = {"forward": 1, "grad-input": k if unit else 1, "grad-weight": 0}[direction]
@@ -1391,12 +1386,10 @@ def cuda_involution_rows(functions=None, resources=None):
 
 
 def band_row(case, dtype, direction, band, functions, resources):
-    """cuda_involution_rows' row for a banded tensor-core launch: issue (the hot loop per pass: forward and
-    grad-input's n-tile loop, 7 HMMA, per n-tile and warp; grad-weight's kernel-row loop, 3 HMMA per m-tile, its band
-    entries' shared stores and the row's global stores, per kernel row and warp; staging: forward and grad-input's
-    copy-group loop once a group and warp (tiles + 1 groups of 8 columns, cp.async), grad-weight's copy_vecs calls
-    per copy (a thread's copies 32 a warp instruction: each call's unrolled cp.async loop for its own copies), or for
-    copies of one value the code before the first barrier per 16-bit global load), L1 (shared_wavefronts of the loads
+    """cuda_involution_rows' row for a banded tensor-core launch (forward, grad-input): issue (the hot loop per
+    pass: the n-tile loop, 7 HMMA, per n-tile and warp; staging: the copy-group loop once a group and warp (tiles + 1
+    groups of 8 columns, cp.async), or for copies of one value the code before the first barrier per 16-bit global
+    load), L1 (shared_wavefronts of the loads
     and stores of the hot loop: the strides keep them conflict-free; two per 32 copies), tensor (the HMMA at
     MMA_SYNC_SHARE of the bf16 peak), DRAM (minimum bytes) and latency (a round trip a block for all its cp.async
     staging, one per batch of 16 copies of one value).
@@ -1413,21 +1406,16 @@ def band_row(case, dtype, direction, band, functions, resources):
         last = max(i for i, (_, op, _) in enumerate(sass) if op.startswith("HMMA"))
         hot = sass[barrier + 1:next(i for i in range(last, len(sass)) if sass[i][1].startswith("EXIT")) + 1]
     hmma = sum(op.startswith("HMMA") for _, op, _ in hot)
-    grouped = vec > 1 and direction != "grad-weight"  # staged in column groups (band_mma_kernel's ColumnCopies)
+    grouped = vec > 1  # staged in column groups (band_mma_kernel's ColumnCopies)
     if grouped:
         group_loop = next(b for b in loops if any(op.startswith("LDGSTS") for _, op, _ in b))
         per_copy = (tiles + 1) * len(group_loop) * 32 / (sum(copies) / BAND_ROWS)  # per 32 copies, as below
-    elif vec > 1:  # each copy_vecs loop, unrolled by 4 (plus a one-copy remainder loop): the unrolled ones in order
-        unrolled = [b for b in loops if sum(op.startswith("LDGSTS") for _, op, _ in b) > 1]
-        costs = [len(b) / sum(op.startswith("LDGSTS") for _, op, _ in b) for b in sorted(unrolled)]
-        assert len(costs) == sum(n > 0 for n in copies), (name, len(costs))
-        per_copy = sum(n * c for n, c in zip(copies, costs)) / sum(copies)
     else:  # unrolled batches of loads, then stores: the code up to the barrier (its set-up too) per load
         barrier = next(i for i, (_, op, _) in enumerate(sass) if op.startswith("BAR"))
         per_copy = barrier / sum(op.startswith("LDG") for _, op, _ in sass[:barrier])
     copies = sum(copies)
     lds = shared_wavefronts(hot, stores=True)
-    passes = BAND_ROWS * (BAND_K if direction == "grad-weight" else tiles)  # hot-loop passes per block, all warps
+    passes = BAND_ROWS * tiles  # hot-loop passes per block, all warps
     warp_instr = blocks * (passes * len(hot) + copies / 32 * per_copy)
     wavefronts = blocks * (passes * lds + copies / 32 * 2)
     regs, stack = resources[name]

@@ -267,55 +267,17 @@ LC_D T from_bits16(uint32_t bits) {
 #endif
 }
 
-// kVec neighbouring 16-bit values (2 kVec bytes, aligned to that) by one global load, as 32-bit words (the first
-// value in the low half of w[0]).
-template <int kVec, typename T>
-LC_D void load_words16(uint32_t (&w)[(kVec + 1) / 2], const T* src) {
-  static_assert(sizeof(T) == 2 && (kVec == 1 || kVec == 2 || kVec == 4 || kVec == 8), "1 to 8 16-bit values");
+// The two 16-bit values of a word (load_pair) as fp32: lo = the low half's.
+template <typename T>
+LC_D void widen_pair(uint32_t w, float& lo, float& hi) {
 #ifdef LARGECONV_EMULATE
-  emu::check_aligned(src, 2 * kVec);
-  w[0] = 0;
-  std::memcpy(w, src, 2 * kVec);
+  lo = to_float(from_bits16<T>(w)), hi = to_float(from_bits16<T>(w >> 16));
 #else
-  if constexpr (kVec == 8) {
-    const uint4 u = *reinterpret_cast<const uint4*>(src);
-    w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
-  } else if constexpr (kVec == 4) {
-    const uint2 u = *reinterpret_cast<const uint2*>(src);
-    w[0] = u.x, w[1] = u.y;
-  } else if constexpr (kVec == 2) {
-    w[0] = *reinterpret_cast<const uint32_t*>(src);
+  if constexpr (std::is_same_v<T, bf16_t>) {  // a bfloat16 is the top half of its fp32: one instruction a value
+    lo = __uint_as_float(w << 16), hi = __uint_as_float(w & 0xffff0000u);
   } else {
-    w[0] = *reinterpret_cast<const unsigned short*>(src);
-  }
-#endif
-}
-
-// load_words16's values widened to fp32.
-template <typename T, int kVec>
-LC_D void widen16(float (&v)[kVec], const uint32_t (&w)[(kVec + 1) / 2]) {
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) v[e] = to_float(from_bits16<T>(w[e / 2] >> (16 * (e % 2))));
-}
-
-// kVec floats to shared memory, by 16-byte stores from 4 (dst aligned to min(kVec, 4) floats).
-template <int kVec>
-LC_D void store_floats(float* dst, const float (&v)[kVec]) {
-#ifdef LARGECONV_EMULATE
-  emu::check_aligned(dst, 4 * (kVec < 4 ? kVec : 4));
-  std::memcpy(dst, v, 4 * kVec);
-#else
-  // (st.shared.v4 / v2 by hand: nvcc split float4 stores of widened values into four, sm_90 PTX)
-  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  if constexpr (kVec >= 4) {
-#pragma unroll
-    for (int e = 0; e < kVec; e += 4)
-      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(to + 4 * e), "f"(v[e]), "f"(v[e + 1]),
-                   "f"(v[e + 2]), "f"(v[e + 3]) : "memory");
-  } else if constexpr (kVec == 2) {
-    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(to), "f"(v[0]), "f"(v[1]) : "memory");
-  } else {
-    dst[0] = v[0];
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+    lo = f.x, hi = f.y;
   }
 #endif
 }

@@ -7,8 +7,8 @@
 // reads each weight (or writes each weight-gradient) element once per chunk of kCB channels (once for RedNet's
 // 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
 // at a time (a whole kernel row of 7 for RedNet); in registers it serves all the chunk's channels. The
-// channel-indexed operand (x, or grad_out for grad-input) is staged once per tile in shared memory (fp32) with its
-// halo (stage_vectors: copies of up to 16 bytes). A block owns one (image, group, spatial tile) and up to kCB
+// channel-indexed operand (x, or grad_out for grad-input) is staged once per tile in shared memory (its own dtype:
+// 16-bit values are widened as they are read) with its halo (stage_vectors: copies of up to 16 bytes). A block owns one (image, group, spatial tile) and up to kCB
 // channels of the group; a thread owns rb neighbouring pixels along W (pixels_per_thread) and keeps kCB x rb fp32
 // accumulators. At stride 1, dilation 1 its two pixels share a sliding register window, so each shared-memory load
 // feeds two FMAs.
@@ -65,17 +65,17 @@ LC_HD int64_t weight_offset(const Inv& p, int64_t b, int64_t ch, int64_t i, int6
 LC_HD int weight_tap_step(const Inv& p) { return p.channels_last ? 1 : static_cast<int>(p.ho * p.wo); }
 
 // NCHW rows staged in copies of kVec source values: dst[zz * plane_stride + row * row_stride + c] = planes[zz] at
-// row row0 + row, column first + c (as float), for zz < nplanes, row < rows, c < kVec * vecs; zero outside the
-// plane. first, width and the tensor's alignment are multiples of a copy (stage_vec): a copy lies inside a row or
-// outside it whole. A thread keeps one slot (row, copy column) and walks the planes, `groups` of them apart (the
-// threads split into groups of a slot each): its offsets step by a constant and its slot is inside or outside the
-// plane for every plane, so a copy is a few instructions (a team of 8 lanes a row, a value a copy, took 19-33 warp
-// instructions per 32 staged values on RedNet-50's strided tiles, sm_90 SASS). fp32 by cp.async (the caller
-// waits); 16-bit through registers, widened, eight planes' loads before their stores (a round trip per eight).
-// Offsets in 32 bits: the planes hold fewer than 2^31 values (plan).
+// row row0 + row, column first + c (raw: 16-bit values stay 16-bit), for zz < nplanes, row < rows, c < kVec * vecs;
+// zero outside the plane. first, width and the tensor's alignment are multiples of a copy (stage_vec): a copy lies
+// inside a row or outside it whole. A thread keeps one slot (row, copy column) and walks the planes, `groups` of
+// them apart (the threads split into groups of a slot each): its offsets step by a constant and its slot is inside
+// or outside the plane for every plane, so a copy is a few instructions (a team of 8 lanes a row, a value a copy,
+// took 19-33 warp instructions per 32 staged values on RedNet-50's strided tiles, sm_90 SASS). Copies of 4 bytes
+// or more by cp.async (the caller waits); single 16-bit values (odd widths) through registers, eight planes' loads
+// before their stores (a round trip per eight). Offsets in 32 bits: the planes hold fewer than 2^31 values (plan).
 template <int kVec, typename T>
-LC_D void stage_vectors(float* dst, int plane_stride, int row_stride, int nplanes, int rows, int vecs,
-                        const T* planes, int height, int width, int row0, int first, int tid, int nthreads) {
+LC_D void stage_vectors(T* dst, int plane_stride, int row_stride, int nplanes, int rows, int vecs, const T* planes,
+                        int height, int width, int row0, int first, int tid, int nthreads) {
   const int slots = rows * vecs, groups = nthreads >= slots ? nthreads / slots : 1;
   const int group = nthreads >= slots ? tid / slots : 0;
   if (group >= groups) return;  // the threads past the last whole group sit out
@@ -86,24 +86,20 @@ LC_D void stage_vectors(float* dst, int plane_stride, int row_stride, int nplane
                     static_cast<unsigned>(gc) < static_cast<unsigned>(width);
     int from = ok ? (group * height + gr) * width + gc : 0, to = group * plane_stride + row * row_stride + kVec * v;
     const int src_inc = ok ? src_step : 0;  // (a slot outside the plane re-reads planes[0], aligned, for nothing)
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (sizeof(T) * kVec >= 4) {
 #pragma unroll 4
       for (int zz = group; zz < nplanes; zz += groups, from += src_inc, to += dst_step)
-        cp_async<4 * kVec>(dst + to, planes + from, ok);
+        cp_async<sizeof(T) * kVec>(dst + to, planes + from, ok);
     } else {
-      constexpr int kBatch = 8;  // planes loaded before their stores: up to 32 registers
+      constexpr int kBatch = 8;  // planes loaded before their stores
+      const T zero = from_float<T>(0.f);
       for (int zz = group; zz < nplanes; zz += kBatch * groups) {
-        uint32_t words[kBatch][(kVec + 1) / 2] = {};  // zeros: +0.0 widened
+        T vals[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) vals[i] = ok && zz + i * groups < nplanes ? planes[from + i * src_inc] : zero;
 #pragma unroll
         for (int i = 0; i < kBatch; ++i)
-          if (ok && zz + i * groups < nplanes) load_words16<kVec>(words[i], planes + from + i * src_inc);
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-          if (zz + i * groups >= nplanes) continue;
-          float vals[kVec];
-          widen16<T>(vals, words[i]);
-          store_floats<kVec>(dst + to + i * dst_step, vals);
-        }
+          if (zz + i * groups < nplanes) dst[to + i * dst_step] = vals[i];
         from += kBatch * src_inc;
         to += kBatch * dst_step;
       }
@@ -122,12 +118,13 @@ inline int stage_vec(const void* src, int64_t width, int elem_bytes, bool channe
 }
 
 // Stages channels [c0, c0 + nc) of group g of `src` (shape (b, C, sh_, sw_)), rows row0.., cols col0.. into smem
-// (dst: the block's shared memory), zero outside; returns where column col0 of the first row of the first plane
-// landed. NCHW by stage_vectors, from the multiple of t.vec at or before col0 (that many columns early);
-// channels_last with consecutive threads on consecutive channels.
+// (the block's shared memory, raw values of src's dtype), zero outside; returns where column col0 of the first row
+// of the first plane landed. NCHW by stage_vectors, from the multiple of t.vec at or before col0 (that many columns
+// early); channels_last with consecutive threads on consecutive channels.
 template <typename T>
-LC_D const float* stage_planes(float* dst, const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b,
-                               int64_t ch0, int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
+LC_D const T* stage_planes(const T* __restrict__ src, const Inv& p, const InvTile& t, int64_t b, int64_t ch0,
+                           int nc, int64_t src_h, int64_t src_w, int64_t row0, int64_t col0) {
+  T* dst = reinterpret_cast<T*>(dynamic_smem());
   if (!p.channels_last) {
     // offsets within the chunk's planes in 32 bits (plan: a chunk of kCB planes holds fewer than 2^31 values); a
     // 64-bit row address was ~20 of a staged row's ~55 SASS instructions (sm_90, 2026-11-28)
@@ -151,10 +148,8 @@ LC_D const float* stage_planes(float* dst, const T* __restrict__ src, const Inv&
   for (int e = threadIdx.x; e < nc * t.ih * t.iw; e += t.threads()) {
     const int cc = e % nc, col = (e / nc) % t.iw, row = e / (nc * t.iw);
     const int64_t gr = row0 + row, gc = col0 + col;
-    float v = 0.f;
-    if (gr >= 0 && gr < src_h && gc >= 0 && gc < src_w) {
-      v = to_float(src[offset4(true, b, ch0 + cc, gr, gc, p.c, src_h, src_w)]);
-    }
+    T v = from_float<T>(0.f);
+    if (gr >= 0 && gr < src_h && gc >= 0 && gc < src_w) v = src[offset4(true, b, ch0 + cc, gr, gc, p.c, src_h, src_w)];
     dst[cc * t.ps + row * t.rs + col] = v;
   }
   return dst;
@@ -190,32 +185,47 @@ inline bool rednet_shape(const Inv& p) { return p.k == kRedNetK && p.cg == kCB &
 
 // ---- RedNet's kernel rows by windows (stride 1, two pixels a thread; stride 2, one) ------------------------------
 // A thread's pixels read, per kernel row and channel, kN = (kRB - 1) kS + 7 neighbouring staged values (pixel r's tap
-// kw: value r kS + kw), its window. A warp's lanes read words two apart (kRB kS = 2): one 32-bit load a value puts
-// two lanes in each bank, two wavefronts a load; the window's 8-byte pairs take two wavefronts for two values. So a
-// window is loaded once, by pairs from its first aligned value (load_window), and each channel's products follow:
-// stride 1, 5 loads and 10 wavefronts for 8 values (8 loads, 16 before); stride 2, 4 and 8 for 7 (7, 14).
+// kw: value r kS + kw), its window, loaded once (load_window) before each channel's products. fp32: a warp's lanes
+// read words two apart (kRB kS = 2): one 32-bit load a value puts two lanes in each bank, two wavefronts a load;
+// the window's 8-byte pairs take two wavefronts for two values, so a window goes by pairs from its first aligned
+// value: stride 1, 5 loads and 10 wavefronts for 8 values (8 loads, 16 before); stride 2, 4 and 8 for 7 (7, 14).
+// 16-bit: the lanes' values two apart are neighbouring 32-bit words, each word two values: 4 loads (5 where the
+// window starts odd) and as many wavefronts for 7 or 8 values, and one instruction a value to widen it.
 
-// v = p[0 .. kN - 1]; kOdd: p is 4 bytes past an 8-byte boundary.
-template <int kN, bool kOdd>
-LC_D void load_window(float (&v)[kN], const float* p) {
-  constexpr int first = kOdd ? 1 : 0, pairs = (kN - first) / 2;
-  if constexpr (kOdd) v[0] = p[0];
+// v = p[0 .. kN - 1] as fp32. kOdd: fp32, p is 4 bytes past an 8-byte boundary; 16-bit, 2 bytes past a 4-byte one.
+template <int kN, bool kOdd, typename T>
+LC_D void load_window(float (&v)[kN], const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    constexpr int first = kOdd ? 1 : 0, pairs = (kN - first) / 2;
+    if constexpr (kOdd) v[0] = p[0];
 #pragma unroll
-  for (int q = 0; q < pairs; ++q) {
-    const float2 u = load2(p + first + 2 * q);
-    v[first + 2 * q] = u.x;
-    v[first + 2 * q + 1] = u.y;
+    for (int q = 0; q < pairs; ++q) {
+      const float2 u = load2(p + first + 2 * q);
+      v[first + 2 * q] = u.x;
+      v[first + 2 * q + 1] = u.y;
+    }
+    if constexpr (first + 2 * pairs < kN) v[kN - 1] = p[kN - 1];
+  } else {  // the words from the one that holds p[0] (its high half where kOdd)
+    constexpr int lead = kOdd ? 1 : 0, words = (lead + kN + 1) / 2;
+#pragma unroll
+    for (int q = 0; q < words; ++q) {
+      float lo, hi;
+      widen_pair<T>(load_pair(p - lead + 2 * q), lo, hi);
+      const int e = 2 * q - lead;  // the value in the low half
+      if (e >= 0) v[e] = lo;
+      if (e + 1 < kN) v[e + 1] = hi;
+    }
   }
-  if constexpr (first + 2 * pairs < kN) v[kN - 1] = p[kN - 1];
 }
 
 // Whether a thread's windows start at an odd column of the block's shared memory: the staged rows' lead column
 // (stage_planes) decides, their strides are even (plan).
-LC_D bool odd_windows(const float* staged) { return (staged - dynamic_smem()) % 2 != 0; }
+template <typename T>
+LC_D bool odd_windows(const T* staged) { return (staged - reinterpret_cast<const T*>(dynamic_smem())) % 2 != 0; }
 
 // acc[c][r] += w[kw][r] * window value r kS + kw of channel c, over one kernel row: x = channel 0's window.
-template <int kRB, int kS, bool kOdd>
-LC_D void window_products(float (&acc)[kCB][kRB], const float (&w)[kRedNetK][kRB], const float* x, int ps) {
+template <int kRB, int kS, bool kOdd, typename T>
+LC_D void window_products(float (&acc)[kCB][kRB], const float (&w)[kRedNetK][kRB], const T* x, int ps) {
   constexpr int kN = (kRB - 1) * kS + kRedNetK;
 #pragma unroll
   for (int c = 0; c < kCB; ++c) {
@@ -232,7 +242,7 @@ LC_D void window_products(float (&acc)[kCB][kRB], const float (&w)[kRedNetK][kRB
 // next kernel row's weights are loaded while this row's products run (raw: converted after the products, so that
 // the loads' latency hides behind them): one memory round trip for the kernel, not one a row.
 template <int kRB, int kS, bool kOdd, typename T>
-LC_D void forward_window_rows(float (&acc)[kCB][kRB], const float* x, int rs, int ps, const T* const (&w)[kRB],
+LC_D void forward_window_rows(float (&acc)[kCB][kRB], const T* x, int rs, int ps, const T* const (&w)[kRB],
                               int wstep) {
   constexpr int K = kRedNetK;
   float wv[K][kRB];
@@ -260,8 +270,8 @@ LC_D void forward_window_rows(float (&acc)[kCB][kRB], const float* x, int rs, in
 // gradient of tap 0 (null: an invalid pixel, nothing stored). A kernel row's 7 taps are summed together over the
 // channels: one window a channel, not one load a tap.
 template <int kRB, int kS, bool kOdd, typename T>
-LC_D void grad_weight_window_rows(const float (&g)[kCB][kRB], const float* x, int rs, int ps,
-                                  T* const (&out)[kRB], int wstep) {
+LC_D void grad_weight_window_rows(const float (&g)[kCB][kRB], const T* x, int rs, int ps, T* const (&out)[kRB],
+                                  int wstep) {
   constexpr int K = kRedNetK, kN = (kRB - 1) * kS + K;
 #pragma unroll 1
   for (int kh = 0; kh < K; ++kh) {
@@ -292,8 +302,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   const int K = kRedNet ? kRedNetK : p.k, D = kRedNet ? 1 : p.d;
   const int c0 = static_cast<int>(pos.chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
   const int64_t ch0 = pos.g * p.cg + c0;
-  const float* xs = stage_planes(dynamic_smem(), static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w,
-                                 pos.i0 * p.s - p.p, pos.j0 * p.s - p.p);
+  const T* xs = stage_planes(static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
+                             pos.j0 * p.s - p.p);
   __syncthreads();
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
@@ -313,14 +323,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   auto generic_rows = [&]() {
 #pragma unroll 1
     for (int kh = 0; kh < K; ++kh) {
-      const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
+      const T* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
       float win[kCB][RB];  // kUnit: win[c][r] = x of pixel r at the current tap
       if constexpr (kUnit) {
 #pragma unroll
         for (int c = 0; c < kCB; ++c)
           if (c < nc) {
 #pragma unroll
-            for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = to_float(xr[c * t.ps + q]);
           }
       }
       // RedNet's K = 7: a whole kernel row's weights in flight at once (one memory round trip per row, not two)
@@ -342,14 +352,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
           for (int c = 0; c < kCB; ++c) {
             if (c >= nc) continue;
             if constexpr (kUnit) {
-              win[c][RB - 1] = xr[c * t.ps + kw + RB - 1];
+              win[c][RB - 1] = to_float(xr[c * t.ps + kw + RB - 1]);
 #pragma unroll
               for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
 #pragma unroll
               for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
             } else {
 #pragma unroll
-              for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], xr[c * t.ps + r * p.s + kw * D], acc[c][r]);
+              for (int r = 0; r < RB; ++r)
+                acc[c][r] = fmaf(wv[u][r], to_float(xr[c * t.ps + r * p.s + kw * D]), acc[c][r]);
             }
           }
         }
@@ -359,7 +370,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
   if constexpr (kRedNet) {
     if (kUnit || p.s == 2) {  // RedNet at stride 1 or 2: windows
       constexpr int S = kUnit ? 1 : 2;
-      const float* x = xs + S * ty * t.rs + S * RB * tx;
+      const T* x = xs + S * ty * t.rs + S * RB * tx;
       if (odd_windows(xs)) forward_window_rows<RB, S, true>(acc, x, t.rs, t.ps, wp, wstep);
       else forward_window_rows<RB, S, false>(acc, x, t.rs, t.ps, wp, wstep);
     } else {
@@ -395,8 +406,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
   const int64_t reach = static_cast<int64_t>(K - 1) * p.d;
   const int64_t ilo = floor_div(static_cast<int>(pos.i0 + p.p - reach), p.s);
   const int64_t jlo = floor_div(static_cast<int>(pos.j0 + p.p - reach), p.s);
-  const float* gs = stage_planes(dynamic_smem(), static_cast<const T*>(p.grad_out), p, t, pos.b, ch0, nc, p.ho,
-                                 p.wo, ilo, jlo);
+  const T* gs = stage_planes(static_cast<const T*>(p.grad_out), p, t, pos.b, ch0, nc, p.ho, p.wo, ilo, jlo);
   __syncthreads();
 
   const int tx = threadIdx.x % t.bx, ty = threadIdx.x / t.bx;
@@ -425,7 +435,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
         const int64_t i = hh + p.p - kh;
         const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
         const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0, i, 0) + kh * K * wstep : 0);
-        const float* gr = gs + (ty + khr) * t.rs + tx * RB;
+        const T* gr = gs + (ty + khr) * t.rs + tx * RB;
         if constexpr (kRedNet) {  // windows (window_products): pixel r's tap kwr = 6 - kw reads value r + kwr
           float wv[K][RB];
 #pragma unroll
@@ -445,7 +455,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
         for (int c = 0; c < kCB; ++c)
           if (c < nc) {
 #pragma unroll
-            for (int q = 0; q < RB - 1; ++q) win[c][q] = gr[c * t.ps + q];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = to_float(gr[c * t.ps + q]);
           }
         for (int kwr0 = 0; kwr0 < K; kwr0 += kTaps) {
           float wv[kTaps][RB];
@@ -466,7 +476,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 #pragma unroll
             for (int c = 0; c < kCB; ++c) {
               if (c >= nc) continue;
-              win[c][RB - 1] = gr[c * t.ps + kwr + RB - 1];
+              win[c][RB - 1] = to_float(gr[c * t.ps + kwr + RB - 1]);
 #pragma unroll
               for (int r = 0; r < RB; ++r) acc[c][r] = fmaf(wv[u][r], win[c][r], acc[c][r]);
 #pragma unroll
@@ -528,7 +538,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       for (int kh = hp % s; kh < K; kh += s) {  // the kernel rows that reach row hh
         const int i = (hp - kh) / s;
         const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
-        const float* gr = gs + (row_ok ? i - ilo : 0) * t.rs;
+        const T* gr = gs + (row_ok ? i - ilo : 0) * t.rs;
         float wv[RB][kM];
         int cols[RB][kM];
 #pragma unroll
@@ -543,7 +553,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
           for (int r = 0; r < RB; ++r) {
 #pragma unroll
             for (int m = 0; m < kM; ++m) {
-              const float x = gr[c * t.ps + cols[r][m]];
+              const float x = to_float(gr[c * t.ps + cols[r][m]]);
               const bool on_kernel = (kTwo && m < 3) || kw0[r] + m * s < K;
               acc[c][r] = fmaf(wv[r][m], on_kernel ? x : 0.f, acc[c][r]);
             }
@@ -558,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
       const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
       if (hh >= p.h || ti < 0 || ti % p.s != 0 || ti / p.s >= p.ho) continue;
       const int64_t i = ti / p.s;
-      const float* gr = gs + (i - ilo) * t.rs;
+      const T* gr = gs + (i - ilo) * t.rs;
       for (int kw = 0; kw < K; ++kw) {
         float wv[RB];
         int col[RB];
@@ -575,7 +585,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
           if (c >= nc) continue;
 #pragma unroll
           for (int r = 0; r < RB; ++r)
-            if (ok[r]) acc[c][r] = fmaf(wv[r], gr[c * t.ps + col[r]], acc[c][r]);
+            if (ok[r]) acc[c][r] = fmaf(wv[r], to_float(gr[c * t.ps + col[r]]), acc[c][r]);
         }
       }
     }
@@ -620,8 +630,8 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
     const int c0 = static_cast<int>(chunk) * kCB, nc = kRedNet ? kCB : imin(kCB, p.cg - c0);
     const int64_t ch0 = pos.g * p.cg + c0;
     if (chunk > 0) __syncthreads();  // done reading the previous chunk's tile
-    const float* xs = stage_planes(dynamic_smem(), static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w,
-                                   pos.i0 * p.s - p.p, pos.j0 * p.s - p.p);
+    const T* xs = stage_planes(static_cast<const T*>(p.x), p, t, pos.b, ch0, nc, p.h, p.w, pos.i0 * p.s - p.p,
+                               pos.j0 * p.s - p.p);
     float gv[kCB][RB];
 #pragma unroll
     for (int c = 0; c < kCB; ++c) {
@@ -636,7 +646,7 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
     if constexpr (kRedNet) {
       if (kUnit || p.s == 2) {  // RedNet at stride 1 or 2: windows (one chunk, the sums stored as they are)
         constexpr int S = kUnit ? 1 : 2;
-        const float* x = xs + S * ty * t.rs + S * RB * tx;
+        const T* x = xs + S * ty * t.rs + S * RB * tx;
         T* o[RB];
 #pragma unroll
         for (int r = 0; r < RB; ++r) o[r] = valid[r] ? out + wbase[r] : nullptr;
@@ -647,14 +657,14 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
     }
 #pragma unroll 1
     for (int kh = 0; kh < K; ++kh) {
-      const float* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
+      const T* xr = xs + (ty * p.s + kh * D) * t.rs + tx * RB * p.s;
       float win[kCB][RB];
       if constexpr (kUnit) {
 #pragma unroll
         for (int c = 0; c < kCB; ++c)
           if (c < nc) {
 #pragma unroll
-            for (int q = 0; q < RB - 1; ++q) win[c][q] = xr[c * t.ps + q];
+            for (int q = 0; q < RB - 1; ++q) win[c][q] = to_float(xr[c * t.ps + q]);
           }
       }
 #pragma unroll(kRedNet ? kRedNetK : 1)
@@ -664,14 +674,14 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(
         for (int c = 0; c < kCB; ++c) {
           if (c >= nc) continue;
           if constexpr (kUnit) {
-            win[c][RB - 1] = xr[c * t.ps + kw + RB - 1];
+            win[c][RB - 1] = to_float(xr[c * t.ps + kw + RB - 1]);
 #pragma unroll
             for (int r = 0; r < RB; ++r) a[r] = fmaf(gv[c][r], win[c][r], a[r]);
 #pragma unroll
             for (int q = 0; q < RB - 1; ++q) win[c][q] = win[c][q + 1];
           } else {
 #pragma unroll
-            for (int r = 0; r < RB; ++r) a[r] = fmaf(gv[c][r], xr[c * t.ps + r * p.s + kw * D], a[r]);
+            for (int r = 0; r < RB; ++r) a[r] = fmaf(gv[c][r], to_float(xr[c * t.ps + r * p.s + kw * D]), a[r]);
           }
         }
 #pragma unroll
@@ -835,7 +845,7 @@ struct BandLayout {
 };
 
 struct BandTile {
-  int nt;   // forward, grad-input: n-tiles of 8 pixels a row (1, 2, 4, 7); grad-weight: m-tiles of 16 (1, 2, 4)
+  int nt;   // n-tiles of 8 pixels a row (1, 2, 4, 7)
   int vec;  // 16-bit values a staging copy (4, 2, 1: band_vec)
   int64_t tiles_h, tiles_w;
 };
@@ -1015,123 +1025,6 @@ __global__ void __launch_bounds__(kBandRows * 32, 3) band_mma_kernel(Inv p, Band
   }
 }
 
-// ---- grad-weight on tensor cores: per kernel row kh and 16 pixels m of one row, three mma.m16n8k16 over the
-// group's 16 channels c (RedNet's shapes at stride 1, NCHW, fp16/bf16):
-//   D[m, col] = sum_c grad_out[c, m] x[c, col] for 24 staged columns from the m-tile's start,
-// of which the band col = m + kw + e (kw < 7, e = band_lead(-p)) is the weight gradient of pixel m's tap (kh, kw):
-// 112 of the 384 products are useful, each of them a whole sum (no other pixel's input enters it: no redo). A
-// (grad_out, pixels x channels) is read once per m-tile from global memory into registers; B (x, channel pairs at a
-// column) from the tile staged as the forward's; a lane's band entries go to an fp32 [7 taps][rows][columns] slice in
-// shared memory, from which each warp stores its own row's 7 taps after each kernel row, two pixels a lane.
-struct BandWgradLayout {
-  int nm;
-  constexpr LC_HD int cols() const { return 16 * nm; }
-  constexpr LC_HD int a_rs() const { return cols() + 8; }
-  constexpr LC_HD int a_ps() const { return band_stride((kBandRows + kRedNetK - 1) * a_rs()); }
-  // fp32 slice, a tap stride of 4 (mod 32) words: a store instruction's lanes (n, q) write tap kw = 2q - n + const
-  // at word kw d_ts + n, bank 8q - 3n + const: 32 different banks. (A stride of 0 mod 32 put the four q of a pixel
-  // in one bank: H200 run 1, 44% of grad-weight's shared wavefronts were bank conflicts, MIO throttle its main stall.)
-  constexpr LC_HD int d_ts() const { return kBandRows * cols() + 4; }
-  constexpr LC_HD size_t smem() const {
-    return static_cast<size_t>(kCB) * a_ps() * 2 + static_cast<size_t>(kRedNetK) * d_ts() * 4;
-  }
-};
-static_assert(BandWgradLayout{1}.d_ts() % 32 == 4 && BandWgradLayout{2}.d_ts() % 32 == 4 &&
-                  BandWgradLayout{4}.d_ts() % 32 == 4,
-              "grad-weight's band stores are conflict-free at a tap stride of 4 (mod 32) words");
-
-template <typename T, int kNM, int kVec>
-__global__ void __launch_bounds__(kBandRows * 32, 3) band_wgrad_kernel(Inv p, BandTile t) {
-  constexpr int K = kRedNetK;
-  constexpr BandWgradLayout L{kNM};
-  T* as = reinterpret_cast<T*>(dynamic_smem());
-  float* ds = reinterpret_cast<float*>(as + kCB * L.a_ps());  // (a_ps is even: 4-byte aligned)
-  const BandPos pos = band_pos(p, t, L.cols());
-  const int j0 = pos.j0;
-  const int64_t i0 = pos.i0, g = pos.g, b = pos.b, ch0 = g * kCB;
-  const int e = band_lead(j0 - p.p, kVec);
-
-  // x rows i0 - p.., columns j0 - p - e.., as the forward stages them
-  // (offsets within the group's planes in 32 bits: plan_band)
-  const int h = static_cast<int>(p.h), w = static_cast<int>(p.w), xrow0 = static_cast<int>(i0) - p.p;
-  const T* x = static_cast<const T*>(p.x) + (b * p.c + ch0) * h * w;
-  copy_vecs<kCB, kBandRows + K - 1, L.a_rs() / kVec, kVec, kBandRows * 32>(
-      as, L.a_ps(), L.a_rs(), w, x,
-      [&](int cc, int row) {
-        const int gr = xrow0 + row;
-        return static_cast<unsigned>(gr) < static_cast<unsigned>(h) ? (cc * h + gr) * w : -1;
-      },
-      [&](int) { return j0 - p.p - e; }, threadIdx.x);
-
-  // A fragments (rows: pixels n, n + 8 of each m-tile; k: channel pairs 2q, 2q + 8), zero off the map
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n = lane / 4, q = lane % 4;
-  const int64_t row = i0 + warp;
-  const T* gy = static_cast<const T*>(p.grad_out) + ((b * p.c + ch0) * p.ho + row) * p.wo;
-  uint32_t a[kNM][4];
-#pragma unroll
-  for (int u = 0; u < kNM; ++u) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {  // a[r]: pixel n + 8 (r % 2), channels 2q + 8 (r / 2) and the next
-      const int j = j0 + 16 * u + n + 8 * (r % 2), c = 2 * q + 8 * (r / 2);
-      const bool ok = row < p.ho && j < p.wo;
-      a[u][r] = ok ? bits16(gy[c * p.ho * p.wo + j]) | bits16(gy[(c + 1) * p.ho * p.wo + j]) << 16 : 0u;
-    }
-  }
-  cp_async_wait_all();
-  __syncthreads();
-
-  // This lane's D entries (PTX's layout): d[2h + r] is pixel n + 8h, column 8t + 2q + r of n-tile t: tap
-  // kw = 8t + 2q + r - n - 8h - e, kept where 0 <= kw < 7 at ds[kw][warp][16u + n + 8h].
-  const int d0 = 2 * q - n - e;
-  float* d_lane = ds + warp * L.cols() + n;
-  const bool row_ok = row < p.ho;
-  T* dw = static_cast<T*>(p.out) + ((b * p.groups + g) * K * K * p.ho + row) * p.wo + j0 + 2 * lane;  // tap 0
-#pragma unroll 1
-  for (int kh = 0; kh < K; ++kh) {
-    const T* xr = as + (warp + kh) * L.a_rs() + 2 * q * L.a_ps() + n;  // channel 2q, column n
-#pragma unroll
-    for (int u = 0; u < kNM; ++u) {
-      float acc[3][4] = {};
-#pragma unroll
-      for (int nt = 0; nt < 3; ++nt) {  // the three products first: independent, back to back
-        const T* xc = xr + 16 * u + 8 * nt;
-        const uint32_t bv[2] = {bits16(xc[0]) | bits16(xc[L.a_ps()]) << 16,
-                                bits16(xc[8 * L.a_ps()]) | bits16(xc[9 * L.a_ps()]) << 16};
-        mma_m16n8k16<T>(acc[nt], a[u], bv);
-      }
-#pragma unroll
-      for (int nt = 0; nt < 3; ++nt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          if (nt - h < 0 || nt - h > 1) continue;  // kw in 8 (nt - h) + [-9, 7]: off the band for every lane
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int kw = d0 + 8 * nt + r - 8 * h;
-            if (kw >= 0 && kw < K) d_lane[kw * L.d_ts() + 16 * u + 8 * h] = acc[nt][2 * h + r];
-          }
-        }
-      }
-    }
-    __syncthreads();
-    // this warp's row of the kernel row's 7 taps, two pixels a lane
-    if (row_ok && 2 * lane < L.cols() && j0 + 2 * lane < p.wo) {
-      const bool second = kVec > 1 || j0 + 2 * lane + 1 < p.wo;  // (kVec > 1: widths are even)
-#pragma unroll
-      for (int kw = 0; kw < K; ++kw) {
-        const float* v = ds + kw * L.d_ts() + warp * L.cols() + 2 * lane;
-        T* o = dw + static_cast<int64_t>(kh * K + kw) * p.ho * p.wo;
-        if constexpr (kVec > 1) {
-          store_pair(o, from_float<T>(v[0]), from_float<T>(v[1]));
-        } else {  // odd widths: rows start at odd elements
-          o[0] = from_float<T>(v[0]);
-          if (second) o[1] = from_float<T>(v[1]);
-        }
-      }
-    }
-    __syncthreads();
-  }
-}
-
 // The copies' width (16-bit values) for the banded kernels: the widest of 4, 2, 1 that divides both maps' widths,
 // whose byte size aligns the copied tensors (the output takes 4-byte pair stores from 2 on), and that leaves at most
 // 2 lead columns before the channel operand's first (a product's 16 columns reach 8 + 6 + lead).
@@ -1146,33 +1039,30 @@ inline int band_vec(const Inv& p, std::initializer_list<const void*> copied, con
   return vec;
 }
 
-// The banded tensor-core path: RedNet's shapes at stride 1, 16-bit NCHW, on a device with tensor cores, copies of
-// `vec` values (band_vec). False where it does not apply or fit.
+// The banded tensor-core path of the forward or grad-input: RedNet's shapes at stride 1, 16-bit NCHW, on a device
+// with tensor cores, copies of `vec` values (band_vec); grad-input from maps wider than 16 columns. False where it
+// does not apply or fit. The FMA kernels take the rest: on 16-bit tiles staged as 16-bit, they were predicted to
+// beat the banded grad-input at RedNet-50's 14x14 and 7x7 maps (0.024 and 0.017 ms against 0.028 and 0.024) and the
+// banded grad-weight (its products per 16 pixels: removed) at every map (0.056 against 0.073 ms at 56x56; static
+// sm_90 model, bench/NOTES.md, session 22).
 inline bool plan_band(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, int vec, BandTile* tile) {
   // a group's planes and an image's weights are addressed in 32 bits
   const int64_t limit = int64_t{1} << 31;
+  const bool grad_input = dir == Dir::kGradInput;
   if (!lim.tensor_cores || elem_bytes != 2 || p.channels_last || !rednet_shape(p) || p.s != 1 ||
+      dir == Dir::kGradWeight || (grad_input && p.w <= 16) ||
       static_cast<int64_t>(p.groups) * p.k * p.k * p.ho * p.wo >= limit || kCB * p.h * p.w >= limit ||
       kCB * p.ho * p.wo >= limit) {
     return false;
   }
-  const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
+  const int64_t rows = grad_input ? p.h : p.ho, cols = grad_input ? p.w : p.wo;
   BandTile t{};
   t.vec = vec;
-  int tile_cols;
-  size_t smem;
-  if (dir == Dir::kGradWeight) {  // m-tiles of 16 pixels: 1, 2, 4 (RedNet-50's 7 and 14, 28, 56 columns)
-    t.nt = cols <= 16 ? 1 : cols <= 32 ? 2 : 4;
-    tile_cols = BandWgradLayout{t.nt}.cols();
-    smem = BandWgradLayout{t.nt}.smem();
-  } else {  // n-tiles of 8 pixels: 1, 2, 4, 7 (RedNet-50's 7, 14, 28, 56 columns)
-    t.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : 7;
-    tile_cols = BandLayout{t.nt, dir == Dir::kGradInput, vec > 1}.cols();
-    smem = BandLayout{t.nt, dir == Dir::kGradInput, vec > 1}.smem();
-  }
-  if (smem > static_cast<size_t>(lim.max_smem_optin)) return false;
+  t.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : 7;  // n-tiles of 8 pixels (RedNet-50's 7, 14, 28, 56)
+  const BandLayout layout{t.nt, grad_input, vec > 1};
+  if (layout.smem() > static_cast<size_t>(lim.max_smem_optin)) return false;
   t.tiles_h = ceil_div(rows, kBandRows);
-  t.tiles_w = ceil_div(cols, tile_cols);
+  t.tiles_w = ceil_div(cols, layout.cols());
   *tile = t;
   return true;
 }
@@ -1203,31 +1093,10 @@ void launch_band(Launch& launch, const Inv& p, const BandTile& t) {
   }
 }
 
-template <typename T, int kVec, typename Launch>
-void launch_band_wgrad(Launch& launch, const Inv& p, const BandTile& t) {
-  auto kernel = t.nt == 1   ? band_wgrad_kernel<T, 1, kVec>
-                : t.nt == 2 ? band_wgrad_kernel<T, 2, kVec>
-                            : band_wgrad_kernel<T, 4, kVec>;
-  launch(kernel, grid_size(p.b * p.groups * t.tiles_h * t.tiles_w), kBandRows * 32, BandWgradLayout{t.nt}.smem(),
-         p, t);
-}
-
-template <typename T, typename Launch>
-void launch_band_wgrad(Launch& launch, const Inv& p, const BandTile& t) {
-  if (t.vec == 4) {
-    launch_band_wgrad<T, 4>(launch, p, t);
-  } else if (t.vec == 2) {
-    launch_band_wgrad<T, 2>(launch, p, t);
-  } else {
-    launch_band_wgrad<T, 1>(launch, p, t);
-  }
-}
-
 // ---- plans -----------------------------------------------------------------------------------------------------
 
 // Pixel tile over (rows, cols) of the kernel's own output; false when even one row of rb pixels does not fit.
-// 16-bit NCHW inputs (elem_bytes 2) stage through half the planes' raw values: two memory round trips, and a tile
-// whose smem is 5/4 of the fp32 one (RedNet-50 stage 1: 3 blocks/SM still).
+// The staged planes hold the input's own values (elem_bytes each): a 16-bit tile takes half an fp32 one's smem.
 inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, InvTile* tile) {
   const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
   const int rb = pixels_per_thread(p.s == 1 && p.d == 1);
@@ -1256,9 +1125,9 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
       ih = static_cast<int64_t>(by - 1) * p.s + reach + 1;
       iw = static_cast<int64_t>(bx * rb - 1) * p.s + reach + 1;
     }
-    // rows of whole copies from up to vec - 1 columns early, aligned for the widest store (16 bytes) and the
-    // windows' 8-byte loads (load_window)
-    const int64_t vecs = ceil_div(iw + vec - 1, vec), align = imax(imin(vec, 4), 2);
+    // rows of whole copies from up to vec - 1 columns early, aligned for them and for the windows' loads of two
+    // values (load_window: 8-byte fp32 pairs, 32-bit words of 16-bit values)
+    const int64_t vecs = ceil_div(iw + vec - 1, vec), align = imax(vec, 2);
     const int64_t rs = aligned_stride(vecs * vec, align), ps = aligned_stride(ih * rs, align);
     if (ih * rs > (1 << 24)) return false;
     t.bx = bx; t.by = by; t.rb = rb; t.nc = nc;
@@ -1267,7 +1136,7 @@ inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes,
     t.tiles_h = ceil_div(rows, by);
     t.tiles_w = ceil_div(cols, static_cast<int64_t>(bx) * rb);
     t.chunks = chunks;
-    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * sizeof(float);
+    t.smem = static_cast<size_t>(nc) * static_cast<size_t>(ps) * elem_bytes;
     return true;
   };
   auto blocks = [&]() { return p.b * p.groups * t.tiles_h * t.tiles_w * (dir == Dir::kGradWeight ? 1 : chunks); };
@@ -1347,11 +1216,12 @@ void run_grad_input(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   }
 }
 
-// The fp32 plan's answer: a 16-bit tile needs more shared memory, so it plans only where the fp32 one does.
+// The 16-bit plan's answer: its tile takes the least shared memory, so any dtype's tile plans only where it does
+// (an fp32 call whose tile does not fit gets a workspace it leaves unused).
 inline size_t grad_weight_workspace_bytes(const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
   InvTile t;
-  if (!plan(p, Dir::kGradWeight, lim, sizeof(float), &t) || t.chunks == 1) return 0;
+  if (!plan(p, Dir::kGradWeight, lim, 2, &t) || t.chunks == 1) return 0;
   return static_cast<size_t>(p.b * p.groups * p.k * p.k * p.ho * p.wo) * sizeof(float);
 }
 
@@ -1359,13 +1229,6 @@ inline size_t grad_weight_workspace_bytes(const InvArgs& a, const DeviceLimits& 
 template <typename T, typename Launch>
 void run_grad_weight(Launch& launch, const InvArgs& a, const DeviceLimits& lim) {
   const Inv p = make_inv(a);
-  if constexpr (sizeof(T) == 2) {
-    BandTile bt;
-    if (plan_band(p, Dir::kGradWeight, lim, sizeof(T), band_vec(p, {a.x}, a.out), &bt)) {
-      launch_band_wgrad<T>(launch, p, bt);
-      return;
-    }
-  }
   InvTile t;
   if (!plan(p, Dir::kGradWeight, lim, sizeof(T), &t)) {
     launch(grad_weight_naive_kernel<T>, naive_grid(p.b * p.groups * p.k * p.k * p.ho * p.wo), kThreads, 0, p);

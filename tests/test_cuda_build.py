@@ -72,14 +72,22 @@ def test_there_are_cuda_sources():
 
 
 # Sources whose sm_90 compile the static model tests below do (bench/static_gpu.py cuda_sass: the same nvcc flags,
-# SASS identical with torch's extension flags, 2026-11-29): compiled here for sm_80 only (each arch ~1 min of CI).
+# SASS identical with torch's extension flags, 2026-11-29): not compiled again here (each arch ~1 min of CI). sm_80
+# and sm_90 compile the same code (the sources branch on the arch only below sm_80: checked below), so the one
+# compile covers both archs' front end; only ptxas differs.
 MODELED_FOR_SM90 = {"dwconv.cu", "involution.cu"}
 
 
 @pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
 def test_cu_compiles_for_sm80_and_sm90(source):
-    """Every .cu compiles with torch's extension flags for the GPU archs: sm_80 and sm_90 here, or sm_80 here and
-    sm_90 in test_static_model_of_the_tensor_core_kernels / _involution_kernels (MODELED_FOR_SM90)."""
+    """Every .cu compiles with torch's extension flags for the GPU archs: sm_80 and sm_90 here, or sm_90 in
+    test_static_model_of_the_tensor_core_kernels / _involution_kernels (MODELED_FOR_SM90)."""
+    arch_tests = re.findall(r"__CUDA_ARCH__\s*([<>=!]+)\s*(\d+)",
+                            "\n".join(p.read_text() for p in [*CSRC.glob("*.cu"), *CSRC.glob("*.cuh")]))
+    assert arch_tests and set(arch_tests) == {("<", "800")}, f"arch branches at or above sm_80: {arch_tests}"
+    if source.name in MODELED_FOR_SM90:  # the model compiles it for sm_90
+        assert f'cuda_sass("{source.name}")' in (ROOT / "bench" / "static_gpu.py").read_text()
+        return
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (not on PATH, no CUDA_HOME/bin/nvcc): CUDA compile check skipped")
@@ -87,10 +95,7 @@ def test_cu_compiles_for_sm80_and_sm90(source):
     if not any((Path(d) / "c10" / "cuda" / "CUDAGuard.h").exists() for d in includes):
         pytest.skip("this torch installation ships no c10/cuda headers: CUDA compile check skipped")
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
-    if source.name in MODELED_FOR_SM90:  # and the model does compile it
-        assert f'cuda_sass("{source.name}")' in (ROOT / "bench" / "static_gpu.py").read_text()
-    archs = [a for a in ARCHS if a != "90" or source.name not in MODELED_FOR_SM90]
-    gencode = [flag for arch in archs for flag in ("-gencode", f"arch=compute_{arch},code=sm_{arch}")]
+    gencode = [flag for arch in ARCHS for flag in ("-gencode", f"arch=compute_{arch},code=sm_{arch}")]
     # The flags torch's CUDAExtension uses, the archs in one invocation, object discarded.
     _run([nvcc, "-c", str(source), "-o", os.devnull, "-std=c++20", "-O3", *gencode, *COMMON_NVCC_FLAGS,
           _abi_flag(), "-Xcompiler", "-fPIC", *[f"-I{d}" for d in includes]], f"nvcc {source.name}")
@@ -268,20 +273,22 @@ def test_static_model_of_the_tensor_core_kernels():
 
 def test_static_model_of_the_involution_kernels():
     """bench/static_gpu.py's section on the CUDA involution kernels finds, in their sm_90 SASS, each RedNet-50
-    involution's kernel, its FFMA (or, banded, HMMA) loop and its NCHW staging loops; the FMA kernels stage by
-    copies of up to 16 bytes (stage_vectors: one round trip a block for fp32's cp.async, one per eight planes a
-    thread copies for 16-bit inputs through registers) at a few warp instructions per 32 staged values, the banded
-    kernels by copies of 4, 2 or 1 values at a bounded cost each; the FMA kernels' hot loops read windows by 8-byte
-    pairs (their 32-bit loads two lanes a bank); no prediction beats the DRAM time of the minimum bytes."""
+    involution's kernel, its FFMA (or, banded, HMMA) loop and its NCHW staging loops; the FMA kernels stage the
+    input's own values by copies of up to 16 bytes (stage_vectors: cp.async, one round trip a block; single 16-bit
+    values through registers, one per eight planes a thread copies) at a few warp instructions per 32 staged
+    values, the banded kernels by copies of 4, 2 or 1 values at a bounded cost each; the FMA kernels' hot loops read
+    windows by fp32 8-byte pairs (their 32-bit loads two lanes a bank) or 16-bit 32-bit words; no prediction beats
+    the DRAM time of the minimum bytes."""
     from bench import suites
     rows = _static_rows("cuda_involution_rows")
     assert {(r["case"], r["dtype"], r["direction"]) for r in rows} == {
         (c.name, dtype, d) for c in suites.rednet50() for dtype in ("fp32", "bf16")
         for d in ("forward", "grad-input", "grad-weight")}
     band = {(r["case"], r["direction"]) for r in rows if "::band_" in r["kernel"]}
-    # the banded tensor-core kernels: bf16 at stride 1 (copies of 4 values at RedNet-50's 56 and 28 columns, of 2 at
-    # 14, of 1 at 7)
-    assert band == {(f"rednet50-s{s}", d) for s in range(1, 5) for d in ("forward", "grad-input", "grad-weight")}
+    # the banded tensor-core kernels: bf16 forward at stride 1 (copies of 4 values at RedNet-50's 56 and 28 columns,
+    # of 2 at 14, of 1 at 7), grad-input from 28 columns; the FMA kernels for the rest
+    assert band == {(f"rednet50-s{s}", "forward") for s in range(1, 5)} | {
+        (f"rednet50-s{s}", "grad-input") for s in (1, 2)}
     assert {r["kernel"][-2] for r in rows if "::band_" in r["kernel"] and r["case"] == "rednet50-s4"} == {"1"}
     for r in rows:
         assert (r["hot_hmma"] > 0 if (r["case"], r["direction"]) in band and r["dtype"] == "bf16"
@@ -295,11 +302,13 @@ def test_static_model_of_the_involution_kernels():
         else:  # per 32 staged values: copies of 2-8 values a slot, walking the planes (a team of 8 lanes a row and
             # a value a copy took 19-33 at the strided tiles; 7x7 maps' copies of one 16-bit value cost the most)
             assert r["stage_instr"] < (24 if r["case"].startswith("rednet50-s4") else 16), r
-    # (stride 2 shown: their x rows take 16-byte copies (fp32: 56 and 28 columns; bf16: 56), the
-    # FMA kernels' 16-bit copies widen through registers: a round trip per eight planes, not one for all)
+    # (stride 2 shown: their x rows take 16-byte copies, fp32 and bf16 alike)
     by_key = {(r["case"], r["dtype"], r["direction"]): r for r in rows}
-    assert by_key[("rednet50-s2-stride2", "fp32", "forward")]["stage_instr"] < 5
-    assert by_key[("rednet50-s2-stride2", "bf16", "forward")]["stage_instr"] < 13
+    assert all(by_key[("rednet50-s2-stride2", dtype, "forward")]["stage_instr"] < 5 for dtype in ("fp32", "bf16"))
+    # bf16 staged as bf16: the stride-2 forward's shared-memory traffic under its DRAM time (widened to fp32 in shared
+    # memory it was twice that: 0.061 ms against 0.031, 2026-11-29)
+    row = by_key[("rednet50-s2-stride2", "bf16", "forward")]
+    assert row["l1_ms"] < row["memory_ms"], row
     # the FMA kernels' windows (load_window): RedNet-50's first stage in fp32 stays at the DRAM roof in all three
     # directions (one 32-bit load a value, two lanes a bank, made it L1-bound: 0.092-0.098 ms against 0.078)
     assert all(by_key[("rednet50-s1", "fp32", d)]["bound"] == "memory"

@@ -679,6 +679,24 @@ int main(int argc, char** argv) {
     }
   }
   {
+    // A 16-bit tile stages raw values: half an fp32 tile's shared memory, so it can plan where fp32's does not. Its
+    // grad-weight over two channel chunks then needs the workspace, which grad_weight_workspace_bytes must count.
+    const char* name = "involution[plan] a 16-bit grad-weight tile that fp32's does not fit gets its workspace";
+    if (selected(name)) {
+      InvArgs a;
+      a.b = 1; a.c = 32; a.groups = 1; a.k = 15; a.s = 1; a.p = 7; a.d = 1;
+      a.h = a.ho = a.w = a.wo = 20;
+      inv::InvTile t16, t32;
+      const bool fits16 = inv::plan(inv::make_inv(a), inv::Dir::kGradWeight, small, 2, &t16);
+      const bool fits32 = inv::plan(inv::make_inv(a), inv::Dir::kGradWeight, small, 4, &t32);
+      const size_t bytes = inv::grad_weight_workspace_bytes(a, small);
+      const bool ok = fits16 && !fits32 && t16.chunks == 2 && bytes > 0;
+      ++run;
+      if (!ok) ++failures;
+      std::printf("%s %s (16-bit: %d, fp32: %d, workspace %zu B)\n", ok ? "ok  " : "FAIL", name, fits16, fits32, bytes);
+    }
+  }
+  {
     // The tensor-core grad-weights' splits fill the waves of the blocks their __launch_bounds__ promise an SM, on an
     // H100 (132 SMs): RepLKNet-31B's stages (batch 64, "same"), >= 75% of the slots of the waves they take (a fixed
     // four a SM ran TF32's first stage in 1.2 waves: 61%; 1024 channels of one split take 78% of two waves).
