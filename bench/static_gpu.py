@@ -1190,9 +1190,11 @@ def cuda_mma_rows():
 INV_THREADS, INV_CB = 256, 16
 
 
-def inv_pixels_per_thread(case):
-    """csrc/involution.cuh pixels_per_thread: 2 at stride 1, dilation 1, else 1."""
-    return 2 if case.stride == 1 and case.dilation == 1 else 1
+def inv_pixels_per_thread(case, direction):
+    """csrc/involution.cuh pixels_per_thread: 2 at stride 1, dilation 1 and for RedNet's grad-input (K = 7, 16
+    channels a group), else 1."""
+    rednet = case.kernel[0] == 7 and case.shape[1] // case.groups == INV_CB and case.dilation == 1
+    return 2 if (case.stride == 1 and case.dilation == 1) or (direction == "grad-input" and rednet) else 1
 
 
 def involution_tile(case, direction, elem_bytes=4):
@@ -1205,7 +1207,7 @@ def involution_tile(case, direction, elem_bytes=4):
     ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
     cg = c // case.groups
     rows, cols = (h, w) if direction == "grad-input" else (ho, wo)
-    rb = inv_pixels_per_thread(case)
+    rb = inv_pixels_per_thread(case, direction)
     bx = min(cdiv(cols, rb), 32)
     by = cdiv(rows, cdiv(rows, INV_THREADS // bx))
     chunks, nc, reach = cdiv(cg, INV_CB), min(cg, INV_CB), (k - 1) * d
@@ -1317,9 +1319,10 @@ def cuda_involution_rows(functions=None, resources=None):
                     found = [b for b in found if ffma_of(b) == max(map(ffma_of, found))]
                     parity = (max if vec > 1 else min)(map(singles, found))
                     hot = max((b for b in found if singles(b) == parity), key=len)
-                elif direction == "grad-input" and not unit:  # a loop for stride 2 and one for any: stride 2's
-                    found = [b for b in loops if ffma_of(b) == max(map(ffma_of, loops))]  # is the shorter
-                    hot = (min if case.stride == 2 else max)(found, key=len)
+                elif direction == "grad-input" and not unit:  # stride 2's loop of pixel pairs (7 taps a channel)
+                    found = [b for b in loops if ffma_of(b) == (7 * INV_CB if case.stride == 2 else  # or any
+                                                                max(map(ffma_of, loops)))]        # stride's
+                    hot = max(found, key=len)
                 else:
                     hot = max(loops, key=ffma_of)
                 ffma = ffma_of(hot)
@@ -1342,7 +1345,7 @@ def cuda_involution_rows(functions=None, resources=None):
                 stage_warp_instr = busy_warps * plane_copies * per_copy
                 stage_per_element = stage_warp_instr / (nc * ih * iw) * 32  # per 32 of the tile's staged values
                 k = case.kernel[0]
-                macs_per_thread = k * k * INV_CB * inv_pixels_per_thread(case) * (
+                macs_per_thread = k * k * INV_CB * inv_pixels_per_thread(case, direction) * (
                     chunks if direction == "grad-weight" else 1)
                 passes = macs_per_thread / ffma  # hot-loop passes per warp and block
                 if direction == "grad-input" and not unit:  # strided: a pass per kernel row reaching the row
@@ -1351,10 +1354,11 @@ def cuda_involution_rows(functions=None, resources=None):
                 warp_instr = blocks * (num_warps * passes * len(hot) + tiles * stage_warp_instr)
                 lds = shared_wavefronts(hot)
                 # a warp's 32-bit loads of the hot loop read values 2 apart (two pixels a thread, or one at stride
-                # 2; strided grad-input's neighbouring pixels read the same grad_out column or the next): fp32, words
-                # 2 apart, two lanes a bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway);
-                # 16-bit, neighbouring words
-                lane_values = inv_pixels_per_thread(case) * (case.stride if direction != "grad-input" else 1)
+                # 2; strided grad-input's pixel pairs read windows one column apart): fp32, words 2 apart, two lanes
+                # a bank, two wavefronts (8-byte loads of neighbouring pairs take two anyway); 16-bit, neighbouring
+                # words
+                lane_values = 1 if direction == "grad-input" and not unit else \
+                    inv_pixels_per_thread(case, direction) * case.stride
                 if dtype == "fp32" and lane_values % 2 == 0:
                     lds += sum(classify(op) == "LDS.32" for _, op, _ in hot)
                 # staging: a wavefront per 32 words stored (whole rows of copies)

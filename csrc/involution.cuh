@@ -8,10 +8,10 @@
 // 16-channel groups), coalesced, straight between global memory and registers, kKW taps' worth of loads in flight
 // at a time (a whole kernel row of 7 for RedNet); in registers it serves all the chunk's channels. The
 // channel-indexed operand (x, or grad_out for grad-input) is staged once per tile in shared memory (its own dtype:
-// 16-bit values are widened as they are read) with its halo (stage_vectors: copies of up to 16 bytes). A block owns one (image, group, spatial tile) and up to kCB
-// channels of the group; a thread owns rb neighbouring pixels along W (pixels_per_thread) and keeps kCB x rb fp32
-// accumulators. At stride 1, dilation 1 its two pixels share a sliding register window, so each shared-memory load
-// feeds two FMAs.
+// 16-bit values are widened as they are read) with its halo (stage_vectors: copies of up to 16 bytes). A block owns
+// one (image, group, spatial tile) and up to kCB channels of the group; a thread owns rb neighbouring pixels along W
+// (pixels_per_thread) and keeps kCB x rb fp32 accumulators. At stride 1, dilation 1 its two pixels share a sliding
+// register window, so each shared-memory load feeds two FMAs.
 //
 // The weight gradient sums over the group's channels: with more than kCB channels per group, the block walks the
 // channel chunks in order, keeping the running fp32 sum in a workspace (same element, same thread: deterministic,
@@ -26,9 +26,10 @@ namespace largeconv {
 namespace inv {
 
 constexpr int kThreads = 256;
-// Pixels per thread along W: two at stride 1, dilation 1, where they share a sliding window of staged inputs; one
-// otherwise (a strided tile stages ~s^2 inputs per output: one pixel a thread doubles the threads per staged byte).
-constexpr LC_HD int pixels_per_thread(bool unit) { return unit ? 2 : 1; }
+// Pixels per thread along W: two where they share a window of staged inputs (stride 1, dilation 1; RedNet's strided
+// grad-input, whose neighbouring pixels take the two phases of taps); one otherwise (a strided tile stages ~s^2
+// inputs per output: one pixel a thread doubles the threads per staged byte).
+constexpr LC_HD int pixels_per_thread(bool shared_window) { return shared_window ? 2 : 1; }
 constexpr int kCB = 16;  // channels per block (chunk): the RedNet group width
 constexpr int kKW = 4;   // taps whose weights are loaded together (several global loads in flight)
 constexpr size_t kSoftSmem = 64 * 1024;
@@ -397,7 +398,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Inv p, InvTile t) {
 // RedNet: two blocks' worth of registers (unbounded, ptxas took 160-167: one block per SM).
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
 __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(Inv p, InvTile t) {
-  constexpr int RB = pixels_per_thread(kUnit);
+  constexpr int RB = pixels_per_thread(kUnit || kRedNet);  // (RedNet at stride 2: a pixel of each phase)
   const T* __restrict__ wt = static_cast<const T*>(p.weight);
   const BlockPos pos = block_pos(p, t, t.chunks);  // i0, j0: the dx tile origin
   const int K = kRedNet ? kRedNetK : p.k;
@@ -497,17 +498,69 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
     // grad_out column (w + p - kw) / s steps back by one with m: each pixel walks its own ceil(K / s) taps of a
     // kernel row (the loop below meets all K*K and keeps ~1/s^2 of the products), its weights loaded together, the
     // next kernel row's while this row's products run (raw: converted after them). A grad_out column outside the
-    // map is staged as zero and read with a zero weight; a tap past the kernel (m with kw >= K) multiplies zero, not
-    // the staged value it points at (a zero weight times a staged Inf would be NaN).
+    // map is staged as zero and read with a zero weight.
+    const int hp = static_cast<int>(hh) + p.p;  // (32-bit: rows and columns < 2^31, a 64-bit division is a call)
+    // Stride 2: the thread's two pixels, w0 (even past the tile's first column) and w0 + 1, take the two phases of
+    // taps, q_r = (p + r) % 2 (q 0: kw 0, 2, 4, 6; q 1: 1, 3, 5), and read grad_out columns jtop_r - m, jtop_r = (w0
+    // + r + p - q_r) / 2: together one window of 4 neighbouring staged values (staged column tx + p % 2 on; pixel
+    // r's tap m is value top_r - m, top_r = 3 but 2 for pixel 0 at odd p), each read once for the pair's 7
+    // products. No tap past the kernel is taken (a zero weight times a staged Inf would be NaN).
+    auto pair_rows = [&](auto p_odd) {
+      constexpr bool kPOdd = decltype(p_odd)::value;
+      // (expressions, not constexpr arrays: an array the lambdas capture is read from memory, and the raw weights
+      // it bounds went to local memory, sm_90 SASS)
+      auto phase = [](int r) { return kPOdd ? 1 - r : r; };  // q_r; its taps: 4 - q_r
+      auto top = [](int r) { return kPOdd && r == 0 ? 2 : 3; };
+      int jtop[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) jtop[r] = (static_cast<int>(w0) + r + p.p - phase(r)) / 2;
+      // kernel row kh's weights (raw); a row that does not reach a grad_out row (outside the map, or past the
+      // kernel) reads none: zero weights
+      auto fetch = [&](int kh, T (&raw)[2][4]) {
+        const int i = (hp - kh) / 2;
+        const bool row_ok = kh < K && hh < p.h && i >= 0 && i < p.ho;
+        const T* wrow = wt + (row_ok ? weight_offset(p, pos.b, wch0 + kh * K, i, 0) : 0);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+#pragma unroll
+          for (int m = 0; m < 4 - phase(r); ++m) {
+            const int kw = phase(r) + 2 * m, j = jtop[r] - m;
+            const bool ok = row_ok && w0 + r < p.w && j >= 0 && j < p.wo;
+            raw[r][m] = ok ? wrow[kw * wstep + j * jstep] : from_float<T>(0.f);
+          }
+        }
+      };
+      T raw[2][4];
+      fetch(hp % 2, raw);
+#pragma unroll 1
+      for (int kh = hp % 2; kh < K; kh += 2) {  // the kernel rows that reach row hh
+        const int i = (hp - kh) / 2;
+        const bool row_ok = hh < p.h && i >= 0 && i < p.ho;
+        float wv[2][4];
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int m = 0; m < 4 - phase(r); ++m) wv[r][m] = to_float(raw[r][m]);
+        fetch(kh + 2, raw);
+        if (!row_ok) continue;
+        const T* g = gs + (i - ilo) * t.rs + tx + (kPOdd ? 1 : 0);
+#pragma unroll
+        for (int c = 0; c < kCB; ++c) {
+          float v[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) v[e] = to_float(g[c * t.ps + e]);
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+#pragma unroll
+            for (int m = 0; m < 4 - phase(r); ++m) acc[c][r] = fmaf(wv[r][m], v[top(r) - m], acc[c][r]);
+        }
+      }
+    };
+    // Other strides: each pixel its own phase. A tap past the kernel (m with kw >= K) multiplies zero, not the
+    // staged value it points at (a zero weight times a staged Inf would be NaN).
     constexpr int kM = (kRedNetK + 1) / 2;  // taps per kernel row and pixel, s >= 2
-    // stride: std::integral_constant<int, 2> (RedNet's; taps m < 3 always on the kernel) or the run-time stride
-    auto kernel_rows = [&](auto stride) {
-      constexpr bool kTwo = !std::is_same_v<decltype(stride), int>;
-      int s;  // (not `= stride`: integral_constant's conversion is a host constexpr function)
-      if constexpr (kTwo) s = 2;
-      else s = stride;
-      // (32-bit: rows and columns < 2^31, and a 64-bit division is a call)
-      const int hp = static_cast<int>(hh) + p.p;
+    auto kernel_rows = [&]() {
+      const int s = p.s;
       int kw0[RB], jtop[RB];
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
@@ -554,15 +607,19 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 #pragma unroll
             for (int m = 0; m < kM; ++m) {
               const float x = to_float(gr[c * t.ps + cols[r][m]]);
-              const bool on_kernel = (kTwo && m < 3) || kw0[r] + m * s < K;
+              const bool on_kernel = kw0[r] + m * s < K;
               acc[c][r] = fmaf(wv[r][m], on_kernel ? x : 0.f, acc[c][r]);
             }
           }
         }
       }
     };
-    if (p.s == 2) kernel_rows(std::integral_constant<int, 2>{});
-    else kernel_rows(p.s);
+    if (p.s == 2) {
+      if (p.p % 2) pair_rows(std::true_type{});
+      else pair_rows(std::false_type{});
+    } else {
+      kernel_rows();
+    }
   } else {
     for (int kh = 0; kh < K; ++kh) {
       const int64_t ti = hh + p.p - static_cast<int64_t>(kh) * p.d;
@@ -1099,7 +1156,7 @@ void launch_band(Launch& launch, const Inv& p, const BandTile& t) {
 // The staged planes hold the input's own values (elem_bytes each): a 16-bit tile takes half an fp32 one's smem.
 inline bool plan(const Inv& p, Dir dir, const DeviceLimits& lim, int elem_bytes, InvTile* tile) {
   const int64_t rows = dir == Dir::kGradInput ? p.h : p.ho, cols = dir == Dir::kGradInput ? p.w : p.wo;
-  const int rb = pixels_per_thread(p.s == 1 && p.d == 1);
+  const int rb = pixels_per_thread((p.s == 1 && p.d == 1) || (dir == Dir::kGradInput && rednet_shape(p)));
   const int64_t col_groups = ceil_div(cols, rb);
   int bx = static_cast<int>(col_groups < 32 ? col_groups : 32);
   int by = static_cast<int>(ceil_div(rows, ceil_div(rows, kThreads / bx)));

@@ -300,8 +300,9 @@ def test_static_model_of_the_involution_kernels():
             # values four a thread and row through registers)
             assert r["stage_instr"] < 40, r
         else:  # per 32 staged values: copies of 2-8 values a slot, walking the planes (a team of 8 lanes a row and
-            # a value a copy took 19-33 at the strided tiles; 7x7 maps' copies of one 16-bit value cost the most)
-            assert r["stage_instr"] < (24 if r["case"].startswith("rednet50-s4") else 16), r
+            # a value a copy took 19-33 at the strided tiles; 7x7 maps' copies of one 16-bit value cost the most:
+            # ~26 for the stride-2 grad-input, whose pixel pairs leave half the threads to stage)
+            assert r["stage_instr"] < (28 if r["case"].startswith("rednet50-s4") else 16), r
     # (stride 2 shown: their x rows take 16-byte copies, fp32 and bf16 alike)
     by_key = {(r["case"], r["dtype"], r["direction"]): r for r in rows}
     assert all(by_key[("rednet50-s2-stride2", dtype, "forward")]["stage_instr"] < 5 for dtype in ("fp32", "bf16"))

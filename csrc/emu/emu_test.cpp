@@ -534,6 +534,9 @@ int main(int argc, char** argv) {
       // a pixel's taps off the kernel (RedNet) or of the other phase (K = 5) must add nothing, not 0 x Inf
       {1, 16, 9, 42, 1, 7, 2, 3, 1, true},
       {1, 8, 9, 45, 2, 5, 2, 2, 1, true},
+      // RedNet's stride-2 grad-input, two pixels a thread (a phase each; even padding: the phases swap pixels)
+      {1, 16, 9, 42, 1, 7, 2, 2, 1, true},
+      {2, 16, 10, 21, 1, 7, 2, 4, 1},
       // fp16/bf16 NCHW RedNet shapes at stride 1 (roomy device): the banded tensor-core kernels, copies of 4 values
       // (widths a multiple of 4, x 8-byte aligned); row tiles and partial tiles, two column tiles, padding 7 (reach
       // past the kernel), NaN / Inf; copies of 2 (x 4-byte aligned; padding 5 at 12 columns: 3 lead columns for
