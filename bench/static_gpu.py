@@ -1595,9 +1595,10 @@ def write(rows, best_rows, cuda_rows, seconds, out=OUT, fused_rows=(), mma_rows=
                   "`cuda_involution_rows` (its docstring): the plan replayed, loop counts from the sm_90 SASS, the "
                   f"issue / L1 / DRAM terms and a memory-latency term ({MEMORY_LATENCY_S * 1e9:.0f} ns a round trip, "
                   "fitted on a Triton row, not on these kernels): rounds = the round trips a block waits for in turn. "
-                  "Staged: elements (FMA kernels: a team of 8 lanes a row, the row's set-up included) or copies "
-                  "of 4, 2 or 1 16-bit values, the last template argument (the banded tensor-core kernels, `band_*`: "
-                  "hot-loop FFMA 0, their HMMA per pass in the hot loop; one n-tile: the code after the staging). "
+                  "Staging: warp instructions per 32 staged values (FMA kernels: stage_vectors' copies of up to 16 "
+                  "bytes of the input's dtype) or per copy of 4, 2 or 1 16-bit values, the last template argument "
+                  "(the banded tensor-core kernels, `band_mma_kernel`: hot-loop FFMA 0, their HMMA per pass in the "
+                  "hot loop; one n-tile: the code after the staging). "
                   "% roof = the DRAM time of the minimum bytes / predicted. Banded kernels: predicted = the largest "
                   "term + exposed, the part of issue or DRAM (the smaller) that cannot overlap the other (band_row's "
                   "docstring; the FMA kernels: the largest term).", "",
