@@ -421,22 +421,25 @@ def test_involution_non_finite_values_stay_where_unfold_puts_them(w, stride, dty
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_involution_strided_grad_input_non_finite_in_a_later_column_tile(dtype, layout):
-    """Stride 2, 42 columns: grad-input's FMA kernels take two column tiles of 32, the second staging grad_out from
-    column 14. A NaN and an Inf there reach only the pixels the unfold definition says (a tap past the kernel once
-    multiplied its zero weight by that staged value: NaN in the second tile, 2026-11-29, csrc/ emulator)."""
-    b, c, h, w, k, groups, p, stride = 1, 16, 9, 42, 7, 1, 3, 2
+@pytest.mark.parametrize("stride, p", [(2, 3), (2, 2), (3, 3)])
+def test_involution_strided_grad_input_non_finite_in_a_later_column_tile(stride, p, dtype, layout):
+    """RedNet's strided grad-input over 90 columns: two column tiles of 64 (two pixels a thread), the second staging
+    grad_out from column (64 + p - 6) // stride. A NaN and an Inf there reach only the pixels the unfold definition
+    says (a tap past the kernel once multiplied its zero weight by that staged value: NaN in the second tile,
+    2026-11-29, csrc/ emulator; stride 2 now takes pixel pairs, stride 3 still has taps past the kernel)."""
+    b, c, h, w, k, groups = 1, 16, 13, 90, 7, 1
     ho, wo = ((size + 2 * p - k) // stride + 1 for size in (h, w))
     x = randn((b, c, h, w), dtype, layout)
     weight = randn((b, groups * k * k, ho, wo), dtype, layout, scale=1.0 / k)
     grad = randn((b, c, ho, wo), dtype, layout)
-    grad[0, 5, 1, 14], grad[0, 9, 3, 14] = float("nan"), float("inf")
+    col = (64 + p - (k - 1)) // stride
+    grad[0, 5, 1, col], grad[0, 9, 3, col] = float("nan"), float("inf")
     with poisoned_allocations():
         grad_x = cuda_backend.involution2d_grad_input(grad, weight, x.shape, k, stride, p, 1)
     torch.cuda.synchronize()
     want = inv_reference(x, weight, grad, k, stride, p, 1, torch.float64)[1]
     assert torch.equal(grad_x.isnan(), want.isnan()) and torch.equal(grad_x.isinf(), want.isinf())
-    assert want.isnan().any() and want.isfinite()[..., 32:].any()
+    assert want.isnan().any() and want.isfinite()[..., 64:].any()
 
 
 # ---- the backend's contract -------------------------------------------------------------------------------------

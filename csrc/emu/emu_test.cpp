@@ -537,6 +537,9 @@ int main(int argc, char** argv) {
       // RedNet's stride-2 grad-input, two pixels a thread (a phase each; even padding: the phases swap pixels)
       {1, 16, 9, 42, 1, 7, 2, 2, 1, true},
       {2, 16, 10, 21, 1, 7, 2, 4, 1},
+      // stride 3 (each pixel its own taps, some past the kernel) over two column tiles, the planted NaN at the
+      // second tile's first staged column (grad_out row 1, column 20)
+      {1, 16, 13, 90, 1, 7, 3, 3, 1, true},
       // fp16/bf16 NCHW RedNet shapes at stride 1 (roomy device): the banded tensor-core kernels, copies of 4 values
       // (widths a multiple of 4, x 8-byte aligned); row tiles and partial tiles, two column tiles, padding 7 (reach
       // past the kernel), NaN / Inf; copies of 2 (x 4-byte aligned; padding 5 at 12 columns: 3 lead columns for
