@@ -1285,8 +1285,9 @@ def cuda_involution_rows(functions=None, resources=None):
     words), DRAM (minimum bytes) and memory latency: a block's warps wait together for the weights (forward and
     grad-input: once per kernel row that reaches the pixel; grad-weight's stores do not wait) and for the staging
     (stage_vectors, the input's own dtype): once for copies by cp.async (4 bytes or more), once per eight planes a
-    thread copies for single 16-bit values (loaded, then stored); its issue: the copies of the busiest thread (a slot of the tile's rows x copy columns,
-    walking the planes) at the SASS loop's instructions per copy, for each warp with busy threads."""
+    thread copies for single 16-bit values (loaded, then stored); its issue: the copies of the busiest thread (a
+    slot of the tile's rows x copy columns, walking the planes) at the SASS loop's instructions per copy, for each
+    warp with busy threads."""
     if functions is None:
         functions, resources = cuda_sass("involution.cu")
     kernels = {"forward": "forward_kernel", "grad-input": "grad_input_kernel", "grad-weight": "grad_weight_kernel"}
