@@ -537,6 +537,8 @@ int main(int argc, char** argv) {
       // RedNet's stride-2 grad-input, two pixels a thread (a phase each; even padding: the phases swap pixels)
       {1, 16, 9, 42, 1, 7, 2, 2, 1, true},
       {2, 16, 10, 21, 1, 7, 2, 4, 1},
+      {1, 16, 11, 37, 1, 7, 2, 1, 1, true},  // padding 1: maps shrink, an odd width (the last pair's second pixel out)
+      {1, 16, 8, 20, 1, 7, 2, 0, 1},          // no padding
       // stride 3 (each pixel its own taps, some past the kernel) over two column tiles, the planted NaN at the
       // second tile's first staged column (grad_out row 1, column 20)
       {1, 16, 13, 90, 1, 7, 3, 3, 1, true},
