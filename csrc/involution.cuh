@@ -663,9 +663,10 @@ __global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_input_kernel(I
 
 // ---- grad-weight -----------------------------------------------------------------------------------------------
 //   dw[b, g*K*K + k, i, j] = sum_{c in group g} gy[b, c, i, j] * x[b, c, i*s + kh*d - p, j*s + kw*d - p]
-// Two blocks' worth of registers: the strided RedNet path held 187 unbounded (one block per SM).
+// RedNet: two blocks' worth of registers (the strided path held 187 unbounded: one block per SM); strided, four
+// (64 registers, no spills, sm_90: at 71, a 7x7 map's blocks of two warps fit 14 an SM, 1.1 waves on an H100).
 template <typename T, bool kUnit, bool kRedNet>  // kRedNet: as in forward_kernel
-__global__ void __launch_bounds__(kThreads, kRedNet ? 2 : 1) grad_weight_kernel(Inv p, InvTile t) {
+__global__ void __launch_bounds__(kThreads, kRedNet ? (kUnit ? 2 : 4) : 1) grad_weight_kernel(Inv p, InvTile t) {
   constexpr int RB = pixels_per_thread(kUnit);
   const T* __restrict__ gy = static_cast<const T*>(p.grad_out);
   const BlockPos pos = block_pos(p, t, 1);  // the block walks all channel chunks itself
