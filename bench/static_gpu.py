@@ -1190,11 +1190,15 @@ def cuda_mma_rows():
 INV_THREADS, INV_CB = 256, 16
 
 
+def inv_rednet_shape(case):
+    """csrc/involution.cuh rednet_shape: K = 7, 16 channels a group, dilation 1."""
+    return case.kernel[0] == 7 and case.shape[1] // case.groups == INV_CB and case.dilation == 1
+
+
 def inv_pixels_per_thread(case, direction):
-    """csrc/involution.cuh pixels_per_thread: 2 at stride 1, dilation 1 and for RedNet's grad-input (K = 7, 16
-    channels a group), else 1."""
-    rednet = case.kernel[0] == 7 and case.shape[1] // case.groups == INV_CB and case.dilation == 1
-    return 2 if (case.stride == 1 and case.dilation == 1) or (direction == "grad-input" and rednet) else 1
+    """csrc/involution.cuh pixels_per_thread: 2 at stride 1, dilation 1 and for RedNet's grad-input, else 1."""
+    unit = case.stride == 1 and case.dilation == 1
+    return 2 if unit or (direction == "grad-input" and inv_rednet_shape(case)) else 1
 
 
 def involution_tile(case, direction, elem_bytes=4):
@@ -1238,9 +1242,8 @@ def involution_tile(case, direction, elem_bytes=4):
     return bx, by, nc, ih, iw, chunks, smem, blocks, vec, cdiv(iw + vec - 1, vec)
 
 
-# csrc/involution.cuh's banded tensor-core kernels (band_mma_kernel): rows per block (a warp each), the kernel
-# size
-BAND_ROWS, BAND_K = 8, 7
+# csrc/involution.cuh's banded tensor-core kernels (band_mma_kernel): rows per block (a warp each)
+BAND_ROWS = 8
 
 
 def band_tile(case, direction, elem_bytes):
@@ -1248,10 +1251,10 @@ def band_tile(case, direction, elem_bytes):
     a row, blocks, shared bytes, copies staged per block (channel operand, weights), values a copy (4, 2, 1:
     band_vec), staging round trips a block, kernel name), or None where the FMA kernels run (fp32, strides,
     grad-weight, grad-input at maps of 16 columns or fewer)."""
-    n, c, h, w = case.shape
+    n, _, h, w = case.shape
     k = case.kernel[0]
-    if elem_bytes != 2 or case.stride != 1 or case.dilation != 1 or k != BAND_K or c // case.groups != INV_CB or \
-            direction == "grad-weight" or (direction == "grad-input" and w <= 16):
+    if elem_bytes != 2 or case.stride != 1 or not inv_rednet_shape(case) or direction == "grad-weight" or \
+            (direction == "grad-input" and w <= 16):
         return None
     rows, cols = h, w  # stride 1, "same" padding: output and input maps agree
     vec = 4 if w % 4 == 0 else 2 if w % 2 == 0 else 1  # (RedNet's padding 3: 1 lead column at most)
